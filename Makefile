@@ -1,0 +1,40 @@
+# Two commands do all the set-up: `make serve` and `make test`. Everything else is for developers.
+VENV    := .venv
+PY      := $(VENV)/bin/python
+PYTEST  := $(PY) -m pytest
+STAMP   := $(VENV)/.installed
+TINY    := .cache/tiny-model
+
+.PHONY: install test test-slow test-kernels test-gpu bench tiny-model clean
+
+install: $(STAMP)
+
+# torch is installed first, pinned, so pip takes the CPU wheel on disk instead of pulling CUDA wheels.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m engine.vocab install
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PYTEST) -q
+
+test-slow: $(STAMP)
+	$(PYTEST) -q -m slow
+
+test-kernels: $(STAMP)
+	TRITON_INTERPRET=1 $(PYTEST) -q tests/kernels
+
+test-gpu: $(STAMP)
+	$(PYTEST) -q -m gpu
+
+tiny-model: $(STAMP)
+	test -f $(TINY)/config.json || $(VENV)/bin/gptoss make-tiny-model $(TINY)
+
+bench: $(STAMP)
+	$(PY) -m bench.load
+
+clean:
+	rm -rf $(VENV) .cache

@@ -1,0 +1,65 @@
+"""MXFP4: the 4-bit expert weight format of gpt-oss (OCP microscaling, E2M1 values with e8m0 scales).
+
+Blocks run along the input (reduction) dimension: 32 values per block packed in 16 bytes, the even element in
+the low nibble, plus one scale byte per block holding a power-of-two exponent biased by 127.
+
+    W[r, k] = FP4[nibble(blocks[r, k // 32, (k % 32) // 2], k % 2)] * 2 ** (scales[r, k // 32] - 127)
+"""
+
+import torch
+
+FP4_VALUES = (+0.0, +0.5, +1.0, +1.5, +2.0, +3.0, +4.0, +6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+BLOCK_SIZE = 32  # values per scale
+SCALE_BIAS = 127
+FP4_MAX = 6.0
+
+# One byte holds two values; this table decodes a byte to its (even, odd) pair in one gather.
+_BYTE_TO_PAIR = torch.tensor([[FP4_VALUES[b & 0xF], FP4_VALUES[b >> 4]] for b in range(256)], dtype=torch.float32)
+
+
+def dequantize_mxfp4(
+    blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16, chunk_bytes: int = 1 << 22
+) -> torch.Tensor:
+    """Decode packed MXFP4 to `dtype`.
+
+    blocks: [..., G, 16] uint8, scales: [..., G] uint8  ->  [..., G * 32] dtype.
+    Works through the leading rows in chunks of about `chunk_bytes` packed bytes, writing into the preallocated
+    result, so the temporaries stay small next to the output (safe on memory-mapped inputs).
+    """
+    if blocks.dtype != torch.uint8 or scales.dtype != torch.uint8:
+        raise ValueError(f"MXFP4 blocks and scales must be uint8, got {blocks.dtype} and {scales.dtype}")
+    if blocks.shape[:-1] != scales.shape or blocks.shape[-1] != BLOCK_SIZE // 2:
+        raise ValueError(f"MXFP4 blocks {tuple(blocks.shape)} do not match scales {tuple(scales.shape)}")
+    *lead, groups, _ = blocks.shape
+    rows = blocks.reshape(-1, groups, BLOCK_SIZE // 2)
+    row_scales = scales.reshape(-1, groups)
+    out = torch.empty(rows.shape[0], groups * BLOCK_SIZE, dtype=dtype, device=blocks.device)
+    table = _BYTE_TO_PAIR.to(blocks.device)
+    step = max(1, chunk_bytes // max(1, groups * BLOCK_SIZE // 2))
+    for start in range(0, rows.shape[0], step):
+        chunk = rows[start : start + step]
+        values = table[chunk.long()].reshape(chunk.shape[0], groups, BLOCK_SIZE)  # fp32, exact
+        exponents = row_scales[start : start + step].to(torch.int32) - SCALE_BIAS
+        out[start : start + step] = torch.ldexp(values, exponents.unsqueeze(-1).float()).reshape(chunk.shape[0], -1)
+    return out.reshape(*lead, groups * BLOCK_SIZE)
+
+
+def quantize_mxfp4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode a float tensor [..., K] (K a multiple of 32) to (blocks [..., K/32, 16], scales [..., K/32]).
+
+    Each block takes the smallest power-of-two scale that fits its largest magnitude into +-6, then each value
+    rounds to the nearest E2M1 value. Values already of the form FP4 * 2**e round-trip exactly; others are off by
+    at most one scale step (2**e) of their block.
+    """
+    if weight.shape[-1] % BLOCK_SIZE:
+        raise ValueError(f"last dimension {weight.shape[-1]} is not a multiple of {BLOCK_SIZE}")
+    *lead, k = weight.shape
+    x = weight.detach().float().reshape(*lead, k // BLOCK_SIZE, BLOCK_SIZE)
+    amax = x.abs().amax(dim=-1)
+    exponent = torch.ceil(torch.log2(amax / FP4_MAX)).nan_to_num(-SCALE_BIAS, -SCALE_BIAS, -SCALE_BIAS)
+    exponent = exponent.clamp(-SCALE_BIAS, SCALE_BIAS)
+    scaled = torch.ldexp(x, -exponent.unsqueeze(-1))
+    codes = (scaled.unsqueeze(-1) - torch.tensor(FP4_VALUES)).abs().argmin(dim=-1).to(torch.uint8)
+    blocks = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    scales = (exponent + SCALE_BIAS).to(torch.uint8)
+    return blocks.contiguous(), scales.contiguous()
