@@ -1,0 +1,220 @@
+"""Sampler: one step's logits [B, V] -> one token per row, with the raw logprobs the request asked for.
+
+Flow: the engine builds a `SamplingBatch` from the step's `SamplingParams` and token histories
+(`SamplingBatch.build`), the model runner calls `Sampler()(logits, batch)`, and gets a `SamplerOutput` back.
+Order per row: logit_bias -> min_tokens ban -> penalties -> greedy argmax, or temperature -> top-k -> top-p ->
+min-p -> exponential-race sample. Logprobs come from the raw logits, before any of that (vLLM's "raw logprobs").
+Everything runs batched on the logits' device; the only Python loop is over the rows that carry their own seed.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.sampling_params import SamplingParams
+
+# B = batch rows, V = vocab, N = top-n logprobs, K = (row, token) pairs of a sparse per-row token set
+
+_TINY = torch.finfo(torch.float32).tiny  # floor for the exponential noise, so probs / noise never divides by 0
+
+
+def seeded_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:
+    """A request's own generator (None without a seed); make it once per request and keep it across steps."""
+    return None if seed is None else torch.Generator(device=device).manual_seed(seed)
+
+
+@dataclass
+class SamplingBatch:
+    temperature: torch.Tensor  # [B] float32; 1.0 on greedy rows so the division is harmless
+    greedy: torch.Tensor  # [B] bool; rows that take the argmax
+    top_k: torch.Tensor  # [B] long; V where off (0, -1 or larger than V)
+    top_p: torch.Tensor  # [B] float32; 1.0 = off
+    min_p: torch.Tensor  # [B] float32; 0.0 = off
+    presence_penalty: torch.Tensor  # [B] float32
+    frequency_penalty: torch.Tensor  # [B] float32
+    repetition_penalty: torch.Tensor  # [B] float32
+    bias_rows: torch.Tensor  # [K] long; logit_bias as sparse (row, token, value) triples
+    bias_ids: torch.Tensor  # [K] long
+    bias_values: torch.Tensor  # [K] float32
+    ban_rows: torch.Tensor  # [K] long; (row, stop token) pairs banned this step by min_tokens
+    ban_ids: torch.Tensor  # [K] long
+    output_rows: torch.Tensor  # [K] long; generated tokens of rows with presence/frequency penalty, one per token
+    output_ids: torch.Tensor  # [K] long
+    seen_rows: torch.Tensor  # [K] long; prompt + generated tokens of rows with a repetition penalty
+    seen_ids: torch.Tensor  # [K] long
+    generators: list[torch.Generator | None]  # per row; a row with one draws its noise only from it
+    num_logprobs: int  # N: the most top-n logprobs any row asked for (0 if none), at most V
+    all_greedy: bool  # host-side flags, so the sampler skips whole stages without a device sync
+    any_greedy: bool
+    needs_sort: bool  # some sampled row has top-k or top-p on
+    needs_min_p: bool
+    needs_frequency: bool  # some row has a presence or frequency penalty
+    needs_repetition: bool
+
+    @classmethod
+    def build(
+        cls,
+        params: list[SamplingParams],
+        prompt_ids: list[list[int]],
+        output_ids: list[list[int]],
+        generators: list[torch.Generator | None],
+        stop_ids: list[list[int]],
+        vocab_size: int,
+        device: torch.device | str,
+    ) -> "SamplingBatch":
+        """Turn one step's requests into tensors on `device`.
+
+        stop_ids[i]: token ids that end request i (eos ids + its stop_token_ids), banned while it has fewer than
+        min_tokens outputs. With ignore_eos, eos does not end the request, so only its stop_token_ids are banned.
+        """
+        if not len(params) == len(prompt_ids) == len(output_ids) == len(generators) == len(stop_ids):
+            raise ValueError("params, prompt_ids, output_ids, generators and stop_ids need one entry per row")
+
+        def floats(values):
+            return torch.tensor(values, dtype=torch.float32, device=device)
+
+        greedy = [p.is_greedy for p in params]
+        sampled = [p for p in params if not p.is_greedy]
+        top_k = [vocab_size if p.top_k <= 0 else min(p.top_k, vocab_size) for p in params]
+        needs_freq = [p.presence_penalty != 0 or p.frequency_penalty != 0 for p in params]
+        needs_rep = [p.repetition_penalty != 1 for p in params]
+        bias = [p.logit_bias or {} for p in params]
+        banned = [_banned_ids(p, out, stops) for p, out, stops in zip(params, output_ids, stop_ids)]
+        seen = [prompt + out if rep else [] for prompt, out, rep in zip(prompt_ids, output_ids, needs_rep)]
+        return cls(
+            temperature=floats([1.0 if g else p.temperature for p, g in zip(params, greedy)]),
+            greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
+            top_k=torch.tensor(top_k, dtype=torch.long, device=device),
+            top_p=floats([p.top_p for p in params]),
+            min_p=floats([p.min_p for p in params]),
+            presence_penalty=floats([p.presence_penalty for p in params]),
+            frequency_penalty=floats([p.frequency_penalty for p in params]),
+            repetition_penalty=floats([p.repetition_penalty for p in params]),
+            **_sparse("bias", [list(b) for b in bias], device, values=[list(b.values()) for b in bias]),
+            **_sparse("ban", banned, device),
+            **_sparse("output", [out if f else [] for out, f in zip(output_ids, needs_freq)], device),
+            **_sparse("seen", seen, device),
+            generators=list(generators),
+            num_logprobs=min(max((p.logprobs or 0 for p in params), default=0), vocab_size),
+            all_greedy=all(greedy),
+            any_greedy=any(greedy),
+            needs_sort=any(p.top_p < 1 or 0 < p.top_k < vocab_size for p in sampled),
+            needs_min_p=any(p.min_p > 0 for p in sampled),
+            needs_frequency=any(needs_freq),
+            needs_repetition=any(needs_rep),
+        )
+
+
+def _banned_ids(params: SamplingParams, output: list[int], stop_ids: list[int]) -> list[int]:
+    """Stop ids this row may not emit yet (min_tokens not reached)."""
+    if len(output) >= params.min_tokens:
+        return []
+    if params.ignore_eos:  # eos does not end the request, so it need not be banned
+        own = set(params.stop_token_ids or [])
+        return [t for t in stop_ids if t in own]
+    return list(stop_ids)
+
+
+def _sparse(name: str, ids: list[list[int]], device, values: list[list[float]] | None = None) -> dict:
+    """Per-row token lists -> flat {name}_rows / {name}_ids [K] (and {name}_values) tensors."""
+    rows = [r for r, row_ids in enumerate(ids) for _ in row_ids]
+    out = {
+        f"{name}_rows": torch.tensor(rows, dtype=torch.long, device=device),
+        f"{name}_ids": torch.tensor([t for row_ids in ids for t in row_ids], dtype=torch.long, device=device),
+    }
+    if values is not None:
+        flat = [v for row_values in values for v in row_values]
+        out[f"{name}_values"] = torch.tensor(flat, dtype=torch.float32, device=device)
+    return out
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: torch.Tensor  # [B] long; the sampled token of each row
+    logprobs: torch.Tensor  # [B] float32; raw logprob of that token
+    topn_ids: torch.Tensor  # [B, N] long; the N most likely tokens under the raw logits, best first
+    topn_logprobs: torch.Tensor  # [B, N] float32; their raw logprobs (rows asking fewer than N slice theirs)
+
+
+class Sampler:
+    """Stateless: all per-request state (histories, generators) arrives in the SamplingBatch."""
+
+    def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
+        # logits: [B, V] float32, the model's raw output for each row's next token
+        raw_logprobs = torch.log_softmax(logits.float(), dim=-1)  # [B, V]
+        logits = apply_penalties(apply_bans(logits.to(torch.float32, copy=True), batch), batch)
+        token_ids = self._choose(logits, batch)
+        topn_logprobs, topn_ids = raw_logprobs.topk(batch.num_logprobs, dim=-1)  # [B, N]
+        return SamplerOutput(
+            token_ids=token_ids,
+            logprobs=raw_logprobs.gather(-1, token_ids[:, None]).squeeze(-1),
+            topn_ids=topn_ids,
+            topn_logprobs=topn_logprobs,
+        )
+
+    def _choose(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        if batch.all_greedy:
+            return logits.argmax(dim=-1)
+        sampled = sample(apply_filters(logits / batch.temperature[:, None], batch), batch)
+        if not batch.any_greedy:
+            return sampled
+        return torch.where(batch.greedy, logits.argmax(dim=-1), sampled)
+
+
+def apply_bans(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """In place: add logit_bias, then set stop tokens still under min_tokens to -inf."""
+    logits.index_put_((batch.bias_rows, batch.bias_ids), batch.bias_values, accumulate=True)
+    logits[batch.ban_rows, batch.ban_ids] = -torch.inf
+    return logits
+
+
+def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """In place. Repetition (HF/CTRL, Keskar et al. 2019) over prompt + output: positive logits / r, negative * r.
+    Presence and frequency (OpenAI) over output only: logit -= frequency * count + presence * (count > 0)."""
+    if batch.needs_repetition:
+        seen = torch.zeros_like(logits, dtype=torch.bool)  # [B, V]
+        seen[batch.seen_rows, batch.seen_ids] = True
+        r = batch.repetition_penalty[:, None]
+        logits = torch.where(seen, torch.where(logits > 0, logits / r, logits * r), logits)
+    if batch.needs_frequency:
+        counts = torch.zeros_like(logits)  # [B, V]
+        ones = torch.ones_like(batch.output_ids, dtype=torch.float32)
+        counts.index_put_((batch.output_rows, batch.output_ids), ones, accumulate=True)
+        logits -= batch.frequency_penalty[:, None] * counts + batch.presence_penalty[:, None] * (counts > 0)
+    return logits
+
+
+def apply_filters(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Mask to -inf what top-k, then top-p, then min-p drop. logits: [B, V], already divided by temperature."""
+    if batch.needs_sort:
+        logits = _top_k_top_p(logits, batch.top_k, batch.top_p)
+    if batch.needs_min_p:
+        probs = logits.softmax(dim=-1)
+        too_small = probs < batch.min_p[:, None] * probs.amax(dim=-1, keepdim=True)
+        logits = logits.masked_fill(too_small, -torch.inf)
+    return logits
+
+
+def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """One descending sort serves both. top-p keeps a token while the probability mass before it (renormalized
+    over the top-k survivors) is < top_p, so the top token always stays."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # [B, V]
+    rank = torch.arange(logits.shape[-1], device=logits.device)
+    sorted_logits.masked_fill_(rank[None, :] >= top_k[:, None], -torch.inf)
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs
+    drop = (mass_before >= top_p[:, None]) & (top_p < 1)[:, None] & (rank > 0)[None, :]
+    sorted_logits.masked_fill_(drop, -torch.inf)
+    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+
+def sample(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Exponential race (the Gumbel-max trick in another form): argmax(probs / q), q ~ Exponential(1), picks
+    token i with probability probs[i]. Seeded rows draw q from their own generator, so their tokens do not depend
+    on the other rows; the rest share one draw from the default generator of the device."""
+    probs = logits.softmax(dim=-1)  # [B, V]
+    noise = torch.empty_like(probs).exponential_()
+    for row, gen in enumerate(batch.generators):
+        if gen is not None:
+            noise[row].exponential_(generator=gen)
+    return probs.div_(noise.clamp_min_(_TINY)).argmax(dim=-1)
