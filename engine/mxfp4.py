@@ -44,22 +44,34 @@ def dequantize_mxfp4(
     return out.reshape(*lead, groups * BLOCK_SIZE)
 
 
-def quantize_mxfp4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_mxfp4(weight: torch.Tensor, chunk_values: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode a float tensor [..., K] (K a multiple of 32) to (blocks [..., K/32, 16], scales [..., K/32]).
 
     Each block takes the smallest power-of-two scale that fits its largest magnitude into +-6, then each value
-    rounds to the nearest E2M1 value. Values already of the form FP4 * 2**e round-trip exactly; others are off by
-    at most one scale step (2**e) of their block.
+    rounds to the nearest E2M1 value (a tie goes to the smaller magnitude). Values already of the form
+    FP4 * 2**e round-trip exactly; others are off by at most one scale step (2**e) of their block.
     """
     if weight.shape[-1] % BLOCK_SIZE:
         raise ValueError(f"last dimension {weight.shape[-1]} is not a multiple of {BLOCK_SIZE}")
     *lead, k = weight.shape
-    x = weight.detach().float().reshape(*lead, k // BLOCK_SIZE, BLOCK_SIZE)
+    groups = weight.detach().reshape(-1, BLOCK_SIZE)  # [G, 32], G = all blocks
+    blocks = torch.empty(groups.shape[0], BLOCK_SIZE // 2, dtype=torch.uint8)
+    scales = torch.empty(groups.shape[0], dtype=torch.uint8)
+    step = max(1, chunk_values // BLOCK_SIZE)
+    for start in range(0, groups.shape[0], step):
+        blocks[start : start + step], scales[start : start + step] = _quantize_groups(groups[start : start + step])
+    return blocks.reshape(*lead, k // BLOCK_SIZE, BLOCK_SIZE // 2), scales.reshape(*lead, k // BLOCK_SIZE)
+
+
+# Midpoints between consecutive E2M1 magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6: bucketize gives the nearest code.
+_MIDPOINTS = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
+
+
+def _quantize_groups(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.float()  # [G, 32]
     amax = x.abs().amax(dim=-1)
     exponent = torch.ceil(torch.log2(amax / FP4_MAX)).nan_to_num(-SCALE_BIAS, -SCALE_BIAS, -SCALE_BIAS)
     exponent = exponent.clamp(-SCALE_BIAS, SCALE_BIAS)
     scaled = torch.ldexp(x, -exponent.unsqueeze(-1))
-    codes = (scaled.unsqueeze(-1) - torch.tensor(FP4_VALUES)).abs().argmin(dim=-1).to(torch.uint8)
-    blocks = codes[..., 0::2] | (codes[..., 1::2] << 4)
-    scales = (exponent + SCALE_BIAS).to(torch.uint8)
-    return blocks.contiguous(), scales.contiguous()
+    codes = torch.bucketize(scaled.abs(), _MIDPOINTS).to(torch.uint8) | ((scaled < 0).to(torch.uint8) << 3)
+    return codes[:, 0::2] | (codes[:, 1::2] << 4), (exponent + SCALE_BIAS).to(torch.uint8)

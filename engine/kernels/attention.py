@@ -1,0 +1,234 @@
+"""Paged attention for gpt-oss: learned sinks, GQA, optional sliding window, varlen prefill and decode in one kernel.
+
+KV cache of one layer: kv_cache [2, num_blocks, block_size, KV, D], index 0 = keys, 1 = values. Token slot
+s = block_id * block_size + offset. `write_kv` stores this step's keys and values; `paged_attention` then reads
+them through a block table. Each sequence's queries are the last q_len positions of that sequence, so one launch
+serves decode (q_len 1), chunked prefill and mixed batches.
+"""
+
+import math
+
+import torch
+
+from ._triton import INTERPRET, bf16_dots, next_pow2, tl, triton
+
+# ---------------------------------------------------------------------------------------------------- write_kv
+
+
+def write_kv_ref(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """kv_cache [2, N, BS, KV, D]; k, v [T, KV, D]; slot_mapping [T] int64 (-1 = skip). Writes in place."""
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep].long()
+    flat = kv_cache.view(2, -1, *kv_cache.shape[-2:])  # [2, N * BS, KV, D]
+    flat[0, slots] = k[keep].to(kv_cache.dtype)
+    flat[1, slots] = v[keep].to(kv_cache.dtype)
+
+
+@triton.jit
+def _write_kv_kernel(
+    k_ptr, v_ptr, cache_ptr, slot_ptr,  # k, v [T, KV, D]; cache [2, N, BS, KV, D]; slot [T]
+    ROW, cache_kv_stride,  # ROW = KV * D; cache_kv_stride = N * BS * KV * D
+    BLOCK: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_ptr + token).to(tl.int64)
+    if slot >= 0:
+        cols = tl.arange(0, BLOCK)
+        mask = cols < ROW
+        k = tl.load(k_ptr + token * ROW + cols, mask=mask)
+        v = tl.load(v_ptr + token * ROW + cols, mask=mask)
+        tl.store(cache_ptr + slot * ROW + cols, k.to(cache_ptr.dtype.element_ty), mask=mask)
+        tl.store(cache_ptr + cache_kv_stride + slot * ROW + cols, v.to(cache_ptr.dtype.element_ty), mask=mask)
+
+
+def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Triton twin of `write_kv_ref`: one program per token copies its KV x D keys and values."""
+    T, KV, D = k.shape
+    if T == 0:
+        return
+    assert kv_cache.is_contiguous()
+    _write_kv_kernel[(T,)](
+        k.contiguous(), v.contiguous(), kv_cache, slot_mapping, KV * D, kv_cache[0].numel(), BLOCK=next_pow2(KV * D)
+    )
+
+
+# ----------------------------------------------------------------------------------------------- attention ref
+
+
+def _visible(q_pos: torch.Tensor, k_pos: torch.Tensor, sliding_window: int | None) -> torch.Tensor:
+    """q_pos [Q], k_pos [N] -> [Q, N] bool: causal, and inside the window when there is one."""
+    mask = k_pos[None, :] <= q_pos[:, None]
+    if sliding_window is not None:
+        mask &= k_pos[None, :] > q_pos[:, None] - sliding_window
+    return mask
+
+
+def _gather_keys(kv_cache, block_table_row, k_pos):
+    """Keys and values at positions k_pos [N] of one sequence  ->  ([N, KV, D], [N, KV, D])."""
+    block_size = kv_cache.shape[2]
+    slots = block_table_row[k_pos // block_size].long() * block_size + k_pos % block_size
+    flat = kv_cache.view(2, -1, *kv_cache.shape[-2:])
+    return flat[0, slots], flat[1, slots]
+
+
+def paged_attention_ref(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    sinks: torch.Tensor,
+    sliding_window: int | None,
+    scale: float,
+) -> torch.Tensor:
+    """q [T, Hq, D]; kv_cache [2, N, BS, KV, D]; block_table [B, max_blocks]; seq_lens [B]; query_start_loc [B+1];
+    sinks [Hq]  ->  out [T, Hq, D] in q's dtype. Softmax in fp32 with the sink as an extra, dropped column.
+
+    Reads only keys inside some query's window, so out-of-window block-table entries may point anywhere."""
+    out = torch.empty_like(q)
+    T, Hq, D = q.shape
+    group = Hq // kv_cache.shape[3]
+    starts, lens = query_start_loc.tolist(), seq_lens.tolist()
+    for b, seq_len in enumerate(lens):
+        q_b = q[starts[b] : starts[b + 1]].float()  # [Q, Hq, D]
+        if q_b.shape[0] == 0:
+            continue
+        q_pos = torch.arange(seq_len - q_b.shape[0], seq_len, device=q.device)
+        first = 0 if sliding_window is None else max(0, seq_len - q_b.shape[0] - sliding_window + 1)
+        k_pos = torch.arange(first, seq_len, device=q.device)  # keys inside some query's window
+        k, v = _gather_keys(kv_cache, block_table[b], k_pos)
+        k = k.float().repeat_interleave(group, dim=1)  # [N, Hq, D]
+        v = v.float().repeat_interleave(group, dim=1)
+        scores = torch.einsum("qhd,nhd->hqn", q_b, k) * scale
+        scores = scores.masked_fill(~_visible(q_pos, k_pos, sliding_window), float("-inf"))
+        sink = sinks.float()[:, None, None].expand(Hq, q_b.shape[0], 1)
+        probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+        out[starts[b] : starts[b + 1]] = torch.einsum("hqn,nhd->qhd", probs, v).to(q.dtype)
+    return out
+
+
+# -------------------------------------------------------------------------------------------- attention kernel
+
+
+@triton.jit
+def _find_sequence(qsl_ptr, num_seqs, tile, BLOCK_Q: tl.constexpr):
+    """Largest b with query_start_loc[b] // BLOCK_Q + b <= tile: sequence b owns that many tiles at most."""
+    lo = 0
+    hi = num_seqs
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if tl.load(qsl_ptr + mid) // BLOCK_Q + mid <= tile:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+@triton.jit
+def _paged_attention_kernel(
+    q_ptr, cache_ptr, out_ptr,  # q, out [T, HQ, D]; cache [2, N, BS, KV, D]
+    block_table_ptr, seq_lens_ptr, qsl_ptr, sinks_ptr,  # [B, max_blocks], [B], [B + 1], [HQ]
+    num_seqs, bt_stride, cache_kv_stride, scale_log2,  # scale_log2 = scale * log2(e): softmax runs in base 2
+    HQ: tl.constexpr, KV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
+    WINDOW: tl.constexpr,  # 0 = full causal
+    BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, DOT_BF16: tl.constexpr,
+):
+    # One program: BLOCK_Q consecutive queries of one sequence x the G query heads of KV head `kvh`, flattened to
+    # BLOCK_M rows (row r = query r // G, head kvh * G + r % G), against that sequence's visible keys.
+    tile = tl.program_id(0)
+    kvh = tl.program_id(1)
+    b = _find_sequence(qsl_ptr, num_seqs, tile, BLOCK_Q)
+    q_start = tl.load(qsl_ptr + b)
+    q_len = tl.load(qsl_ptr + b + 1) - q_start
+    q_tile = tile - (q_start // BLOCK_Q + b)
+    if q_tile * BLOCK_Q >= q_len:
+        return
+    seq_len = tl.load(seq_lens_ptr + b)
+    context = seq_len - q_len  # position of the sequence's first query
+
+    rows = tl.arange(0, BLOCK_M)
+    qi = q_tile * BLOCK_Q + rows // G  # query index within the sequence, [BLOCK_M]
+    head = kvh * G + rows % G
+    row_ok = (rows // G < BLOCK_Q) & (qi < q_len)
+    pos = context + qi
+    dims = tl.arange(0, D)
+    q_off = (q_start + qi).to(tl.int64)[:, None] * HQ * D + head[:, None] * D + dims[None, :]
+    q = tl.load(q_ptr + q_off, mask=row_ok[:, None], other=0.0).to(tl.float32)  # [BLOCK_M, D]
+
+    # Online softmax in base 2, started from the sink: m = s_h, l = exp(s_h - m) = 1, acc = 0.
+    m_i = tl.load(sinks_ptr + head).to(tl.float32) * 1.4426950408889634
+    l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+
+    # Keys any row of this tile can see: [key_lo, key_hi). Nothing outside is loaded (null blocks stay unread).
+    key_hi = context + tl.minimum(q_tile * BLOCK_Q + BLOCK_Q, q_len)
+    key_lo = 0
+    if WINDOW > 0:
+        key_lo = tl.maximum(context + q_tile * BLOCK_Q - WINDOW + 1, 0)
+    bt_row = block_table_ptr + b.to(tl.int64) * bt_stride
+    for start in range(key_lo // BLOCK_N * BLOCK_N, key_hi, BLOCK_N):
+        j = start + tl.arange(0, BLOCK_N)  # key positions
+        k_ok = (j >= key_lo) & (j < key_hi)
+        block = tl.load(bt_row + j // BS, mask=k_ok, other=0).to(tl.int64)
+        kv_off = block * BS * KV * D + (j % BS) * KV * D + kvh * D  # [BLOCK_N]
+        k = tl.load(cache_ptr + kv_off[None, :] + dims[:, None], mask=k_ok[None, :], other=0.0)  # [D, BLOCK_N]
+        v = tl.load(cache_ptr + cache_kv_stride + kv_off[:, None] + dims[None, :], mask=k_ok[:, None], other=0.0)
+        if DOT_BF16:
+            s = tl.dot(q.to(tl.bfloat16), k.to(tl.bfloat16))
+        else:
+            s = tl.dot(q, k.to(tl.float32), input_precision="ieee")
+        visible = k_ok[None, :] & (j[None, :] <= pos[:, None])
+        if WINDOW > 0:
+            visible &= j[None, :] > pos[:, None] - WINDOW
+        s = tl.where(visible, s * scale_log2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if DOT_BF16:
+            pv = tl.dot(p.to(tl.bfloat16), v.to(tl.bfloat16))
+        else:
+            pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
+    out = acc / l_i[:, None]
+    tl.store(out_ptr + q_off, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+def _tiles(num_tokens: int, num_seqs: int, group: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_Q, BLOCK_N). Pure decode packs 16 rows (tl.dot's minimum); prefill packs 64 rows."""
+    block_m = 16 if num_tokens == num_seqs else 64
+    block_m = max(block_m, next_pow2(group))
+    block_n = 16 if INTERPRET else 64  # small key tiles keep the interpreter fast and cross tile edges in tests
+    return block_m, block_m // group, block_n
+
+
+def paged_attention(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    sinks: torch.Tensor,
+    sliding_window: int | None,
+    scale: float,
+) -> torch.Tensor:
+    """Triton twin of `paged_attention_ref`; no host sync (grid from shapes only), so it can be graph-captured.
+
+    Grid: (T // BLOCK_Q + B, KV). Sequence b owns tiles [qsl[b] // BLOCK_Q + b, qsl[b + 1] // BLOCK_Q + b + 1),
+    at least cdiv(q_len_b, BLOCK_Q) of them; spare tiles exit at once."""
+    T, HQ, D = q.shape
+    _, _, BS, KV, _ = kv_cache.shape
+    B = seq_lens.shape[0]
+    assert HQ % KV == 0 and D & (D - 1) == 0 and kv_cache.is_contiguous()
+    out = torch.empty_like(q)
+    if T == 0:
+        return out
+    block_m, block_q, block_n = _tiles(T, B, HQ // KV)
+    _paged_attention_kernel[(T // block_q + B, KV)](
+        q.contiguous(), kv_cache, out, block_table, seq_lens, query_start_loc, sinks,
+        B, block_table.stride(0), kv_cache[0].numel(), scale * math.log2(math.e),
+        HQ=HQ, KV=KV, G=HQ // KV, D=D, BS=BS, WINDOW=sliding_window or 0,
+        BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n, DOT_BF16=bf16_dots(q.dtype), num_warps=4,
+    )
+    return out
