@@ -154,7 +154,7 @@ def _moe_gemm1_kernel(
         w_mask = k_ok[:, None] & j_ok[None, :]
         g_even, g_odd = _mxfp4_tile(w_ptr, s_ptr, gate_row, byte, w_mask, H // 2, H // 32)
         acc_gate = _dot(x_odd, g_odd, _dot(x_even, g_even, acc_gate, DOT_BF16), DOT_BF16)
-        u_even, u_odd = _mxfp4_tile(w_ptr, s_ptr, gate_row, byte, w_mask, H // 2, H // 32)
+        u_even, u_odd = _mxfp4_tile(w_ptr, s_ptr, gate_row + 1, byte, w_mask, H // 2, H // 32)
         acc_up = _dot(x_odd, u_odd, _dot(x_even, u_even, acc_up, DOT_BF16), DOT_BF16)
     gate = acc_gate + tl.load(b_ptr + gate_row, mask=j_ok, other=0.0).to(tl.float32)[None, :]
     up = acc_up + tl.load(b_ptr + gate_row + 1, mask=j_ok, other=0.0).to(tl.float32)[None, :]
