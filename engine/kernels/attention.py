@@ -131,6 +131,7 @@ def _paged_attention_kernel(
     num_seqs, bt_stride, cache_kv_stride, scale_log2,  # scale_log2 = scale * log2(e): softmax runs in base 2
     HQ: tl.constexpr, KV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     WINDOW: tl.constexpr,  # 0 = full causal
+    BLOCK_D: tl.constexpr,  # D padded to a power of two >= 16 (tl.dot's minimum)
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, DOT_BF16: tl.constexpr,
 ):
     # One program: BLOCK_Q consecutive queries of one sequence x the G query heads of KV head `kvh`, flattened to
@@ -151,14 +152,16 @@ def _paged_attention_kernel(
     head = kvh * G + rows % G
     row_ok = (rows // G < BLOCK_Q) & (qi < q_len)
     pos = context + qi
-    dims = tl.arange(0, D)
+    dims = tl.arange(0, BLOCK_D)
+    d_ok = dims < D
     q_off = (q_start + qi).to(tl.int64)[:, None] * HQ * D + head[:, None] * D + dims[None, :]
-    q = tl.load(q_ptr + q_off, mask=row_ok[:, None], other=0.0).to(tl.float32)  # [BLOCK_M, D]
+    q_mask = row_ok[:, None] & d_ok[None, :]
+    q = tl.load(q_ptr + q_off, mask=q_mask, other=0.0).to(tl.float32)  # [BLOCK_M, BLOCK_D]
 
     # Online softmax in base 2, started from the sink: m = s_h, l = exp(s_h - m) = 1, acc = 0.
     m_i = tl.load(sinks_ptr + head).to(tl.float32) * 1.4426950408889634
     l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     # Keys any row of this tile can see: [key_lo, key_hi). Nothing outside is loaded (null blocks stay unread).
     key_hi = context + tl.minimum(q_tile * BLOCK_Q + BLOCK_Q, q_len)
@@ -171,8 +174,10 @@ def _paged_attention_kernel(
         k_ok = (j >= key_lo) & (j < key_hi)
         block = tl.load(bt_row + j // BS, mask=k_ok, other=0).to(tl.int64)
         kv_off = block * BS * KV * D + (j % BS) * KV * D + kvh * D  # [BLOCK_N]
-        k = tl.load(cache_ptr + kv_off[None, :] + dims[:, None], mask=k_ok[None, :], other=0.0)  # [D, BLOCK_N]
-        v = tl.load(cache_ptr + cache_kv_stride + kv_off[:, None] + dims[None, :], mask=k_ok[:, None], other=0.0)
+        k_mask = d_ok[:, None] & k_ok[None, :]
+        k = tl.load(cache_ptr + kv_off[None, :] + dims[:, None], mask=k_mask, other=0.0)  # [BLOCK_D, BLOCK_N]
+        v_mask = k_ok[:, None] & d_ok[None, :]
+        v = tl.load(cache_ptr + cache_kv_stride + kv_off[:, None] + dims[None, :], mask=v_mask, other=0.0)
         if DOT_BF16:
             s = tl.dot(q.to(tl.bfloat16), k.to(tl.bfloat16))
         else:
@@ -192,7 +197,7 @@ def _paged_attention_kernel(
         acc = acc * alpha[:, None] + pv
         m_i = m_new
     out = acc / l_i[:, None]
-    tl.store(out_ptr + q_off, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(out_ptr + q_off, out.to(out_ptr.dtype.element_ty), mask=q_mask)
 
 
 def _tiles(num_tokens: int, num_seqs: int, group: int) -> tuple[int, int, int]:
@@ -220,7 +225,7 @@ def paged_attention(
     T, HQ, D = q.shape
     _, _, BS, KV, _ = kv_cache.shape
     B = seq_lens.shape[0]
-    assert HQ % KV == 0 and D & (D - 1) == 0 and kv_cache.is_contiguous()
+    assert HQ % KV == 0 and kv_cache.is_contiguous()
     out = torch.empty_like(q)
     if T == 0:
         return out
@@ -228,7 +233,7 @@ def paged_attention(
     _paged_attention_kernel[(T // block_q + B, KV)](
         q.contiguous(), kv_cache, out, block_table, seq_lens, query_start_loc, sinks,
         B, block_table.stride(0), kv_cache[0].numel(), scale * math.log2(math.e),
-        HQ=HQ, KV=KV, G=HQ // KV, D=D, BS=BS, WINDOW=sliding_window or 0,
+        HQ=HQ, KV=KV, G=HQ // KV, D=D, BS=BS, WINDOW=sliding_window or 0, BLOCK_D=max(16, next_pow2(D)),
         BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n, DOT_BF16=bf16_dots(q.dtype), num_warps=4,
     )
     return out

@@ -67,11 +67,13 @@ def rope_and_write_kv_ref(
 
 
 @triton.jit
-def _rotate_heads(src_ptr, dst_ptr, token, cos, sin, HEADS, HALF: tl.constexpr, BLOCK_HEADS: tl.constexpr):
+def _rotate_heads(
+    src_ptr, dst_ptr, token, cos, sin, HEADS, HALF: tl.constexpr, BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr
+):
     """Rotate the HEADS x D row of one token; src/dst are [T, HEADS, D] contiguous. Returns (x1, x2, mask)."""
     heads = tl.arange(0, BLOCK_HEADS)[:, None]
-    cols = tl.arange(0, HALF)[None, :]
-    mask = heads < HEADS
+    cols = tl.arange(0, BLOCK_HALF)[None, :]
+    mask = (heads < HEADS) & (cols < HALF)
     base = token * HEADS * 2 * HALF + heads * 2 * HALF + cols
     x1 = tl.load(src_ptr + base, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(src_ptr + base + HALF, mask=mask, other=0.0).to(tl.float32)
@@ -87,15 +89,15 @@ def _rope_write_kv_kernel(
     q_ptr, k_ptr, v_ptr, pos_ptr, cos_sin_ptr,  # q [T, HQ, D], k/v [T, KV, D], pos [T], cos_sin [max_pos, D]
     q_out_ptr, k_out_ptr, cache_ptr, slot_ptr,  # cache [2, N, BS, KV, D], slot [T]
     HQ, KV, cache_kv_stride,  # cache_kv_stride = N * BS * KV * D (offset of the values half)
-    HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_KV: tl.constexpr,
+    HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_KV: tl.constexpr,
 ):
     token = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + token).to(tl.int64)
-    cols = tl.arange(0, HALF)[None, :]
-    cos = tl.load(cos_sin_ptr + pos * 2 * HALF + cols).to(tl.float32)  # [1, D/2]
-    sin = tl.load(cos_sin_ptr + pos * 2 * HALF + HALF + cols).to(tl.float32)
-    _rotate_heads(q_ptr, q_out_ptr, token, cos, sin, HQ, HALF, BLOCK_HQ)
-    k1, k2, mask = _rotate_heads(k_ptr, k_out_ptr, token, cos, sin, KV, HALF, BLOCK_KV)
+    cols = tl.arange(0, BLOCK_HALF)[None, :]
+    cos = tl.load(cos_sin_ptr + pos * 2 * HALF + cols, mask=cols < HALF, other=0.0).to(tl.float32)  # [1, D/2]
+    sin = tl.load(cos_sin_ptr + pos * 2 * HALF + HALF + cols, mask=cols < HALF, other=0.0).to(tl.float32)
+    _rotate_heads(q_ptr, q_out_ptr, token, cos, sin, HQ, HALF, BLOCK_HQ, BLOCK_HALF)
+    k1, k2, mask = _rotate_heads(k_ptr, k_out_ptr, token, cos, sin, KV, HALF, BLOCK_KV, BLOCK_HALF)
     slot = tl.load(slot_ptr + token).to(tl.int64)
     if slot >= 0:
         heads = tl.arange(0, BLOCK_KV)[:, None]
@@ -124,9 +126,10 @@ def rope_and_write_kv(
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     q_rot, k_rot = torch.empty_like(q), torch.empty_like(k)
     if T > 0:
-        assert kv_cache.is_contiguous() and D % 2 == 0 and (D // 2) & (D // 2 - 1) == 0, "D/2 must be a power of 2"
+        assert kv_cache.is_contiguous() and D % 2 == 0
         _rope_write_kv_kernel[(T,)](
             q, k, v, positions, cos_sin_cache.contiguous(), q_rot, k_rot, kv_cache, slot_mapping,
-            HQ, KV, kv_cache[0].numel(), HALF=D // 2, BLOCK_HQ=next_pow2(HQ), BLOCK_KV=next_pow2(KV),
+            HQ, KV, kv_cache[0].numel(),
+            HALF=D // 2, BLOCK_HALF=next_pow2(D // 2), BLOCK_HQ=next_pow2(HQ), BLOCK_KV=next_pow2(KV),
         )
     return q_rot, k_rot

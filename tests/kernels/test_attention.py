@@ -57,6 +57,8 @@ CASES = {
     "mixed-gqa1-window": ([9, 1, 26, 14], [9, 1, 3, 1], 2, 2, 64, 16, W),
     "mixed-gqa8-full": ([9, 1, 26, 14], [9, 1, 3, 1], 16, 2, 32, 16, None),
     "mixed-gqa3-window": ([40, 7], [2, 7], 6, 2, 32, 8, 6),
+    "mqa-head-dim-8": ([12, 3], [4, 3], 8, 1, 8, 4, 5),  # D below tl.dot's 16 and not a power of two below
+    "head-dim-24": ([10], [10], 2, 1, 24, 4, None),
 }
 
 
