@@ -17,14 +17,13 @@ class TokenDecoder(Protocol):
 
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer: TokenDecoder, stop: list[str] | tuple[str, ...] = (),
+    def __init__(self, tokenizer: TokenDecoder, stop: list[str] | tuple[str, ...] | str | None = (),
                  skip_special_tokens: bool = True):
-        if isinstance(stop, str):
-            stop = [stop]
+        stop = [stop] if isinstance(stop, str) else list(stop or ())
         if any(not isinstance(s, str) or not s for s in stop):
             raise ValueError(f"stop strings must be non-empty strings, got {list(stop)!r}")
         self._tok = tokenizer
-        self._stop = list(stop)
+        self._stop = stop
         self._skip_special = skip_special_tokens
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         self._held = ""  # decoded text not yet emitted: a suffix that may be the start of a stop string
@@ -34,7 +33,9 @@ class IncrementalDetokenizer:
     @property
     def text(self) -> str:
         """All text emitted so far (the concatenation of the deltas returned by add and flush)."""
-        return "".join(self._chunks)
+        if len(self._chunks) > 1:
+            self._chunks = ["".join(self._chunks)]  # join once; later calls with no new text are free
+        return self._chunks[0] if self._chunks else ""
 
     @property
     def stopped(self) -> bool:

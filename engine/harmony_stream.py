@@ -105,10 +105,6 @@ class HarmonyStreamParser:
         self.messages: list[ParsedMessage] = []  # completed messages, in order
         self.tool_calls: list[ToolCall] = []  # completed tool calls, in order
 
-    @property
-    def current_channel(self) -> str | None:
-        return self._msg.channel if self._msg else None
-
     def feed(self, token_id: int) -> list[Delta]:
         if not 0 <= token_id < VOCAB_SIZE:
             return self._malformed()

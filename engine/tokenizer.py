@@ -48,7 +48,7 @@ class ChatCompletionParse:
     malformed: bool = False  # the output broke the harmony grammar; what could not be placed went to `final`
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_encoding(model_dir: str | None, env_base: str | None, cache_root: str | None) -> HarmonyEncoding:
     """One harmony encoding per (checkpoint dir, relevant env) per process; the env args are only cache keys."""
     vocab_dir = vocab.find_vocab_dir(model_dir)
