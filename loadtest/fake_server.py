@@ -40,6 +40,7 @@ class Reply:
     usage: bool = True        # send the usage chunk when the request asks for it
     cut_after: int | None = None   # close the connection after this many chunks (no [DONE], no end chunk)
     block_s: float = 0.0      # time.sleep before replying: the whole server stalls (accepts included)
+    error_after: int | None = None   # send an SSE error object after this many chunks (as vLLM does mid-stream)
 
 
 Script = Callable[[int, dict], Reply]    # (request index from 0, request body) -> reply
@@ -129,6 +130,8 @@ class FakeServer:
             return True
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
         events = [(c.delay_s, sse(chunk_json(c, chat))) for c in reply.chunks]
+        if reply.error_after is not None:
+            events[reply.error_after:] = [(0.0, sse({"error": {"message": "scripted error", "code": 503}}))]
         if reply.cut_after is not None:
             await write_events(writer, events[:reply.cut_after])
             return False

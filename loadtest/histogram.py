@@ -56,10 +56,12 @@ class Histogram:
 
     def percentile(self, q: float) -> float:
         """Nearest-rank percentile q in [0, 100]: the bucket holding the ceil(q/100 * count)-th smallest value,
-        reported at its geometric middle clamped to [min, max]. NaN when empty."""
+        reported at its geometric middle clamped to [min, max]; the largest rank is max itself. NaN when empty."""
         if self.count == 0:
             return math.nan
         rank = max(1, math.ceil(q / 100.0 * self.count))
+        if rank >= self.count:
+            return self.max
         seen = self.zero
         if seen >= rank:
             return self.min

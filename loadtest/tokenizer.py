@@ -73,5 +73,5 @@ def load_tokenizer(name: str = "auto") -> Tokenizer:
 
 
 def tokenizer_name(tok: Tokenizer) -> str:
-    return getattr(tok, "name", type(tok).__name__)
+    return getattr(tok, "name", None) or f"{type(tok).__module__}.{type(tok).__qualname__}"
 
