@@ -13,8 +13,13 @@ BLOCK_SIZE = 32  # values per scale
 SCALE_BIAS = 127
 FP4_MAX = 6.0
 
-# One byte holds two values; this table decodes a byte to its (even, odd) pair in one gather.
-_BYTE_TO_PAIR = torch.tensor([[FP4_VALUES[b & 0xF], FP4_VALUES[b >> 4]] for b in range(256)], dtype=torch.float32)
+# One byte holds two values: this table maps a byte to its (even, odd) pair of bf16 values packed in one int32,
+# so decoding is a single gather. Every E2M1 value times a power of two is exact in bf16 (at most 2 significant
+# bits), so the bf16 product below is exact too and casting it to fp32 loses nothing.
+_PAIRS_BF16 = torch.tensor([[FP4_VALUES[b & 0xF], FP4_VALUES[b >> 4]] for b in range(256)], dtype=torch.bfloat16)
+_PAIRS_AS_INT32 = _PAIRS_BF16.view(torch.int32).reshape(256)
+# scale byte -> 2 ** (byte - 127) (e8m0); fp32 keeps the extremes that bf16 would flush
+_SCALE_VALUES = torch.ldexp(torch.ones(256), torch.arange(256) - SCALE_BIAS)
 
 
 def dequantize_mxfp4(
@@ -31,16 +36,21 @@ def dequantize_mxfp4(
     if blocks.shape[:-1] != scales.shape or blocks.shape[-1] != BLOCK_SIZE // 2:
         raise ValueError(f"MXFP4 blocks {tuple(blocks.shape)} do not match scales {tuple(scales.shape)}")
     *lead, groups, _ = blocks.shape
-    rows = blocks.reshape(-1, groups, BLOCK_SIZE // 2)
+    rows = blocks.reshape(-1, groups * BLOCK_SIZE // 2)
     row_scales = scales.reshape(-1, groups)
     out = torch.empty(rows.shape[0], groups * BLOCK_SIZE, dtype=dtype, device=blocks.device)
-    table = _BYTE_TO_PAIR.to(blocks.device)
-    step = max(1, chunk_bytes // max(1, groups * BLOCK_SIZE // 2))
+    pairs, scale_values = _PAIRS_AS_INT32.to(blocks.device), _SCALE_VALUES.to(blocks.device)
+    exact_in_bf16 = dtype == torch.bfloat16 and bool(((row_scales > 0) & (row_scales < 254)).all())
+    step = max(1, chunk_bytes // max(1, rows.shape[1]))
     for start in range(0, rows.shape[0], step):
         chunk = rows[start : start + step]
-        values = table[chunk.long()].reshape(chunk.shape[0], groups, BLOCK_SIZE)  # fp32, exact
-        exponents = row_scales[start : start + step].to(torch.int32) - SCALE_BIAS
-        out[start : start + step] = torch.ldexp(values, exponents.unsqueeze(-1).float()).reshape(chunk.shape[0], -1)
+        values = pairs[chunk.reshape(-1).int()].view(torch.bfloat16).view(chunk.shape[0], groups, BLOCK_SIZE)
+        factor = scale_values[row_scales[start : start + step].int()].unsqueeze(-1)  # [rows, G, 1] fp32
+        if exact_in_bf16:
+            decoded = values * factor.to(torch.bfloat16)
+        else:
+            decoded = values.float() * factor
+        out[start : start + step] = decoded.reshape(chunk.shape[0], -1)
     return out.reshape(*lead, groups * BLOCK_SIZE)
 
 
