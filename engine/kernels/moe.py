@@ -69,10 +69,13 @@ class Routing:
     block_m: int  # rows per tile
 
 
-def route(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> Routing:
-    """Build the tile metadata on topk_ids' device without a host sync (so decode can be graph-captured).
+def _num_tiles(num_assignments: int, num_experts: int, block_m: int) -> int:
+    """Bound on sum_e cdiv(count_e, block_m): at most one partial tile per expert that has assignments."""
+    return -(-num_assignments // block_m) + min(num_experts, num_assignments)
 
-    The tile count is bounded by cdiv(A, block_m) + min(E, A); tiles past the real count get expert -1."""
+
+def route_ref(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> Routing:
+    """Torch twin of `route` (and its oracle): a stable sort by expert, then tiles from per-expert counts."""
     E, A = num_experts, topk_ids.numel()
     key = topk_ids.reshape(-1).long()
     key = torch.where(key >= 0, key, E)  # skipped assignments sort after every expert
@@ -81,12 +84,77 @@ def route(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> Routing:
     expert_end = counts.cumsum(0)
     tiles = (counts + block_m - 1) // block_m
     tiles_end = tiles.cumsum(0)  # [E]
-    tile = torch.arange(-(-A // block_m) + min(E, A), device=key.device)
+    tile = torch.arange(_num_tiles(A, E, block_m), device=key.device)
     expert = torch.searchsorted(tiles_end, tile, right=True)  # E for spare tiles
+    real = expert < E
     e = expert.clamp(max=E - 1)
     tile_start = expert_end[e] - counts[e] + (tile - (tiles_end[e] - tiles[e])) * block_m
-    tile_expert = torch.where(expert < E, expert, -1)
-    return Routing(sorted_rows, tile_expert.int(), tile_start.int(), expert_end[e].int(), block_m)
+    return Routing(
+        sorted_rows,
+        torch.where(real, expert, -1).int(),
+        torch.where(real, tile_start, 0).int(),
+        torch.where(real, expert_end[e], 0).int(),
+        block_m,
+    )
+
+
+@triton.jit
+def _route_keys(ids_ptr, a, A, E):
+    """Sort key of assignments a: the expert, E for a skipped id (-1), -1 past the end (counted nowhere)."""
+    ids = tl.load(ids_ptr + a, mask=a < A, other=0)
+    return tl.where(a < A, tl.where(ids >= 0, ids, E), -1)
+
+
+@triton.jit
+def _route_kernel(
+    ids_ptr, sorted_rows_ptr, tile_expert_ptr, tile_start_ptr, tile_end_ptr,  # ids [A]; outputs as in Routing
+    A, E, NUM_TILES,
+    BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr,  # BLOCK_E > E: bin E holds skipped ids
+):
+    # One program. Comparisons against a one-hot [CHUNK, BLOCK_E] stand in for histogram, gather and scatter.
+    bins = tl.arange(0, BLOCK_E)
+    counts = tl.zeros([BLOCK_E], dtype=tl.int32)
+    for a0 in range(0, A, CHUNK):
+        key = _route_keys(ids_ptr, a0 + tl.arange(0, CHUNK), A, E)
+        counts += tl.sum((key[:, None] == bins[None, :]).to(tl.int32), axis=0)
+    ends = tl.cumsum(counts, axis=0)
+    # Stable counting sort: position = start of the key's bin + earlier assignments with the same key.
+    taken = ends - counts  # next free row per bin
+    for a0 in range(0, A, CHUNK):
+        a = a0 + tl.arange(0, CHUNK)
+        onehot = (_route_keys(ids_ptr, a, A, E)[:, None] == bins[None, :]).to(tl.int32)
+        before = tl.cumsum(onehot, axis=0) - onehot + taken[None, :]
+        tl.store(sorted_rows_ptr + tl.sum(before * onehot, axis=1), a, mask=a < A)
+        taken += tl.sum(onehot, axis=0)
+    # Tiles: expert of tile t = number of experts whose tiles all end at or before t (searchsorted, right).
+    tiles = tl.where(bins < E, (counts + BLOCK_M - 1) // BLOCK_M, 0)
+    tiles_end = tl.cumsum(tiles, axis=0)
+    for t0 in range(0, NUM_TILES, CHUNK):
+        t = t0 + tl.arange(0, CHUNK)
+        expert = tl.sum((tiles_end[None, :] <= t[:, None]).to(tl.int32), axis=1)
+        real = expert < E
+        onehot = (expert[:, None] == bins[None, :]).to(tl.int32)
+        end = tl.sum(onehot * ends[None, :], axis=1)
+        first_row = end - tl.sum(onehot * counts[None, :], axis=1)
+        first_tile = tl.sum(onehot * (tiles_end - tiles)[None, :], axis=1)
+        in_range = t < NUM_TILES
+        tl.store(tile_expert_ptr + t, tl.where(real, expert, -1), mask=in_range)
+        tl.store(tile_start_ptr + t, tl.where(real, first_row + (t - first_tile) * BLOCK_M, 0), mask=in_range)
+        tl.store(tile_end_ptr + t, tl.where(real, end, 0), mask=in_range)
+
+
+def route(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> Routing:
+    """Routing metadata in one single-program launch and without a host sync (decode can be graph-captured).
+
+    The tile count is the bound `_num_tiles`; tiles past the real count get expert -1."""
+    A = topk_ids.numel()
+    num_tiles = _num_tiles(A, num_experts, block_m)
+    out = [torch.empty(n, dtype=torch.int32, device=topk_ids.device) for n in (A, num_tiles, num_tiles, num_tiles)]
+    _route_kernel[(1,)](
+        topk_ids.reshape(-1), *out, A, num_experts, num_tiles,
+        BLOCK_M=block_m, CHUNK=64, BLOCK_E=next_pow2(num_experts + 1), num_warps=8,
+    )
+    return Routing(*out, block_m)
 
 
 # ------------------------------------------------------------------------------------------------------ kernels

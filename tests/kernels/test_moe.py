@@ -4,7 +4,7 @@ metadata (tile -> expert) the Triton path builds."""
 import pytest
 import torch
 
-from engine.kernels.moe import moe_mxfp4, moe_mxfp4_ref, route
+from engine.kernels.moe import moe_mxfp4, moe_mxfp4_ref, route, route_ref
 from engine.mxfp4 import dequantize_mxfp4
 
 from ._util import DEVICE, DTYPES, assert_close, mxfp4_weights, triton_path
@@ -98,12 +98,24 @@ def test_moe_mxfp4_ref_matches_naive(case):
         assert (out[(args[1] == -1).all(dim=1)] == 0).all()
 
 
-def test_route_tiles_cover_each_expert():
+def test_route_ref_tiles_cover_each_expert():
     ids = torch.tensor([[2, 0], [2, -1], [0, 2], [2, 3], [-1, -1]], dtype=torch.int32)
-    r = route(ids, num_experts=5, block_m=2)
+    r = route_ref(ids, num_experts=5, block_m=2)
     # assignments (t * K + k) grouped by expert, in token order, skipped ones last
     assert r.sorted_rows.tolist() == [1, 4, 0, 2, 5, 6, 7, 3, 8, 9]
     # expert 0: rows 0-1 (1 tile); expert 2: rows 2-5 (2 tiles); expert 3: row 6; spare tiles: -1
     assert r.tile_expert.tolist() == [0, 2, 2, 3, -1, -1, -1, -1, -1, -1]
-    assert r.tile_start.tolist()[:4] == [0, 2, 4, 6]
-    assert r.tile_end.tolist()[:4] == [2, 6, 6, 7]
+    assert r.tile_start.tolist() == [0, 2, 4, 6, 0, 0, 0, 0, 0, 0]
+    assert r.tile_end.tolist() == [2, 6, 6, 7, 0, 0, 0, 0, 0, 0]
+
+
+@triton_path
+@pytest.mark.parametrize("T,E,K,block_m,pattern", [
+    (5, 5, 2, 2, "other-rank"), (1, 128, 4, 16, "random"), (100, 128, 4, 16, "other-rank"),
+    (37, 4, 2, 32, "skewed"), (70, 8, 2, 16, "few-experts"),
+])
+def test_route_matches_ref(T, E, K, block_m, pattern):
+    ids, _ = _routing(T, E, K, pattern)
+    got, expected = route(ids.to(DEVICE), E, block_m), route_ref(ids.to(DEVICE), E, block_m)
+    for name in ("sorted_rows", "tile_expert", "tile_start", "tile_end"):
+        torch.testing.assert_close(getattr(got, name), getattr(expected, name), atol=0, rtol=0, msg=name)
