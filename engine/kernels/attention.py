@@ -6,6 +6,7 @@ them through a block table. Each sequence's queries are the last q_len positions
 serves decode (q_len 1), chunked prefill and mixed batches.
 """
 
+import functools
 import math
 
 import torch
@@ -127,17 +128,21 @@ def _find_sequence(qsl_ptr, num_seqs, tile, BLOCK_Q: tl.constexpr):
 @triton.jit
 def _paged_attention_kernel(
     q_ptr, cache_ptr, out_ptr,  # q, out [T, HQ, D]; cache [2, N, BS, KV, D]
+    m_part_ptr, l_part_ptr, acc_part_ptr,  # split-KV partials: [T, HQ, S], [T, HQ, S], [T, HQ, S, D] fp32
     block_table_ptr, seq_lens_ptr, qsl_ptr, sinks_ptr,  # [B, max_blocks], [B], [B + 1], [HQ]
     num_seqs, bt_stride, cache_kv_stride, scale_log2,  # scale_log2 = scale * log2(e): softmax runs in base 2
     HQ: tl.constexpr, KV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     WINDOW: tl.constexpr,  # 0 = full causal
+    NUM_SPLITS: tl.constexpr,  # 1: write out; more: each split writes partials for _merge_splits_kernel
     BLOCK_D: tl.constexpr,  # D padded to a power of two >= 16 (tl.dot's minimum)
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, DOT_BF16: tl.constexpr,
 ):
     # One program: BLOCK_Q consecutive queries of one sequence x the G query heads of KV head `kvh`, flattened to
-    # BLOCK_M rows (row r = query r // G, head kvh * G + r % G), against that sequence's visible keys.
+    # BLOCK_M rows (row r = query r // G, head kvh * G + r % G), against that sequence's visible keys (or one
+    # of NUM_SPLITS slices of them).
     tile = tl.program_id(0)
     kvh = tl.program_id(1)
+    split = tl.program_id(2)
     b = _find_sequence(qsl_ptr, num_seqs, tile, BLOCK_Q)
     q_start = tl.load(qsl_ptr + b)
     q_len = tl.load(qsl_ptr + b + 1) - q_start
@@ -154,13 +159,17 @@ def _paged_attention_kernel(
     pos = context + qi
     dims = tl.arange(0, BLOCK_D)
     d_ok = dims < D
-    q_off = (q_start + qi).to(tl.int64)[:, None] * HQ * D + head[:, None] * D + dims[None, :]
+    token = (q_start + qi).to(tl.int64)
+    q_off = token[:, None] * HQ * D + head[:, None] * D + dims[None, :]
     q_mask = row_ok[:, None] & d_ok[None, :]
     q = tl.load(q_ptr + q_off, mask=q_mask, other=0.0).to(tl.float32)  # [BLOCK_M, BLOCK_D]
 
-    # Online softmax in base 2, started from the sink: m = s_h, l = exp(s_h - m) = 1, acc = 0.
+    # Online softmax in base 2, started from the sink: m = s_h, l = exp(s_h - m) = 1, acc = 0. Splits start
+    # from l = 0 (the merge adds the sink's mass once); m = s_h keeps an empty split finite.
     m_i = tl.load(sinks_ptr + head).to(tl.float32) * 1.4426950408889634
-    l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if NUM_SPLITS == 1:
+        l_i += 1.0
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     # Keys any row of this tile can see: [key_lo, key_hi). Nothing outside is loaded (null blocks stay unread).
@@ -168,8 +177,14 @@ def _paged_attention_kernel(
     key_lo = 0
     if WINDOW > 0:
         key_lo = tl.maximum(context + q_tile * BLOCK_Q - WINDOW + 1, 0)
+    first = key_lo // BLOCK_N * BLOCK_N
+    if NUM_SPLITS > 1:  # whole BLOCK_N tiles per split
+        per_split = tl.cdiv(tl.cdiv(key_hi - first, NUM_SPLITS), BLOCK_N) * BLOCK_N
+        first += split * per_split
+        key_lo = tl.maximum(key_lo, first)
+        key_hi = tl.minimum(key_hi, first + per_split)
     bt_row = block_table_ptr + b.to(tl.int64) * bt_stride
-    for start in range(key_lo // BLOCK_N * BLOCK_N, key_hi, BLOCK_N):
+    for start in range(first, key_hi, BLOCK_N):
         j = start + tl.arange(0, BLOCK_N)  # key positions
         k_ok = (j >= key_lo) & (j < key_hi)
         block = tl.load(bt_row + j // BS, mask=k_ok, other=0).to(tl.int64)
@@ -196,8 +211,35 @@ def _paged_attention_kernel(
             pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
         acc = acc * alpha[:, None] + pv
         m_i = m_new
-    out = acc / l_i[:, None]
-    tl.store(out_ptr + q_off, out.to(out_ptr.dtype.element_ty), mask=q_mask)
+    if NUM_SPLITS == 1:
+        tl.store(out_ptr + q_off, (acc / l_i[:, None]).to(out_ptr.dtype.element_ty), mask=q_mask)
+    else:
+        part = (token * HQ + head) * NUM_SPLITS + split  # [BLOCK_M]
+        tl.store(m_part_ptr + part, m_i, mask=row_ok)
+        tl.store(l_part_ptr + part, l_i, mask=row_ok)
+        tl.store(acc_part_ptr + part[:, None] * D + dims[None, :], acc, mask=q_mask)
+
+
+@triton.jit
+def _merge_splits_kernel(
+    m_part_ptr, l_part_ptr, acc_part_ptr, sinks_ptr, out_ptr,  # partials as above; sinks [HQ]; out [T, HQ, D]
+    HQ, D: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # One program per (token, head): out = sum_s 2^(m_s - m) acc_s / (sum_s 2^(m_s - m) l_s + 2^(sink - m)).
+    row = tl.program_id(0).to(tl.int64)  # token * HQ + head
+    splits = tl.arange(0, BLOCK_S)
+    s_ok = splits < NUM_SPLITS
+    dims = tl.arange(0, BLOCK_D)
+    m = tl.load(m_part_ptr + row * NUM_SPLITS + splits, mask=s_ok, other=float("-inf"))
+    l = tl.load(l_part_ptr + row * NUM_SPLITS + splits, mask=s_ok, other=0.0)
+    acc_off = (row * NUM_SPLITS + splits)[:, None] * D + dims[None, :]
+    acc = tl.load(acc_part_ptr + acc_off, mask=s_ok[:, None] & (dims[None, :] < D), other=0.0)
+    sink = tl.load(sinks_ptr + row % HQ).to(tl.float32) * 1.4426950408889634
+    m_max = tl.maximum(tl.max(m, axis=0), sink)
+    w = tl.exp2(m - m_max)
+    denominator = tl.sum(w * l, axis=0) + tl.exp2(sink - m_max)
+    out = tl.sum(acc * w[:, None], axis=0) / denominator
+    tl.store(out_ptr + row * D + dims, out.to(out_ptr.dtype.element_ty), mask=dims < D)
 
 
 def _tiles(num_tokens: int, num_seqs: int, group: int) -> tuple[int, int, int]:
@@ -206,6 +248,25 @@ def _tiles(num_tokens: int, num_seqs: int, group: int) -> tuple[int, int, int]:
     block_m = max(block_m, next_pow2(group))
     block_n = 16 if INTERPRET else 64  # small key tiles keep the interpreter fast and cross tile edges in tests
     return block_m, block_m // group, block_n
+
+
+@functools.lru_cache
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _num_splits(q: torch.Tensor, programs: int, decode_only: bool, window: int | None, block_n: int) -> int:
+    """Split the keys (flash-decoding) when a decode batch has too few programs to fill the GPU: up to 16 splits,
+    aiming at two programs per SM; a window of W keys is never cut finer than W / BLOCK_N slices."""
+    if q.device.type != "cuda" or not decode_only:
+        return 1
+    sms = _multiprocessors(q.device.index if q.device.index is not None else torch.cuda.current_device())
+    if programs >= sms:
+        return 1
+    splits = min(16, -(-2 * sms // programs))
+    if window is not None:
+        splits = min(splits, -(-window // block_n))
+    return max(1, splits)
 
 
 def paged_attention(
@@ -220,8 +281,17 @@ def paged_attention(
 ) -> torch.Tensor:
     """Triton twin of `paged_attention_ref`; no host sync (grid from shapes only), so it can be graph-captured.
 
-    Grid: (T // BLOCK_Q + B, KV). Sequence b owns tiles [qsl[b] // BLOCK_Q + b, qsl[b + 1] // BLOCK_Q + b + 1),
-    at least cdiv(q_len_b, BLOCK_Q) of them; spare tiles exit at once."""
+    Grid: (T // BLOCK_Q + B, KV, splits). Sequence b owns tiles [qsl[b] // BLOCK_Q + b, qsl[b + 1] // BLOCK_Q + b
+    + 1), at least cdiv(q_len_b, BLOCK_Q) of them; spare tiles exit at once. Small decode batches also split the
+    keys of each sequence across programs and merge the partial softmaxes in a second launch."""
+    args = (q, kv_cache, block_table, seq_lens, query_start_loc, sinks, sliding_window, scale)
+    block_m, block_q, block_n = _tiles(q.shape[0], seq_lens.shape[0], q.shape[1] // kv_cache.shape[3])
+    programs = (q.shape[0] // block_q + seq_lens.shape[0]) * kv_cache.shape[3]
+    return _paged_attention(*args, _num_splits(q, programs, q.shape[0] == seq_lens.shape[0], sliding_window, block_n))
+
+
+def _paged_attention(q, kv_cache, block_table, seq_lens, query_start_loc, sinks, sliding_window, scale, num_splits):
+    """`paged_attention` with an explicit number of key splits (tests force splits on CPU)."""
     T, HQ, D = q.shape
     _, _, BS, KV, _ = kv_cache.shape
     B = seq_lens.shape[0]
@@ -230,10 +300,20 @@ def paged_attention(
     if T == 0:
         return out
     block_m, block_q, block_n = _tiles(T, B, HQ // KV)
-    _paged_attention_kernel[(T // block_q + B, KV)](
-        q.contiguous(), kv_cache, out, block_table, seq_lens, query_start_loc, sinks,
+    m_part = l_part = acc_part = out  # unused unless split
+    if num_splits > 1:
+        m_part, l_part = (torch.empty(T, HQ, num_splits, dtype=torch.float32, device=q.device) for _ in range(2))
+        acc_part = torch.empty(T, HQ, num_splits, D, dtype=torch.float32, device=q.device)
+    _paged_attention_kernel[(T // block_q + B, KV, num_splits)](
+        q.contiguous(), kv_cache, out, m_part, l_part, acc_part, block_table, seq_lens, query_start_loc, sinks,
         B, block_table.stride(0), kv_cache[0].numel(), scale * math.log2(math.e),
-        HQ=HQ, KV=KV, G=HQ // KV, D=D, BS=BS, WINDOW=sliding_window or 0, BLOCK_D=max(16, next_pow2(D)),
-        BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n, DOT_BF16=bf16_dots(q.dtype), num_warps=4,
+        HQ=HQ, KV=KV, G=HQ // KV, D=D, BS=BS, WINDOW=sliding_window or 0, NUM_SPLITS=num_splits,
+        BLOCK_D=max(16, next_pow2(D)), BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n,
+        DOT_BF16=bf16_dots(q.dtype), num_warps=4,
     )
+    if num_splits > 1:
+        _merge_splits_kernel[(T * HQ,)](
+            m_part, l_part, acc_part, sinks, out, HQ,
+            D=D, NUM_SPLITS=num_splits, BLOCK_S=next_pow2(num_splits), BLOCK_D=next_pow2(D),
+        )
     return out
