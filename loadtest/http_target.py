@@ -57,13 +57,16 @@ class HttpTarget:
             raise TargetError("connect", str(exc) or type(exc).__name__) from exc
 
     async def _events(self, resp: httpx.Response) -> AsyncIterator[Delta | Usage]:
+        """Parsed events until `data: [DONE]`; the body is then read to its end so the connection is reused."""
+        done = False
         async for line in resp.aiter_lines():
-            if not line.startswith("data:"):
+            if done or not line.startswith("data:"):
                 continue
             t = time.perf_counter()
             data = line[5:].strip()
             if data == "[DONE]":
-                return
+                done = True
+                continue
             try:
                 chunk = json.loads(data)
             except json.JSONDecodeError as exc:
@@ -72,7 +75,8 @@ class HttpTarget:
                 raise TargetError("stream_error", json.dumps(chunk["error"])[:200])
             for event in parse_chunk(chunk, t):
                 yield event
-        raise TargetError("stream_broken", "stream ended without data: [DONE]")
+        if not done:
+            raise TargetError("stream_broken", "stream ended without data: [DONE]")
 
     async def aclose(self) -> None:
         await self.client.aclose()
