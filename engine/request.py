@@ -32,6 +32,7 @@ class Request:
     detokenizer: IncrementalDetokenizer | None = None
     device: str | torch.device = "cpu"
     index: int = 0  # which of a parent's n samples this is
+    parent_id: str | None = None  # the id the caller gave (children of an n > 1 request share it)
     arrival_time: float = field(default_factory=time.monotonic)
 
     output_token_ids: list[int] = field(default_factory=list)
@@ -45,6 +46,7 @@ class Request:
     metrics: dict = field(default_factory=dict)  # monotonic timestamps: scheduled, first_token, finished
 
     def __post_init__(self):
+        self.parent_id = self.parent_id or self.request_id
         if self.params.logprobs is not None:
             self.logprobs = []
         seed = None if self.params.seed is None else self.params.seed + self.index

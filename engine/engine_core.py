@@ -1,0 +1,161 @@
+"""The engine loop body: `step()` = `scheduler.schedule()` -> `runner.execute()` -> `scheduler.update()`.
+
+`EngineCore` owns the model, the KV cache and the scheduler, and turns prompts into `Request`s (tokenized,
+validated, one per sample for n > 1). `LLM` drives it synchronously; `AsyncLLM` runs it in a background thread.
+"""
+
+import itertools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.checkpoint import load_weights
+from engine.detokenizer import IncrementalDetokenizer
+from engine.kv_cache_manager import KVCacheLayout, KVCacheManager
+from engine.model.reference import Transformer
+from engine.model_runner import ModelRunner
+from engine.request import Request
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler, SchedulerConfig, SchedulerStats
+from engine.tokenizer import Tokenizer
+from engine.utils import generation_eos_ids, resolve_device, resolve_dtype
+
+log = logging.getLogger(__name__)
+PromptType = str | dict | list[int]
+CPU_KV_CACHE_BYTES = 256 << 20  # default KV budget on CPU
+
+
+@dataclass
+class EngineConfig:
+    model: str | Path  # checkpoint directory
+    dtype: str = "bfloat16"  # "float32" or "bfloat16"
+    device: str | None = None  # "cpu", "cuda", or None for cuda when available
+    block_size: int = 16  # tokens per KV block
+    kv_cache_memory: int | None = None  # bytes for the KV cache; None: gpu_memory_utilization on CUDA, 256 MiB on CPU
+    gpu_memory_utilization: float = 0.9  # fraction of the free GPU memory (after loading) given to the KV cache
+    max_num_seqs: int = 256  # requests running at once
+    max_num_batched_tokens: int = 2048  # tokens per step
+    max_waiting_requests: int | None = None  # waiting-queue limit (None: unbounded)
+    enable_prefix_caching: bool = True
+    scheduling_policy: str = "fcfs"  # "fcfs" or "priority"
+    max_model_len: int | None = None  # context limit; None: the model's max_position_embeddings
+
+    def __post_init__(self):
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
+            raise ValueError(f"kv_cache_memory must be a positive number of bytes, got {self.kv_cache_memory}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
+        self.scheduler_config()  # validates its fields
+
+    def scheduler_config(self) -> SchedulerConfig:
+        return SchedulerConfig(self.max_num_seqs, self.max_num_batched_tokens, self.max_waiting_requests,
+                               self.scheduling_policy)
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.dtype, self.device = resolve_dtype(config.dtype), resolve_device(config.device)
+        self.model_dir = Path(config.model)
+        self.model_config, weights = load_weights(self.model_dir, self.dtype, self.device)
+        self.model = Transformer.from_weights(self.model_config, weights)
+        self.tokenizer = Tokenizer.load(self.model_dir)
+        self.eos_token_ids = generation_eos_ids(self.model_dir, self.model_config.eos_token_ids)
+        self.max_model_len = min(config.max_model_len or 1 << 62, self.model_config.max_position_embeddings)
+        self.layout = KVCacheLayout.for_model(self.model_config, config.block_size)
+        num_blocks = self._num_blocks()
+        self.kv = KVCacheManager(self.layout, num_blocks, config.enable_prefix_caching)
+        self.scheduler = Scheduler(config.scheduler_config(), self.kv)
+        self.runner = ModelRunner(self.model, self.layout, num_blocks, self.dtype, self.device)
+        self._ids = itertools.count()
+        log.info("KV cache: %d blocks of %d tokens; one sequence can hold up to %d tokens", num_blocks,
+                 config.block_size, self.max_tokens_per_sequence)
+
+    def _num_blocks(self) -> int:
+        per_block = ModelRunner.bytes_per_block(self.model_config, self.layout, self.config.block_size, self.dtype)
+        budget = self.config.kv_cache_memory
+        if budget is None:
+            if self.device.type == "cuda":
+                budget = int(torch.cuda.mem_get_info(self.device)[0] * self.config.gpu_memory_utilization)
+            else:
+                budget = CPU_KV_CACHE_BYTES
+        num_blocks = budget // per_block
+        if num_blocks < 2:
+            raise ValueError(f"kv_cache_memory of {budget} bytes holds {num_blocks} blocks of {per_block} bytes; "
+                             f"give it at least {2 * per_block} bytes")
+        return num_blocks
+
+    def _blocks_for_sequence(self, num_tokens: int) -> int:
+        """Blocks one sequence of `num_tokens` holds at most (full groups: all; sliding: the window + 1)."""
+        bs = self.config.block_size
+        per_group = [-(-num_tokens // bs) if w is None else min(-(-num_tokens // bs), -(-w // bs) + 1)
+                     for w in self.layout.windows]
+        return sum(per_group)
+
+    @property
+    def max_tokens_per_sequence(self) -> int:
+        usable, bs, n = self.kv.pool.num_blocks - 1, self.config.block_size, 0
+        step = max(1, usable * bs // 64)
+        while self._blocks_for_sequence(n + step) <= usable and n < self.max_model_len:
+            n += step
+        return min(n, self.max_model_len)
+
+    # ---- requests ----
+    def prompt_ids(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+        """(text or None, token ids) of a prompt given as text, {"prompt_token_ids": [...]} or a list of ids."""
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt must not be empty")
+            return prompt, self.tokenizer.encode(prompt)
+        ids = prompt.get("prompt_token_ids") if isinstance(prompt, dict) else prompt
+        if not isinstance(ids, list) or not ids or not all(isinstance(t, int) and not isinstance(t, bool)
+                                                           for t in ids):
+            raise ValueError("prompt must be text, a non-empty list of token ids, or {'prompt_token_ids': [...]}")
+        bad = [t for t in ids if not 0 <= t < self.model_config.vocab_size]
+        if bad:
+            raise ValueError(f"prompt_token_ids must be in [0, {self.model_config.vocab_size}), got {bad[:5]}")
+        return None, list(ids)
+
+    def make_requests(self, prompt: PromptType, params: SamplingParams, request_id: str | None = None
+                      ) -> list[Request]:
+        """One validated request per sample (ids `RID` for n == 1, `RID#i` for n > 1)."""
+        text, ids = self.prompt_ids(prompt)
+        params.validate_for_model(self.model_config.vocab_size, self.max_model_len, len(ids))
+        needed = self._blocks_for_sequence(len(ids) + params.max_tokens)
+        if needed > self.kv.pool.num_blocks - 1:
+            raise ValueError(f"prompt ({len(ids)} tokens) plus max_tokens ({params.max_tokens}) needs {needed} KV "
+                             f"blocks but the cache holds {self.kv.pool.num_blocks - 1}; lower max_tokens or give "
+                             "the engine more kv_cache_memory")
+        rid = request_id if request_id is not None else str(next(self._ids))
+        return [Request(rid if params.n == 1 else f"{rid}#{i}", ids, params, self.eos_token_ids, prompt=text,
+                        detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop, params.skip_special_tokens),
+                        device=self.device, index=i, parent_id=rid)
+                for i in range(params.n)]
+
+    def add(self, requests: list[Request]) -> None:
+        for r in requests:
+            self.scheduler.add(r)
+
+    def abort(self, request_ids: list[str]) -> list[Request]:
+        return [r for rid in request_ids if (r := self.scheduler.abort(rid)) is not None]
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    def step(self) -> list[Request]:
+        """Run one batch; return the requests that produced output (finished ones included)."""
+        out = self.scheduler.schedule()
+        if not out.scheduled:
+            return []
+        sampled = self.runner.execute(out, self.kv, self.model_config.vocab_size)
+        return self.scheduler.update(out, sampled)
+
+    def stats(self) -> SchedulerStats:
+        return self.scheduler.stats()
