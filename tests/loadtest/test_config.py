@@ -64,3 +64,14 @@ def test_counters_and_status_line():
     assert (now["sent"], now["done"], now["http_429"]) == (5, 2, 1)
     line = status_line(1.0, now, dict.fromkeys(FIELDS, 0.0), 0.5)
     assert "sent 5 done 2 in flight 3" in line and "4.0 req/s" in line and "errors 1 (http_429 1)" in line
+
+
+def test_every_formula_is_documented_in_the_readme():
+    from pathlib import Path
+
+    from loadtest.metrics import FORMULAS
+
+    readme = (Path(__file__).parents[2] / "loadtest" / "README.md").read_text()
+    for key in FORMULAS:
+        for name in key.split(", "):
+            assert name == "clock" or name in readme, name
