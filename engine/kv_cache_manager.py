@@ -153,12 +153,13 @@ class KVCacheManager:
 
     def _cache_full_blocks(self, request: Request, num_tokens: int) -> None:
         rid = request.request_id
-        hashes = self.block_hashes(request, num_tokens)
-        for i in range(self.num_cached_blocks[rid], len(hashes)):
+        full = min(len(self.block_hashes(request, num_tokens)), num_tokens // self.block_size)
+        hashes = self.hashes[rid]
+        for i in range(self.num_cached_blocks[rid], full):
             for group, table in enumerate(self.tables[rid]):
                 if table[i] != NULL_BLOCK:
                     self.pool.cache(group, table[i], hashes[i])
-        self.num_cached_blocks[rid] = len(hashes)
+        self.num_cached_blocks[rid] = max(self.num_cached_blocks[rid], full)
 
     def free(self, request: Request) -> None:
         """Return every block of the request (tail blocks first, so they are evicted before shared heads)."""
