@@ -7,7 +7,7 @@ measured part, split over `processes` generator processes whose histograms merge
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from loadtest.arrivals import ARRIVALS
@@ -86,9 +86,7 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         """What the result file records: everything but the API key; a tokenizer object by its type name."""
-        d = asdict(self)
+        tokenizer = self.tokenizer if isinstance(self.tokenizer, str) else type(self.tokenizer).__name__
+        d = asdict(replace(self, tokenizer=tokenizer, api_key=None))   # asdict would deep-copy a tokenizer object
         d.pop("api_key")
-        d["api_key_set"] = self.api_key is not None
-        if not isinstance(self.tokenizer, str):
-            d["tokenizer"] = type(self.tokenizer).__name__
-        return d
+        return d | {"api_key_set": self.api_key is not None}

@@ -10,7 +10,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+
 from loadtest.histogram import Histogram  # noqa: E402
+
+PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
 
 CDF_PANELS = (("ttft_ms", "ttft_final_ms"), ("tpot_ms",), ("itl_chunk_ms", "itl_token_ms"), ("e2e_ms",))
 
@@ -36,18 +40,26 @@ def _latency_cdfs(result: dict, path: Path) -> Path:
                 if cdf:
                     ax.plot([x for x, _ in cdf], [y for _, y in cdf], style, label=f"{name} {_label(point)}")
         ax.set(xscale="log", xlabel="ms", ylabel="fraction of samples", title=" / ".join(names), ylim=(0, 1.01))
+        ax.xaxis.set_major_formatter(PLAIN)
+        ax.xaxis.set_minor_formatter(PLAIN if ax.lines and _narrow(ax) else NullFormatter())
         ax.grid(True, alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
     return _save(fig, path)
 
 
+def _narrow(ax) -> bool:
+    lo, hi = ax.get_xlim()
+    return lo > 0 and hi / lo < 20
+
+
 def _versus_load(result: dict, path: Path) -> Path:
     pts = result["points"]
     x = [p["load"]["value"] for p in pts]
     fig, ax = plt.subplots(figsize=(8, 5))
-    for key, label in (("request_throughput_rps", "throughput"), ("goodput_rps", "goodput (meets SLOs)")):
-        ax.plot(x, [p["summary"][key] or 0 for p in pts], "o-", label=f"{label}, req/s")
+    for key, label, style in (("request_throughput_rps", "throughput", "o-"),
+                              ("goodput_rps", "goodput (meets SLOs)", "^--")):
+        ax.plot(x, [p["summary"][key] or 0 for p in pts], style, label=f"{label}, req/s")
     ax.set(xlabel="offered load (" + ("req/s" if pts[0]["load"]["mode"] == "rate" else "concurrency") + ")",
            ylabel="requests/s", title="throughput and goodput against offered load")
     tok = ax.twinx()
@@ -60,20 +72,25 @@ def _versus_load(result: dict, path: Path) -> Path:
 
 
 def _timeline(result: dict, path: Path) -> Path:
-    pts = result["points"]
-    fig, axes = plt.subplots(len(pts), 1, figsize=(10, 3 * len(pts)), squeeze=False)
-    for ax, p in zip(axes[:, 0], pts):
+    """Three rows sharing the time axis, one line per load point: completions/s, queue depth, KV-cache usage."""
+    rows = (("completed", "completed req/s"), ("queue_depth", "queue depth (waiting requests)"),
+            ("kv_cache_usage", "KV-cache usage"))
+    fig, axes = plt.subplots(len(rows), 1, figsize=(10, 8), sharex=True)
+    for p in result["points"]:
         series = p.get("series") or {}
-        ax.step(series.get("t", []), series.get("completed", []), where="post", label="completed req/s")
-        ax.set(xlabel="s from start", ylabel="req/s", title=_label(p))
-        right = ax.twinx()
-        for name in sorted({k for s in p.get("timeline", []) for k in s if k != "t"}):
-            samples = [(s["t"], s[name]) for s in p["timeline"] if name in s]
-            right.plot([t for t, _ in samples], [v for _, v in samples], ".-", label=name)
-        right.set_ylabel("server metric")
-        ax.legend(loc="upper left", fontsize=7)
-        if right.lines:
-            right.legend(loc="upper right", fontsize=7)
+        axes[0].step(series.get("t", []), series.get("completed", []), where="post", label=_label(p))
+        for ax, (name, _) in zip(axes[1:], rows[1:]):
+            samples = [(s["t"], s[name]) for s in p.get("timeline", []) if s.get(name) is not None]
+            if samples:
+                ax.plot([t for t, _ in samples], [v for _, v in samples], ".-", label=_label(p))
+    for ax, (name, title) in zip(axes, rows):
+        ax.set(ylabel=title)
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "not scraped (--scrape-metrics)", ha="center", transform=ax.transAxes)
+    axes[-1].set_xlabel("s from the start of each load point")
     return _save(fig, path)
 
 
