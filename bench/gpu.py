@@ -85,6 +85,7 @@ class Report:
     device: str
     torch: str
     triton: str
+    shapes: dict = field(default_factory=dict)  # asdict(Shapes) of the run
     copy_gbps: float = 0.0
     matmul_tflops: float = 0.0
     checks: list[Check] = field(default_factory=list)
@@ -327,8 +328,10 @@ def write_results(report: Report, out_dir: Path) -> Path:
         f"# Kernel benchmark, {report.device}, {report.date}",
         "",
         f"torch {report.torch}, triton {report.triton}. Measured: copy {report.copy_gbps:.0f} GB/s, "
-        f"bf16 matmul {report.matmul_tflops:.0f} TFLOP/s. Shapes: gpt-oss-120b (H=I=2880, E=128, K=4, Hq=64, "
-        f"KV=8, D=64, window 128); bf16 activations; medians of CUDA-event timings with L2 flushed.",
+        f"bf16 matmul {report.matmul_tflops:.0f} TFLOP/s. Shapes: "
+        + ", ".join(f"{k}={v}" for k, v in report.shapes.items())
+        + ". bf16 activations; medians of CUDA-event timings with L2 flushed; bytes and flops count unique "
+        "traffic and useful work.",
         "",
         "## Checks (Triton kernel vs torch ref, random data)",
         "",
@@ -367,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                     torch.__version__, triton.__version__)
     print(f"{report.device} ({platform.node()}), torch {report.torch}, triton {report.triton}", flush=True)
     timer, shapes, gen = Timer(args.iters), Shapes(), torch.Generator(device=DEVICE).manual_seed(0)
+    report.shapes = asdict(shapes)
     measure_card(report, timer)
     print(f"copy {report.copy_gbps:.0f} GB/s, bf16 matmul {report.matmul_tflops:.0f} TFLOP/s", flush=True)
     bench_small_ops(report, timer, shapes, gen)

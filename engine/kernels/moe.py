@@ -308,6 +308,8 @@ def moe_mxfp4(
     out = torch.empty_like(x)
     if T == 0:
         return out
+    weights = (w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2)
+    assert all(w.is_contiguous() for w in weights), "expert weights must be contiguous (as loaded)"
     x, topk_ids, topk_weights = x.contiguous(), topk_ids.contiguous(), topk_weights.float().contiguous()
     routing = route(topk_ids, E, _block_m(T * K, E))
     dot_bf16 = bf16_dots(x.dtype)

@@ -26,6 +26,7 @@ def test_bench_gpu_dry_run(tmp_path, monkeypatch):
     shapes = gpu.Shapes(hidden=64, intermediate=32, experts=4, top_k=2, q_heads=4, kv_heads=2, head_dim=16,
                         window=8, block_size=4)
     report = gpu.Report("2026-01-01T00:00:00", "CPU interpreter", torch.__version__, "interpreted")
+    report.shapes = gpu.asdict(shapes)
     timer, gen = CpuTimer(), torch.Generator().manual_seed(0)
     gpu.measure_card(report, timer, copy_bytes=1 << 20, n=64)
     gpu.bench_small_ops(report, timer, shapes, gen, token_counts=(1, 5), max_pos=64)
@@ -39,5 +40,6 @@ def test_bench_gpu_dry_run(tmp_path, monkeypatch):
     saved = json.loads(stem.with_suffix(".json").read_text())
     assert {t["name"] for t in saved["timings"]} == {
         "rms_norm + residual", "rope_and_write_kv", "router_topk", "paged_attention", "moe_mxfp4"}
-    assert "| moe_mxfp4 | torch baseline |" in stem.with_suffix(".md").read_text()
+    markdown = stem.with_suffix(".md").read_text()
+    assert "| moe_mxfp4 | torch baseline |" in markdown and "experts=4" in markdown
     assert stem.name == "2026-01-01-cpu-interpreter"
