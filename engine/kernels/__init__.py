@@ -41,20 +41,24 @@ def use_triton(device: torch.device | str) -> bool:
     return os.environ.get("GPTOSS_FORCE_TRITON", "0") == "1"
 
 
-def _dispatch(kernel, ref, device_arg: int = 0):
-    """An op that runs `kernel` when use_triton(<its first tensor's device>) and `ref` otherwise."""
+def _dispatch(module, name: str):
+    """The op `name` of `module`: its Triton kernel when use_triton(<first argument's device>), else `name`_ref.
+    Both are looked up at call time, so a test can swap either."""
+    ref = getattr(module, name + "_ref")
 
     @functools.wraps(ref)
     def op(*args, **kwargs):
-        return (kernel if use_triton(args[device_arg].device) else ref)(*args, **kwargs)
+        return getattr(module, name if use_triton(args[0].device) else name + "_ref")(*args, **kwargs)
 
-    op.__name__ = op.__qualname__ = kernel.__name__
+    op.__name__ = op.__qualname__ = name
+    op.__module__ = __name__
+    op.__doc__ = f"Dispatches to {module.__name__}.{name} (Triton) or {name}_ref (torch).\n\n{ref.__doc__}"
     return op
 
 
-moe_mxfp4 = _dispatch(moe.moe_mxfp4, moe.moe_mxfp4_ref)
-paged_attention = _dispatch(attention.paged_attention, attention.paged_attention_ref)
-write_kv = _dispatch(attention.write_kv, attention.write_kv_ref)
-rms_norm = _dispatch(norm.rms_norm, norm.rms_norm_ref)
-rope_and_write_kv = _dispatch(rope.rope_and_write_kv, rope.rope_and_write_kv_ref)
-router_topk = _dispatch(router.router_topk, router.router_topk_ref)
+moe_mxfp4 = _dispatch(moe, "moe_mxfp4")
+paged_attention = _dispatch(attention, "paged_attention")
+write_kv = _dispatch(attention, "write_kv")
+rms_norm = _dispatch(norm, "rms_norm")
+rope_and_write_kv = _dispatch(rope, "rope_and_write_kv")
+router_topk = _dispatch(router, "router_topk")
