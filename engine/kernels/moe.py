@@ -1,6 +1,6 @@
 """Mixture-of-experts MLP on MXFP4 expert weights (gpt-oss `MLPBlock` after the router).
 
-Triton path, in three launches after a sync-free routing step on the device:
+Triton path: four launches, no host sync (decode can be graph-captured). Expert ids are in [0, E) or -1.
   route   : (token, k) assignments sorted by expert; BLOCK_M tiles of sorted rows, each owned by one expert
   gemm1   : act = swiglu(W1_e x + b1_e)            per tile, MXFP4 decoded in registers, SwiGLU in the epilogue
   gemm2   : y   = (W2_e act + b2_e) * w_k           per tile, written to the assignment's own row
