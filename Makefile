@@ -33,8 +33,10 @@ test-gpu: $(STAMP)
 tiny-model: $(STAMP)
 	test -f $(TINY)/config.json || $(VENV)/bin/gptoss make-tiny-model $(TINY)
 
-bench: $(STAMP)
+bench: $(STAMP) tiny-model
 	$(PY) -m bench.load
+	$(PY) -m bench.engine
+	$(PY) -m bench.loadtest_ceiling
 
 clean:
 	rm -rf $(VENV) .cache

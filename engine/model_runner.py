@@ -114,11 +114,14 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[inputs.logits_indices])
         return self.sample(logits, inputs.sampled, vocab_size)
 
-    def sample(self, logits: torch.Tensor, requests: list[Request], vocab_size: int) -> dict:
-        batch = SamplingBatch.build([r.params for r in requests], [r.prompt_token_ids for r in requests],
-                                    [r.output_token_ids for r in requests], [r.generator for r in requests],
-                                    [r.stop_ids for r in requests], vocab_size, self.device)
-        result = self.sampler(logits, batch)
+    def sampling_batch(self, requests: list[Request], vocab_size: int) -> SamplingBatch:
+        return SamplingBatch.build([r.params for r in requests], [r.prompt_token_ids for r in requests],
+                                   [r.output_token_ids for r in requests], [r.generator for r in requests],
+                                   [r.stop_ids for r in requests], vocab_size, self.device)
+
+    def sample(self, logits: torch.Tensor, requests: list[Request], vocab_size: int,
+               batch: SamplingBatch | None = None) -> dict:
+        result = self.sampler(logits, batch or self.sampling_batch(requests, vocab_size))
         tokens, chosen = result.token_ids.tolist(), result.logprobs.tolist()
         topn_ids, topn_lp = result.topn_ids.tolist(), result.topn_logprobs.tolist()
         sampled = {}

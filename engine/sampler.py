@@ -213,8 +213,10 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     token i with probability probs[i]. Seeded rows draw q from their own generator, so their tokens do not depend
     on the other rows; the rest share one draw from the default generator of the device."""
     probs = logits.softmax(dim=-1)  # [B, V]
-    noise = torch.empty_like(probs).exponential_()
-    for row, gen in enumerate(batch.generators):
-        if gen is not None:
-            noise[row].exponential_(generator=gen)
+    noise = torch.empty_like(probs)
+    seeded = [row for row, gen in enumerate(batch.generators) if gen is not None]
+    if len(seeded) < len(batch.generators):  # one draw for all unseeded rows (seeded rows are overwritten below)
+        noise.exponential_()
+    for row in seeded:
+        noise[row].exponential_(generator=batch.generators[row])
     return probs.div_(noise.clamp_min_(_TINY)).argmax(dim=-1)
