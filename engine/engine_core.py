@@ -11,9 +11,11 @@ from pathlib import Path
 
 import torch
 
+from engine import kernels
 from engine.checkpoint import load_weights
 from engine.detokenizer import IncrementalDetokenizer
 from engine.kv_cache_manager import KVCacheLayout, KVCacheManager
+from engine.model.kernel_model import build_kernel_model
 from engine.model.reference import Transformer
 from engine.model_runner import ModelRunner
 from engine.request import Request
@@ -41,6 +43,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     scheduling_policy: str = "fcfs"  # "fcfs" or "priority"
     max_model_len: int | None = None  # context limit; None: the model's max_position_embeddings
+    backend: str = "auto"  # "reference" (dense experts, torch), "kernels" (packed MXFP4 experts, Triton on CUDA),
+    #                        or "auto": kernels on CUDA or with GPTOSS_FORCE_TRITON=1, reference otherwise
 
     def __post_init__(self):
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -49,6 +53,8 @@ class EngineConfig:
             raise ValueError(f"kv_cache_memory must be a positive number of bytes, got {self.kv_cache_memory}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.backend not in ("auto", "reference", "kernels"):
+            raise ValueError(f"backend must be 'auto', 'reference' or 'kernels', got {self.backend!r}")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
         self.scheduler_config()  # validates its fields
@@ -63,8 +69,12 @@ class EngineCore:
         self.config = config
         self.dtype, self.device = resolve_dtype(config.dtype), resolve_device(config.device)
         self.model_dir = Path(config.model)
-        self.model_config, weights = load_weights(self.model_dir, self.dtype, self.device)
-        self.model = Transformer.from_weights(self.model_config, weights)
+        self.backend = config.backend if config.backend != "auto" else (
+            "kernels" if kernels.use_triton(self.device) else "reference")
+        packed = self.backend == "kernels"
+        self.model_config, weights = load_weights(self.model_dir, self.dtype, self.device, dequantize_experts=not packed)
+        build = build_kernel_model if packed else Transformer.from_weights
+        self.model = build(self.model_config, weights)
         self.tokenizer = Tokenizer.load(self.model_dir)
         self.eos_token_ids = generation_eos_ids(self.model_dir, self.model_config.eos_token_ids)
         self.max_model_len = min(config.max_model_len or 1 << 62, self.model_config.max_position_embeddings)

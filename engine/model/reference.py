@@ -168,9 +168,14 @@ class Transformer(nn.Module):
         """Build without allocating random parameters, taking the loaded tensors as they are."""
         with torch.device("meta"):
             model = cls(config)
+        return cls.load(model, weights)
+
+    @staticmethod
+    def load(model: "Transformer", weights: dict[str, torch.Tensor]) -> "Transformer":
+        """Take the loaded tensors as the parameters of a model built on the meta device."""
         model.load_state_dict(weights, strict=True, assign=True)
         device = next(iter(weights.values())).device
-        model.inv_freq = yarn_inv_freq(config)[0].to(device)
+        model.inv_freq = yarn_inv_freq(model.config)[0].to(device)
         return model.eval()
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,53 @@
+"""The fast path: the reference model with its hot paths swapped for the kernels in engine.kernels.
+
+Same config, weights loader, embedding, attention projections and cache protocol as `reference.py`; the MoE keeps
+its experts packed in MXFP4 (never a dense copy) and runs `router_topk` + `moe_mxfp4`, and the norms run the fused
+`rms_norm`. Attention already goes through the paged cache, whose ops dispatch to Triton on CUDA. Each op runs its
+Triton kernel on CUDA (or anywhere with GPTOSS_FORCE_TRITON=1) and its torch ref otherwise.
+"""
+
+import torch
+from torch import nn
+
+from engine import kernels
+from engine.config import ModelConfig
+from engine.model.reference import RMSNorm, Transformer
+
+
+class KernelMoE(nn.Module):
+    """Router top-k + MoE over packed MXFP4 experts (E experts, D hidden, I intermediate)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        E, D, I = config.num_experts, config.hidden_size, config.intermediate_size
+        self.top_k, self.limit = config.experts_per_token, config.swiglu_limit
+        self.router = nn.Linear(D, E)
+        u8 = dict(dtype=torch.uint8)
+        self.register_buffer("w1_blocks", torch.empty(E, 2 * I, D // 32, 16, **u8))
+        self.register_buffer("w1_scales", torch.empty(E, 2 * I, D // 32, **u8))
+        self.b1 = nn.Parameter(torch.empty(E, 2 * I))
+        self.register_buffer("w2_blocks", torch.empty(E, D, I // 32, 16, **u8))
+        self.register_buffer("w2_scales", torch.empty(E, D, I // 32, **u8))
+        self.b2 = nn.Parameter(torch.empty(E, D))
+
+    def forward(self, x):
+        ids, weights = kernels.router_topk(self.router(x), self.top_k)
+        return kernels.moe_mxfp4(x, ids, weights, self.w1_blocks, self.w1_scales, self.b1, self.w2_blocks,
+                                 self.w2_scales, self.b2, swiglu_limit=self.limit)
+
+
+class KernelRMSNorm(RMSNorm):
+    def forward(self, x):
+        return kernels.rms_norm(x, self.weight, self.eps)[0]
+
+
+def build_kernel_model(config: ModelConfig, weights: dict[str, torch.Tensor]) -> Transformer:
+    """A Transformer whose MoE layers and norms run the kernels; `weights` must hold packed experts."""
+    with torch.device("meta"):
+        model = Transformer(config)
+        for block in model.layers:
+            block.mlp = KernelMoE(config)
+            block.attn_norm = KernelRMSNorm(config.hidden_size, config.rms_norm_eps)
+            block.mlp_norm = KernelRMSNorm(config.hidden_size, config.rms_norm_eps)
+        model.norm = KernelRMSNorm(config.hidden_size, config.rms_norm_eps)
+    return Transformer.load(model, weights)
