@@ -1,0 +1,36 @@
+"""gptoss-serve's cluster: Ray Serve replicas of the engine behind an OpenAI-compatible API.
+
+Request path:
+
+    client (openai SDK, curl)
+      -> Serve HTTP proxy (127.0.0.1:8000 unless configured)
+      -> Ingress replica (ingress.py): API key (hmac.compare_digest; all routes but /health), body limit (413),
+         JSON + field validation (protocol.py, 400 naming the field), model by name (404 model_not_found),
+         deadline (408), prefix hashes of the prompt for routing
+      -> PrefixAffinityRouter (router.py): the replica that served the prompt's prefix, else the least loaded
+      -> LLMServer replica (server.py): harmony rendering, context checks, AsyncLLM.generate; engine queue full ->
+         429 with Retry-After (Serve's max_queued_requests -> 503)
+      -> formatters (openai_output.py, responses_api.py): reasoning_content / content / tool_calls, SSE frames
+      <- back the same way; a client that disconnects cancels the stream and the engine request is aborted.
+
+Modules, one noun each: config (the one config file), protocol (requests), errors (OpenAI error bodies), ingress,
+router, server, openai_output, responses_api, metrics (every metric name), app (the Serve application; also
+`serve run cluster.app:build_app config=FILE`), cli (`gptoss serve`).
+
+Configuration: `gptoss serve --print-default-config` prints every field with its documentation;
+`cluster/configs/local.yaml` is what `make serve` runs. The same file drives `gptoss serve --config FILE`,
+`serve run cluster.app:build_app config=FILE`, and `gptoss serve --print-serve-config FILE`, whose output is a Ray
+Serve config for `serve deploy` and KubeRay's `serveConfigV2` (the whole config travels inline as the builder's
+args). Only tensor_parallel_size 1 is supported until the engine's parallel executor lands: one engine per replica,
+in the replica's process; scale out with replicas.
+
+Metrics: one scrape target, `GET /metrics` on the API (needs the API key when keys are configured). Every LLM
+replica pushes a snapshot of its series to the MetricsHub deployment each `metrics_push_interval_s`; the ingress
+renders all live snapshots, labelled `model_name` and `replica` (names: cluster/metrics.py). A replica that stops
+reporting is dropped after max(60 s, 30 pushes).
+
+API notes: /v1/responses is stateless (no store; `previous_response_id` is refused: send the conversation as
+input items). `tool_choice` "required" or a named function limits the tools the prompt offers but is not enforced
+by constrained decoding. Chat logprobs and structured output (response_format) are refused with a 400 for now.
+The header `X-Request-Timeout: SECONDS` shortens a request's deadline (never beyond limits.request_timeout_s).
+"""

@@ -1,0 +1,98 @@
+"""Builds the Ray Serve application from an AppConfig: `serve run cluster.app:build_app config=FILE`.
+
+Deployments (made here, at build time, from plain classes):
+    Ingress (FastAPI; auth, validation, SSE)  --handle, PrefixAffinityRouter-->  LLMServer:<model> (one AsyncLLM each)
+    MetricsHub (one replica; replicas and ingress push snapshots, GET /metrics renders them)
+"""
+
+from pathlib import Path
+
+from ray import serve
+from ray.serve.config import RequestRouterConfig
+
+from cluster.config import AppConfig, ModelSpec, load_config
+from cluster.ingress import Ingress
+from cluster.metrics import MetricsStore
+from cluster.server import LLMServer
+
+ROUTER_CLASS = "cluster.router:PrefixAffinityRouter"
+
+
+class MetricsHub:
+    """Latest metrics snapshot of every replica; a replica silent for 30 push intervals (or 60 s) is dropped."""
+
+    def __init__(self, push_interval_s: float):
+        self.store = MetricsStore(ttl_s=max(60.0, 30 * push_interval_s))
+
+    def push(self, source: str, families) -> None:
+        self.store.push(source, families)
+
+    def render(self) -> bytes:
+        return self.store.render()
+
+
+class ServeModelClient:
+    """An ingress-side client of one model's LLMServer deployment (a Ray Serve handle)."""
+
+    def __init__(self, handle):
+        self.handle = handle.options(stream=True)
+        self._plain = handle
+
+    def stream(self, req):
+        return self.handle.generate.remote(req)
+
+    async def health(self) -> bool:
+        await self._plain.check_health.remote()
+        return True
+
+
+class ServeIngress(Ingress):
+    """The Ingress as a deployment: handles to the models' deployments come in, ModelClients wrap them."""
+
+    def __init__(self, config: dict, handles: dict, hub):
+        super().__init__(config, {name: ServeModelClient(h) for name, h in handles.items()}, hub)
+
+
+def llm_deployment_options(spec: ModelSpec, config: AppConfig) -> dict:
+    """Serve options of one model's LLMServer deployment, all from the config."""
+    options = {
+        "name": f"LLMServer:{spec.name}",
+        "ray_actor_options": {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus},
+        "max_ongoing_requests": spec.max_ongoing_requests,
+        "max_queued_requests": config.limits.max_queued_requests,
+        "graceful_shutdown_timeout_s": spec.graceful_shutdown_timeout_s,
+        "health_check_period_s": spec.health_check_period_s,
+    }
+    if spec.autoscaling is not None:
+        options["autoscaling_config"] = spec.autoscaling.to_serve()
+    else:
+        options["num_replicas"] = spec.num_replicas
+    if spec.routing.prefix_affinity:
+        options["request_router_config"] = RequestRouterConfig(
+            request_router_class=ROUTER_CLASS,
+            request_router_kwargs={"imbalance_threshold": spec.routing.imbalance_threshold,
+                                   "max_index_entries": spec.routing.max_index_entries})
+    return options
+
+
+def build_from_config(config: AppConfig):
+    """The bound application: ingress -> one LLMServer deployment per model, plus the metrics hub."""
+    hub = serve.deployment(MetricsHub, name="MetricsHub", num_replicas=1,
+                           ray_actor_options={"num_cpus": 0}).bind(config.metrics_push_interval_s)
+    handles = {}
+    for spec in config.models:
+        deployment = serve.deployment(LLMServer, **llm_deployment_options(spec, config))
+        handles[spec.name] = deployment.bind(spec, hub, config.metrics_push_interval_s)
+    ingress = serve.deployment(serve.ingress()(ServeIngress), name="Ingress", num_replicas=config.ingress_replicas,
+                               ray_actor_options={"num_cpus": 0})
+    return ingress.bind(config.to_dict(), handles, hub)
+
+
+def build_app(args: dict):
+    """Serve's application builder. `args["config"]`: a YAML/JSON path, or the config mapping itself (serveConfigV2)."""
+    source = args.get("config")
+    if source is None:
+        raise ValueError("build_app needs args['config']: a config file path or the config mapping; e.g. "
+                         "`serve run cluster.app:build_app config=serve.yaml`")
+    config = load_config(source if isinstance(source, dict) else Path(source))
+    return build_from_config(config)

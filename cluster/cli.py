@@ -1,0 +1,112 @@
+"""`gptoss serve`: run the application on a local Ray cluster, or print its Ray Serve / default config.
+
+    gptoss serve --config FILE                        # local Ray cluster on this machine; Ctrl-C stops it
+    gptoss serve --config FILE --ray-address auto     # deploy onto a running Ray cluster instead
+    gptoss serve --print-serve-config FILE            # Serve config YAML (serve deploy, KubeRay serveConfigV2)
+    gptoss serve --print-default-config               # every config field, documented
+"""
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import yaml
+
+from cluster.config import AppConfig, ConfigError, default_config_yaml, load_config, serve_config
+
+GRPC_ENDPOINT = None  # the gRPC gateway (proto/) is not built yet; `make serve` prints it once it exists
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    serve_cmd = commands.add_parser("serve", help="serve the OpenAI-compatible API on Ray Serve")
+    what = serve_cmd.add_mutually_exclusive_group(required=True)
+    what.add_argument("--config", help="application config (YAML or JSON)")
+    what.add_argument("--print-serve-config", metavar="FILE", help="print the Ray Serve config for FILE and exit")
+    what.add_argument("--print-default-config", action="store_true", help="print every field, documented")
+    serve_cmd.add_argument("--ray-address", default=None,
+                           help="join this Ray cluster (e.g. auto) instead of starting a local one")
+    serve_cmd.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster")
+    serve_cmd.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.print_default_config:
+            print(default_config_yaml(), end="")
+            return 0
+        if args.print_serve_config:
+            config = load_config(Path(args.print_serve_config))  # paths as written: they are the cluster's
+            if config.auth.api_keys:
+                print("warning: auth.api_keys are literal keys and appear in this output; prefer api_keys_env",
+                      file=sys.stderr)
+            print(yaml.safe_dump(serve_config(config), sort_keys=False), end="")
+            return 0
+        return serve_forever(_load(args.config), args.ray_address, args.num_cpus)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+
+
+def _load(path: str) -> AppConfig:
+    """The config with model paths made absolute (replicas do not run in this directory)."""
+    config = load_config(Path(path))
+    for spec in config.models:
+        spec.path = str(Path(spec.path).expanduser().resolve())
+        if not Path(spec.path).is_dir():
+            raise ConfigError(f"models[{spec.name}].path {spec.path!r} is not a directory "
+                              "(for the tiny model: `make tiny-model`)")
+    return config
+
+
+def serve_forever(config: AppConfig, ray_address: str | None, num_cpus: int | None) -> int:
+    import ray  # noqa: PLC0415 - heavy; only when serving
+    from ray import serve  # noqa: PLC0415
+
+    from cluster.app import build_from_config  # noqa: PLC0415
+
+    config.auth.resolve()  # fail now, not in a replica, when a key source is missing
+    ray.init(address=ray_address, num_cpus=num_cpus if ray_address is None else None, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": config.http.host, "port": config.http.port}, proxy_location="HeadOnly")
+        print(f"starting {len(config.models)} model(s); the first start loads weights ...", flush=True)
+        serve.run(build_from_config(config), name=config.name, route_prefix=config.http.route_prefix)
+        print(banner(config), flush=True)
+        stop.wait()
+        print("\nstopping: draining in-flight requests ...", flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def banner(config: AppConfig) -> str:
+    host = config.http.host if config.http.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    base = f"http://{host}:{config.http.port}{config.http.route_prefix.rstrip('/')}"
+    auth = ' -H "Authorization: Bearer $GPTOSS_API_KEY"' if _has_auth(config) else ""
+    model = config.models[0].name
+    grpc = GRPC_ENDPOINT or "not available yet (the gRPC gateway is a later issue)"
+    return "\n".join([
+        "",
+        f"gptoss-serve is up: models {[m.name for m in config.models]}",
+        f"  HTTP (OpenAI API): {base}/v1",
+        f"  gRPC:              {grpc}",
+        f"  metrics:           {base}/metrics      health: {base}/health",
+        f"  logs:              /tmp/ray/session_latest/logs/serve/",
+        "",
+        "try:",
+        f"  curl -s {base}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\",
+        f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], "
+        "\"max_tokens\": 32}'",
+        "",
+        "Ctrl-C stops the cluster.",
+    ])
+
+
+def _has_auth(config: AppConfig) -> bool:
+    return bool(config.auth.api_keys or config.auth.api_keys_env or config.auth.api_keys_file)

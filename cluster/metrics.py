@@ -1,0 +1,206 @@
+"""Prometheus metrics: the single source of every metric name the cluster exports (alerts and dashboards use these).
+
+Flow: each LLM replica records into its own registry (`ReplicaMetrics`: request counters and latency histograms
+observed as outputs stream, engine gauges read from `AsyncLLM.stats()` at collect time) -> every
+`metrics_push_interval_s` it pushes a plain-data snapshot to the `MetricsHub` deployment -> `GET /metrics` on the
+ingress renders all live snapshots as one exposition, so one scrape target yields every replica's series, labelled
+`model_name` and `replica`. Names follow vLLM's (`vllm:` -> `gptoss_`).
+"""
+
+import time
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+
+LABELS = ("model_name", "replica")
+
+# name -> (type, help). Counters are listed under their exposed name (with `_total`), histograms under their base
+# name (exposed as `_bucket`, `_sum`, `_count`).
+GAUGES = {
+    "gptoss_num_requests_running": "requests in the engine's running batch",
+    "gptoss_num_requests_waiting": "requests waiting to be scheduled",
+    "gptoss_kv_cache_usage_perc": "fraction of KV-cache blocks in use (0..1)",
+}
+COUNTERS = {
+    "gptoss_prefix_cache_queries_total": "prompt tokens looked up in the prefix cache",
+    "gptoss_prefix_cache_hits_total": "prompt tokens served from the prefix cache",
+    "gptoss_num_preemptions_total": "requests preempted for lack of KV blocks",
+    "gptoss_prompt_tokens_total": "prompt tokens of finished requests",
+    "gptoss_generation_tokens_total": "generated tokens",
+    "gptoss_request_success_total": "finished requests by finished_reason (stop, length, abort)",
+}
+HISTOGRAMS = {
+    "gptoss_time_to_first_token_seconds": "arrival to first generated token",
+    "gptoss_inter_token_latency_seconds": "time between successive generated tokens",
+    "gptoss_e2e_request_latency_seconds": "arrival to last token",
+    "gptoss_request_queue_time_seconds": "arrival to first scheduled",
+    "gptoss_request_prefill_time_seconds": "first scheduled to first token",
+    "gptoss_request_decode_time_seconds": "first token to last token",
+}
+# Ingress-side (HTTP) series, labelled by route and status code instead of model and replica.
+HTTP_COUNTERS = {"gptoss_http_requests_total": "HTTP requests by route and status code"}
+ALL_METRICS = {**GAUGES, **COUNTERS, **HISTOGRAMS, **HTTP_COUNTERS}
+
+_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+                 40.0, 80.0, 160.0, 640.0, 2560.0)
+_ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+                10.0, 20.0, 40.0, 80.0)
+_REQUEST_BUCKETS = (0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
+                    60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+BUCKETS = {
+    "gptoss_time_to_first_token_seconds": _TTFT_BUCKETS,
+    "gptoss_inter_token_latency_seconds": _ITL_BUCKETS,
+    **{name: _REQUEST_BUCKETS for name in ("gptoss_e2e_request_latency_seconds", "gptoss_request_queue_time_seconds",
+                                           "gptoss_request_prefill_time_seconds",
+                                           "gptoss_request_decode_time_seconds")},
+}
+# AsyncLLM.stats() field behind each engine-side series (gauges read live, counters cumulative in the engine)
+ENGINE_GAUGES = {"gptoss_num_requests_running": "num_running", "gptoss_num_requests_waiting": "num_waiting",
+                 "gptoss_kv_cache_usage_perc": "kv_cache_usage"}
+ENGINE_COUNTERS = {"gptoss_prefix_cache_queries_total": "prefix_cache_queries",
+                   "gptoss_prefix_cache_hits_total": "prefix_cache_hits",
+                   "gptoss_num_preemptions_total": "num_preemptions"}
+
+
+@dataclass
+class Family:
+    """A metric family as plain data (what replicas push to the hub)."""
+
+    name: str  # family name as prometheus_client reports it (counters without `_total`)
+    type: str  # "counter" | "gauge" | "histogram"
+    help: str
+    samples: list[tuple[str, dict, float]]  # (sample name, labels, value)
+
+
+@dataclass
+class RequestTimes:
+    """One request's timestamps (time.monotonic()) as the replica saw them."""
+
+    arrival: float
+    scheduled: float | None = None
+    first_token: float | None = None
+    finished: float | None = None
+
+
+class ReplicaMetrics:
+    """The series of one engine replica: request-level ones recorded here, engine ones read from `stats_fn`."""
+
+    def __init__(self, model_name: str, replica: str, stats_fn):
+        self.labels = {"model_name": model_name, "replica": replica}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._stats_fn = stats_fn
+        self.registry.register(_EngineCollector(self.labels, stats_fn))
+        self._prompt = Counter("gptoss_prompt_tokens", COUNTERS["gptoss_prompt_tokens_total"], LABELS,
+                               registry=self.registry).labels(**self.labels)
+        self._generation = Counter("gptoss_generation_tokens", COUNTERS["gptoss_generation_tokens_total"], LABELS,
+                                   registry=self.registry).labels(**self.labels)
+        self._success = Counter("gptoss_request_success", COUNTERS["gptoss_request_success_total"],
+                                LABELS + ("finished_reason",), registry=self.registry)
+        self._hist = {name: Histogram(name, text, LABELS, buckets=BUCKETS[name], registry=self.registry)
+                      .labels(**self.labels) for name, text in HISTOGRAMS.items()}
+        for reason in ("stop", "length", "abort"):  # exist at zero from the start, so rate() works at once
+            self._success.labels(**self.labels, finished_reason=reason)
+
+    def on_tokens(self, count: int, gap_s: float | None) -> None:
+        """`count` new tokens arrived `gap_s` after the previous ones (None for the first)."""
+        self._generation.inc(count)
+        if gap_s is not None and count > 0:
+            for _ in range(count):
+                self._hist["gptoss_inter_token_latency_seconds"].observe(gap_s / count)
+
+    def on_finished(self, prompt_tokens: int, finish_reason: str, times: RequestTimes) -> None:
+        self._prompt.inc(prompt_tokens)
+        self._success.labels(**self.labels, finished_reason=finish_reason or "abort").inc()
+        end = times.finished or time.monotonic()
+        self._observe("gptoss_e2e_request_latency_seconds", times.arrival, end)
+        self._observe("gptoss_request_queue_time_seconds", times.arrival, times.scheduled)
+        self._observe("gptoss_time_to_first_token_seconds", times.arrival, times.first_token)
+        self._observe("gptoss_request_prefill_time_seconds", times.scheduled, times.first_token)
+        self._observe("gptoss_request_decode_time_seconds", times.first_token, end)
+
+    def _observe(self, name: str, start: float | None, end: float | None) -> None:
+        if start is not None and end is not None:
+            self._hist[name].observe(max(0.0, end - start))
+
+    def snapshot(self) -> list[Family]:
+        return snapshot(self.registry)
+
+
+class _EngineCollector:
+    """Engine gauges and cumulative counters, read from AsyncLLM.stats() at each collect."""
+
+    def __init__(self, labels: dict, stats_fn):
+        self.labels, self.stats_fn = labels, stats_fn
+
+    def collect(self):
+        stats = self.stats_fn()
+        keys, values = list(self.labels), list(self.labels.values())
+        for name, attr in ENGINE_GAUGES.items():
+            family = GaugeMetricFamily(name, GAUGES[name], labels=keys)
+            family.add_metric(values, float(getattr(stats, attr)))
+            yield family
+        for name, attr in ENGINE_COUNTERS.items():
+            family = CounterMetricFamily(name, COUNTERS[name], labels=keys)
+            family.add_metric(values, float(getattr(stats, attr)))
+            yield family
+
+
+class HttpMetrics:
+    """The ingress's own series: requests by route and status (so 4xx/5xx rates can be alerted on)."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._requests = Counter("gptoss_http_requests", HTTP_COUNTERS["gptoss_http_requests_total"],
+                                 ("route", "status_code"), registry=self.registry)
+
+    def on_response(self, route: str, status: int) -> None:
+        self._requests.labels(route=route, status_code=str(status)).inc()
+
+    def snapshot(self) -> list[Family]:
+        return snapshot(self.registry)
+
+
+def snapshot(registry: CollectorRegistry) -> list[Family]:
+    """The registry's families as plain data (`_created` samples left out)."""
+    return [Family(m.name, m.type, m.documentation,
+                   [(s.name, dict(s.labels), s.value) for s in m.samples if not s.name.endswith("_created")])
+            for m in registry.collect()]
+
+
+def render(snapshots: list[list[Family]]) -> bytes:
+    """One Prometheus text exposition from many sources' snapshots: each family's HELP/TYPE once, all samples."""
+    merged: dict[str, Metric] = {}
+    for families in snapshots:
+        for fam in families:
+            metric = merged.setdefault(fam.name, Metric(fam.name, fam.help, fam.type))
+            for name, labels, value in fam.samples:
+                metric.add_sample(name, labels, value)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Static(list(merged.values())))
+    return generate_latest(registry)
+
+
+class _Static:
+    def __init__(self, metrics: list[Metric]):
+        self.metrics = metrics
+
+    def collect(self):
+        return self.metrics
+
+
+class MetricsStore:
+    """What the hub holds: the latest snapshot per source; a source silent for `ttl_s` is dropped (it is gone)."""
+
+    def __init__(self, ttl_s: float):
+        self.ttl_s = ttl_s
+        self._latest: dict[str, tuple[float, list[Family]]] = {}
+
+    def push(self, source: str, families: list[Family]) -> None:
+        self._latest[source] = (time.monotonic(), families)
+
+    def render(self) -> bytes:
+        now = time.monotonic()
+        self._latest = {k: v for k, v in self._latest.items() if now - v[0] <= self.ttl_s}
+        return render([families for _, families in self._latest.values()])
