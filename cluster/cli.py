@@ -67,7 +67,8 @@ def serve_forever(config: AppConfig, ray_address: str | None, num_cpus: int | No
     from cluster.app import build_from_config  # noqa: PLC0415
 
     config.auth.resolve()  # fail now, not in a replica, when a key source is missing
-    ray.init(address=ray_address, num_cpus=num_cpus if ray_address is None else None, include_dashboard=False,
+    ray.init(address=ray_address or "local", num_cpus=num_cpus if ray_address is None else None,
+             include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -48,10 +48,10 @@ class Ingress:
         self.http_metrics = HttpMetrics()
         self._pusher: asyncio.Task | None = None
         self.started = int(time.time())
-        self.app = self._build_app()
+        self.asgi_app = self._build_app()
 
     def __serve_build_asgi_app__(self):
-        return self.app
+        return self.asgi_app
 
     # ---- app ----
     def _build_app(self) -> FastAPI:

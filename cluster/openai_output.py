@@ -148,7 +148,7 @@ class CompletionFormatter:
     def __init__(self, req, tokenizer, model: str):
         self.req, self.tokenizer, self.model = req, tokenizer, model
         n = req.sampling.get("n", 1)
-        self.text, self.finish = [[] for _ in range(n)], [None] * n
+        self.text, self.finish_reasons = [[] for _ in range(n)], [None] * n
         self.logprobs = [_empty_logprobs() for _ in range(n)] if req.sampling.get("logprobs") is not None else None
         self.usage = Usage()
         self._offsets = [0] * n
@@ -159,7 +159,7 @@ class CompletionFormatter:
         for s in out.outputs:
             self.usage.completion_tokens += len(s.token_ids)
             self.text[s.index].append(s.text)
-            self.finish[s.index] = s.finish_reason
+            self.finish_reasons[s.index] = s.finish_reason
             logprobs = self._logprobs(s) if self.logprobs is not None else None
             if self.req.stream and (s.text or s.finish_reason or logprobs):
                 frames.append(sse(self._chunk([{"index": s.index, "text": s.text, "logprobs": logprobs,
@@ -192,7 +192,7 @@ class CompletionFormatter:
             tail = [sse({**self._chunk([]), "usage": usage})] if self.req.include_usage else []
             return tail + [DONE]
         choices = [{"index": i, "text": "".join(t), "logprobs": self.logprobs[i] if self.logprobs else None,
-                    "finish_reason": self.finish[i] or "stop"} for i, t in enumerate(self.text)]
+                    "finish_reason": self.finish_reasons[i] or "stop"} for i, t in enumerate(self.text)]
         return [{"id": self.req.request_id, "object": "text_completion", "created": self.req.created,
                  "model": self.model, "choices": choices, "usage": usage}]
 

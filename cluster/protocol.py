@@ -155,7 +155,7 @@ def parse_completion(data: dict, created: int) -> GenerateRequest:
         sampling["logprobs"] = req.logprobs
         _check_sampling(sampling, {})
     return GenerateRequest("completion", req.model, "cmpl-" + secrets.token_hex(12), sampling, req.stream,
-                           _usage(req), prompt=prompt, created=created)
+                           _usage(req), prompt=prompt, renames={"prompt_token_ids": "prompt"}, created=created)
 
 
 def parse_responses(data: dict, created: int) -> GenerateRequest:
