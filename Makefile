@@ -5,7 +5,7 @@ PYTEST  := $(PY) -m pytest
 STAMP   := $(VENV)/.installed
 TINY    := .cache/tiny-model
 
-.PHONY: install test test-slow test-kernels test-gpu bench tiny-model clean
+.PHONY: install test test-slow test-kernels test-gpu bench tiny-model serve clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ test-gpu: $(STAMP)
 
 tiny-model: $(STAMP)
 	test -f $(TINY)/config.json || $(VENV)/bin/gptoss make-tiny-model $(TINY)
+
+# The whole cluster on this machine: local Ray, the tiny model, the API on 127.0.0.1:8000. Ctrl-C stops it.
+serve: tiny-model
+	$(VENV)/bin/gptoss serve --config cluster/configs/local.yaml
 
 bench: $(STAMP) tiny-model
 	$(PY) -m bench.load
