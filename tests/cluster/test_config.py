@@ -1,0 +1,97 @@
+"""The application config: loading, bad values named by their path, and the Serve config it emits."""
+
+import json
+
+import pytest
+import yaml
+
+from cluster.app import llm_deployment_options
+from cluster.config import AppConfig, ConfigError, default_config_yaml, load_config, serve_config
+from engine.cli import main
+
+MODEL = {"name": "m", "path": "/models/m"}
+
+
+def test_minimal_config_gets_documented_defaults():
+    config = load_config({"models": [MODEL]})
+    assert isinstance(config, AppConfig) and config.http.host == "127.0.0.1"
+    assert config.models[0].parallel.tensor_parallel_size == 1 and config.models[0].autoscaling is None
+    assert config.models[0].engine_kwargs()["model"] == "/models/m"
+
+
+@pytest.mark.parametrize("data,words", [
+    ({}, "models must be a list of at least one model"),
+    ({"models": [{"path": "/x"}]}, "missing required key(s) ['name']"),
+    ({"models": [MODEL], "bogus": 1}, "unknown key(s) ['bogus']"),
+    ({"models": [{**MODEL, "dtype": "fp8"}]}, "models[0].dtype must be float32 or bfloat16"),
+    ({"models": [{**MODEL, "parallel": {"tensor_parallel_size": 2}}]}, "models[0].parallel.tensor_parallel_size"),
+    ({"models": [{**MODEL, "engine": {"block_size": 12}}]}, "models[0].engine: block_size must be a power of two"),
+    ({"models": [{**MODEL, "engine": {"max_num_seqs": "many"}}]}, "models[0].engine.max_num_seqs must be of type int"),
+    ({"models": [{**MODEL, "autoscaling": {"min_replicas": 3, "max_replicas": 2}}]},
+     "models[0].autoscaling.max_replicas must be >= min_replicas (3)"),
+    ({"models": [MODEL, MODEL]}, "models[].name must be unique"),
+    ({"models": [MODEL], "http": {"port": 70000}}, "http.port must be in [1, 65535]"),
+    ({"models": [MODEL], "limits": {"request_timeout_s": 0}}, "limits.request_timeout_s must be > 0"),
+    ({"models": [MODEL], "auth": {"api_keys": ["short"]}}, "auth.api_keys[0]"),
+    ({"models": [{**MODEL, "num_replicas": True}]}, "models[0].num_replicas must be of type int"),
+])
+def test_bad_values_name_the_field(data, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(data)
+    assert words in str(err.value)
+
+
+def test_yaml_and_json_files(tmp_path):
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"models": [MODEL]}))
+    (tmp_path / "a.json").write_text(json.dumps({"models": [MODEL]}))
+    (tmp_path / "bad.yaml").write_text("models: [\n")
+    assert load_config(tmp_path / "a.yaml") == load_config(tmp_path / "a.json")
+    with pytest.raises(ConfigError, match="not valid yaml"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_api_keys_from_env_and_file(tmp_path, monkeypatch):
+    keys = tmp_path / "keys"
+    keys.write_text("file-key-0123456789\n\n")
+    monkeypatch.setenv("MY_KEYS", "env-key-0123456789, other-key-012345")
+    auth = load_config({"models": [MODEL], "auth": {"api_keys_env": "MY_KEYS", "api_keys_file": str(keys)}}).auth
+    assert auth.resolve() == ["env-key-0123456789", "other-key-012345", "file-key-0123456789"]
+    monkeypatch.delenv("MY_KEYS")
+    with pytest.raises(ConfigError, match="MY_KEYS"):
+        auth.resolve()  # a named source that is missing never means "no auth"
+
+
+def test_serve_config_round_trips_through_build_args():
+    config = load_config({"models": [{**MODEL, "autoscaling": {"max_replicas": 4}}], "http": {"port": 9000}})
+    out = serve_config(config)
+    app = out["applications"][0]
+    assert app["import_path"] == "cluster.app:build_app" and out["http_options"]["port"] == 9000
+    assert load_config(app["args"]["config"]) == config  # what KubeRay hands build_app is the same config
+    yaml.safe_load(yaml.safe_dump(out))  # plain data only
+
+
+def test_deployment_options_follow_the_config():
+    config = load_config({"models": [{**MODEL, "autoscaling": {"min_replicas": 1, "max_replicas": 3,
+                                                                "target_ongoing_requests": 4}}],
+                          "limits": {"max_queued_requests": 7}})
+    options = llm_deployment_options(config.models[0], config)
+    assert options["autoscaling_config"]["max_replicas"] == 3 and "num_replicas" not in options
+    assert options["max_queued_requests"] == 7
+    assert options["request_router_config"].request_router_class == "cluster.router:PrefixAffinityRouter"
+    fixed = load_config({"models": [{**MODEL, "num_replicas": 2, "routing": {"prefix_affinity": False}}]})
+    options = llm_deployment_options(fixed.models[0], fixed)
+    assert options["num_replicas"] == 2 and "request_router_config" not in options
+
+
+def test_cli_prints_default_and_serve_config(tmp_path, capsys):
+    assert main(["serve", "--print-default-config"]) == 0
+    assert "target_ongoing_requests" in capsys.readouterr().out
+    assert default_config_yaml().count("# ") > 40  # every field documented
+    path = tmp_path / "app.yaml"
+    path.write_text(yaml.safe_dump({"models": [MODEL]}))
+    assert main(["serve", "--print-serve-config", str(path)]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["applications"][0]["args"]["config"]["models"][0]["path"] == "/models/m"  # as written
+    path.write_text(yaml.safe_dump({"models": [{**MODEL, "dtype": "int3"}]}))
+    assert main(["serve", "--print-serve-config", str(path)]) == 2
+    assert "models[0].dtype" in capsys.readouterr().err
