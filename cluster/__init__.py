@@ -33,4 +33,10 @@ API notes: /v1/responses is stateless (no store; `previous_response_id` is refus
 input items). `tool_choice` "required" or a named function limits the tools the prompt offers but is not enforced
 by constrained decoding. Chat logprobs and structured output (response_format) are refused with a 400 for now.
 The header `X-Request-Timeout: SECONDS` shortens a request's deadline (never beyond limits.request_timeout_s).
+
+Security defaults: the API binds 127.0.0.1 unless `http.host` says otherwise; `gptoss serve` starts Ray without its
+dashboard (Ray's own GCS/raylet/agent ports keep Ray's defaults and its token authentication, on by default in
+Ray 2.60); API keys are compared with hmac.compare_digest against every configured key; clients get JSON only.
+Graceful shutdown: a stopping replica (downscale, redeploy, Ctrl-C) takes no new requests and Serve waits up to
+`graceful_shutdown_timeout_s` for its in-flight ones before the engine is stopped.
 """

@@ -4,7 +4,6 @@ Two models in one app: "tiny" (roomy limits) and "tiny-q" (engine queue of 1 wai
 """
 
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
