@@ -95,4 +95,6 @@ def build_app(args: dict):
         raise ValueError("build_app needs args['config']: a config file path or the config mapping; e.g. "
                          "`serve run cluster.app:build_app config=serve.yaml`")
     config = load_config(source if isinstance(source, dict) else Path(source))
+    for spec in config.models:  # relative checkpoint paths mean "from where the builder runs" (as gptoss serve)
+        spec.path = str(Path(spec.path).expanduser().absolute())
     return build_from_config(config)
