@@ -68,11 +68,11 @@ class KVCacheManager:
     def block_hashes(self, request: Request, num_tokens: int) -> list[bytes]:
         """Hashes of the full blocks among the request's first `num_tokens` tokens (extended incrementally)."""
         hashes = self.hashes.setdefault(request.request_id, [])
-        tokens = request.all_token_ids
-        bs = self.block_size
-        while (len(hashes) + 1) * bs <= min(num_tokens, len(tokens)):
+        bs, limit = self.block_size, min(num_tokens, request.num_tokens)
+        while (len(hashes) + 1) * bs <= limit:
             i = len(hashes)
-            hashes.append(hash_block(hashes[-1] if hashes else b"", tokens[i * bs : (i + 1) * bs]))
+            tokens = request.token_ids_between(i * bs, (i + 1) * bs)
+            hashes.append(hash_block(hashes[-1] if hashes else b"", tokens))
         return hashes
 
     def find_prefix(self, request: Request) -> PrefixHit:

@@ -16,7 +16,7 @@ from engine import kernels
 from engine.kv_cache_manager import KVCacheLayout, KVCacheManager
 from engine.model.reference import Transformer
 from engine.request import Request
-from engine.sampler import Sampler, SamplingBatch
+from engine.sampler import Sampler, SamplerOutput, SamplingBatch
 from engine.scheduler import SchedulerOutput
 
 
@@ -55,81 +55,130 @@ class PagedKVCache:
 
 class ModelRunner:
     def __init__(self, model: Transformer, layout: KVCacheLayout, num_blocks: int, dtype: torch.dtype,
-                 device: torch.device):
+                 device: torch.device, num_kv_heads: int | None = None):
         c = model.config
         self.model, self.layout, self.device = model, layout, device
-        shape = (2, num_blocks, layout.block_size, c.num_key_value_heads, c.head_dim)
+        num_kv_heads = num_kv_heads or c.num_key_value_heads  # fewer on a tensor-parallel rank
+        shape = (2, num_blocks, layout.block_size, num_kv_heads, c.head_dim)
         self.kv_caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layout.num_slots)]
         self.sampler = Sampler()
 
     @staticmethod
-    def bytes_per_block(config, layout: KVCacheLayout, block_size: int, dtype: torch.dtype) -> int:
-        per_slot = 2 * block_size * config.num_key_value_heads * config.head_dim * dtype.itemsize
+    def bytes_per_block(config, layout: KVCacheLayout, block_size: int, dtype: torch.dtype,
+                        num_kv_heads: int | None = None) -> int:
+        per_slot = 2 * block_size * (num_kv_heads or config.num_key_value_heads) * config.head_dim * dtype.itemsize
         return per_slot * layout.num_slots
 
     def prepare(self, out: SchedulerOutput, kv: KVCacheManager) -> StepInputs:
-        ids, positions, seq_lens, starts = [], [], [], [0]
-        slots = [[] for _ in self.layout.windows]
-        tables = [[] for _ in self.layout.windows]
-        sampled, logits_indices = [], []
         bs = self.layout.block_size
-        for request, n in out.scheduled:
-            begin, end = request.num_computed_tokens, request.num_computed_tokens + n
-            ids.extend(request.all_token_ids[begin:end])
-            pos = np.arange(begin, end)
-            positions.append(pos)
-            for g, table in enumerate(kv.block_tables(request)):
-                table_np = np.asarray(table, dtype=np.int64)
-                slots[g].append(table_np[pos // bs] * bs + pos % bs)
-                tables[g].append(table)
-            seq_lens.append(end)
-            starts.append(starts[-1] + n)
-            if end == request.num_tokens:
-                sampled.append(request)
-                logits_indices.append(starts[-1] - 1)
+        requests = [r for r, _ in out.scheduled]
+        counts = np.fromiter((n for _, n in out.scheduled), dtype=np.int64, count=len(requests))
+        begins = np.fromiter((r.num_computed_tokens for r in requests), dtype=np.int64, count=len(requests))
+        ends = begins + counts
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        row = np.repeat(np.arange(len(requests)), counts)  # [T] which request each token belongs to
+        positions = np.arange(starts[-1]) - starts[row] + begins[row]  # [T]
+        ids = [t for (r, n), b in zip(out.scheduled, begins.tolist()) for t in r.token_ids_between(b, b + n)]
+        groups = []
+        for g in range(len(self.layout.windows)):
+            table = self._padded([kv.block_tables(r)[g] for r in requests])
+            slots = table[row, positions // bs].astype(np.int64) * bs + positions % bs
+            groups.append(GroupInputs(self._tensor(slots, torch.long), self._tensor(table, torch.int32)))
+        done = ends == np.fromiter((r.num_tokens for r in requests), dtype=np.int64, count=len(requests))
         return StepInputs(
-            input_ids=self._tensor(ids, torch.long), positions=self._tensor(np.concatenate(positions), torch.long),
-            seq_lens=self._tensor(seq_lens, torch.int32), query_start_loc=self._tensor(starts, torch.int32),
-            groups=[GroupInputs(self._tensor(np.concatenate(s), torch.long), self._pad(t))
-                    for s, t in zip(slots, tables)],
-            logits_indices=self._tensor(logits_indices, torch.long), sampled=sampled)
+            input_ids=self._tensor(ids, torch.long), positions=self._tensor(positions, torch.long),
+            seq_lens=self._tensor(ends, torch.int32), query_start_loc=self._tensor(starts, torch.int32),
+            groups=groups, logits_indices=self._tensor(starts[1:][done] - 1, torch.long),
+            sampled=[r for r, d in zip(requests, done) if d])
 
     def _tensor(self, values, dtype) -> torch.Tensor:
         return torch.as_tensor(np.asarray(values), dtype=dtype).to(self.device, non_blocking=True)
 
-    def _pad(self, tables: list[list[int]]) -> torch.Tensor:
-        width = max(len(t) for t in tables)
-        padded = np.zeros((len(tables), width), dtype=np.int32)
+    @staticmethod
+    def _padded(tables: list[list[int]]) -> np.ndarray:
+        """Block tables as one [B, max_blocks] int32 array, padded with the null block."""
+        padded = np.zeros((len(tables), max(map(len, tables))), dtype=np.int32)
         for i, t in enumerate(tables):
             padded[i, : len(t)] = t
-        return self._tensor(padded, torch.int32)
+        return padded
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput, kv: KVCacheManager, vocab_size: int) -> dict[str, tuple[int, dict | None]]:
         """Run one step; returns request id -> (sampled token, logprobs entry or None) for requests that sample."""
         inputs = self.prepare(out, kv)
-        hidden = self.model(inputs.input_ids, inputs.positions, PagedKVCache(self.kv_caches, self.layout, inputs))
+        hidden = self.forward(inputs)
         if not inputs.sampled:
             return {}
         logits = self.model.compute_logits(hidden[inputs.logits_indices])
         return self.sample(logits, inputs.sampled, vocab_size)
 
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        """Final hidden states [T, D] of every scheduled token; writes this step's KV into the cache."""
+        return self.model(inputs.input_ids, inputs.positions, PagedKVCache(self.kv_caches, self.layout, inputs))
+
     def sampling_batch(self, requests: list[Request], vocab_size: int) -> SamplingBatch:
-        return SamplingBatch.build([r.params for r in requests], [r.prompt_token_ids for r in requests],
-                                   [r.output_token_ids for r in requests], [r.generator for r in requests],
-                                   [r.stop_ids for r in requests], vocab_size, self.device)
+        return sampling_batch(requests, vocab_size, self.device)
 
     def sample(self, logits: torch.Tensor, requests: list[Request], vocab_size: int,
                batch: SamplingBatch | None = None) -> dict:
         result = self.sampler(logits, batch or self.sampling_batch(requests, vocab_size))
-        tokens, chosen = result.token_ids.tolist(), result.logprobs.tolist()
-        topn_ids, topn_lp = result.topn_ids.tolist(), result.topn_logprobs.tolist()
-        sampled = {}
-        for i, request in enumerate(requests):
-            entry = None
-            n = request.params.logprobs
-            if n is not None:
-                entry = dict(zip(topn_ids[i][:n], topn_lp[i][:n]))
-                entry[tokens[i]] = chosen[i]
-            sampled[request.request_id] = (tokens[i], entry)
-        return sampled
+        return sampled_entries(result, [r.request_id for r in requests], [r.params.logprobs for r in requests])
+
+
+def sampling_batch(requests: list[Request], vocab_size: int, device) -> SamplingBatch:
+    return SamplingBatch.build([r.params for r in requests], [r.prompt_token_ids for r in requests],
+                               [r.output_token_ids for r in requests], [r.generator for r in requests],
+                               [r.stop_ids for r in requests], vocab_size, device)
+
+
+def sampled_entries(result: SamplerOutput, request_ids: list[str], num_logprobs: list[int | None]) -> dict:
+    """request id -> (token, {token: logprob} of the top-n plus the chosen token, or None without logprobs)."""
+    tokens, chosen = result.token_ids.tolist(), result.logprobs.tolist()
+    topn_ids, topn_lp = result.topn_ids.tolist(), result.topn_logprobs.tolist()
+    sampled = {}
+    for i, rid in enumerate(request_ids):
+        entry = None
+        n = num_logprobs[i]
+        if n is not None:
+            entry = dict(zip(topn_ids[i][:n], topn_lp[i][:n]))
+            entry[tokens[i]] = chosen[i]
+        sampled[rid] = (tokens[i], entry)
+    return sampled
+
+
+def prepare_inputs(out: SchedulerOutput, kv: KVCacheManager, layout: KVCacheLayout, device) -> StepInputs:
+    """Flatten one scheduled step into tensors on `device` (the scheduler's requests stay on the host)."""
+    def tensor(values, dtype) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(values), dtype=dtype).to(device, non_blocking=True)
+
+    def pad(tables: list[list[int]]) -> torch.Tensor:
+        width = max(len(t) for t in tables)
+        padded = np.zeros((len(tables), width), dtype=np.int32)
+        for i, t in enumerate(tables):
+            padded[i, : len(t)] = t
+        return tensor(padded, torch.int32)
+
+    ids, positions, seq_lens, starts = [], [], [], [0]
+    slots = [[] for _ in layout.windows]
+    tables = [[] for _ in layout.windows]
+    sampled, logits_indices = [], []
+    bs = layout.block_size
+    for request, n in out.scheduled:
+        begin, end = request.num_computed_tokens, request.num_computed_tokens + n
+        ids.extend(request.all_token_ids[begin:end])
+        pos = np.arange(begin, end)
+        positions.append(pos)
+        for g, table in enumerate(kv.block_tables(request)):
+            table_np = np.asarray(table, dtype=np.int64)
+            slots[g].append(table_np[pos // bs] * bs + pos % bs)
+            tables[g].append(table)
+        seq_lens.append(end)
+        starts.append(starts[-1] + n)
+        if end == request.num_tokens:
+            sampled.append(request)
+            logits_indices.append(starts[-1] - 1)
+    return StepInputs(
+        input_ids=tensor(ids, torch.long), positions=tensor(np.concatenate(positions), torch.long),
+        seq_lens=tensor(seq_lens, torch.int32), query_start_loc=tensor(starts, torch.int32),
+        groups=[GroupInputs(tensor(np.concatenate(s), torch.long), pad(t)) for s, t in zip(slots, tables)],
+        logits_indices=tensor(logits_indices, torch.long), sampled=sampled)

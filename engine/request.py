@@ -63,6 +63,13 @@ class Request:
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
 
+    def token_ids_between(self, begin: int, end: int) -> list[int]:
+        """all_token_ids[begin:end] without building the whole list (a decode step reads one token)."""
+        n = len(self.prompt_token_ids)
+        if begin >= n:
+            return self.output_token_ids[begin - n : end - n]
+        return self.prompt_token_ids[begin:end] + self.output_token_ids[: max(0, end - n)]
+
     @property
     def stop_ids(self) -> list[int]:
         """Token ids that end this request (the sampler bans them until min_tokens)."""

@@ -7,7 +7,8 @@ function of the same name here dispatches between them with `use_triton(device)`
     paged_attention    paged attention, sinks (attention.py)  rope_and_write_kv  YaRN RoPE + KV write (rope.py)
     write_kv           KV-cache write (attention.py)          router_topk        top-k + softmax (router.py)
 
-`yarn_cos_sin_cache` is plain torch. Kernels take tensors and ints only and know nothing of requests.
+`yarn_cos_sin_cache` is plain torch. Off the Triton path, paged attention runs `paged_attention_cpu` (the ref's
+math, decode rows batched) rather than the ref's per-sequence loop. Kernels take tensors and ints only and know nothing of requests.
 """
 
 import functools
