@@ -51,6 +51,8 @@ class Request:
             self.logprobs = []
         seed = None if self.params.seed is None else self.params.seed + self.index
         self.generator = seeded_generator(seed, self.device)
+        self.stop_ids = self._stop_ids()
+        self._stop_set = frozenset(self.stop_ids)
         self._new_tokens_from = 0  # start of the tokens not yet reported by `take_output`
         self._new_text = ""
 
@@ -70,8 +72,7 @@ class Request:
             return self.output_token_ids[begin - n : end - n]
         return self.prompt_token_ids[begin:end] + self.output_token_ids[: max(0, end - n)]
 
-    @property
-    def stop_ids(self) -> list[int]:
+    def _stop_ids(self) -> list[int]:
         """Token ids that end this request (the sampler bans them until min_tokens)."""
         ids = set(self.params.stop_token_ids or ())
         if not self.params.ignore_eos:
@@ -90,7 +91,7 @@ class Request:
             self.logprobs.append(logprobs or {})
         self.metrics.setdefault("first_token", time.monotonic())
         n, params = len(self.output_token_ids), self.params
-        if n >= params.min_tokens and token_id in self.stop_ids:
+        if n >= params.min_tokens and token_id in self._stop_set:
             return self.finish("stop", token_id)
         self._detokenize(token_id, final=n >= params.max_tokens)
         if self.detokenizer is not None and self.detokenizer.stopped_on is not None and n >= params.min_tokens:
