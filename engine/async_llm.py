@@ -8,7 +8,8 @@ Callers hand commands (add, abort) to the loop thread through a queue; the loop 
 `EngineCore.step()` while there is work, and posts each request's new output to its caller's asyncio queue with
 `call_soon_threadsafe`. A caller that stops iterating (cancelled, disconnected) aborts its request, which returns
 the request's KV blocks at the next step boundary. If a step raises, every in-flight request fails with
-`EngineDeadError` and the engine reports itself unhealthy.
+`EngineDeadError` and the engine reports itself unhealthy (with several ranks: also when one has died or hung,
+which the collective timeout turns into a failed step).
 """
 
 import asyncio
@@ -62,7 +63,7 @@ class AsyncLLM:
     # ---- caller side ----
     @property
     def healthy(self) -> bool:
-        return self._error is None and self._thread.is_alive()
+        return self._error is None and self._thread.is_alive() and self.core.healthy
 
     def stats(self) -> EngineStats:
         return self._stats
@@ -99,6 +100,7 @@ class AsyncLLM:
         self._stopped.set()
         self._commands.put(("wake", None, None, None))
         self._thread.join(timeout)
+        self.core.shutdown()
 
     # ---- engine thread ----
     def _run(self) -> None:

@@ -34,7 +34,27 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     generate.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     generate.add_argument("--json", action="store_true", help="print one JSON object instead of the text")
+    add_parallel_args(generate)
     generate.set_defaults(run=_run_generate)
+
+
+def add_parallel_args(parser: argparse.ArgumentParser) -> None:
+    """The engine's parallelism flags (engine.parallel), named as the EngineConfig fields they set."""
+    group = parser.add_argument_group("parallelism")
+    group.add_argument("--tensor-parallel-size", type=int, default=1,
+                       help="ranks splitting attention heads, vocabulary and (without EP) each expert")
+    group.add_argument("--data-parallel-size", type=int, default=1,
+                       help="attention groups, each with its own requests and KV cache; the MoE spans all ranks")
+    group.add_argument("--enable-expert-parallel", action="store_true",
+                       help="partition the experts over all ranks (EP = TP x DP) instead of slicing each one")
+    group.add_argument("--distributed-executor-backend", choices=["mp", "ray"], default="mp",
+                       help="local processes (mp) or Ray actors in a placement group (ray)")
+
+
+def parallel_kwargs(args: argparse.Namespace) -> dict:
+    return {"tensor_parallel_size": args.tensor_parallel_size, "data_parallel_size": args.data_parallel_size,
+            "enable_expert_parallel": args.enable_expert_parallel,
+            "distributed_executor_backend": args.distributed_executor_backend}
 
 
 def _run_generate(args: argparse.Namespace) -> int:
@@ -52,8 +72,11 @@ def _run_generate(args: argparse.Namespace) -> int:
         temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed,
         logprobs=args.logprobs,
     )
-    llm = LLM(model=args.model, dtype=args.dtype, device=args.device)
-    result = llm.generate([prompt], params)[0]
+    llm = LLM(model=args.model, dtype=args.dtype, device=args.device, **parallel_kwargs(args))
+    try:
+        result = llm.generate([prompt], params)[0]
+    finally:
+        llm.engine.shutdown()
     out = result.outputs[0]
     if args.json:
         record = {

@@ -13,11 +13,13 @@ import torch
 
 from engine import kernels
 from engine.checkpoint import load_weights
+from engine.config import load_config
 from engine.detokenizer import IncrementalDetokenizer
 from engine.kv_cache_manager import KVCacheLayout, KVCacheManager
 from engine.model.kernel_model import build_kernel_model
 from engine.model.reference import Transformer
 from engine.model_runner import ModelRunner
+from engine.parallel.config import ParallelConfig
 from engine.request import Request
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerConfig, SchedulerStats
@@ -45,6 +47,12 @@ class EngineConfig:
     max_model_len: int | None = None  # context limit; None: the model's max_position_embeddings
     backend: str = "auto"  # "reference" (dense experts, torch), "kernels" (packed MXFP4 experts, Triton on CUDA),
     #                        or "auto": kernels on CUDA or with GPTOSS_FORCE_TRITON=1, reference otherwise
+    # parallelism (engine.parallel): TP x DP ranks, one process each; kv_cache_memory is then per rank
+    tensor_parallel_size: int = 1  # ranks splitting attention heads, the vocabulary and (without EP) each expert
+    data_parallel_size: int = 1  # attention groups with their own requests and KV cache; the MoE spans them all
+    enable_expert_parallel: bool = False  # partition the experts over all ranks (EP = TP x DP) instead of slicing
+    distributed_executor_backend: str = "mp"  # "mp" (local processes) or "ray" (actors in a placement group)
+    collective_timeout_s: float = 60.0  # a rank silent this long fails the engine and its in-flight requests
 
     def __post_init__(self):
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -58,6 +66,11 @@ class EngineConfig:
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
         self.scheduler_config()  # validates its fields
+        self.parallel_config()
+
+    def parallel_config(self) -> ParallelConfig:
+        return ParallelConfig(self.tensor_parallel_size, self.data_parallel_size, self.enable_expert_parallel,
+                              self.distributed_executor_backend, self.collective_timeout_s)
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(self.max_num_seqs, self.max_num_batched_tokens, self.max_waiting_requests,
@@ -71,21 +84,45 @@ class EngineCore:
         self.model_dir = Path(config.model)
         self.backend = config.backend if config.backend != "auto" else (
             "kernels" if kernels.use_triton(self.device) else "reference")
-        packed = self.backend == "kernels"
-        self.model_config, weights = load_weights(self.model_dir, self.dtype, self.device, dequantize_experts=not packed)
-        build = build_kernel_model if packed else Transformer.from_weights
-        self.model = build(self.model_config, weights)
+        self.parallel = config.parallel_config()
+        if self.parallel.world_size == 1:
+            packed = self.backend == "kernels"
+            self.model_config, weights = load_weights(self.model_dir, self.dtype, self.device,
+                                                      dequantize_experts=not packed)
+            self.model = (build_kernel_model if packed else Transformer.from_weights)(self.model_config, weights)
+        else:  # the ranks load their shards; this process only schedules
+            self.model_config, self.model = load_config(self.model_dir), None
+            self.parallel.check_model(self.model_config)
         self.tokenizer = Tokenizer.load(self.model_dir)
         self.eos_token_ids = generation_eos_ids(self.model_dir, self.model_config.eos_token_ids)
         self.max_model_len = min(config.max_model_len or 1 << 62, self.model_config.max_position_embeddings)
         self.layout = KVCacheLayout.for_model(self.model_config, config.block_size)
-        num_blocks = self._num_blocks()
-        self.kv = KVCacheManager(self.layout, num_blocks, config.enable_prefix_caching)
-        self.scheduler = Scheduler(config.scheduler_config(), self.kv)
-        self.runner = ModelRunner(self.model, self.layout, num_blocks, self.dtype, self.device)
+        if self.parallel.world_size == 1:
+            num_blocks = self._num_blocks()
+            self.runner = ModelRunner(self.model, self.layout, num_blocks, self.dtype, self.device)
+        else:
+            from engine.parallel.runner import DistributedRunner  # noqa: PLC0415 - only multi-rank engines
+
+            self.runner = DistributedRunner.start(config, self.parallel, self.layout, self.device, self.backend)
+            num_blocks = self.runner.num_blocks
+        self._build_scheduler(num_blocks)
         self._ids = itertools.count()
         log.info("KV cache: %d blocks of %d tokens; one sequence can hold up to %d tokens", num_blocks,
                  config.block_size, self.max_tokens_per_sequence)
+
+    def _build_scheduler(self, num_blocks: int) -> None:
+        """One scheduler and KV cache manager, or one per attention group with data parallelism (every group has
+        `num_blocks`; `self.kv` is the first group's, for capacity checks)."""
+        kvs = [KVCacheManager(self.layout, num_blocks, self.config.enable_prefix_caching)
+               for _ in range(self.parallel.data_parallel_size)]
+        schedulers = [Scheduler(self.config.scheduler_config(), kv) for kv in kvs]
+        self.kv = kvs[0]
+        if len(schedulers) == 1:
+            self.scheduler = schedulers[0]
+        else:
+            from engine.parallel.dp_scheduler import DataParallelScheduler  # noqa: PLC0415
+
+            self.scheduler = DataParallelScheduler(schedulers)
 
     def _num_blocks(self) -> int:
         per_block = ModelRunner.bytes_per_block(self.model_config, self.layout, self.config.block_size, self.dtype)
@@ -145,7 +182,7 @@ class EngineCore:
         rid = request_id if request_id is not None else str(next(self._ids))
         return [Request(rid if params.n == 1 else f"{rid}#{i}", ids, params, self.eos_token_ids, prompt=text,
                         detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop, params.skip_special_tokens),
-                        device=self.device, index=i, parent_id=rid)
+                        device=self.device if self.model is not None else "cpu", index=i, parent_id=rid)
                 for i in range(params.n)]
 
     def add(self, requests: list[Request]) -> None:
@@ -169,3 +206,13 @@ class EngineCore:
 
     def stats(self) -> SchedulerStats:
         return self.scheduler.stats()
+
+    @property
+    def healthy(self) -> bool:
+        """False once a rank has failed (multi-rank engines); a single process is healthy while it runs."""
+        return getattr(self.runner, "healthy", True)
+
+    def shutdown(self) -> None:
+        """Stop the rank processes of a multi-rank engine (nothing to do for a single process)."""
+        if hasattr(self.runner, "shutdown"):
+            self.runner.shutdown()

@@ -70,37 +70,7 @@ class ModelRunner:
         return per_slot * layout.num_slots
 
     def prepare(self, out: SchedulerOutput, kv: KVCacheManager) -> StepInputs:
-        bs = self.layout.block_size
-        requests = [r for r, _ in out.scheduled]
-        counts = np.fromiter((n for _, n in out.scheduled), dtype=np.int64, count=len(requests))
-        begins = np.fromiter((r.num_computed_tokens for r in requests), dtype=np.int64, count=len(requests))
-        ends = begins + counts
-        starts = np.concatenate([[0], np.cumsum(counts)])
-        row = np.repeat(np.arange(len(requests)), counts)  # [T] which request each token belongs to
-        positions = np.arange(starts[-1]) - starts[row] + begins[row]  # [T]
-        ids = [t for (r, n), b in zip(out.scheduled, begins.tolist()) for t in r.token_ids_between(b, b + n)]
-        groups = []
-        for g in range(len(self.layout.windows)):
-            table = self._padded([kv.block_tables(r)[g] for r in requests])
-            slots = table[row, positions // bs].astype(np.int64) * bs + positions % bs
-            groups.append(GroupInputs(self._tensor(slots, torch.long), self._tensor(table, torch.int32)))
-        done = ends == np.fromiter((r.num_tokens for r in requests), dtype=np.int64, count=len(requests))
-        return StepInputs(
-            input_ids=self._tensor(ids, torch.long), positions=self._tensor(positions, torch.long),
-            seq_lens=self._tensor(ends, torch.int32), query_start_loc=self._tensor(starts, torch.int32),
-            groups=groups, logits_indices=self._tensor(starts[1:][done] - 1, torch.long),
-            sampled=[r for r, d in zip(requests, done) if d])
-
-    def _tensor(self, values, dtype) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(values), dtype=dtype).to(self.device, non_blocking=True)
-
-    @staticmethod
-    def _padded(tables: list[list[int]]) -> np.ndarray:
-        """Block tables as one [B, max_blocks] int32 array, padded with the null block."""
-        padded = np.zeros((len(tables), max(map(len, tables))), dtype=np.int32)
-        for i, t in enumerate(tables):
-            padded[i, : len(t)] = t
-        return padded
+        return prepare_inputs(out, kv, self.layout, self.device)
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput, kv: KVCacheManager, vocab_size: int) -> dict[str, tuple[int, dict | None]]:
@@ -147,38 +117,36 @@ def sampled_entries(result: SamplerOutput, request_ids: list[str], num_logprobs:
 
 
 def prepare_inputs(out: SchedulerOutput, kv: KVCacheManager, layout: KVCacheLayout, device) -> StepInputs:
-    """Flatten one scheduled step into tensors on `device` (the scheduler's requests stay on the host)."""
+    """Flatten one scheduled step into tensors on `device` (the requests themselves stay on the host; a
+    multi-rank engine builds these on the host and sends them to every rank)."""
     def tensor(values, dtype) -> torch.Tensor:
         return torch.as_tensor(np.asarray(values), dtype=dtype).to(device, non_blocking=True)
 
-    def pad(tables: list[list[int]]) -> torch.Tensor:
-        width = max(len(t) for t in tables)
-        padded = np.zeros((len(tables), width), dtype=np.int32)
-        for i, t in enumerate(tables):
-            padded[i, : len(t)] = t
-        return tensor(padded, torch.int32)
-
-    ids, positions, seq_lens, starts = [], [], [], [0]
-    slots = [[] for _ in layout.windows]
-    tables = [[] for _ in layout.windows]
-    sampled, logits_indices = [], []
     bs = layout.block_size
-    for request, n in out.scheduled:
-        begin, end = request.num_computed_tokens, request.num_computed_tokens + n
-        ids.extend(request.all_token_ids[begin:end])
-        pos = np.arange(begin, end)
-        positions.append(pos)
-        for g, table in enumerate(kv.block_tables(request)):
-            table_np = np.asarray(table, dtype=np.int64)
-            slots[g].append(table_np[pos // bs] * bs + pos % bs)
-            tables[g].append(table)
-        seq_lens.append(end)
-        starts.append(starts[-1] + n)
-        if end == request.num_tokens:
-            sampled.append(request)
-            logits_indices.append(starts[-1] - 1)
+    requests = [r for r, _ in out.scheduled]
+    counts = np.fromiter((n for _, n in out.scheduled), dtype=np.int64, count=len(requests))
+    begins = np.fromiter((r.num_computed_tokens for r in requests), dtype=np.int64, count=len(requests))
+    ends = begins + counts
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    row = np.repeat(np.arange(len(requests)), counts)  # [T] which request each token belongs to
+    positions = np.arange(starts[-1]) - starts[row] + begins[row]  # [T]
+    ids = [t for (r, n), b in zip(out.scheduled, begins.tolist()) for t in r.token_ids_between(b, b + n)]
+    groups = []
+    for g in range(len(layout.windows)):
+        table = _padded([kv.block_tables(r)[g] for r in requests])
+        slots = table[row, positions // bs].astype(np.int64) * bs + positions % bs
+        groups.append(GroupInputs(tensor(slots, torch.long), tensor(table, torch.int32)))
+    done = ends == np.fromiter((r.num_tokens for r in requests), dtype=np.int64, count=len(requests))
     return StepInputs(
-        input_ids=tensor(ids, torch.long), positions=tensor(np.concatenate(positions), torch.long),
-        seq_lens=tensor(seq_lens, torch.int32), query_start_loc=tensor(starts, torch.int32),
-        groups=[GroupInputs(tensor(np.concatenate(s), torch.long), pad(t)) for s, t in zip(slots, tables)],
-        logits_indices=tensor(logits_indices, torch.long), sampled=sampled)
+        input_ids=tensor(ids, torch.long), positions=tensor(positions, torch.long),
+        seq_lens=tensor(ends, torch.int32), query_start_loc=tensor(starts, torch.int32),
+        groups=groups, logits_indices=tensor(starts[1:][done] - 1, torch.long),
+        sampled=[r for r, d in zip(requests, done) if d])
+
+
+def _padded(tables: list[list[int]]) -> np.ndarray:
+    """Block tables as one [B, max_blocks] int32 array, padded with the null block."""
+    padded = np.zeros((len(tables), max(map(len, tables))), dtype=np.int32)
+    for i, t in enumerate(tables):
+        padded[i, : len(t)] = t
+    return padded

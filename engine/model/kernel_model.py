@@ -44,10 +44,16 @@ class KernelRMSNorm(RMSNorm):
 def build_kernel_model(config: ModelConfig, weights: dict[str, torch.Tensor]) -> Transformer:
     """A Transformer whose MoE layers and norms run the kernels; `weights` must hold packed experts."""
     with torch.device("meta"):
-        model = Transformer(config)
-        for block in model.layers:
-            block.mlp = KernelMoE(config)
-            block.attn_norm = KernelRMSNorm(config.hidden_size, config.rms_norm_eps)
-            block.mlp_norm = KernelRMSNorm(config.hidden_size, config.rms_norm_eps)
-        model.norm = KernelRMSNorm(config.hidden_size, config.rms_norm_eps)
+        model = use_kernels(Transformer(config))
     return Transformer.load(model, weights)
+
+
+def use_kernels(model: Transformer) -> Transformer:
+    """Swap the MoE layers and norms of a (meta) model for their kernel versions, in place."""
+    config = model.config
+    for block in model.layers:
+        block.mlp = KernelMoE(config)
+        block.attn_norm = KernelRMSNorm(config.hidden_size, config.rms_norm_eps)
+        block.mlp_norm = KernelRMSNorm(config.hidden_size, config.rms_norm_eps)
+    model.norm = KernelRMSNorm(config.hidden_size, config.rms_norm_eps)
+    return model

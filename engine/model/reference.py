@@ -126,15 +126,20 @@ class MoE(nn.Module):
         top_logits, top_ids = self.router(x).topk(self.top_k, dim=-1)
         return top_ids, torch.softmax(top_logits.float(), dim=-1)
 
-    def forward(self, x):
-        ids, weights = self.route(x)
+    def experts(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """x [T, D], ids [T, K] (indices into this module's experts; -1 = held elsewhere, skipped), weights [T, K]
+        -> sum_k w_k * expert_k(x) over the experts here, [T, D] fp32."""
         out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
-        for e in ids.unique().tolist():
+        for e in ids[ids >= 0].unique().tolist():
             tokens, slot = (ids == e).nonzero(as_tuple=True)
             act = swiglu(F.linear(x[tokens], self.w1[e], self.b1[e]), self.limit)
             y = F.linear(act, self.w2[e], self.b2[e])
             out.index_add_(0, tokens, y.float() * weights[tokens, slot, None])
-        return out.to(x.dtype)
+        return out
+
+    def forward(self, x):
+        ids, weights = self.route(x)
+        return self.experts(x, ids, weights).to(x.dtype)
 
 
 class Block(nn.Module):

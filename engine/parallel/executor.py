@@ -1,0 +1,232 @@
+"""Executors: start one process per rank and call the same method on every rank, failing loudly and in bounded
+time. `MPExecutor` runs local processes (torch.multiprocessing, spawn); `RayExecutor` runs Ray actors in a
+placement group (one bundle per rank). Both answer `call(method, *args)` with one result per rank, or raise
+`RankFailedError` naming the rank and what happened (an exception with its traceback, a process that died, or
+no answer in time), after which the executor is dead: every rank is stopped and later calls raise at once.
+"""
+
+import logging
+import pickle
+import socket
+import time
+from abc import ABC, abstractmethod
+from multiprocessing import connection
+
+from engine.parallel.config import ParallelConfig
+from engine.parallel.worker import LoadReport, WorkerSpec, serve
+
+log = logging.getLogger(__name__)
+
+
+class RankFailedError(RuntimeError):
+    """A rank raised, died or stopped answering; the engine cannot continue."""
+
+
+class Executor(ABC):
+    def __init__(self, parallel: ParallelConfig, specs: list[WorkerSpec]):
+        self.parallel, self.specs = parallel, specs
+        self.world_size = len(specs)
+        self.error: RankFailedError | None = None
+
+    # ---- the interface ----
+    def start(self) -> list[LoadReport]:
+        """Start every rank, join the process group and load the shards; one report per rank."""
+        try:
+            init_method = self._launch()
+            return self.call("start", init_method, timeout=self.parallel.startup_timeout_s)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def call(self, method: str, *args, timeout: float | None = None) -> list:
+        """Run `method(*args)` on every rank; their results in rank order."""
+        if self.error is not None:
+            raise RankFailedError(f"the executor failed earlier: {self.error}")
+        timeout = self.parallel.collective_timeout_s + 10 if timeout is None else timeout
+        try:
+            return self._call(method, args, timeout)
+        except RankFailedError as e:
+            self.error = e
+            log.error("%s; stopping every rank", e)
+            self.shutdown()
+            raise
+
+    @property
+    def healthy(self) -> bool:
+        return self.error is None and self._alive()
+
+    @abstractmethod
+    def pids(self) -> list[int]:
+        """Process id of every rank (for monitoring, and for tests that kill one)."""
+
+    @abstractmethod
+    def shutdown(self) -> None:
+        """Stop every rank (idempotent)."""
+
+    # ---- per launcher ----
+    @abstractmethod
+    def _launch(self) -> str:
+        """Start the rank processes; return the process group's init method (rendezvous address)."""
+
+    @abstractmethod
+    def _call(self, method: str, args: tuple, timeout: float) -> list:
+        """Call on every rank; raise RankFailedError on the first failure or after `timeout` seconds."""
+
+    def _alive(self) -> bool:
+        return True
+
+
+class MPExecutor(Executor):
+    """Ranks as local processes, each with a pipe to the driver; messages are pickled once and sent to all."""
+
+    def _launch(self) -> str:
+        import torch.multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.procs, self.conns = [], []
+        for spec in self.specs:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=serve, args=(spec, child), name=f"gptoss-rank{spec.layout.rank}", daemon=True)
+            proc.start()
+            child.close()
+            self.procs.append(proc)
+            self.conns.append(parent)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return f"tcp://127.0.0.1:{port}"
+
+    def _call(self, method: str, args: tuple, timeout: float) -> list:
+        payload = pickle.dumps((method, args), protocol=pickle.HIGHEST_PROTOCOL)
+        for rank, conn in enumerate(self.conns):
+            try:
+                conn.send_bytes(payload)
+            except (BrokenPipeError, OSError):
+                raise RankFailedError(self._death(rank, method)) from None
+        results, pending = [None] * self.world_size, set(range(self.world_size))
+        deadline = time.monotonic() + timeout
+        while pending:
+            waitables = {self.conns[r]: r for r in pending} | {self.procs[r].sentinel: r for r in pending}
+            ready = connection.wait(list(waitables), timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise RankFailedError(f"ranks {sorted(pending)} did not answer {method!r} within {timeout:.0f} s "
+                                      "(a hung rank, or a collective waiting on one)")
+            for obj in ready:
+                rank = waitables[obj]
+                if rank not in pending:
+                    continue
+                if not self.conns[rank].poll():  # the sentinel fired and no answer is waiting: it died
+                    raise RankFailedError(self._death(rank, method))
+                status, value = pickle.loads(self.conns[rank].recv_bytes())
+                if status == "error":
+                    raise RankFailedError(f"rank {rank} failed in {method!r}:\n{value}")
+                results[rank] = value
+                pending.discard(rank)
+        return results
+
+    def _death(self, rank: int, method: str) -> str:
+        proc = self.procs[rank]
+        proc.join(0.5)
+        return f"rank {rank} (pid {proc.pid}) exited with code {proc.exitcode} during {method!r}"
+
+    def _alive(self) -> bool:
+        return all(p.is_alive() for p in getattr(self, "procs", []))
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def shutdown(self) -> None:
+        procs, self.procs = getattr(self, "procs", []), []
+        if self.error is None:
+            payload = pickle.dumps(("stop", ()))
+            for conn in self.conns:
+                try:
+                    conn.send_bytes(payload)
+                except OSError:
+                    pass
+            for p in procs:
+                p.join(5)
+        for p in procs:
+            if p.is_alive():
+                p.kill()  # a failed group can hang in teardown; these are our own processes
+            p.join(5)
+        for conn in getattr(self, "conns", []):
+            conn.close()
+        self.conns = []
+        self._dead_pids = [p.pid for p in procs]
+
+
+class RayExecutor(Executor):
+    """Ranks as Ray actors, one per bundle of a placement group: PACK keeps them on one node when it has room,
+    SPREAD puts them on different nodes. Connects to the running Ray cluster, or starts a local one."""
+
+    def _launch(self) -> str:
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from engine.parallel.worker import Worker
+
+        if not ray.is_initialized():
+            ray.init()
+        gpu = self.specs[0].device.startswith("cuda")
+        bundle = {"CPU": 1, "GPU": 1} if gpu else {"CPU": 1}
+        self.pg = placement_group([bundle] * self.world_size, strategy=self.parallel.placement_strategy)
+        try:
+            ray.get(self.pg.ready(), timeout=self.parallel.startup_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise RankFailedError(f"Ray could not place {self.world_size} bundles of {bundle} "
+                                  f"({self.parallel.placement_strategy}) within {self.parallel.startup_timeout_s} s; "
+                                  f"available: {ray.available_resources()}") from None
+        actor = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=0)(Worker)
+        self.actors = [actor.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+            self.pg, placement_group_bundle_index=r)).remote(spec) for r, spec in enumerate(self.specs)]
+        host, port = ray.get(self.actors[0].free_address.remote(), timeout=self.parallel.startup_timeout_s)
+        self._pids = ray.get([a.pid.remote() for a in self.actors], timeout=self.parallel.startup_timeout_s)
+        return f"tcp://{host}:{port}"
+
+    def _call(self, method: str, args: tuple, timeout: float) -> list:
+        import ray
+
+        args = tuple(ray.put(a) if not isinstance(a, (str, int, float)) else a for a in args)  # one copy for all
+        refs = [getattr(a, method).remote(*args) for a in self.actors]
+        rank_of = {ref: r for r, ref in enumerate(refs)}
+        results, pending = [None] * self.world_size, list(refs)
+        deadline = time.monotonic() + timeout
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                ranks = sorted(rank_of[r] for r in pending)
+                raise RankFailedError(f"ranks {ranks} did not answer {method!r} within {timeout:.0f} s "
+                                      "(a hung rank, or a collective waiting on one)")
+            rank = rank_of[ready[0]]
+            try:
+                results[rank] = ray.get(ready[0])
+            except ray.exceptions.RayActorError as e:
+                raise RankFailedError(f"rank {rank} (pid {self._pids[rank]}) died during {method!r}: {e}") from None
+            except ray.exceptions.RayTaskError as e:
+                raise RankFailedError(f"rank {rank} failed in {method!r}:\n{e}") from None
+        return results
+
+    def pids(self) -> list[int]:
+        return list(self._pids)
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        actors, self.actors = getattr(self, "actors", []), []
+        if actors and self.error is None:
+            try:
+                ray.get([a.close.remote() for a in actors], timeout=10)
+            except Exception:  # noqa: BLE001 - killing them below is the fallback
+                pass
+        for a in actors:
+            ray.kill(a, no_restart=True)
+        if getattr(self, "pg", None) is not None:
+            remove_placement_group(self.pg)
+            self.pg = None
+
+
+def make_executor(parallel: ParallelConfig, specs: list[WorkerSpec]) -> Executor:
+    return {"mp": MPExecutor, "ray": RayExecutor}[parallel.distributed_executor_backend](parallel, specs)
