@@ -2,6 +2,7 @@
 
 Deployments (made here, at build time, from plain classes):
     Ingress (FastAPI; auth, validation, SSE)  --handle, PrefixAffinityRouter-->  LLMServer:<model> (one AsyncLLM each)
+    GrpcGateway (when grpc.enabled; a grpc.aio server on grpc.host:grpc.port)  --handle, same router-->  LLMServer
     MetricsHub (one replica; replicas and ingress push snapshots, GET /metrics renders them)
 """
 
@@ -45,12 +46,36 @@ class ServeModelClient:
         await self._plain.check_health.remote()
         return True
 
+    async def tokenize(self, req):
+        return await self._plain.tokenize.remote(req)
+
 
 class ServeIngress(Ingress):
     """The Ingress as a deployment: handles to the models' deployments come in, ModelClients wrap them."""
 
-    def __init__(self, config: dict, handles: dict, hub):
+    def __init__(self, config: dict, handles: dict, hub, grpc_gateway=None):
         super().__init__(config, {name: ServeModelClient(h) for name, h in handles.items()}, hub)
+        self.grpc_gateway = grpc_gateway  # bound here so that Serve deploys it; the ingress never calls it
+
+
+class ServeGrpcGateway:
+    """The gRPC gateway as a deployment: its replica runs the grpc.aio server (it takes no Serve requests)."""
+
+    async def __init__(self, config: dict, handles: dict):
+        from cluster.config import load_config  # noqa: PLC0415
+        from cluster.grpc.gateway import Gateway  # noqa: PLC0415 - grpc and the generated stubs load here only
+
+        app_config = load_config(config)
+        self.gateway = Gateway(app_config, {name: ServeModelClient(h) for name, h in handles.items()})
+        self.address = await self.gateway.start()
+        self._grace = max(spec.graceful_shutdown_timeout_s for spec in app_config.models)
+
+    async def check_health(self) -> None:
+        if self.gateway.server is None:
+            raise RuntimeError("the gRPC server is not running")
+
+    async def __del__(self):
+        await self.gateway.stop(self._grace)
 
 
 def llm_deployment_options(spec: ModelSpec, config: AppConfig) -> dict:
@@ -68,10 +93,15 @@ def llm_deployment_options(spec: ModelSpec, config: AppConfig) -> dict:
     else:
         options["num_replicas"] = spec.num_replicas
     if spec.routing.prefix_affinity:
+        routing = spec.routing
         options["request_router_config"] = RequestRouterConfig(
             request_router_class=ROUTER_CLASS,
-            request_router_kwargs={"imbalance_threshold": spec.routing.imbalance_threshold,
-                                   "max_index_entries": spec.routing.max_index_entries})
+            request_routing_stats_period_s=routing.stats_period_s,
+            request_routing_stats_timeout_s=max(routing.stats_period_s, 5.0),
+            request_router_kwargs={"imbalance_threshold": routing.imbalance_threshold,
+                                   "max_index_entries": routing.max_index_entries,
+                                   "hash_chunks": routing.hash_chunks,
+                                   "max_kv_cache_usage": routing.max_kv_cache_usage})
     return options
 
 
@@ -83,9 +113,15 @@ def build_from_config(config: AppConfig):
     for spec in config.models:
         deployment = serve.deployment(LLMServer, **llm_deployment_options(spec, config))
         handles[spec.name] = deployment.bind(spec, hub, config.metrics_push_interval_s)
+    gateway = None
+    if config.grpc.enabled:
+        grace = max(spec.graceful_shutdown_timeout_s for spec in config.models)
+        gateway = serve.deployment(ServeGrpcGateway, name="GrpcGateway", num_replicas=config.grpc.replicas,
+                                   max_replicas_per_node=1, ray_actor_options={"num_cpus": 0},
+                                   graceful_shutdown_timeout_s=grace + 5).bind(config.to_dict(), handles)
     ingress = serve.deployment(serve.ingress()(ServeIngress), name="Ingress", num_replicas=config.ingress_replicas,
                                ray_actor_options={"num_cpus": 0})
-    return ingress.bind(config.to_dict(), handles, hub)
+    return ingress.bind(config.to_dict(), handles, hub, gateway)
 
 
 def build_app(args: dict):

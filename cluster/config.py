@@ -97,6 +97,51 @@ class LimitsConfig:
 
 
 @dataclass
+class GrpcConfig:
+    """The gRPC gateway (proto/gptoss/v1, cluster/grpc/): API keys are auth's, the longest deadline limits'."""
+
+    enabled: bool = doc(False, "serve the gRPC API (gptoss.v1.Inference, health, reflection) from a gateway")
+    host: str = doc("127.0.0.1", "address the gateway binds; 0.0.0.0 exposes it (set it in a pod, with TLS)")
+    port: int = doc(50051, "gRPC port")
+    replicas: int = doc(1, "gateway replicas, at most one per node (each binds host:port on its node)")
+    tls_cert_file: str | None = doc(None, "PEM certificate chain of the server: TLS when set (with tls_key_file)")
+    tls_key_file: str | None = doc(None, "PEM private key of tls_cert_file")
+    tls_client_ca_file: str | None = doc(None, "PEM CA bundle: clients must present a certificate it signed (mTLS)")
+    max_message_bytes: int = doc(4 << 20, "largest request or response message; larger fails RESOURCE_EXHAUSTED")
+    max_concurrent_streams: int = doc(256, "Generate/Chat calls in flight per gateway replica; past it: "
+                                           "RESOURCE_EXHAUSTED with trailing metadata retry-after-ms")
+    requests_per_s: float = doc(0.0, "per API key: calls per second (token bucket; 0 = unlimited)")
+    request_burst: int = doc(0, "per API key: calls allowed at once above the rate (0: one second's worth)")
+    tokens_per_s: float = doc(0.0, "per API key: prompt + generated tokens per second (0 = unlimited); a call "
+                                   "is admitted while the key's bucket is not in debt")
+    token_burst: int = doc(0, "per API key: tokens allowed at once above the rate (0: one second's worth)")
+    retry_after_ms: int = doc(1000, "retry hint sent with RESOURCE_EXHAUSTED when no better one is known")
+    reflection: bool = doc(True, "serve gRPC server reflection (grpcurl, grpcui); needs the API key like the API")
+
+    def validate(self, path: str) -> None:
+        _check(bool(self.host), f"{path}.host", self.host, "an address such as 127.0.0.1")
+        _check(0 < self.port < 65536, f"{path}.port", self.port, "in [1, 65535]")
+        _check(self.replicas >= 1, f"{path}.replicas", self.replicas, ">= 1")
+        _check((self.tls_cert_file is None) == (self.tls_key_file is None), f"{path}.tls_key_file",
+               self.tls_key_file, "set together with tls_cert_file (both or neither)")
+        _check(self.tls_client_ca_file is None or self.tls_cert_file is not None, f"{path}.tls_client_ca_file",
+               self.tls_client_ca_file, "used with tls_cert_file and tls_key_file (mTLS needs server TLS)")
+        _check(self.max_message_bytes >= 1024, f"{path}.max_message_bytes", self.max_message_bytes, ">= 1024")
+        _check(self.max_concurrent_streams >= 1, f"{path}.max_concurrent_streams", self.max_concurrent_streams,
+               ">= 1")
+        for name in ("requests_per_s", "request_burst", "tokens_per_s", "token_burst", "retry_after_ms"):
+            _check(getattr(self, name) >= 0, f"{path}.{name}", getattr(self, name), ">= 0")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass
 class ParallelConfig:
     tensor_parallel_size: int = doc(1, "GPUs (engine ranks) per replica; only 1 is supported until the parallel "
                                        "executor lands")
@@ -170,11 +215,18 @@ class RoutingConfig:
     imbalance_threshold: int = doc(8, "prefer the prefix replica only while it has at most this many more ongoing "
                                       "requests than the least loaded")
     max_index_entries: int = doc(100_000, "prefix-index entries kept per router (least recently used go first)")
+    hash_chunks: int = doc(2, "leading prompt chunks the consistent-hash ring keys on: a prefix no router has seen "
+                              "goes to its ring replica, so every ingress and gateway agree")
+    max_kv_cache_usage: float = doc(0.95, "a replica reporting more KV-cache usage than this loses its affinity "
+                                          "preference (the least loaded takes the request)")
+    stats_period_s: float = doc(1.0, "how often each replica reports its load (queue, KV usage) to the routers")
 
     def validate(self, path: str) -> None:
-        for name in ("prefix_chunk_chars", "max_index_entries"):
+        for name in ("prefix_chunk_chars", "max_index_entries", "hash_chunks"):
             _check(getattr(self, name) >= 1, f"{path}.{name}", getattr(self, name), ">= 1")
         _check(self.imbalance_threshold >= 0, f"{path}.imbalance_threshold", self.imbalance_threshold, ">= 0")
+        _check(0 < self.max_kv_cache_usage <= 1, f"{path}.max_kv_cache_usage", self.max_kv_cache_usage, "in (0, 1]")
+        _check(self.stats_period_s > 0, f"{path}.stats_period_s", self.stats_period_s, "> 0")
 
 
 @dataclass
@@ -226,6 +278,7 @@ class AppConfig:
     http: HttpConfig = doc(HttpConfig(), "where the API listens")
     auth: AuthConfig = doc(AuthConfig(), "API keys: when any is configured, every route but /health needs one")
     limits: LimitsConfig = doc(LimitsConfig(), "request limits")
+    grpc: GrpcConfig = doc(GrpcConfig(), "the gRPC gateway (off unless enabled)")
     ingress_replicas: int = doc(1, "replicas of the HTTP ingress (auth, validation, routing)")
     metrics_push_interval_s: float = doc(1.0, "how often each replica pushes its metrics to the /metrics hub")
 

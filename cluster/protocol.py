@@ -37,6 +37,11 @@ class GenerateRequest:
     renames: dict[str, str] = field(default_factory=dict)  # engine field -> request field, for error params
     prefix_hashes: list[int] = field(default_factory=list)  # chained hashes of prompt chunks (for routing)
     created: int = 0  # unix seconds
+    deadline: float | None = None  # unix time: past it the replica aborts the engine request and yields a 408
+    output: Literal["openai", "deltas"] = "openai"  # deltas: plain token/channel deltas for the gRPC gateway
+    parse_harmony: bool = False  # completion kind: the prompt is harmony; stop at the turn's end, parse channels
+    avoid_replicas: list[str] = field(default_factory=list)  # replica ids the router ranks last (a retry)
+    routed_replica: str | None = None  # set in the caller's process by the router: where the request went
 
 
 class _Model(BaseModel):

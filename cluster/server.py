@@ -3,9 +3,11 @@
 Flow: `generate(GenerateRequest)` renders the prompt (harmony for chat and responses), fills the model-dependent
 defaults and checks (context length, max_tokens), starts `AsyncLLM.generate`, and yields: first a head item
 (`"ok"`, or an `ApiError` for bad input or a full engine queue), then what the endpoint's formatter makes of each
-engine output (SSE frames when streaming, else one body). Closing the generator early (client gone, deadline)
-aborts the engine request, which frees its KV blocks. Metrics are recorded as outputs stream and pushed to the
-hub every `metrics_push_interval_s`.
+engine output (SSE frames when streaming, else one body; for the gRPC gateway, `output="deltas"`: a `StreamHead`,
+then token/channel deltas, cluster/grpc/stream.py). Closing the generator early (client gone, deadline) aborts the
+engine request, which frees its KV blocks; a request's own `deadline` aborts it in the engine when it passes (408).
+Metrics are recorded as outputs stream and pushed to the hub every `metrics_push_interval_s`; the routers read the
+replica's load (`record_routing_stats`: queue, KV usage) every `routing.stats_period_s`.
 """
 
 import asyncio
@@ -14,7 +16,8 @@ import os
 import time
 
 from cluster.config import ModelSpec
-from cluster.errors import ApiError, bad_request, from_value_error, overloaded
+from cluster.errors import ApiError, bad_request, from_value_error, overloaded, timed_out
+from cluster.grpc.stream import DeltaFormatter, StreamHead
 from cluster.metrics import ReplicaMetrics, RequestTimes
 from cluster.openai_output import ChatFormatter, CompletionFormatter
 from cluster.protocol import GenerateRequest
@@ -51,25 +54,35 @@ class LLMServer:
         """Head item ("ok" or ApiError), then SSE frames (streaming) or one response body."""
         self._ensure_pusher()
         times = RequestTimes(arrival=time.monotonic())
+        deadline = _Deadline(self.engine, req)
         try:
+            if deadline.expired:
+                raise deadline.error()
             prompt_ids, params = self._prepare(req)
             stream = self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id=req.request_id)
             first = await anext(stream)
         except ApiError as err:
+            deadline.cancel()
             yield err
             return
         except QueueFullError as err:
+            deadline.cancel()
             yield overloaded(429, str(err))
             return
         except ValueError as err:
+            deadline.cancel()
             yield from_value_error(err, req.renames)
             return
-        yield HEAD_OK
-        async for item in self._stream(req, stream, first, len(prompt_ids), times):
-            yield item
+        try:
+            yield StreamHead(self.replica, len(prompt_ids)) if req.output == "deltas" else HEAD_OK
+            async for item in self._stream(req, stream, first, len(prompt_ids), times, deadline):
+                yield item
+        finally:
+            deadline.cancel()
 
-    async def _stream(self, req, stream, first, prompt_len: int, times: RequestTimes):
-        formatter = FORMATTERS[req.kind](req, self.tokenizer, self.spec.name)
+    async def _stream(self, req, stream, first, prompt_len: int, times: RequestTimes, deadline: "_Deadline"):
+        deltas = req.output == "deltas"
+        formatter = (DeltaFormatter if deltas else FORMATTERS[req.kind])(req, self.tokenizer, self.spec.name)
         out, last, finish = first, None, "abort"
         try:
             while True:
@@ -84,11 +97,22 @@ class LLMServer:
                     _copy_times(times, out.metrics)
                     break
                 out = await anext(stream)
+            if deltas and deadline.fired:  # the engine aborted it at the deadline: say so, not "abort"
+                yield deadline.error()
+                return
             for item in formatter.finish():
                 yield item
         finally:
             await stream.aclose()  # a request cut short is aborted here: its KV blocks go back to the pool
             self.metrics.on_finished(prompt_len, finish, times)
+
+    async def tokenize(self, req: GenerateRequest) -> dict | ApiError:
+        """The prompt ids `generate` would run for `req` (chat rendered with its defaults), or the 400 it would give."""
+        try:
+            ids = self._prompt_ids(req)
+        except ApiError as err:
+            return err
+        return {"token_ids": ids, "max_model_len": self.engine.max_model_len}
 
     def _prepare(self, req: GenerateRequest) -> tuple[list[int], SamplingParams]:
         ids = self._prompt_ids(req)
@@ -101,7 +125,7 @@ class LLMServer:
         if "max_tokens" not in sampling:
             room = min(limit, self._max_new) - len(ids)
             sampling["max_tokens"] = max(1, min(room, self.spec.default_max_tokens or room))
-        if req.kind != "completion":  # harmony: stop at the end of the turn or at a tool call
+        if req.kind != "completion" or req.parse_harmony:  # harmony: stop at the end of the turn or a tool call
             sampling["stop_token_ids"] = sorted(set(sampling.get("stop_token_ids") or ())
                                                 | set(self.tokenizer.stop_token_ids))
             sampling["skip_special_tokens"] = False
@@ -120,7 +144,15 @@ class LLMServer:
             renames = {"messages": "input"} if req.kind == "response" else {}
             raise from_value_error(err, renames) from None
 
-    # ---- health, metrics, shutdown ----
+    # ---- health, load, metrics, shutdown ----
+    async def record_routing_stats(self) -> dict:
+        """This replica's load as the routers see it (Serve polls it every routing.stats_period_s)."""
+        s = self.engine.stats()
+        return {"num_running": s.num_running, "num_waiting": s.num_waiting, "kv_cache_usage": s.kv_cache_usage,
+                "num_free_blocks": s.num_free_blocks, "num_total_blocks": s.num_total_blocks,
+                "prefix_cache_queries": s.prefix_cache_queries, "prefix_cache_hits": s.prefix_cache_hits,
+                "replica": self.replica}
+
     async def check_health(self) -> None:
         """Serve calls this every health_check_period_s; raising marks the replica unhealthy (it is replaced)."""
         self._ensure_pusher()
@@ -148,6 +180,31 @@ class LLMServer:
             self._pusher.cancel()
             await self.push_metrics()
         self.engine.shutdown()
+
+
+class _Deadline:
+    """Aborts the engine request when `req.deadline` (unix time) passes: one timer per request, nothing per token."""
+
+    def __init__(self, engine, req: GenerateRequest):
+        self.at, self.fired, self._timer = req.deadline, False, None
+        if self.at is not None:
+            delay = self.seconds = max(0.0, self.at - time.time())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._fire, engine, req.request_id)
+
+    @property
+    def expired(self) -> bool:
+        return self.fired or (self.at is not None and time.time() >= self.at)
+
+    def _fire(self, engine, request_id: str) -> None:
+        self.fired = True
+        asyncio.ensure_future(engine.abort(request_id))
+
+    def error(self) -> ApiError:
+        return timed_out(round(self.seconds, 3))
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 def _copy_times(times: RequestTimes, metrics: dict) -> None:
