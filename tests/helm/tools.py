@@ -96,7 +96,7 @@ def versions() -> dict[str, str]:
     return {
         "helm": subprocess.run([str(helm()), "version", "--short"], capture_output=True, text=True).stdout.strip(),
         "promtool": subprocess.run([str(promtool()), "--version"], capture_output=True,
-                                   text=True).stdout.splitlines()[0],
+                                   text=True).stdout.split("version", 1)[-1].split()[0],
     }
 
 

@@ -225,6 +225,19 @@ readinessProbe:
 {{- end }}
 {{- end }}
 
+{{/* The API and metrics ports must not be one of Ray's own (they would open it to clients or scrapers). */}}
+{{- define "gptoss.checkPorts" -}}
+{{- $ray := dict "6379" "GCS" "8265" "the dashboard" "10001" "the Ray client" "52365" "the dashboard agent" }}
+{{- range $key, $port := dict "api.port" .Values.api.port "metrics.rayPort" .Values.metrics.rayPort }}
+{{- with get $ray (toString $port) }}
+{{- fail (printf "%s %v is Ray's port for %s, which must stay closed to clients and scrapers; choose another (api.port 8000, metrics.rayPort 8080 by default)" $key $port .) }}
+{{- end }}
+{{- end }}
+{{- if eq (int .Values.api.port) (int .Values.metrics.rayPort) }}
+{{- fail (printf "api.port and metrics.rayPort are both %v; give them different ports" .Values.api.port) }}
+{{- end }}
+{{- end }}
+
 {{/* The path /metrics is served under (the application's route prefix). */}}
 {{- define "gptoss.metricsPath" -}}
 {{- printf "%s/metrics" (trimSuffix "/" .Values.api.routePrefix) }}
