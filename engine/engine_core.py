@@ -139,11 +139,13 @@ class EngineCore:
         return num_blocks
 
     def _blocks_for_sequence(self, num_tokens: int) -> int:
-        """Blocks one sequence of `num_tokens` holds at most (full groups: all; sliding: the window + 1)."""
+        """Most blocks one sequence of `num_tokens` holds at once. A full group holds all of its blocks; a sliding
+        group holds the window before a chunk plus the chunk itself (a prefill chunk is written before any of it
+        can be released), chunks being at most `max_num_batched_tokens` long."""
         bs = self.config.block_size
-        per_group = [-(-num_tokens // bs) if w is None else min(-(-num_tokens // bs), -(-w // bs) + 1)
-                     for w in self.layout.windows]
-        return sum(per_group)
+        chunk = min(num_tokens, self.config.max_num_batched_tokens)
+        every = -(-num_tokens // bs)
+        return sum(every if w is None else min(every, -(-(w - 1 + chunk) // bs) + 1) for w in self.layout.windows)
 
     @property
     def max_tokens_per_sequence(self) -> int:

@@ -57,6 +57,7 @@ class KVCacheManager:
         self.tables: dict[str, list[list[int]]] = {}  # request id -> per group block ids
         self.hashes: dict[str, list[bytes]] = {}  # request id -> hashes of its full blocks so far
         self.num_cached_blocks: dict[str, int] = {}  # request id -> blocks already indexed
+        self.released: dict[str, tuple[int, ...]] = {}  # request id -> window release bounds last applied
         self.prefix_queries = 0  # tokens looked up in the prefix cache (cumulative)
         self.prefix_hits = 0  # of which found
 
@@ -79,9 +80,11 @@ class KVCacheManager:
         """The longest cached prefix usable by every group (at least one token is always left to compute)."""
         num_tokens = request.num_tokens
         usable = self.block_hashes(request, num_tokens)[: (num_tokens - 1) // self.block_size]
-        hit = len(usable)
-        for group, window in enumerate(self.layout.windows):
-            hit = self._longest_hit(group, window, usable[:hit])
+        hit, previous = len(usable), None
+        while hit != previous:  # a group that shortens the hit can invalidate an earlier group's: repeat until stable
+            previous = hit
+            for group, window in enumerate(self.layout.windows):
+                hit = self._longest_hit(group, window, usable[:hit])
         blocks = [self._hit_blocks(g, w, usable[:hit]) for g, w in enumerate(self.layout.windows)]
         return PrefixHit(hit * self.block_size, blocks)
 
@@ -121,14 +124,30 @@ class KVCacheManager:
                 del self.tables[rid], self.num_cached_blocks[rid]
                 return False
             self.pool.touch(reused)
+        end = request.num_computed_tokens + num_new_tokens
+        if self._nothing_to_do(request, end):
+            return True
         self._release_out_of_window(request)
         if not self._fits(request, num_new_tokens, []):
             return False
-        end = request.num_computed_tokens + num_new_tokens
         for table in self.tables[rid]:
             table.extend(self.pool.allocate(self._blocks_for(end) - len(table)))
         self._cache_full_blocks(request, end)
         return True
+
+    def _nothing_to_do(self, request: Request, end: int) -> bool:
+        """The common decode step: the last block has room, no block leaves a window, none becomes full."""
+        bs, computed = self.block_size, request.num_computed_tokens
+        if end // bs != computed // bs or end % bs == 0:  # crosses or completes a block
+            return False
+        tables, released = self.tables[request.request_id], self.released.get(request.request_id)
+        if released is None or released != self._release_bounds(computed):
+            return False
+        return all(len(t) * bs >= end for t in tables)
+
+    def _release_bounds(self, computed: int) -> tuple[int, ...]:
+        """Per sliding group, how many leading blocks no query from position `computed` on can see."""
+        return tuple((computed - w + 1) // self.block_size for w in self.layout.windows if w is not None)
 
     def _blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -141,6 +160,7 @@ class KVCacheManager:
 
     def _release_out_of_window(self, request: Request) -> None:
         """Hand back sliding-group blocks whose every position is outside the window of the next query."""
+        self.released[request.request_id] = self._release_bounds(request.num_computed_tokens)
         for group, window in enumerate(self.layout.windows):
             if window is None:
                 continue
@@ -168,6 +188,7 @@ class KVCacheManager:
             self.pool.release(list(reversed(table)))
         self.num_cached_blocks.pop(rid, None)
         self.hashes.pop(rid, None)
+        self.released.pop(rid, None)
 
     def block_tables(self, request: Request) -> list[list[int]]:
         return self.tables[request.request_id]
