@@ -48,6 +48,8 @@ CASES = {
         model(serve={"autoscaling": {"max_replicas": 9}}), ["min_replicas/max_replicas come from replicas.min/max"]),
     "chart-owned-config-key": (
         {"config": {"http": {"port": 9000}}}, ["config.http is written by the chart", "remove it from config"]),
+    "grpc-gateway-not-exposed-yet": (
+        {"config": {"grpc": {"enabled": True}}}, ["config.grpc: the chart does not expose the gRPC gateway yet"]),
     "typo-in-a-key": (
         model(replica={"min": 1}), ["at '/models/0'", "additional properties 'replica' not allowed"]),
     "api-on-the-dashboard-port": (

@@ -337,3 +337,16 @@ def test_pod_templates_carry_no_chart_version():
     """A chart upgrade alone must not roll a new Ray cluster: pod labels hold no chart or app version."""
     for template in pod_templates(render()).values():
         assert not {"helm.sh/chart", "app.kubernetes.io/version"} & set(template["metadata"]["labels"])
+
+
+@pytest.mark.parametrize("auth", [False, True])
+def test_notes_say_how_to_reach_the_api(auth):
+    args = ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
+    proc = helm(*args, *(["--set", "auth.existingSecret=team-keys"] if auth else []))
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert f"http://{RELEASE}-gptoss-serve-api.{NAMESPACE}.svc:8000/v1" in notes
+    assert f"kubectl -n {NAMESPACE} port-forward svc/{RELEASE}-gptoss-serve-api 8000:8000" in notes
+    assert ('"model": "gpt-oss-20b"' in notes) and ("/v1/chat/completions" in notes)
+    assert ("get secret team-keys" in notes) is auth
+    assert ("WARNING: auth.existingSecret is empty" in notes) is not auth

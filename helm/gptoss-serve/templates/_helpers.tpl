@@ -136,6 +136,9 @@ as cluster.config.serve_config makes it. */}}
 {{- fail (printf "config.%s is written by the chart (from api.*, auth.* and models); remove it from config" $key) }}
 {{- end }}
 {{- end }}
+{{- if hasKey $config "grpc" }}
+{{- fail "config.grpc: the chart does not expose the gRPC gateway yet (its replicas may run on any Ray pod, so no Service can select them); remove config.grpc and use the HTTP API" }}
+{{- end }}
 {{- $_ := set $config "name" (default "gptoss" $config.name) }}
 {{- $_ := set $config "http" (dict "host" "0.0.0.0" "port" (int .Values.api.port) "route_prefix" .Values.api.routePrefix) }}
 {{- if include "gptoss.authEnabled" . }}
