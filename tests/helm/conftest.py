@@ -1,4 +1,4 @@
-"""The chart tests run the real helm and promtool (tests/helm/tools.py fetches them); the run ends with their versions."""
+"""The chart tests run the real helm and promtool (fetched by tests/helm/tools.py); a run ends with their versions."""
 
 from tests.helm import tools
 

@@ -350,3 +350,27 @@ def test_notes_say_how_to_reach_the_api(auth):
     assert ('"model": "gpt-oss-20b"' in notes) and ("/v1/chat/completions" in notes)
     assert ("get secret team-keys" in notes) is auth
     assert ("WARNING: auth.existingSecret is empty" in notes) is not auth
+
+
+def test_every_values_key_is_documented():
+    """helm-docs style: each key has a `# --` comment, or each key under it has (a documented map is opaque)."""
+    text = (CHART / "values.yaml").read_text()
+    lines = text.splitlines()
+
+    def documented(line: int) -> bool:
+        above = line - 1
+        while above >= 0 and lines[above].lstrip().startswith("#"):
+            if lines[above].lstrip().startswith("# --"):
+                return True
+            above -= 1
+        return False
+
+    def walk(node, path):
+        for key, value in node.value:
+            where = f"{path}.{key.value}".lstrip(".")
+            if documented(key.start_mark.line):
+                continue
+            assert isinstance(value, yaml.MappingNode) and value.value, f"values.yaml: {where} has no '# --' comment"
+            walk(value, where)
+
+    walk(yaml.compose(text), "")

@@ -74,7 +74,10 @@ label value), gpusPerPod, podsPerReplica, worldSize. Use: (include "gptoss.model
 {{- end }}
 {{- if or (mod $gpus $tp) (mod $world $gpus) }}
 {{- $ep := ternary (printf "expert parallel over all %d" $world) "experts split" $m.parallel.enableExpertParallel }}
-{{- fail (printf "%s: gpusPerPod %d does not fit parallel.tensorParallelSize %d x dataParallelSize %d = %d GPUs per replica (%s): a pod holds whole tensor-parallel groups (a multiple of %d GPUs) and a replica whole pods (a divisor of %d); set gpusPerPod to %d, or the parallel sizes to match the GPUs of your nodes" $at $gpus $tp $dp $world $ep $tp $world (ternary $world $tp (eq $dp 1))) }}
+{{- $what := printf "%s: gpusPerPod %d does not fit parallel.tensorParallelSize %d x dataParallelSize %d = %d GPUs per replica (%s)" $at $gpus $tp $dp $world $ep }}
+{{- $why := printf "a pod holds whole tensor-parallel groups (a multiple of %d GPUs) and a replica whole pods (a divisor of %d)" $tp $world }}
+{{- $fix := printf "set gpusPerPod to %d, or the parallel sizes to match the GPUs of your nodes" (ternary $world $tp (eq $dp 1)) }}
+{{- fail (printf "%s: %s; %s" $what $why $fix) }}
 {{- end }}
 {{- if gt (int $m.replicas.min) (int $m.replicas.max) }}
 {{- fail (printf "%s: replicas.min %d is above replicas.max %d; raise max or lower min" $at (int $m.replicas.min) (int $m.replicas.max)) }}
