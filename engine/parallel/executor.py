@@ -115,11 +115,15 @@ class MPExecutor(Executor):
                 rank = waitables[obj]
                 if rank not in pending:
                     continue
-                if not self.conns[rank].poll():  # the sentinel fired and no answer is waiting: it died
-                    raise RankFailedError(self._death(rank, method))
-                status, value = pickle.loads(self.conns[rank].recv_bytes())
+                try:
+                    if not self.conns[rank].poll():  # the sentinel fired and no answer is waiting: it died
+                        raise EOFError
+                    status, value = pickle.loads(self.conns[rank].recv_bytes())
+                except (EOFError, OSError):  # the pipe closed or was reset: the process is gone
+                    raise RankFailedError(self._death(rank, method)) from None
                 if status == "error":
-                    raise RankFailedError(f"rank {rank} failed in {method!r}:\n{value}")
+                    log.error("rank %d failed in %r:\n%s", rank, method, value)
+                    raise RankFailedError(f"rank {rank} failed in {method!r}: {_last_line(value)}")
                 results[rank] = value
                 pending.discard(rank)
         return results
@@ -203,9 +207,12 @@ class RayExecutor(Executor):
             try:
                 results[rank] = ray.get(ready[0])
             except ray.exceptions.RayActorError as e:
-                raise RankFailedError(f"rank {rank} (pid {self._pids[rank]}) died during {method!r}: {e}") from None
+                log.error("rank %d died during %r: %s", rank, method, e)
+                raise RankFailedError(f"rank {rank} (pid {self._pids[rank]}) died during {method!r}: "
+                                      f"{str(e).strip().splitlines()[0]}") from None
             except ray.exceptions.RayTaskError as e:
-                raise RankFailedError(f"rank {rank} failed in {method!r}:\n{e}") from None
+                log.error("rank %d failed in %r:\n%s", rank, method, e)
+                raise RankFailedError(f"rank {rank} failed in {method!r}: {_last_line(str(e))}") from None
         return results
 
     def pids(self) -> list[int]:
@@ -226,6 +233,12 @@ class RayExecutor(Executor):
         if getattr(self, "pg", None) is not None:
             remove_placement_group(self.pg)
             self.pg = None
+
+
+def _last_line(traceback_text: str) -> str:
+    """The exception line of a traceback (the whole text is logged)."""
+    lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else traceback_text
 
 
 def make_executor(parallel: ParallelConfig, specs: list[WorkerSpec]) -> Executor:
