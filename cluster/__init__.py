@@ -13,9 +13,17 @@ Request path:
       -> formatters (openai_output.py, responses_api.py): reasoning_content / content / tool_calls, SSE frames
       <- back the same way; a client that disconnects cancels the stream and the engine request is aborted.
 
+The gRPC path (grpc.enabled; API in proto/gptoss/v1, code in cluster/grpc/) skips the HTTP proxy and ingress:
+
+    gRPC client -> GrpcGateway replica (a grpc.aio server on 127.0.0.1:50051 unless configured; TLS/mTLS from files):
+                   API key, per-key rate limits, stream cap, validation naming the proto field, deadline stamped
+                   on the request -> the same PrefixAffinityRouter -> LLMServer (`output="deltas"`) -> protobuf
+                   messages; a failure before the first token is retried once on another replica
+
 Modules, one noun each: config (the one config file), protocol (requests), errors (OpenAI error bodies), ingress,
 router, server, openai_output, responses_api, metrics (every metric name), app (the Serve application; also
-`serve run cluster.app:build_app config=FILE`), cli (`gptoss serve`).
+`serve run cluster.app:build_app config=FILE`), cli (`gptoss serve`); grpc/ (the gRPC gateway: codegen, convert,
+servicer, auth, limits, stream, gateway).
 
 Configuration: `gptoss serve --print-default-config` prints every field with its documentation;
 `cluster/configs/local.yaml` is what `make serve` runs. The same file drives `gptoss serve --config FILE`,

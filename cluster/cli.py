@@ -16,9 +16,6 @@ import yaml
 
 from cluster.config import AppConfig, ConfigError, default_config_yaml, load_config, serve_config
 
-GRPC_ENDPOINT = None  # the gRPC gateway (proto/) is not built yet; `make serve` prints it once it exists
-
-
 def add_commands(commands: argparse._SubParsersAction) -> None:
     serve_cmd = commands.add_parser("serve", help="serve the OpenAI-compatible API on Ray Serve")
     what = serve_cmd.add_mutually_exclusive_group(required=True)
@@ -91,12 +88,11 @@ def banner(config: AppConfig) -> str:
     base = f"http://{host}:{config.http.port}{config.http.route_prefix.rstrip('/')}"
     auth = ' -H "Authorization: Bearer $GPTOSS_API_KEY"' if _has_auth(config) else ""
     model = config.models[0].name
-    grpc = GRPC_ENDPOINT or "not available yet (the gRPC gateway is a later issue)"
     return "\n".join([
         "",
         f"gptoss-serve is up: models {[m.name for m in config.models]}",
         f"  HTTP (OpenAI API): {base}/v1",
-        f"  gRPC:              {grpc}",
+        f"  gRPC:              {grpc_endpoint(config)}",
         f"  metrics:           {base}/metrics      health: {base}/health",
         f"  logs:              /tmp/ray/session_latest/logs/serve/",
         "",
@@ -107,6 +103,16 @@ def banner(config: AppConfig) -> str:
         "",
         "Ctrl-C stops the cluster.",
     ])
+
+
+def grpc_endpoint(config: AppConfig) -> str:
+    """Where the gRPC gateway listens, as the banner prints it."""
+    g = config.grpc
+    if not g.enabled:
+        return "off (set grpc.enabled: true in the config)"
+    host = g.host if g.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    security = "TLS" + (" + client certificates" if g.tls_client_ca_file else "") if g.tls else "plaintext"
+    return f"{host}:{g.port}  (gptoss.v1.Inference, {security}; health and reflection; stubs: proto/)"
 
 
 def _has_auth(config: AppConfig) -> bool:
