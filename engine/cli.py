@@ -49,12 +49,14 @@ def add_parallel_args(parser: argparse.ArgumentParser) -> None:
                        help="partition the experts over all ranks (EP = TP x DP) instead of slicing each one")
     group.add_argument("--distributed-executor-backend", choices=["mp", "ray"], default="mp",
                        help="local processes (mp) or Ray actors in a placement group (ray)")
+    group.add_argument("--moe-dispatch", choices=["allreduce", "alltoall"], default="allreduce",
+                       help="MoE collectives: every rank sees every token, or tokens go to their experts' ranks")
 
 
 def parallel_kwargs(args: argparse.Namespace) -> dict:
     return {"tensor_parallel_size": args.tensor_parallel_size, "data_parallel_size": args.data_parallel_size,
             "enable_expert_parallel": args.enable_expert_parallel,
-            "distributed_executor_backend": args.distributed_executor_backend}
+            "distributed_executor_backend": args.distributed_executor_backend, "moe_dispatch": args.moe_dispatch}
 
 
 def _run_generate(args: argparse.Namespace) -> int:

@@ -53,6 +53,9 @@ class EngineConfig:
     enable_expert_parallel: bool = False  # partition the experts over all ranks (EP = TP x DP) instead of slicing
     distributed_executor_backend: str = "mp"  # "mp" (local processes) or "ray" (actors in a placement group)
     collective_timeout_s: float = 60.0  # a rank silent this long fails the engine and its in-flight requests
+    moe_dispatch: str = "allreduce"  # MoE collectives: "allreduce" (every rank sees every token) or "alltoall"
+    #                                  (tokens sent only to their experts' ranks; needs enable_expert_parallel)
+    placement_strategy: str = "PACK"  # Ray placement group of the ranks: PACK (one node if it fits) or SPREAD
 
     def __post_init__(self):
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -70,7 +73,8 @@ class EngineConfig:
 
     def parallel_config(self) -> ParallelConfig:
         return ParallelConfig(self.tensor_parallel_size, self.data_parallel_size, self.enable_expert_parallel,
-                              self.distributed_executor_backend, self.collective_timeout_s)
+                              self.distributed_executor_backend, self.collective_timeout_s,
+                              placement_strategy=self.placement_strategy, moe_dispatch=self.moe_dispatch)
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(self.max_num_seqs, self.max_num_batched_tokens, self.max_waiting_requests,

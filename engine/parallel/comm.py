@@ -23,7 +23,7 @@ class Group:
 
     ranks: list[int]  # global ranks, in group order
     rank: int  # this rank's index in `ranks`
-    pg: dist.ProcessGroup | None  # None for a group of one
+    pg: dist.ProcessGroup | None  # None for a group of one: every operation is then the identity
 
     @property
     def size(self) -> int:
@@ -31,21 +31,48 @@ class Group:
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over the group, in place."""
-        dist.all_reduce(x, group=self.pg)
+        if self.pg is not None:
+            dist.all_reduce(x, group=self.pg)
         return x
 
     def all_gather(self, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         """Concatenate along dim 0 the [sizes[i], ...] tensors of every member (padded to the largest for the
         collective, trimmed after)."""
         width = max(sizes)
-        padded = x.new_zeros((width, *x.shape[1:]))
-        padded[: x.shape[0]] = x
-        parts = [torch.empty_like(padded) for _ in self.ranks]
-        dist.all_gather(parts, padded, group=self.pg)
+        parts = self.all_gather_padded(x, width).split(width)
         return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+    def all_gather_padded(self, x: torch.Tensor, width: int, fill: float = 0) -> torch.Tensor:
+        """[size * width, ...]: member i's rows at [i * width, i * width + its count), `fill` after them."""
+        padded = x.new_full((width, *x.shape[1:]), fill)
+        padded[: x.shape[0]] = x
+        if self.pg is None:
+            return padded
+        out = x.new_empty((self.size * width, *x.shape[1:]))
+        dist.all_gather_single(out, padded, group=self.pg)
+        return out
+
+    def reduce_scatter(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum over the group of [size * w, ...]; member i keeps rows [i * w, (i + 1) * w) of the sum."""
+        if self.pg is None:
+            return x
+        out = x.new_empty((x.shape[0] // self.size, *x.shape[1:]))
+        dist.reduce_scatter_single(out, x.contiguous(), group=self.pg)
+        return out
+
+    def all_to_all(self, x: torch.Tensor, send_counts: list[int], recv_counts: list[int]) -> torch.Tensor:
+        """Rows [sum(send_counts[:i]), +send_counts[i]) of x go to member i; returns what every member sent here,
+        in member order (recv_counts[i] rows from member i)."""
+        if self.pg is None:
+            return x
+        out = x.new_empty((sum(recv_counts), *x.shape[1:]))
+        dist.all_to_all_single(out, x.contiguous(), recv_counts, send_counts, group=self.pg)
+        return out
 
     def gather_columns(self, x: torch.Tensor, widths: list[int]) -> torch.Tensor | None:
         """Concatenate along the last dim every member's [..., widths[i]] on member 0; None on the others."""
+        if self.pg is None:
+            return x
         width = max(widths)
         padded = torch.nn.functional.pad(x, (0, width - x.shape[-1]))
         parts = [torch.empty_like(padded) for _ in self.ranks] if self.rank == 0 else None

@@ -11,6 +11,7 @@ from engine.config import ModelConfig
 
 BACKENDS = ("mp", "ray")
 PLACEMENT_STRATEGIES = ("PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD")
+MOE_DISPATCH = ("allreduce", "alltoall")
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class ParallelConfig:
     collective_timeout_s: float = 60.0  # a collective, or a step waiting on a rank, fails after this long
     startup_timeout_s: float = 1800.0  # ranks must have loaded their shards within this long
     placement_strategy: str = "PACK"  # Ray placement group strategy (one bundle per rank)
+    moe_dispatch: str = "allreduce"  # "allreduce": every rank sees every token (all-gather / reduce-scatter
+    #                                  across DP groups); "alltoall": tokens go only to their experts' ranks (EP)
 
     def __post_init__(self):
         for name in ("tensor_parallel_size", "data_parallel_size"):
@@ -34,6 +37,11 @@ class ParallelConfig:
         if self.placement_strategy not in PLACEMENT_STRATEGIES:
             raise ValueError(f"placement_strategy must be one of {PLACEMENT_STRATEGIES}, "
                              f"got {self.placement_strategy!r}")
+        if self.moe_dispatch not in MOE_DISPATCH:
+            raise ValueError(f"moe_dispatch must be one of {MOE_DISPATCH}, got {self.moe_dispatch!r}")
+        if self.moe_dispatch == "alltoall" and not self.enable_expert_parallel:
+            raise ValueError("moe_dispatch='alltoall' sends tokens to the ranks that hold their experts, which "
+                             "needs enable_expert_parallel=True (or use moe_dispatch='allreduce')")
         for name in ("collective_timeout_s", "startup_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r}")

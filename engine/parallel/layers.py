@@ -4,9 +4,9 @@ swaps them into a (meta) `Transformer` before the rank's shard of the weights is
 Token flow through one block on rank (dp g, tp t), T_g = tokens of group g's requests this step:
   x [T_g, D] (replicated in the group) -> q/k/v for this rank's heads -> paged attention over this rank's KV
   heads -> RowParallelLinear o: partial [T_g, D], all-reduce over the group, + bias
-  -> MoE: all-gather x over the DP ranks with the same heads [T, D] (DP > 1 only) -> replicated router
-  -> this rank's experts (EP) or intermediate slice (TP) -> partial [T, D], all-reduce over all ranks,
-  keep the group's own T_g rows.
+  -> MoE: replicated router (ids, weights [T_g, K]) -> dispatch (moe_dispatch.py: all-gather across groups,
+  or all-to-all to the experts' ranks) -> this rank's experts (EP) or intermediate slice (TP), partial sums
+  -> combine (reduce-scatter + all-reduce, or all-to-all back + all-gather in the group) -> [T_g, D].
 Embedding: rows of this rank's vocabulary slice, zeros elsewhere, all-reduce. Unembedding: [T, V/TP] logits
 gathered on the group's first rank, which samples.
 """
@@ -23,6 +23,7 @@ from engine.model.kernel_model import KernelMoE, use_kernels
 from engine.model.reference import MoE, Attention, Transformer
 from engine.parallel import tp as rules
 from engine.parallel.comm import Comm, Group
+from engine.parallel.moe_dispatch import make_dispatch
 from engine.parallel.tp import RankLayout
 
 
@@ -75,34 +76,11 @@ class RowParallelLinear(nn.Module):
         return y + self.bias
 
 
-class MoEComm:
-    """The MoE's two collectives. dispatch: all-gather the tokens of every attention group (DP > 1); combine:
-    all-reduce the per-rank partial outputs over every rank, then keep this group's rows. The worker sets
-    `token_counts` (tokens per attention group) before each forward."""
-
-    def __init__(self, comm: Comm):
-        self.world, self.dp = comm.world, comm.dp
-        self.token_counts: list[int] = [0] * comm.dp.size
-
-    def dispatch(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dp.size > 1:
-            return self.dp.all_gather(x, self.token_counts)
-        return x
-
-    def combine(self, out: torch.Tensor) -> torch.Tensor:
-        if self.world.size > 1:
-            self.world.all_reduce(out)
-        if self.dp.size > 1:
-            start = sum(self.token_counts[: self.dp.rank])
-            return out[start : start + self.token_counts[self.dp.rank]]
-        return out
-
-
 class _ExpertShard:
     """What both parallel MoEs share: the local expert range and the global -> local id map."""
 
-    def _init_shard(self, config: ModelConfig, layout: RankLayout, comm: MoEComm):
-        self.top_k, self.limit, self.comm = config.experts_per_token, config.swiglu_limit, comm
+    def _init_shard(self, config: ModelConfig, layout: RankLayout, dispatch):
+        self.top_k, self.limit, self.dispatch = config.experts_per_token, config.swiglu_limit, dispatch
         self.router = nn.Linear(config.hidden_size, config.num_experts)  # replicated: same routing everywhere
         (self.first_expert, last), (i0, i1) = rules.experts(config, layout), rules.intermediate(config, layout)
         return last - self.first_expert, i1 - i0
@@ -114,28 +92,29 @@ class _ExpertShard:
 
 
 class ParallelMoE(_ExpertShard, MoE):
-    """The reference MoE over this rank's experts (dense, dequantized) with the dispatch/combine collectives."""
+    """The reference MoE over this rank's experts (dense, dequantized) between the dispatch and combine
+    collectives of `moe_dispatch`."""
 
-    def __init__(self, config: ModelConfig, layout: RankLayout, comm: MoEComm):
+    def __init__(self, config: ModelConfig, layout: RankLayout, dispatch):
         nn.Module.__init__(self)
-        E, I = self._init_shard(config, layout, comm)
+        E, I = self._init_shard(config, layout, dispatch)
         D = config.hidden_size
         self.w1, self.b1 = nn.Parameter(torch.empty(E, 2 * I, D)), nn.Parameter(torch.empty(E, 2 * I))
         self.w2, self.b2 = nn.Parameter(torch.empty(E, D, I)), nn.Parameter(torch.empty(E, D))
 
     def forward(self, x):
-        x_all = self.comm.dispatch(x)  # [T, D]: every group's tokens (DP > 1), else x
-        ids, weights = self.route(x_all)
-        out = self.experts(x_all, self.local_ids(ids), weights)  # this rank's partial sum, fp32
-        return self.comm.combine(out).to(x.dtype)
+        ids, weights = self.route(x)  # replicated router: the same routing on every rank
+        xs, ids, weights = self.dispatch.dispatch(x, ids, weights)  # collective: tokens to their experts' ranks
+        out = self.experts(xs, self.local_ids(ids), weights)  # this rank's experts only, fp32 partial sums
+        return self.dispatch.combine(out).to(x.dtype)  # collective: summed over ranks, back in x's rows
 
 
 class ParallelKernelMoE(_ExpertShard, KernelMoE):
     """KernelMoE over this rank's packed MXFP4 experts; ids of other ranks' experts become -1 for moe_mxfp4."""
 
-    def __init__(self, config: ModelConfig, layout: RankLayout, comm: MoEComm):
+    def __init__(self, config: ModelConfig, layout: RankLayout, dispatch):
         nn.Module.__init__(self)
-        E, I = self._init_shard(config, layout, comm)
+        E, I = self._init_shard(config, layout, dispatch)
         D, u8 = config.hidden_size, dict(dtype=torch.uint8)
         self.register_buffer("w1_blocks", torch.empty(E, 2 * I, D // 32, 16, **u8))
         self.register_buffer("w1_scales", torch.empty(E, 2 * I, D // 32, **u8))
@@ -145,22 +124,22 @@ class ParallelKernelMoE(_ExpertShard, KernelMoE):
         self.b2 = nn.Parameter(torch.empty(E, D))
 
     def forward(self, x):
-        x_all = self.comm.dispatch(x)
-        ids, weights = kernels.router_topk(self.router(x_all), self.top_k)
-        out = kernels.moe_mxfp4(x_all, self.local_ids(ids), weights, self.w1_blocks, self.w1_scales, self.b1,
+        ids, weights = kernels.router_topk(self.router(x), self.top_k)
+        xs, ids, weights = self.dispatch.dispatch(x, ids, weights)
+        out = kernels.moe_mxfp4(xs, self.local_ids(ids), weights, self.w1_blocks, self.w1_scales, self.b1,
                                 self.w2_blocks, self.w2_scales, self.b2, swiglu_limit=self.limit)
-        return self.comm.combine(out)
+        return self.dispatch.combine(out).to(x.dtype)
 
 
 def build_parallel_model(config: ModelConfig, weights: dict[str, torch.Tensor], layout: RankLayout, comm: Comm,
-                         packed: bool) -> tuple[Transformer, MoEComm]:
+                         packed: bool, moe_dispatch: str = "allreduce"):
     """A Transformer holding this rank's shard (`weights` from `load_shard`), its layers swapped for the parallel
-    ones above. Returns the MoE communicator too: the worker sets its token counts each step."""
+    ones above. Returns the MoE dispatcher too: the worker sets its per-group token counts each step."""
     h0, h1 = rules.q_heads(config, layout)
     k0, k1 = rules.kv_heads(config, layout)
     local = replace(config, num_attention_heads=h1 - h0, num_key_value_heads=k1 - k0)
     widths = [b - a for a, b in (rules.split(config.vocab_size, layout.tp_size, t) for t in range(layout.tp_size))]
-    moe_comm = MoEComm(comm)
+    dispatch = make_dispatch(moe_dispatch, comm, config.num_experts, layout)
     D = config.hidden_size
     with torch.device("meta"):
         model = Transformer(config)
@@ -171,5 +150,5 @@ def build_parallel_model(config: ModelConfig, weights: dict[str, torch.Tensor], 
         for i, block in enumerate(model.layers):
             block.attn = Attention(local, i)
             block.attn.o = RowParallelLinear(local.num_attention_heads * config.head_dim, D, comm.tp)
-            block.mlp = (ParallelKernelMoE if packed else ParallelMoE)(config, layout, moe_comm)
-    return Transformer.load(model, weights), moe_comm
+            block.mlp = (ParallelKernelMoE if packed else ParallelMoE)(config, layout, dispatch)
+    return Transformer.load(model, weights), dispatch

@@ -37,7 +37,8 @@ class DistributedRunner:
         specs = [WorkerSpec(str(config.model), RankLayout.of(parallel, r), config.dtype,
                             _rank_device(device, r, parallel.distributed_executor_backend), backend,
                             config.block_size, config.kv_cache_memory, config.gpu_memory_utilization,
-                            parallel.collective_timeout_s) for r in range(parallel.world_size)]
+                            parallel.collective_timeout_s, parallel.moe_dispatch)
+                 for r in range(parallel.world_size)]
         executor = make_executor(parallel, specs)
         reports = executor.start()
         try:

@@ -40,6 +40,7 @@ class WorkerSpec:
     kv_cache_memory: int | None  # bytes of KV cache per rank; None: gpu_memory_utilization or 256 MiB on CPU
     gpu_memory_utilization: float
     timeout_s: float  # process-group timeout (every collective)
+    moe_dispatch: str = "allreduce"  # how tokens reach other ranks' experts: "allreduce" or "alltoall"
 
     @property
     def dist_backend(self) -> str:
@@ -103,7 +104,8 @@ class Worker:
         packed = spec.backend == "kernels" or (spec.backend == "auto" and kernels.use_triton(self.device))
         config, weights = load_shard(spec.model_dir, spec.layout, self.dtype, self.device, not packed)
         self.config, self.bytes = config, tensor_bytes(weights)
-        self.model, self.moe_comm = build_parallel_model(config, weights, spec.layout, self.comm, packed)
+        self.model, self.moe_dispatch = build_parallel_model(config, weights, spec.layout, self.comm, packed,
+                                                             spec.moe_dispatch)
         del weights
         k0, k1 = kv_heads(config, spec.layout)
         self.num_kv_heads, self.kv_layout = k1 - k0, KVCacheLayout.for_model(config, spec.block_size)
@@ -130,7 +132,7 @@ class Worker:
         for rid in msg.released:
             self.generators.pop(rid, None)
         step = msg.groups[self.layout.dp_rank]
-        self.moe_comm.token_counts = [g.num_tokens for g in msg.groups]
+        self.moe_dispatch.token_counts = [g.num_tokens for g in msg.groups]
         inputs = _to_device(step.inputs, self.device)
         hidden = self.runner.forward(inputs)
         if not step.request_ids:

@@ -29,6 +29,9 @@ CASES = {  # name -> engine arguments
     "tp2-ep2": dict(tensor_parallel_size=2, enable_expert_parallel=True),
     "tp2-dp2-ep4": dict(tensor_parallel_size=2, data_parallel_size=2, enable_expert_parallel=True),
     "tp4-ep4-packed": dict(tensor_parallel_size=4, enable_expert_parallel=True, backend="kernels"),  # KV replicated
+    "tp2-ep2-alltoall": dict(tensor_parallel_size=2, enable_expert_parallel=True, moe_dispatch="alltoall"),
+    "tp2-dp2-ep4-alltoall": dict(tensor_parallel_size=2, data_parallel_size=2, enable_expert_parallel=True,
+                                 moe_dispatch="alltoall", backend="kernels"),
 }
 
 
@@ -113,6 +116,8 @@ def check_memory(engine: AsyncLLM, model, args: dict):
     pytest.param("mp", "tp2", marks=pytest.mark.slow),
     pytest.param("mp", "tp2-dp2-ep4", marks=pytest.mark.slow),
     pytest.param("mp", "tp4-ep4-packed", marks=pytest.mark.slow),
+    pytest.param("mp", "tp2-ep2-alltoall", marks=pytest.mark.slow),
+    pytest.param("mp", "tp2-dp2-ep4-alltoall", marks=pytest.mark.slow),
     pytest.param("ray", "tp2-ep2", marks=pytest.mark.slow),
     pytest.param("ray", "tp2-dp2-ep4", marks=pytest.mark.slow),
 ])

@@ -123,6 +123,7 @@ def test_splits_the_model_cannot_take_are_refused(parallel_model, args, message)
     ("tensor_parallel_size", 0, "tensor_parallel_size must be a positive integer"),
     ("distributed_executor_backend", "mpi", "distributed_executor_backend must be one of"),
     ("collective_timeout_s", 0, "collective_timeout_s must be a positive number of seconds"),
+    ("moe_dispatch", "alltoall", "needs enable_expert_parallel=True"),
 ])
 def test_engine_config_validates_parallel_fields(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -143,6 +144,7 @@ def test_cli_flags_reach_the_engine(monkeypatch, parallel_model, capsys):
     monkeypatch.setattr(engine.llm, "LLM", FakeLLM)
     with pytest.raises(SystemExit):
         main(["generate", "--model", str(parallel_model), "--prompt-ids", "1,2", "--tensor-parallel-size", "2",
-              "--data-parallel-size", "2", "--enable-expert-parallel", "--distributed-executor-backend", "ray"])
+              "--data-parallel-size", "2", "--enable-expert-parallel", "--distributed-executor-backend", "ray",
+              "--moe-dispatch", "alltoall"])
     assert (seen["tensor_parallel_size"], seen["data_parallel_size"], seen["enable_expert_parallel"],
-            seen["distributed_executor_backend"]) == (2, 2, True, "ray")
+            seen["distributed_executor_backend"], seen["moe_dispatch"]) == (2, 2, True, "ray", "alltoall")
