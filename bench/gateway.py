@@ -16,6 +16,7 @@ Note: Serve's gRPC proxy binds [::]:PORT (every interface) with no TLS option; t
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -136,14 +137,15 @@ async def measure(handle, gateway_port: int, proxy_port: int, requests: int, pb)
     return samples
 
 
-def report(samples: dict[str, list[float]], requests: int) -> dict:
+def report(samples: dict[str, list[float]], requests: int, load: tuple) -> dict:
     ttft = {p: quantiles(v) for p, v in samples.items()}
     cost = {p: {q: ttft[p][q] - ttft["direct"][q] for q in ("p50", "p90", "p99")} for p in PATHS[1:]}
     paired = {p: quantiles([a - b for a, b in zip(samples[p], samples["direct"])]) for p in PATHS[1:]}
     return {
         "bench": "gateway", "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": __import__("os").cpu_count(), "grpcio": grpc.__version__, "ray": ray.__version__},
+                    "cpus": os.cpu_count(), "grpcio": grpc.__version__, "ray": ray.__version__,
+                    "load_average_1m_before_after": load},
         "requests_per_path": requests, "request": "Generate, 7-token prompt, max_tokens 1, greedy, API key",
         "ttft_ms": ttft, "cost_ms": cost, "paired_difference_ms": paired, "targets_ms": TARGETS_MS,
         "gateway_meets_targets": all(cost["gateway"][q] < t for q, t in TARGETS_MS.items()),
@@ -174,11 +176,13 @@ def main() -> None:
         serve.run(proxy_app, name="bench-proxy", route_prefix="/bench-proxy")
         handle = serve.get_deployment_handle("LLMServer:tiny", app_name="bench")
         print(f"measuring {args.requests} requests per path ({', '.join(PATHS)}), interleaved ...", flush=True)
+        before = os.getloadavg()[0]
         samples = asyncio.run(measure(handle, gateway_port, proxy_port, args.requests, codegen.stubs().pb))
+        load = (round(before, 2), round(os.getloadavg()[0], 2))
     finally:
         serve.shutdown()
         ray.shutdown()
-    result = report(samples, args.requests)
+    result = report(samples, args.requests, load)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "gateway.json").write_text(json.dumps(result, indent=2) + "\n")
     for path in PATHS:

@@ -46,24 +46,34 @@ def generate(force: bool = False) -> Path:
             return OUT_DIR
         raise FileNotFoundError(f"{PROTO_DIR} is missing: the gRPC stubs are generated from it "
                                 "(run from a checkout of the repository, or `make install` there)")
-    want = _inputs_hash()
     with open(HERE / "_gen.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        stamp = OUT_DIR / STAMP
-        if not force and stamp.exists() and stamp.read_text() == want:
+        if not force and is_current():
             return OUT_DIR
         fresh = Path(tempfile.mkdtemp(prefix="_gen.", dir=HERE))
         try:
-            _protoc(fresh)
-            for package in {p.parent for p in fresh.rglob("*_pb2.py")} | {fresh}:
-                _mark_package(fresh, package)
-            (fresh / STAMP).write_text(want)
+            build(fresh)
             if OUT_DIR.exists():
                 shutil.rmtree(OUT_DIR)
             fresh.rename(OUT_DIR)
         finally:
             shutil.rmtree(fresh, ignore_errors=True)
     return OUT_DIR
+
+
+def is_current() -> bool:
+    """OUT_DIR was generated from the proto files as they are now, by this grpcio-tools."""
+    stamp = OUT_DIR / STAMP
+    return stamp.exists() and stamp.read_text() == _inputs_hash()
+
+
+def build(out: Path) -> Path:
+    """Runs protoc on proto/ into the empty folder `out` (packages marked, inputs stamped); returns `out`."""
+    _protoc(out)
+    for package in {p.parent for p in out.rglob("*_pb2.py")} | {out}:
+        _mark_package(out, package)
+    (out / STAMP).write_text(_inputs_hash())
+    return out
 
 
 def _protoc(out: Path) -> None:

@@ -1,6 +1,7 @@
 """Fixtures for the gRPC gateway tests: stubs generated from proto/ in this run, the cluster, gateways, certificates.
 
-`stubs` regenerates the Python stubs from proto/ (grpcio-tools) at session start; every client here uses them.
+`stubs` runs protoc on proto/ (grpcio-tools) at session start and checks the package's generated stubs equal its
+output; every client here uses them.
 `ray_cluster` reuses the Ray cluster the tests/cluster fixtures started in this session, else starts one.
 `grpc_app` deploys one application (model "tiny", one replica, the GrpcGateway deployment, an API key) for the
 session; `ThreadGateway` runs extra gateways with other settings in this process, on the same model's replicas.
@@ -23,10 +24,14 @@ AUTH = (("authorization", f"Bearer {API_KEY}"),)
 
 
 @pytest.fixture(scope="session")
-def stubs():
+def stubs(tmp_path_factory):
+    """The generated modules, checked to be what protoc makes of proto/ in this run (test_codegen tells more)."""
     from cluster.grpc import codegen
 
-    codegen.generate(force=True)  # the client stubs come from proto/ in this run
+    codegen.generate()
+    fresh = codegen.build(tmp_path_factory.mktemp("stubs"))  # not swapped in: other runs may be importing _gen
+    for path in fresh.rglob("*.py*"):
+        assert path.read_bytes() == (codegen.OUT_DIR / path.relative_to(fresh)).read_bytes(), path
     return codegen.stubs()
 
 
