@@ -79,14 +79,14 @@ def test_chunked_prefill_splits_a_long_prompt_within_the_budget():
 
 
 def test_budget_holds_with_many_requests():
-    """With many requests of mixed lengths, every step schedules at most max_num_batched_tokens tokens and
-    uses the whole budget while there is prefill work."""
+    """With many requests of mixed lengths (and blocks to spare), every step schedules
+    min(max_num_batched_tokens, tokens left to compute): never more than the budget, never budget left idle."""
     s = make(max_num_batched_tokens=7, num_blocks=200)
     for i in range(10):
         s.add(req(f"r{i}", range(i, i + 3 + 2 * i), max_tokens=3))
     while s.has_work:
-        out = step(s)
-        assert 1 <= out.num_batched_tokens <= 7
+        left = sum(r.num_tokens - r.num_computed_tokens for r in s.requests.values())
+        assert step(s).num_batched_tokens == min(7, left)
 
 
 def test_max_num_seqs_caps_running_requests():
@@ -112,8 +112,8 @@ def test_fcfs_order():
     assert finish_order(s, reqs) == ["r0", "r1", "r2", "r3"]
 
     s = make(max_num_seqs=4)
-    for r in (reqs := [req(f"q{i}", range(3)) for i in range(4)]):
-        s.add(r)
+    for i in range(4):
+        s.add(req(f"q{i}", range(3)))
     assert [r.request_id for r, _ in step(s).scheduled] == ["q0", "q1", "q2", "q3"]
 
 
@@ -340,6 +340,9 @@ class SchedulerMachine(RuleBasedStateMachine):
     - budget, seats, order (admissions are a prefix of the waiting queue), preemption victims, progress
       (a step with work schedules something), at least one token computed per admitted request;
     - at teardown the loop drains within a bound, every request finished or was aborted, all blocks are free.
+
+    Requests are sized by EngineCore's admission rule, so "a step with work schedules something" also checks that
+    rule: a request it admits can always run alone.
     """
 
     @initialize(cfg=configs())
@@ -348,7 +351,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.layout, self.bs, self.config = layout, layout.block_size, config
         self.kv = KVCacheManager(layout, num_blocks, enable_caching=caching)
         self.s = Scheduler(config, self.kv)
-        self.cap_tokens = (num_blocks - 1) // len(layout.windows) * self.bs  # fits alone, chunked or not
+        engine = SimpleNamespace(config=SimpleNamespace(block_size=self.bs,
+                                                        max_num_batched_tokens=config.max_num_batched_tokens),
+                                 layout=layout)
+        self.admits = lambda n: EngineCore._blocks_for_sequence(engine, n) <= num_blocks - 1  # the engine's rule
         self.requests: dict[str, Request] = {}
         self.ids = itertools.count()
         self.content: dict[int, dict[int, int]] = {}  # block id -> offset -> key written there
@@ -358,8 +364,12 @@ class SchedulerMachine(RuleBasedStateMachine):
     @rule(shared=st.integers(0, 40), suffix=st.lists(st.integers(20, 23), max_size=12),
           max_tokens=st.integers(1, 12), priority=st.integers(0, 2), stops=st.booleans())
     def add(self, shared, suffix, max_tokens, priority, stops):
-        max_tokens = max(1, min(max_tokens, self.cap_tokens // 2))  # requests fit the pool alone, so none
-        prompt = (BASE[:shared] + suffix)[:self.cap_tokens - max_tokens] or [20]  # can deadlock by itself
+        prompt = BASE[:shared] + suffix or [20]
+        while not self.admits(len(prompt) + max_tokens):  # shrink to what EngineCore would admit
+            if max_tokens > 1 and (max_tokens >= len(prompt) or len(prompt) == 1):
+                max_tokens -= 1
+            else:
+                prompt = prompt[:-1]
         r = req(f"r{next(self.ids)}", prompt, max_tokens, priority, [STOP] if stops else None)
         limit = self.config.max_waiting_requests
         if limit is not None and len(self.s.waiting) >= limit:
