@@ -100,7 +100,8 @@ def to_tokenize(msg) -> GenerateRequest:
 
 def _effort(value: int) -> str | None:
     if value not in EFFORTS:
-        raise bad_request(f"reasoning_effort must be one of LOW, MEDIUM, HIGH or unset, got {value}", "reasoning_effort")
+        raise bad_request(f"reasoning_effort must be one of LOW, MEDIUM, HIGH or unset, got {value}",
+                          "reasoning_effort")
     return EFFORTS[value]
 
 
@@ -197,7 +198,8 @@ class ChatOutput:
             self.named.add(p.tool_call_id)
             calls.append(pb.ToolCallDelta(id=p.tool_call_id, name=name, arguments=p.text, complete=p.complete))
         return pb.ChatResponse(index=item.index, content=content, tool_calls=calls, token_ids=item.token_ids,
-                               logprobs=_logprobs(pb, item, self.top_n), finish_reason=FINISH.get(item.finish_reason, 0))
+                               logprobs=_logprobs(pb, item, self.top_n),
+                               finish_reason=FINISH.get(item.finish_reason, 0))
 
 
 def error_text(err: ApiError) -> str:

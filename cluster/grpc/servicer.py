@@ -30,8 +30,7 @@ REPLICA_HEADER = "x-gptoss-replica"
 RETRY_HEADER = "retry-after-ms"
 _CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
           404: grpc.StatusCode.NOT_FOUND, 408: grpc.StatusCode.DEADLINE_EXCEEDED,
-          413: grpc.StatusCode.RESOURCE_EXHAUSTED, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-          503: grpc.StatusCode.RESOURCE_EXHAUSTED}
+          429: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.RESOURCE_EXHAUSTED}
 _GONE = {"RayActorError", "ActorDiedError", "ActorUnavailableError", "EngineDeadError"}  # replica cannot serve
 
 

@@ -175,7 +175,8 @@ class Certs:
 
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory) -> Certs:
-    """A test CA; a server certificate for localhost / 127.0.0.1; a client certificate from it and one from another CA."""
+    """A test CA, a server certificate for localhost / 127.0.0.1, a client certificate from that CA and one from
+    another CA."""
     d = tmp_path_factory.mktemp("certs")
     ca_key, ca_cert = _ca("gptoss test CA")
     other_key, other_cert = _ca("untrusted CA")
