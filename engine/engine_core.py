@@ -2,6 +2,8 @@
 
 `EngineCore` owns the model, the KV cache and the scheduler, and turns prompts into `Request`s (tokenized,
 validated, one per sample for n > 1). `LLM` drives it synchronously; `AsyncLLM` runs it in a background thread.
+With more than one rank (tensor_parallel_size x data_parallel_size > 1) this process holds no weights: the runner
+is engine.parallel's DistributedRunner, which sends each step to the rank processes (docs/parallelism.md).
 """
 
 import itertools

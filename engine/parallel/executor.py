@@ -27,6 +27,8 @@ class Executor(ABC):
         self.parallel, self.specs = parallel, specs
         self.world_size = len(specs)
         self.error: RankFailedError | None = None
+        self.closed = False
+        self._pids: list[int] = []
 
     # ---- the interface ----
     def start(self) -> list[LoadReport]:
@@ -53,15 +55,16 @@ class Executor(ABC):
 
     @property
     def healthy(self) -> bool:
-        return self.error is None and self._alive()
+        return self.error is None and not self.closed and self._alive()
 
-    @abstractmethod
     def pids(self) -> list[int]:
-        """Process id of every rank (for monitoring, and for tests that kill one)."""
+        """Process id of every rank (for monitoring, and for tests that kill one); kept after shutdown."""
+        return list(self._pids)
 
-    @abstractmethod
     def shutdown(self) -> None:
-        """Stop every rank (idempotent)."""
+        """Stop every rank (idempotent): politely while they are healthy, else by killing them."""
+        self.closed = True
+        self._stop()
 
     # ---- per launcher ----
     @abstractmethod
@@ -71,6 +74,10 @@ class Executor(ABC):
     @abstractmethod
     def _call(self, method: str, args: tuple, timeout: float) -> list:
         """Call on every rank; raise RankFailedError on the first failure or after `timeout` seconds."""
+
+    @abstractmethod
+    def _stop(self) -> None:
+        """Stop whatever rank processes are running."""
 
     def _alive(self) -> bool:
         return True
@@ -91,6 +98,7 @@ class MPExecutor(Executor):
             child.close()
             self.procs.append(proc)
             self.conns.append(parent)
+        self._pids = [p.pid for p in self.procs]
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -111,22 +119,23 @@ class MPExecutor(Executor):
             if not ready:
                 raise RankFailedError(f"ranks {sorted(pending)} did not answer {method!r} within {timeout:.0f} s "
                                       "(a hung rank, or a collective waiting on one)")
-            for obj in ready:
-                rank = waitables[obj]
-                if rank not in pending:
-                    continue
-                try:
-                    if not self.conns[rank].poll():  # the sentinel fired and no answer is waiting: it died
-                        raise EOFError
-                    status, value = pickle.loads(self.conns[rank].recv_bytes())
-                except (EOFError, OSError):  # the pipe closed or was reset: the process is gone
-                    raise RankFailedError(self._death(rank, method)) from None
-                if status == "error":
-                    log.error("rank %d failed in %r:\n%s", rank, method, value)
-                    raise RankFailedError(f"rank {rank} failed in {method!r}: {_last_line(value)}")
-                results[rank] = value
+            for rank in {waitables[obj] for obj in ready}:
+                results[rank] = self._receive(rank, method)
                 pending.discard(rank)
         return results
+
+    def _receive(self, rank: int, method: str):
+        """Rank `rank`'s answer, which is ready (or its pipe closed, or its process exited)."""
+        try:
+            if not self.conns[rank].poll():  # the sentinel fired and no answer is waiting: it died
+                raise EOFError
+            status, value = pickle.loads(self.conns[rank].recv_bytes())
+        except (EOFError, OSError):  # the pipe closed or was reset: the process is gone
+            raise RankFailedError(self._death(rank, method)) from None
+        if status == "error":
+            log.error("rank %d failed in %r:\n%s", rank, method, value)
+            raise RankFailedError(f"rank {rank} failed in {method!r}: {_last_line(value)}")
+        return value
 
     def _death(self, rank: int, method: str) -> str:
         proc = self.procs[rank]
@@ -136,10 +145,7 @@ class MPExecutor(Executor):
     def _alive(self) -> bool:
         return all(p.is_alive() for p in getattr(self, "procs", []))
 
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
-
-    def shutdown(self) -> None:
+    def _stop(self) -> None:
         procs, self.procs = getattr(self, "procs", []), []
         if self.error is None:
             payload = pickle.dumps(("stop", ()))
@@ -157,7 +163,6 @@ class MPExecutor(Executor):
         for conn in getattr(self, "conns", []):
             conn.close()
         self.conns = []
-        self._dead_pids = [p.pid for p in procs]
 
 
 class RayExecutor(Executor):
@@ -215,10 +220,7 @@ class RayExecutor(Executor):
                 raise RankFailedError(f"rank {rank} failed in {method!r}: {_last_line(str(e))}") from None
         return results
 
-    def pids(self) -> list[int]:
-        return list(self._pids)
-
-    def shutdown(self) -> None:
+    def _stop(self) -> None:
         import ray
         from ray.util.placement_group import remove_placement_group
 

@@ -80,6 +80,7 @@ class AllToAll:
         sizes = [b - a for a, b in (rules.split(self.total, self.tp.size, i) for i in range(self.tp.size))]
         mine = back.new_zeros((sizes[self.tp.rank], back.shape[1]), dtype=torch.float32)
         mine.index_add_(0, self.token, back.float())
+        mine = mine.to(out.dtype)
         if self.tp.size > 1:
             mine = self.tp.all_gather(mine, sizes)  # the whole group's tokens again, on each of its ranks
         return mine

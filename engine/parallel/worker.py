@@ -8,6 +8,7 @@ keyed by request id, and dropped when the driver lists the request as released.
 
 import dataclasses
 import os
+import pickle
 import socket
 import traceback
 from dataclasses import dataclass
@@ -193,8 +194,6 @@ def _host_ip() -> str:
 def serve(spec: WorkerSpec, conn) -> None:
     """The body of a local (mp) rank process: answer (method, args) calls on `conn` until told to stop or the
     driver goes away. Replies are ("ok", result) or ("error", traceback text)."""
-    import pickle
-
     worker = Worker(spec)
     while True:
         try:

@@ -6,6 +6,7 @@ in-flight request within the collective timeout and turns the engine unhealthy; 
 import asyncio
 import os
 import random
+import re
 import signal
 import time
 
@@ -208,7 +209,7 @@ def test_a_dead_or_hung_rank_fails_every_request_within_the_timeout(parallel_mod
         for seconds, error in results:
             assert isinstance(error, EngineDeadError), error
             assert seconds < timeout + 2
-            assert __import__("re").search(what, str(error)), str(error)
+            assert re.search(what, str(error)), str(error)
         assert not engine.healthy
         assert _gone_within(pids, 15)  # the executor stopped every rank, the hung one included
         with pytest.raises(EngineDeadError, match="not running"):
