@@ -29,8 +29,10 @@ Configuration: `gptoss serve --print-default-config` prints every field with its
 `cluster/configs/local.yaml` is what `make serve` runs. The same file drives `gptoss serve --config FILE`,
 `serve run cluster.app:build_app config=FILE`, and `gptoss serve --print-serve-config FILE`, whose output is a Ray
 Serve config for `serve deploy` and KubeRay's `serveConfigV2` (the whole config travels inline as the builder's
-args). Only tensor_parallel_size 1 is supported until the engine's parallel executor lands: one engine per replica,
-in the replica's process; scale out with replicas.
+args). A replica's engine may span ranks (`parallel` in a model's config): with the `mp` backend the rank processes
+run beside the replica on its node and use the GPUs it reserves; with `ray` the deployment reserves a placement group
+(bundle 0 for the replica, one bundle per rank) and the engine's RayExecutor puts its rank actors there, so the
+ranks may span nodes and go away with the replica.
 
 Metrics: one scrape target, `GET /metrics` on the API (needs the API key when keys are configured). Every LLM
 replica pushes a snapshot of its series to the MetricsHub deployment each `metrics_push_interval_s`; the ingress

@@ -88,6 +88,10 @@ def llm_deployment_options(spec: ModelSpec, config: AppConfig) -> dict:
         "graceful_shutdown_timeout_s": spec.graceful_shutdown_timeout_s,
         "health_check_period_s": spec.health_check_period_s,
     }
+    bundles = spec.placement_group_bundles()
+    if bundles is not None:  # the ranks are Ray actors in the replica's placement group (the replica in bundle 0)
+        options["placement_group_bundles"] = bundles
+        options["placement_group_strategy"] = spec.parallel.placement_strategy
     if spec.autoscaling is not None:
         options["autoscaling_config"] = spec.autoscaling.to_serve()
     else:

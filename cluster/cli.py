@@ -94,7 +94,7 @@ def banner(config: AppConfig) -> str:
         f"  HTTP (OpenAI API): {base}/v1",
         f"  gRPC:              {grpc_endpoint(config)}",
         f"  metrics:           {base}/metrics      health: {base}/health",
-        f"  logs:              /tmp/ray/session_latest/logs/serve/",
+        "  logs:              /tmp/ray/session_latest/logs/serve/",
         "",
         "try:",
         f"  curl -s {base}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\",

@@ -143,14 +143,54 @@ class GrpcConfig:
 
 @dataclass
 class ParallelConfig:
-    tensor_parallel_size: int = doc(1, "GPUs (engine ranks) per replica; only 1 is supported until the parallel "
-                                       "executor lands")
-    enable_expert_parallel: bool = doc(False, "shard experts across the TP ranks instead of slicing them; no "
-                                              "effect at tensor_parallel_size 1")
+    """One replica's engine over several ranks (engine.parallel; docs/parallelism.md). With more than one rank the
+    replica process only schedules; the ranks hold the weights."""
+
+    tensor_parallel_size: int = doc(1, "ranks (GPUs) of one attention group: they split the attention heads, the "
+                                       "vocabulary and, without expert parallelism, every expert")
+    data_parallel_size: int = doc(1, "attention groups per replica, each with its own requests and KV cache; the "
+                                     "MoE spans all of them")
+    enable_expert_parallel: bool = doc(False, "partition the experts over all TP x DP ranks instead of slicing each "
+                                              "one; no effect with one rank")
+    distributed_executor_backend: str = doc("mp", "with more than one rank: mp (rank processes beside the replica, "
+                                                  "on its node, using the GPUs it reserves: num_gpus = ranks) or ray "
+                                                  "(one Ray actor per rank in the replica's placement group, one "
+                                                  "bundle each with cpus_per_rank CPUs and, on cuda, one GPU; the "
+                                                  "ranks may span nodes; num_gpus = 0)")
+    placement_strategy: str = doc("PACK", "ray backend: the replica's placement group strategy (PACK: one node when "
+                                          "it fits; SPREAD, STRICT_PACK, STRICT_SPREAD)")
+    cpus_per_rank: float = doc(1.0, "ray backend: CPUs in each rank's bundle")
+    moe_dispatch: str = doc("allreduce", "MoE collectives: allreduce (every rank sees every token) or alltoall "
+                                         "(tokens go only to their experts' ranks; needs enable_expert_parallel)")
+    collective_timeout_s: float = doc(60.0, "a rank silent this long fails the engine (its requests end with an "
+                                            "error, the health check fails and Serve replaces the replica)")
 
     def validate(self, path: str) -> None:
-        _check(self.tensor_parallel_size == 1, f"{path}.tensor_parallel_size", self.tensor_parallel_size,
-               "1 (the engine runs one rank per replica today; scale out with replicas instead)")
+        from engine.parallel.config import ParallelConfig as EngineParallel  # noqa: PLC0415
+
+        try:
+            EngineParallel(self.tensor_parallel_size, self.data_parallel_size, self.enable_expert_parallel,
+                           self.distributed_executor_backend, self.collective_timeout_s,
+                           placement_strategy=self.placement_strategy, moe_dispatch=self.moe_dispatch)
+        except ValueError as err:
+            raise ConfigError(f"{path}: {err}") from None
+        _check(self.cpus_per_rank > 0, f"{path}.cpus_per_rank", self.cpus_per_rank, "> 0")
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.data_parallel_size
+
+    @property
+    def ray_ranks(self) -> bool:
+        """Whether the ranks are Ray actors in the replica's placement group."""
+        return self.world_size > 1 and self.distributed_executor_backend == "ray"
+
+    def engine_kwargs(self) -> dict:
+        if self.world_size == 1:
+            return {}
+        fields = ("tensor_parallel_size", "data_parallel_size", "enable_expert_parallel",
+                  "distributed_executor_backend", "placement_strategy", "moe_dispatch", "collective_timeout_s")
+        return {name: getattr(self, name) for name in fields}
 
 
 @dataclass
@@ -236,7 +276,8 @@ class ModelSpec:
     dtype: str = doc("bfloat16", "float32 or bfloat16")
     device: str | None = doc(None, "cpu or cuda (None: cuda when the replica has a GPU)")
     num_cpus: float = doc(1.0, "CPUs reserved per replica (also its torch threads on CPU)")
-    num_gpus: float = doc(0.0, "GPUs reserved per replica (tensor_parallel_size when device is cuda)")
+    num_gpus: float = doc(0.0, "GPUs reserved by the replica process (with the mp backend: its ranks' GPUs, "
+                               "tensor_parallel_size x data_parallel_size; with ray: 0)")
     parallel: ParallelConfig = doc(ParallelConfig(), "per-replica parallelism")
     engine: EngineSettings = doc(EngineSettings(), "engine settings, per replica")
     num_replicas: int = doc(1, "fixed replica count (ignored when autoscaling is set)")
@@ -265,10 +306,28 @@ class ModelSpec:
                self.default_reasoning_effort, f"one of {list(REASONING_EFFORTS)}")
         _check(self.default_max_tokens is None or self.default_max_tokens >= 1, f"{path}.default_max_tokens",
                self.default_max_tokens, ">= 1 or null")
+        world, parallel = self.parallel.world_size, self.parallel
+        if parallel.ray_ranks:
+            _check(self.num_gpus == 0, f"{path}.num_gpus", self.num_gpus,
+                   "0 with distributed_executor_backend ray (each rank's bundle holds its GPU)")
+            _check(self.num_cpus > 0, f"{path}.num_cpus", self.num_cpus,
+                   "> 0 with distributed_executor_backend ray (the replica's own bundle cannot be empty)")
+        elif world > 1 and (self.device == "cuda" or self.num_gpus):
+            _check(self.num_gpus == world, f"{path}.num_gpus", self.num_gpus,
+                   f"{world} (tensor_parallel_size x data_parallel_size): mp ranks use the GPUs the replica reserves")
 
     def engine_kwargs(self) -> dict:
         """Keyword arguments for AsyncLLM."""
-        return {"model": self.path, "dtype": self.dtype, "device": self.device, **dataclasses.asdict(self.engine)}
+        return {"model": self.path, "dtype": self.dtype, "device": self.device, **dataclasses.asdict(self.engine),
+                **self.parallel.engine_kwargs()}
+
+    def placement_group_bundles(self) -> list[dict] | None:
+        """Ray backend: the replica's own bundle, then one per rank (Serve reserves them all before it starts the
+        replica; the engine's RayExecutor places its rank actors in the last ones)."""
+        if not self.parallel.ray_ranks:
+            return None
+        rank = {"CPU": self.parallel.cpus_per_rank, **({"GPU": 1} if self.device == "cuda" else {})}
+        return [{"CPU": self.num_cpus}] + [dict(rank) for _ in range(self.parallel.world_size)]
 
 
 @dataclass

@@ -65,6 +65,7 @@ class _Sampling(_Model):
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
+    ignore_eos: bool | None = None  # extension (as vLLM's): generate past the end of the turn up to max_tokens
     stream: bool = False
     stream_options: StreamOptions | None = None
 
@@ -202,7 +203,7 @@ def _usage(req) -> bool:
 
 
 _SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "n", "seed", "stop", "presence_penalty",
-                    "frequency_penalty", "repetition_penalty")
+                    "frequency_penalty", "repetition_penalty", "ignore_eos")
 
 
 def _sampling(req, max_tokens: int | None, max_name: str) -> dict:

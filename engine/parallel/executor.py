@@ -167,11 +167,11 @@ class MPExecutor(Executor):
 
 class RayExecutor(Executor):
     """Ranks as Ray actors, one per bundle of a placement group: PACK keeps them on one node when it has room,
-    SPREAD puts them on different nodes. Connects to the running Ray cluster, or starts a local one."""
+    SPREAD puts them on different nodes. Connects to the running Ray cluster, or starts a local one. Inside a
+    Serve replica that reserved bundles for its ranks (cluster/app.py) it uses those."""
 
     def _launch(self) -> str:
         import ray
-        from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from engine.parallel.worker import Worker
@@ -179,20 +179,42 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             ray.init()
         gpu = self.specs[0].device.startswith("cuda")
+        first, bundles = self._placement_group(gpu)
+        for r in range(self.world_size):
+            bundle = bundles[first + r]
+            if gpu and bundle.get("GPU", 0) < 1:
+                raise RankFailedError(f"bundle {first + r} of the placement group, {bundle}, has no GPU for rank "
+                                      f"{r} of a cuda engine; give each rank's bundle one GPU")
+        actor = ray.remote(max_restarts=0)(Worker)
+        self.actors = [actor.options(
+            num_cpus=bundles[first + r].get("CPU", 0), num_gpus=1 if gpu else 0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=first + r),
+        ).remote(spec) for r, spec in enumerate(self.specs)]
+        host, port = ray.get(self.actors[0].free_address.remote(), timeout=self.parallel.startup_timeout_s)
+        self._pids = ray.get([a.pid.remote() for a in self.actors], timeout=self.parallel.startup_timeout_s)
+        return f"tcp://{host}:{port}"
+
+    def _placement_group(self, gpu: bool) -> tuple[int, list[dict]]:
+        """Sets self.pg, the group the ranks go in; returns rank 0's bundle index and the group's bundles. Inside a Serve replica deployed with
+        placement_group_bundles (the replica in bundle 0, then one per rank) that is the replica's group, which
+        Serve reserved and will release; anywhere else this executor makes (and later removes) its own."""
+        import ray
+        from ray.util.placement_group import get_current_placement_group, placement_group
+
+        current = get_current_placement_group()
+        if current is not None and len(current.bundle_specs) > self.world_size:
+            self.pg, self._own_pg = current, False
+            return len(current.bundle_specs) - self.world_size, current.bundle_specs
         bundle = {"CPU": 1, "GPU": 1} if gpu else {"CPU": 1}
-        self.pg = placement_group([bundle] * self.world_size, strategy=self.parallel.placement_strategy)
+        self.pg, self._own_pg = placement_group([bundle] * self.world_size,
+                                                strategy=self.parallel.placement_strategy), True
         try:
             ray.get(self.pg.ready(), timeout=self.parallel.startup_timeout_s)
         except ray.exceptions.GetTimeoutError:
             raise RankFailedError(f"Ray could not place {self.world_size} bundles of {bundle} "
                                   f"({self.parallel.placement_strategy}) within {self.parallel.startup_timeout_s} s; "
                                   f"available: {ray.available_resources()}") from None
-        actor = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=0)(Worker)
-        self.actors = [actor.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
-            self.pg, placement_group_bundle_index=r)).remote(spec) for r, spec in enumerate(self.specs)]
-        host, port = ray.get(self.actors[0].free_address.remote(), timeout=self.parallel.startup_timeout_s)
-        self._pids = ray.get([a.pid.remote() for a in self.actors], timeout=self.parallel.startup_timeout_s)
-        return f"tcp://{host}:{port}"
+        return 0, self.pg.bundle_specs
 
     def _call(self, method: str, args: tuple, timeout: float) -> list:
         import ray
@@ -232,7 +254,7 @@ class RayExecutor(Executor):
                 pass
         for a in actors:
             ray.kill(a, no_restart=True)
-        if getattr(self, "pg", None) is not None:
+        if getattr(self, "pg", None) is not None and self._own_pg:
             remove_placement_group(self.pg)
             self.pg = None
 

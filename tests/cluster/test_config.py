@@ -24,7 +24,15 @@ def test_minimal_config_gets_documented_defaults():
     ({"models": [{"path": "/x"}]}, "missing required key(s) ['name']"),
     ({"models": [MODEL], "bogus": 1}, "unknown key(s) ['bogus']"),
     ({"models": [{**MODEL, "dtype": "fp8"}]}, "models[0].dtype must be float32 or bfloat16"),
-    ({"models": [{**MODEL, "parallel": {"tensor_parallel_size": 2}}]}, "models[0].parallel.tensor_parallel_size"),
+    ({"models": [{**MODEL, "parallel": {"tensor_parallel_size": 0}}]},
+     "models[0].parallel: tensor_parallel_size must be a positive integer"),
+    ({"models": [{**MODEL, "device": "cuda", "num_gpus": 1, "parallel": {"tensor_parallel_size": 2}}]},
+     "models[0].num_gpus must be 2 (tensor_parallel_size x data_parallel_size)"),
+    ({"models": [{**MODEL, "num_gpus": 2, "parallel": {"tensor_parallel_size": 2,
+                                                       "distributed_executor_backend": "ray"}}]},
+     "models[0].num_gpus must be 0 with distributed_executor_backend ray"),
+    ({"models": [{**MODEL, "parallel": {"tensor_parallel_size": 2, "moe_dispatch": "alltoall"}}]},
+     "needs enable_expert_parallel=True"),
     ({"models": [{**MODEL, "engine": {"block_size": 12}}]}, "models[0].engine: block_size must be a power of two"),
     ({"models": [{**MODEL, "engine": {"max_num_seqs": "many"}}]}, "models[0].engine.max_num_seqs must be of type int"),
     ({"models": [{**MODEL, "autoscaling": {"min_replicas": 3, "max_replicas": 2}}]},
@@ -95,3 +103,26 @@ def test_cli_prints_default_and_serve_config(tmp_path, capsys):
     path.write_text(yaml.safe_dump({"models": [{**MODEL, "dtype": "int3"}]}))
     assert main(["serve", "--print-serve-config", str(path)]) == 2
     assert "models[0].dtype" in capsys.readouterr().err
+
+
+def test_parallel_replicas_reserve_their_ranks():
+    from cluster.app import llm_deployment_options
+
+    ray_ranks = {"tensor_parallel_size": 8, "data_parallel_size": 2, "enable_expert_parallel": True,
+                 "distributed_executor_backend": "ray", "placement_strategy": "SPREAD"}
+    config = load_config({"models": [{**MODEL, "device": "cuda", "num_cpus": 4, "parallel": ray_ranks}]})
+    spec = config.models[0]
+    options = llm_deployment_options(spec, config)
+    assert options["placement_group_bundles"] == [{"CPU": 4.0}] + [{"CPU": 1.0, "GPU": 1}] * 16
+    assert options["placement_group_strategy"] == "SPREAD"
+    assert options["ray_actor_options"] == {"num_cpus": 4.0, "num_gpus": 0.0}  # fits bundle 0
+    kwargs = spec.engine_kwargs()
+    assert (kwargs["tensor_parallel_size"], kwargs["data_parallel_size"], kwargs["distributed_executor_backend"]) \
+        == (8, 2, "ray")
+
+    local = load_config({"models": [{**MODEL, "device": "cuda", "num_gpus": 4,
+                                     "parallel": {"tensor_parallel_size": 4}}]})
+    options = llm_deployment_options(local.models[0], local)
+    assert "placement_group_bundles" not in options and options["ray_actor_options"]["num_gpus"] == 4
+    assert local.models[0].engine_kwargs()["distributed_executor_backend"] == "mp"
+    assert "tensor_parallel_size" not in load_config({"models": [MODEL]}).models[0].engine_kwargs()

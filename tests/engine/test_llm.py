@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from engine import LLM, SamplingParams
 from tests.engine.hf_oracle import hf_greedy

@@ -2,7 +2,6 @@
 run, and a replica killed mid-run."""
 
 import threading
-import time
 
 import grpc
 import pytest

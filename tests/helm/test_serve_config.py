@@ -9,13 +9,11 @@ import copy
 
 import pytest
 
-from cluster.config import ConfigError, load_config, serve_config
+from cluster.config import load_config, serve_config
 from tests.helm.chart import CI, CI_VALUES, render, values_id
 from tests.helm.chart import serve_config as rendered_serve_config
 
 VALUES = [None, *CI_VALUES]
-# What cluster/config.py cannot express yet; configs that need it are checked without it, then marked xfail.
-PENDING_PARALLEL = ("tensor_parallel_size", "data_parallel_size", "distributed_executor_backend")
 
 
 def app_config(values) -> tuple[dict, dict]:
@@ -37,29 +35,10 @@ def assert_subset(written, loaded, where="config"):
         assert written == loaded, f"{where}: wrote {written!r}, loaded {loaded!r}"
 
 
-def without_pending_parallelism(config: dict) -> dict:
-    """The config with each model on one GPU, as cluster/config.py accepts today."""
-    config = copy.deepcopy(config)
-    for spec in config["models"]:
-        for key in PENDING_PARALLEL:
-            spec["parallel"].pop(key, None)
-        spec["num_gpus"] = 1
-    return config
-
-
 @pytest.mark.parametrize("values", VALUES, ids=values_id)
 def test_serve_config_v2_loads_with_the_cluster_code(values):
     rendered, config = app_config(values)
-    try:
-        loaded = load_config(config)
-    except ConfigError as err:
-        if not any(k in str(err) for k in PENDING_PARALLEL):
-            raise
-        # everything else must already load; then this config waits for the cluster's parallel support
-        relaxed = without_pending_parallelism(config)
-        check_against_cluster(rendered, relaxed, load_config(relaxed))
-        pytest.xfail(f"cluster.config cannot run this parallel layout yet: {err}")
-    check_against_cluster(rendered, config, loaded)
+    check_against_cluster(rendered, config, load_config(config))
 
 
 def check_against_cluster(rendered: dict, config: dict, loaded) -> None:
