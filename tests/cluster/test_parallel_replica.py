@@ -1,5 +1,6 @@
 """A replica whose engine spans ranks: tensor parallel 2 with expert parallelism, the ranks Ray actors in the
-replica's placement group (Serve reserves one bundle for the replica and one per rank).
+replica's placement group (Serve reserves one bundle for the replica and one per rank), or local processes of the
+replica (the mp backend).
 
 Oracle: the single-process engine (engine.LLM) on the same checkpoint: greedy tokens and their logprobs through the
 official openai client equal its own. A killed rank fails the request it was serving with an error (no hang), the
@@ -44,6 +45,14 @@ def expected(tiny_model):
             for p, o in zip(PROMPTS, outs)}
 
 
+@pytest.fixture(scope="module")
+def mp_client(serve_app, tiny_model):
+    """The same engine with its ranks as local processes of the replica (the replica's node, its CPUs/GPUs)."""
+    parallel = {"tensor_parallel_size": 2, "enable_expert_parallel": True, "distributed_executor_backend": "mp"}
+    base = serve_app({"models": [model_entry("tiny-tp", tiny_model, parallel=parallel)]}, "tp-mp")
+    return openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
 def complete(client, prompt: str):
     out = client.completions.create(model="tiny-tp", prompt=prompt, max_tokens=MAX_TOKENS, temperature=0,
                                     logprobs=0, extra_body={"ignore_eos": True})
@@ -69,6 +78,13 @@ def assert_same(got, want):
 def test_greedy_tokens_and_logprobs_equal_one_process_under_concurrent_load(client, expected):
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda p: (p, complete(client, p)), PROMPTS * 2))
+    for prompt, got in results:
+        assert_same(got, expected[prompt])
+
+
+def test_mp_ranks_beside_the_replica_give_the_same_tokens(mp_client, expected):
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda p: (p, complete(mp_client, p)), PROMPTS))
     for prompt, got in results:
         assert_same(got, expected[prompt])
 
