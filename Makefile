@@ -5,7 +5,7 @@ PYTEST  := $(PY) -m pytest
 STAMP   := $(VENV)/.installed
 TINY    := .cache/tiny-model
 
-.PHONY: install proto test test-slow test-kernels test-gpu bench tiny-model serve clean
+.PHONY: install proto test test-slow test-kernels test-gpu bench bench-gpu tiny-model serve clean
 
 install: $(STAMP) proto
 
@@ -51,6 +51,10 @@ bench: $(STAMP) tiny-model proto
 	$(PY) -m bench.engine
 	$(PY) -m bench.loadtest_ceiling
 	$(PY) -m bench.gateway
+
+# On a CUDA machine: kernel checks and timings at gpt-oss-120b shapes, whole-model decode (bench/results/<date>-<gpu>.*)
+bench-gpu: $(STAMP)
+	$(PY) -m bench.gpu
 
 clean:
 	rm -rf $(VENV) .cache

@@ -3,7 +3,8 @@
 Flow: measure the card (copy GB/s, bf16 matmul TFLOP/s) -> check every Triton kernel against its torch ref on
 random data at real shapes -> time kernels, refs and the torch MoE baseline (median of CUDA-event timings, L2
 flushed before each run) -> write bench/results/<date>-<device>.json and .md.
-Whole-model decode timing belongs in `bench_model_decode` (a stub until the model runner exists).
+Then whole-model decode at gpt-oss-120b shapes with random weights (MXFP4 experts, ~65 GB): tokens/s at batch 1, 8,
+64 and 256, eager and with CUDA graphs, next to the bandwidth floor (`bench_model_decode`).
 """
 
 import argparse
@@ -39,7 +40,7 @@ ATTENTION_CASES = [
 
 @dataclass(frozen=True)
 class Shapes:
-    """gpt-oss-120b, one layer."""
+    """gpt-oss-120b: one layer's shapes (the whole model's for the decode timing)."""
 
     hidden: int = 2880  # H
     intermediate: int = 2880  # I, per expert
@@ -51,6 +52,8 @@ class Shapes:
     window: int = 128  # sliding window of the even layers
     block_size: int = 16  # KV-cache tokens per block
     eps: float = 1e-5
+    layers: int = 36  # whole-model decode only
+    vocab: int = 201088
 
 
 @dataclass
@@ -90,6 +93,7 @@ class Report:
     matmul_tflops: float = 0.0
     checks: list[Check] = field(default_factory=list)
     timings: list[Timing] = field(default_factory=list)
+    decode: list["DecodeResult"] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------------- timing
@@ -130,7 +134,10 @@ def measure_card(report: Report, timer: Timer, copy_bytes: int = 1 << 30, n: int
 
 
 def add_timing(report: Report, timer: Timer, name, impl, shape, fn, nbytes, flops, iters=None) -> None:
-    ms = timer(fn, iters)
+    record_timing(report, name, impl, shape, timer(fn, iters), nbytes, flops)
+
+
+def record_timing(report: Report, name, impl, shape, ms: float, nbytes, flops) -> None:
     t = Timing(name, impl, shape, ms, int(nbytes), int(flops))
     t.gbps = nbytes / ms / 1e6
     t.tflops = flops / ms / 1e9
@@ -308,9 +315,121 @@ def bench_small_ops(report: Report, timer: Timer, s: Shapes, gen, token_counts=(
 # --------------------------------------------------------------------------------------------- whole model
 
 
-def bench_model_decode(report: Report, timer: Timer, s: Shapes) -> None:
-    """Whole-model decode step (tokens/s per batch size). Not written yet: the model runner's owner adds rows to
-    report.timings here, with name "model decode"."""
+def model_config(s: Shapes):
+    from engine.config import FULL, SLIDING, ModelConfig  # noqa: PLC0415
+
+    return ModelConfig(
+        num_hidden_layers=s.layers, num_experts=s.experts, experts_per_token=s.top_k, hidden_size=s.hidden,
+        intermediate_size=s.intermediate, num_attention_heads=s.q_heads, num_key_value_heads=s.kv_heads,
+        head_dim=s.head_dim, vocab_size=s.vocab, sliding_window=s.window,
+        layer_types=tuple(SLIDING if i % 2 == 0 else FULL for i in range(s.layers)))
+
+
+def random_model(s: Shapes, gen: torch.Generator):
+    """The kernel model (packed MXFP4 experts, bf16 elsewhere) with random weights made on the device, one tensor at
+    a time (gpt-oss-120b: about 65 GB)."""
+    from engine.model.kernel_model import use_kernels  # noqa: PLC0415
+    from engine.model.reference import Transformer  # noqa: PLC0415
+
+    config = model_config(s)
+    with torch.device("meta"):
+        model = use_kernels(Transformer(config))
+    weights = {}
+    for name, meta in model.state_dict().items():
+        if name.endswith("_scales"):
+            weights[name] = torch.randint(119, 123, meta.shape, dtype=torch.uint8, device=DEVICE, generator=gen)
+        elif meta.dtype == torch.uint8:
+            weights[name] = torch.randint(0, 256, meta.shape, dtype=torch.uint8, device=DEVICE, generator=gen)
+        elif name.endswith("norm.weight"):
+            weights[name] = torch.ones(meta.shape, dtype=torch.bfloat16, device=DEVICE)
+        else:
+            scale = 1.0 if name == "embed.weight" else meta.shape[-1] ** -0.5
+            weights[name] = (torch.randn(meta.shape, device=DEVICE, generator=gen) * scale).bfloat16()
+    return Transformer.load(model, weights), config
+
+
+def decode_inputs(runner, config, batch: int, context: int):
+    """A decode step of `batch` sequences holding `context` tokens each (own blocks per sequence and group)."""
+    from engine.model_runner import GroupInputs, StepInputs  # noqa: PLC0415
+
+    bs = runner.layout.block_size
+    per_seq = -(-(context + 1) // bs)
+    groups, next_block = [], 1
+    for _ in runner.layout.windows:
+        table = torch.arange(next_block, next_block + batch * per_seq, dtype=torch.int32).view(batch, per_seq)
+        next_block += batch * per_seq
+        slots = table[:, context // bs].long() * bs + context % bs
+        groups.append(GroupInputs(slots.to(DEVICE), table.to(DEVICE)))
+    return StepInputs(
+        input_ids=torch.randint(0, config.vocab_size, (batch,), device=DEVICE),
+        positions=torch.full((batch,), context, dtype=torch.long, device=DEVICE),
+        seq_lens=torch.full((batch,), context + 1, dtype=torch.int32, device=DEVICE),
+        query_start_loc=torch.arange(batch + 1, dtype=torch.int32, device=DEVICE), groups=groups,
+        logits_indices=torch.arange(batch, device=DEVICE), sampled=[]), next_block
+
+
+def decode_step_bytes(s: Shapes, batch: int, context: int) -> tuple[int, int]:
+    """(bytes a decode step must read at least, useful flops): every dense weight once, the experts the batch hits
+    (uniform routing: E (1 - (1 - K/E)^B) per layer), each sequence's visible KV, the embedding rows."""
+    H, I, E, K = s.hidden, s.intermediate, s.experts, s.top_k
+    attention = (H * (s.q_heads + 2 * s.kv_heads) * s.head_dim + s.q_heads * s.head_dim * H) * 2
+    expert = (3 * I * H) * 17 // 32 + 3 * I * 2  # MXFP4 + scales + bf16 biases
+    hit = E * (1 - (1 - K / E) ** batch)
+    kv_row = 2 * s.kv_heads * s.head_dim * 2
+    kv = sum(batch * (context + 1 if i % 2 else min(context + 1, s.window)) * kv_row for i in range(s.layers))
+    per_layer = attention + hit * expert + H * E * 2
+    nbytes = int(s.layers * per_layer + kv + s.vocab * H * 2 + batch * H * 2)
+    active_params = s.layers * (attention // 2 + K * 3 * I * H) + s.vocab * H
+    return nbytes, 2 * active_params * batch
+
+
+@dataclass
+class DecodeResult:
+    batch: int
+    context: int
+    eager_tok_s: float
+    graph_tok_s: float | None
+    floor_tok_s: float  # the bytes a step must read at the measured copy bandwidth
+    graph_matches_eager: bool | None  # same greedy tokens from the graph replay as from the eager forward
+
+
+def bench_model_decode(report: Report, timer: Timer, s: Shapes, batches=(1, 8, 64, 256), context: int = 256,
+                       graphs: bool = True) -> None:
+    """Whole-model decode steps at `s` (gpt-oss-120b by default) with random weights: forward + logits + argmax,
+    eager and replaying CUDA graphs captured at the same batch sizes, next to the bandwidth floor."""
+    from engine.kv_cache_manager import KVCacheLayout  # noqa: PLC0415
+    from engine.model_runner import ModelRunner  # noqa: PLC0415
+
+    gen = torch.Generator(device=DEVICE).manual_seed(1)
+    model, config = random_model(s, gen)
+    layout = KVCacheLayout.for_model(config, s.block_size)
+    num_blocks = 1 + len(layout.windows) * max(batches) * -(-(context + 1) // s.block_size)
+    runner = ModelRunner(model, layout, num_blocks, torch.bfloat16, torch.device(DEVICE))
+    steps = {b: decode_inputs(runner, config, b, context)[0] for b in batches}
+
+    def step(b):
+        return model.compute_logits(runner.forward(steps[b])).argmax(-1)
+
+    with torch.inference_mode():
+        eager = {b: (timer(lambda b=b: step(b)), step(b)) for b in batches}
+        replayed = {}
+        if graphs and torch.device(DEVICE).type == "cuda":
+            runner.capture_decode_graphs(-(-(context + 1) // s.block_size), batches)
+            replayed = {b: (timer(lambda b=b: step(b)), step(b)) for b in batches}
+    for b in batches:
+        nbytes, flops = decode_step_bytes(s, b, context)
+        ms, tokens = eager[b]
+        shape = f"B={b} ctx={context}"
+        record_timing(report, "model decode", "triton eager", shape, ms, nbytes, flops)
+        result = DecodeResult(b, context, 1e3 * b / ms, None, 1e3 * b / (nbytes / report.copy_gbps / 1e6), None)
+        if b in replayed:
+            gms, gtokens = replayed[b]
+            record_timing(report, "model decode", "triton + CUDA graphs", shape, gms, nbytes, flops)
+            result.graph_tok_s, result.graph_matches_eager = 1e3 * b / gms, bool(torch.equal(gtokens, tokens))
+        report.decode.append(result)
+        print(f"decode B={b}: eager {result.eager_tok_s:.0f} tok/s, graphs "
+              f"{result.graph_tok_s or float('nan'):.0f} tok/s, floor {result.floor_tok_s:.0f} tok/s", flush=True)
+    del runner, model, steps
 
 
 # ------------------------------------------------------------------------------------------------------ output
@@ -347,6 +466,15 @@ def write_results(report: Report, out_dir: Path) -> Path:
         *(f"| {t.name} | {t.impl} | {t.shape} | {t.ms:.4f} | {t.gbps:.0f} | {100 * t.bw_fraction:.1f} | "
           f"{t.tflops:.2f} | {100 * t.flop_fraction:.1f} |" for t in report.timings),
         "",
+        "## Whole-model decode (random weights, forward + logits + argmax per step)",
+        "",
+        "| batch | context | eager tok/s | CUDA graphs tok/s | graphs = eager tokens | bandwidth floor tok/s |",
+        "| ---: | ---: | ---: | ---: | --- | ---: |",
+        *(f"| {d.batch} | {d.context} | {d.eager_tok_s:.0f} | "
+          f"{'-' if d.graph_tok_s is None else f'{d.graph_tok_s:.0f}'} | "
+          f"{'-' if d.graph_matches_eager is None else ('yes' if d.graph_matches_eager else '**no**')} | "
+          f"{d.floor_tok_s:.0f} |" for d in report.decode),
+        "",
     ]
     stem.with_suffix(".md").write_text("\n".join(lines))
     return stem
@@ -358,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=50, help="timed runs per kernel (the median is reported)")
     parser.add_argument("--moe-tokens", type=int, nargs="+", default=[1, 8, 64, 512, 4096],
                         help="token counts for the MoE timings")
+    parser.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8, 64, 256],
+                        help="batch sizes of the whole-model decode timing (empty list: skip it)")
+    parser.add_argument("--decode-context", type=int, default=256, help="tokens in each sequence's KV cache")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench.gpu needs a CUDA device and none is visible (torch.cuda.is_available() is False); "
@@ -376,10 +507,13 @@ def main(argv: list[str] | None = None) -> int:
     bench_small_ops(report, timer, shapes, gen)
     bench_attention(report, timer, shapes, gen)
     bench_moe(report, timer, shapes, args.moe_tokens, gen)
-    bench_model_decode(report, timer, shapes)
+    if args.decode_batches:
+        torch.cuda.empty_cache()
+        bench_model_decode(report, timer, shapes, args.decode_batches, args.decode_context)
     stem = write_results(report, args.out)
     print(f"wrote {stem}.json and {stem}.md")
-    return 0 if all(c.passed for c in report.checks) else 1
+    decode_ok = all(d.graph_matches_eager is not False for d in report.decode)
+    return 0 if all(c.passed for c in report.checks) and decode_ok else 1
 
 
 if __name__ == "__main__":

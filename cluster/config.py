@@ -207,6 +207,8 @@ class EngineSettings:
                                             "256 MiB on CPU)")
     gpu_memory_utilization: float = doc(0.9, "fraction of free GPU memory after loading given to the KV cache")
     max_model_len: int | None = doc(None, "context limit in tokens (None: the checkpoint's)")
+    enforce_eager: bool = doc(False, "never capture CUDA graphs for decode steps (they are captured on CUDA at "
+                                     "start-up, single-rank engines only)")
 
     def validate(self, path: str) -> None:
         from engine.engine_core import EngineConfig  # noqa: PLC0415 - imports torch; only when validating

@@ -21,6 +21,7 @@ from engine.kv_cache_manager import KVCacheLayout, KVCacheManager
 from engine.model.kernel_model import build_kernel_model
 from engine.model.reference import Transformer
 from engine.model_runner import ModelRunner
+from engine.cuda_graphs import DEFAULT_BATCH_SIZES as DEFAULT_GRAPH_BATCH_SIZES
 from engine.parallel.config import ParallelConfig
 from engine.request import Request
 from engine.sampling_params import SamplingParams
@@ -58,6 +59,9 @@ class EngineConfig:
     moe_dispatch: str = "allreduce"  # MoE collectives: "allreduce" (every rank sees every token) or "alltoall"
     #                                  (tokens sent only to their experts' ranks; needs enable_expert_parallel)
     placement_strategy: str = "PACK"  # Ray placement group of the ranks: PACK (one node if it fits) or SPREAD
+    # CUDA graphs (engine/cuda_graphs.py): decode steps of up to the largest size replay a captured forward
+    enforce_eager: bool = False  # never capture (always on CPU, and for now with more than one rank)
+    cuda_graph_batch_sizes: tuple[int, ...] | None = None  # None: engine.cuda_graphs' sizes up to max_num_seqs
 
     def __post_init__(self):
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -70,6 +74,9 @@ class EngineConfig:
             raise ValueError(f"backend must be 'auto', 'reference' or 'kernels', got {self.backend!r}")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
+        sizes = self.cuda_graph_batch_sizes
+        if sizes is not None and (not sizes or any(not isinstance(b, int) or b < 1 for b in sizes)):
+            raise ValueError(f"cuda_graph_batch_sizes must be positive integers, got {self.cuda_graph_batch_sizes!r}")
         self.scheduler_config()  # validates its fields
         self.parallel_config()
 
@@ -106,6 +113,8 @@ class EngineCore:
         if self.parallel.world_size == 1:
             num_blocks = self._num_blocks()
             self.runner = ModelRunner(self.model, self.layout, num_blocks, self.dtype, self.device)
+            if self.device.type == "cuda" and not config.enforce_eager:
+                self.runner.capture_decode_graphs(self.max_blocks_per_sequence, self.graph_batch_sizes())
         else:
             from engine.parallel.runner import DistributedRunner  # noqa: PLC0415 - only multi-rank engines
 
@@ -129,6 +138,15 @@ class EngineCore:
             from engine.parallel.dp_scheduler import DataParallelScheduler  # noqa: PLC0415
 
             self.scheduler = DataParallelScheduler(schedulers)
+
+    @property
+    def max_blocks_per_sequence(self) -> int:
+        """The widest block table a step can have (a full-attention group at the context limit)."""
+        return -(-(self.max_model_len + 1) // self.config.block_size)
+
+    def graph_batch_sizes(self) -> tuple[int, ...]:
+        sizes = self.config.cuda_graph_batch_sizes or DEFAULT_GRAPH_BATCH_SIZES
+        return tuple(sorted({min(b, self.config.max_num_seqs) for b in sizes}))
 
     def _num_blocks(self) -> int:
         per_block = ModelRunner.bytes_per_block(self.model_config, self.layout, self.config.block_size, self.dtype)

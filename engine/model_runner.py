@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from engine import kernels
+from engine.cuda_graphs import DecodeGraphs
 from engine.kv_cache_manager import KVCacheLayout, KVCacheManager
 from engine.model.reference import Transformer
 from engine.request import Request
@@ -62,6 +63,20 @@ class ModelRunner:
         shape = (2, num_blocks, layout.block_size, num_kv_heads, c.head_dim)
         self.kv_caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layout.num_slots)]
         self.sampler = Sampler()
+        self.graphs: DecodeGraphs | None = None
+
+    def capture_decode_graphs(self, max_blocks_per_seq: int, batch_sizes, capture: bool = True) -> None:
+        """From now on decode steps of up to max(batch_sizes) requests replay CUDA graphs (`capture=False`: the
+        same padded static-buffer path run eagerly, for tests off CUDA)."""
+        self.graphs = DecodeGraphs(self._forward_buffers, self.layout, max_blocks_per_seq,
+                                   self.model.config.hidden_size, self.kv_caches[0].dtype, self.device, batch_sizes,
+                                   capture)
+        self.graphs.capture_all()
+
+    def _forward_buffers(self, input_ids, positions, seq_lens, query_start_loc, slot_mappings, block_tables):
+        groups = [GroupInputs(s, t) for s, t in zip(slot_mappings, block_tables)]
+        inputs = StepInputs(input_ids, positions, seq_lens, query_start_loc, groups, None, [])
+        return self.model(input_ids, positions, PagedKVCache(self.kv_caches, self.layout, inputs))
 
     @staticmethod
     def bytes_per_block(config, layout: KVCacheLayout, block_size: int, dtype: torch.dtype,
@@ -84,6 +99,11 @@ class ModelRunner:
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:
         """Final hidden states [T, D] of every scheduled token; writes this step's KV into the cache."""
+        g = self.graphs
+        if g is not None and g.can_run(inputs.input_ids.shape[0], inputs.seq_lens.shape[0],
+                                       max(x.block_table.shape[1] for x in inputs.groups)):
+            return g.run(inputs.input_ids, inputs.positions, inputs.seq_lens,
+                         [x.slot_mapping for x in inputs.groups], [x.block_table for x in inputs.groups])
         return self.model(inputs.input_ids, inputs.positions, PagedKVCache(self.kv_caches, self.layout, inputs))
 
     def sampling_batch(self, requests: list[Request], vocab_size: int) -> SamplingBatch:

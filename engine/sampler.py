@@ -44,6 +44,7 @@ class SamplingBatch:
     seen_ids: torch.Tensor  # [K] long
     generators: list[torch.Generator | None]  # per row; a row with one draws its noise only from it
     num_logprobs: int  # N: the most top-n logprobs any row asked for (0 if none), at most V
+    any_logprobs: bool  # some row wants logprobs (else the sampler skips the log-softmax over the vocabulary)
     all_greedy: bool  # host-side flags, so the sampler skips whole stages without a device sync
     any_greedy: bool
     needs_sort: bool  # some sampled row has top-k or top-p on
@@ -96,6 +97,7 @@ class SamplingBatch:
             **_sparse("seen", seen, device),
             generators=list(generators),
             num_logprobs=min(max((p.logprobs or 0 for p in params), default=0), vocab_size),
+            any_logprobs=any(p.logprobs is not None for p in params),
             all_greedy=all(greedy),
             any_greedy=any(greedy),
             needs_sort=any(p.top_p < 1 or 0 < p.top_k < vocab_size for p in sampled),
@@ -131,7 +133,7 @@ def _sparse(name: str, ids: list[list[int]], device, values: list[list[float]] |
 @dataclass
 class SamplerOutput:
     token_ids: torch.Tensor  # [B] long; the sampled token of each row
-    logprobs: torch.Tensor  # [B] float32; raw logprob of that token
+    logprobs: torch.Tensor  # [B] float32; raw logprob of that token (zeros when no row asked for logprobs)
     topn_ids: torch.Tensor  # [B, N] long; the N most likely tokens under the raw logits, best first
     topn_logprobs: torch.Tensor  # [B, N] float32; their raw logprobs (rows asking fewer than N slice theirs)
 
@@ -140,10 +142,19 @@ class Sampler:
     """Stateless: all per-request state (histories, generators) arrives in the SamplingBatch."""
 
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
-        # logits: [B, V] float32, the model's raw output for each row's next token
-        raw_logprobs = torch.log_softmax(logits.float(), dim=-1)  # [B, V]
-        logits = apply_penalties(apply_bans(logits.to(torch.float32, copy=True), batch), batch)
+        # logits: [B, V] float32, the model's raw output for each row's next token. Each pass over [B, V] costs
+        # about as much as the unembedding at small hidden sizes, so stages nobody asked for are skipped.
+        raw = logits.float()
+        edits = len(batch.bias_rows) or len(batch.ban_rows) or batch.needs_frequency or batch.needs_repetition
+        if edits:  # on a copy: `raw` stays the model's distribution for the logprobs
+            logits = apply_penalties(apply_bans(raw.clone(), batch), batch)
+        else:
+            logits = raw
         token_ids = self._choose(logits, batch)
+        if not batch.any_logprobs:  # rows without logprobs never read them (engine.model_runner.sampled_entries)
+            empty = torch.empty(len(token_ids), 0, device=raw.device)
+            return SamplerOutput(token_ids, torch.zeros(len(token_ids), device=raw.device), empty.long(), empty)
+        raw_logprobs = torch.log_softmax(raw, dim=-1)  # [B, V]
         topn_logprobs, topn_ids = raw_logprobs.topk(batch.num_logprobs, dim=-1)  # [B, N]
         return SamplerOutput(
             token_ids=token_ids,

@@ -42,23 +42,24 @@ def use_triton(device: torch.device | str) -> bool:
     return os.environ.get("GPTOSS_FORCE_TRITON", "0") == "1"
 
 
-def _dispatch(module, name: str):
-    """The op `name` of `module`: its Triton kernel when use_triton(<first argument's device>), else `name`_ref.
-    Both are looked up at call time, so a test can swap either."""
+def _dispatch(module, name: str, off_triton: str | None = None):
+    """The op `name` of `module`: its Triton kernel when use_triton(<first argument's device>), else `off_triton`
+    (default `name`_ref, the oracle). All are looked up at call time, so a test can swap any of them."""
     ref = getattr(module, name + "_ref")
+    fallback = off_triton or name + "_ref"
 
     @functools.wraps(ref)
     def op(*args, **kwargs):
-        return getattr(module, name if use_triton(args[0].device) else name + "_ref")(*args, **kwargs)
+        return getattr(module, name if use_triton(args[0].device) else fallback)(*args, **kwargs)
 
     op.__name__ = op.__qualname__ = name
     op.__module__ = __name__
-    op.__doc__ = f"Dispatches to {module.__name__}.{name} (Triton) or {name}_ref (torch).\n\n{ref.__doc__}"
+    op.__doc__ = f"Dispatches to {module.__name__}.{name} (Triton) or {fallback} (torch).\n\n{ref.__doc__}"
     return op
 
 
 moe_mxfp4 = _dispatch(moe, "moe_mxfp4")
-paged_attention = _dispatch(attention, "paged_attention")
+paged_attention = _dispatch(attention, "paged_attention", "paged_attention_cpu")
 write_kv = _dispatch(attention, "write_kv")
 rms_norm = _dispatch(norm, "rms_norm")
 rope_and_write_kv = _dispatch(rope, "rope_and_write_kv")

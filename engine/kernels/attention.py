@@ -119,13 +119,25 @@ def paged_attention_cpu(
     scale: float,
 ) -> torch.Tensor:
     """The torch path used on CPU (same signature as the ref): every single-query (decode) sequence in one padded
-    batched product, the multi-query ones (prefill chunks) through the ref. Same math as the ref."""
+    batched product, the multi-query ones (prefill chunks) through the ref's per-sequence loop. Same math."""
     q_lens = query_start_loc[1:] - query_start_loc[:-1]
-    decode = (q_lens == 1).nonzero().squeeze(-1)
+    is_decode = q_lens == 1
+    decode = is_decode.nonzero().squeeze(-1)
     if decode.numel() == q_lens.numel():
         return _decode_batched(q, kv_cache, block_table, seq_lens, sinks, sliding_window, scale)
-    out = paged_attention_ref(q, kv_cache, block_table, seq_lens, query_start_loc, sinks, sliding_window, scale)
-    return out  # mixed steps: prefill dominates them, the ref's per-sequence loop is fine
+    window = (sliding_window, scale)
+    out = torch.empty_like(q)
+    if decode.numel():
+        rows = query_start_loc[decode].long()
+        out[rows] = _decode_batched(q[rows], kv_cache, block_table[decode], seq_lens[decode], sinks, *window)
+    prefill = (~is_decode).nonzero().squeeze(-1)
+    lens = q_lens[prefill].long()
+    starts = torch.cat([lens.new_zeros(1), lens.cumsum(0)])
+    rows = (torch.arange(int(starts[-1]), device=q.device) - starts[:-1].repeat_interleave(lens)
+            + query_start_loc[prefill].long().repeat_interleave(lens))  # the prefill sequences' rows of q, in order
+    out[rows] = paged_attention_ref(q[rows], kv_cache, block_table[prefill], seq_lens[prefill], starts.int(), sinks,
+                                    *window)
+    return out
 
 
 def _decode_batched(q, kv_cache, block_table, seq_lens, sinks, sliding_window, scale):

@@ -24,7 +24,8 @@ def make_case(q_lens, seq_lens, window, kv=2, hq=8, d=16, block_size=4, seed=0):
 
 
 @pytest.mark.parametrize("window", [None, 1, 5, 8])
-@pytest.mark.parametrize("q_lens, seq_lens", [([1], [1]), ([1] * 5, [3, 9, 17, 4, 30]), ([1, 6, 1], [12, 6, 40])])
+@pytest.mark.parametrize("q_lens, seq_lens", [([1], [1]), ([1] * 5, [3, 9, 17, 4, 30]), ([1, 6, 1], [12, 6, 40]),
+                                               ([3, 1, 0, 1, 5, 1], [3, 9, 4, 17, 20, 30]), ([7, 2], [7, 11])])
 def test_cpu_path_equals_ref(q_lens, seq_lens, window):
     args = make_case(q_lens, seq_lens, window)
     torch.testing.assert_close(paged_attention_cpu(*args), paged_attention_ref(*args), rtol=1e-5, atol=1e-6)

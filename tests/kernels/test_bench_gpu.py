@@ -24,7 +24,7 @@ class CpuTimer:
 def test_bench_gpu_dry_run(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu, "DEVICE", "cpu")
     shapes = gpu.Shapes(hidden=64, intermediate=32, experts=4, top_k=2, q_heads=4, kv_heads=2, head_dim=16,
-                        window=8, block_size=4)
+                        window=8, block_size=4, layers=2, vocab=512)
     report = gpu.Report("2026-01-01T00:00:00", "CPU interpreter", torch.__version__, "interpreted")
     report.shapes = gpu.asdict(shapes)
     timer, gen = CpuTimer(), torch.Generator().manual_seed(0)
@@ -33,13 +33,16 @@ def test_bench_gpu_dry_run(tmp_path, monkeypatch):
     cases = [("decode", [9, 3], [1, 1]), ("prefill", [12], [12]), ("mixed", [10, 5], [4, 1])]
     gpu.bench_attention(report, timer, shapes, gen, cases=cases)
     gpu.bench_moe(report, timer, shapes, [1, 7], gen)
-    gpu.bench_model_decode(report, timer, shapes)
+    gpu.bench_model_decode(report, timer, shapes, batches=(1, 3), context=9)
     stem = gpu.write_results(report, tmp_path)
 
     assert report.checks and all(check.passed for check in report.checks), [c for c in report.checks if not c.passed]
     saved = json.loads(stem.with_suffix(".json").read_text())
     assert {t["name"] for t in saved["timings"]} == {
-        "rms_norm + residual", "rope_and_write_kv", "router_topk", "paged_attention", "moe_mxfp4"}
+        "rms_norm + residual", "rope_and_write_kv", "router_topk", "paged_attention", "moe_mxfp4", "model decode"}
+    assert [(d["batch"], d["graph_tok_s"]) for d in saved["decode"]] == [(1, None), (3, None)]  # no CUDA: eager
+    assert all(d["eager_tok_s"] > 0 and d["floor_tok_s"] > 0 for d in saved["decode"])
     markdown = stem.with_suffix(".md").read_text()
     assert "| moe_mxfp4 | torch baseline |" in markdown and "experts=4" in markdown
+    assert "## Whole-model decode" in markdown and "| 3 | 9 |" in markdown
     assert stem.name == "2026-01-01-cpu-interpreter"

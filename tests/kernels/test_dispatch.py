@@ -8,6 +8,7 @@ from engine.kernels import attention, moe, norm, rope, router
 
 OPS = [(moe, "moe_mxfp4"), (attention, "paged_attention"), (attention, "write_kv"), (norm, "rms_norm"),
        (rope, "rope_and_write_kv"), (router, "router_topk")]
+OFF_TRITON = {"paged_attention": "paged_attention_cpu"}  # the ref's math, decode rows batched; else the ref
 
 
 def test_use_triton_on_cpu_needs_the_override(monkeypatch):
@@ -22,7 +23,7 @@ def test_use_triton_on_cpu_needs_the_override(monkeypatch):
 def test_ops_dispatch_on_device(module, name, force, monkeypatch):
     calls = []
     monkeypatch.setattr(module, name, lambda *a, **k: calls.append("triton"))
-    monkeypatch.setattr(module, name + "_ref", lambda *a, **k: calls.append("ref"))
+    monkeypatch.setattr(module, OFF_TRITON.get(name, name + "_ref"), lambda *a, **k: calls.append("ref"))
     monkeypatch.setenv("GPTOSS_FORCE_TRITON", force)
     getattr(kernels, name)(torch.zeros(1), 2)
     assert calls == ["triton" if force == "1" and kernels.HAS_TRITON else "ref"]

@@ -118,7 +118,8 @@ def test_penalties_match_reference():
 def test_logit_bias_steers_greedy_and_adds_exactly():
     logits = torch.zeros(2, 10)
     logits[:, 0] = 5.0
-    params = [SamplingParams(temperature=0, logit_bias={7: 6.0}), SamplingParams(temperature=0, logit_bias={0: -100})]
+    params = [SamplingParams(temperature=0, logit_bias={7: 6.0}, logprobs=0),
+              SamplingParams(temperature=0, logit_bias={0: -100}, logprobs=0)]
     out = Sampler()(logits, build(params, 10))
     assert out.token_ids.tolist() == [7, 1]  # row 1: all tied at 0 after the bias; argmax takes the first
     torch.testing.assert_close(out.logprobs, torch.log_softmax(logits, -1)[[0, 1], [7, 1]])  # raw, not biased
@@ -170,6 +171,16 @@ def test_logprobs_are_raw_log_softmax():
     assert out.topn_ids.shape == out.topn_logprobs.shape == (5, 20)
     torch.testing.assert_close(out.topn_ids, ids)
     torch.testing.assert_close(out.topn_logprobs, top)
+
+
+def test_without_logprobs_the_logits_are_left_alone():
+    """No row asks for logprobs and none edits its logits: no copy, no log-softmax (each a pass over [B, V])."""
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(11))
+    before = logits.clone()
+    out = Sampler()(logits, build([SamplingParams(temperature=0), SamplingParams(temperature=0.7, top_p=0.5, seed=1),
+                                   SamplingParams(temperature=1.0, min_p=0.2)], 50))
+    assert out.token_ids[0] == logits[0].argmax() and torch.equal(logits, before)
+    assert out.topn_ids.shape == (3, 0) and out.logprobs.tolist() == [0.0, 0.0, 0.0]
 
 
 def test_no_logprobs_requested_gives_empty_topn():
