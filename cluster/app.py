@@ -109,6 +109,14 @@ def llm_deployment_options(spec: ModelSpec, config: AppConfig) -> dict:
     return options
 
 
+def gateway_actor_options(config: AppConfig) -> dict:
+    """No CPUs (it waits on sockets); pinned by grpc.node_resource to the nodes whose port clients can reach."""
+    options = {"num_cpus": 0}
+    if config.grpc.node_resource:
+        options["resources"] = {config.grpc.node_resource: 0.001}
+    return options
+
+
 def build_from_config(config: AppConfig):
     """The bound application: ingress -> one LLMServer deployment per model, plus the metrics hub."""
     hub = serve.deployment(MetricsHub, name="MetricsHub", num_replicas=1,
@@ -121,7 +129,7 @@ def build_from_config(config: AppConfig):
     if config.grpc.enabled:
         grace = max(spec.graceful_shutdown_timeout_s for spec in config.models)
         gateway = serve.deployment(ServeGrpcGateway, name="GrpcGateway", num_replicas=config.grpc.replicas,
-                                   max_replicas_per_node=1, ray_actor_options={"num_cpus": 0},
+                                   max_replicas_per_node=1, ray_actor_options=gateway_actor_options(config),
                                    graceful_shutdown_timeout_s=grace + 5).bind(config.to_dict(), handles)
     ingress = serve.deployment(serve.ingress()(ServeIngress), name="Ingress", num_replicas=config.ingress_replicas,
                                ray_actor_options={"num_cpus": 0})

@@ -117,9 +117,14 @@ class GrpcConfig:
     token_burst: int = doc(0, "per API key: tokens allowed at once above the rate (0: one second's worth)")
     retry_after_ms: int = doc(1000, "retry hint sent with RESOURCE_EXHAUSTED when no better one is known")
     reflection: bool = doc(True, "serve gRPC server reflection (grpcurl, grpcui); needs the API key like the API")
+    node_resource: str | None = doc(None, "a custom Ray resource each gateway replica takes 0.001 of, so gateways run "
+                                          "only on nodes that have it (the Helm chart gives it to the head pod, which "
+                                          "its gRPC Service selects); None: any node")
 
     def validate(self, path: str) -> None:
         _check(bool(self.host), f"{path}.host", self.host, "an address such as 127.0.0.1")
+        _check(self.node_resource is None or bool(self.node_resource), f"{path}.node_resource", self.node_resource,
+               "a Ray resource name or null")
         _check(0 < self.port < 65536, f"{path}.port", self.port, "in [1, 65535]")
         _check(self.replicas >= 1, f"{path}.replicas", self.replicas, ">= 1")
         _check((self.tls_cert_file is None) == (self.tls_key_file is None), f"{path}.tls_key_file",

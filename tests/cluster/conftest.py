@@ -14,6 +14,7 @@ import pytest
 from cluster.config import load_config
 
 API_KEY = "test-key-0123456789"
+GATEWAY_RESOURCE = "gptoss_grpc_gateway"  # the node resource the Helm chart gives the head pod for the gRPC gateway
 
 
 def free_port() -> int:
@@ -29,7 +30,8 @@ def ray_serve():
     from ray import serve
 
     port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, resources={GATEWAY_RESOURCE: 1}, include_dashboard=False,
+             log_to_driver=False,
              _temp_dir=tempfile.mkdtemp(prefix="/tmp/gptr"))
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     yield f"http://127.0.0.1:{port}"

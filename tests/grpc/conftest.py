@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.cluster.conftest import API_KEY, free_port, model_entry
+from tests.cluster.conftest import API_KEY, GATEWAY_RESOURCE, free_port, model_entry
 
 AUTH = (("authorization", f"Bearer {API_KEY}"),)
 
@@ -43,7 +43,8 @@ def ray_cluster():
     if ray.is_initialized():  # tests/cluster's session cluster (its fixture shuts it down)
         yield
         return
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, resources={GATEWAY_RESOURCE: 1}, include_dashboard=False,
+             log_to_driver=False,
              _temp_dir=tempfile.mkdtemp(prefix="/tmp/gptr"))
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, proxy_location="HeadOnly")
     yield
@@ -110,7 +111,9 @@ def grpc_app(ray_cluster, stubs, tiny_model):
 
     entry = model_entry("tiny", tiny_model, engine={"kv_cache_memory": 32 << 20, "max_model_len": 4096,
                                                     "max_num_seqs": 16})
-    app = deploy("grpc", {"models": [entry], "auth": {"api_keys": [API_KEY]}}, stubs)
+    # pinned by a node resource as the Helm chart pins it to the head pod: the one node here has it
+    app = deploy("grpc", {"models": [entry], "auth": {"api_keys": [API_KEY]},
+                          "grpc": {"node_resource": GATEWAY_RESOURCE}}, stubs)
     yield app
     serve.delete(app.name)
 

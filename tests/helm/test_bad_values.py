@@ -48,8 +48,16 @@ CASES = {
         model(serve={"autoscaling": {"max_replicas": 9}}), ["min_replicas/max_replicas come from replicas.min/max"]),
     "chart-owned-config-key": (
         {"config": {"http": {"port": 9000}}}, ["config.http is written by the chart", "remove it from config"]),
-    "grpc-gateway-not-exposed-yet": (
-        {"config": {"grpc": {"enabled": True}}}, ["config.grpc: the chart does not expose the gRPC gateway yet"]),
+    "chart-owned-grpc-config": (
+        {"config": {"grpc": {"enabled": True}}}, ["config.grpc is written by the chart", "grpc.settings"]),
+    "chart-owned-grpc-setting": (
+        {"grpc": {"enabled": True, "settings": {"host": "0.0.0.0"}}},
+        ["grpc.settings.host is written by the chart", "remove it"]),
+    "grpc-mtls-without-a-certificate": (
+        {"grpc": {"enabled": True, "tls": {"clientAuth": True}}}, ["grpc.tls.clientAuth needs grpc.tls.secretName"]),
+    "grpc-on-the-api-port": (
+        {"grpc": {"enabled": True, "port": 8000}}, ["grpc.port 8000 is also api.port or metrics.rayPort"]),
+    "grpc-on-the-gcs-port": ({"grpc": {"enabled": True, "port": 6379}}, ["grpc.port 6379 is Ray's port for GCS"]),
     "typo-in-a-key": (
         model(replica={"min": 1}), ["at '/models/0'", "additional properties 'replica' not allowed"]),
     "api-on-the-dashboard-port": (

@@ -107,6 +107,7 @@ GPU_LAYOUT = {
     "gpt-oss-120b-8gpu-tp-ep": {"gpt-oss-120b": (8, 1, 2)},
     "gpt-oss-120b-2node-ep": {"gpt-oss-120b": (8, 2, 2)},  # one replica = 2 pods of 8 GPUs (TP 8 x DP 2, EP 16)
     "two-models": {"gpt-oss-20b": (1, 2, 2), "gpt-oss-120b": (1, 1, 3)},
+    "gpt-oss-20b-grpc-mtls": {"gpt-oss-20b": (1, 1, 2)},
 }
 
 
@@ -222,7 +223,8 @@ def test_network_policy_lets_clients_reach_only_the_api(values):
             assert rule["from"] in ([release_pods], [operator])
         else:
             opened.append(ports)
-    assert opened == [{8000}, {8000, 8080}]  # clients: the API; scrapers: the API's /metrics and Ray's metrics
+    grpc = {50051} if values is not None and "grpc" in values.stem else set()
+    assert opened == [{8000} | grpc, {8000, 8080}]  # clients: the API (HTTP, gRPC); scrapers: /metrics, Ray's
 
 
 # -- security -------------------------------------------------------------------------------------------------------

@@ -134,13 +134,28 @@ label value), gpusPerPod, podsPerReplica, worldSize. Use: (include "gptoss.model
 as cluster.config.serve_config makes it. */}}
 {{- define "gptoss.serveConfig" -}}
 {{- $config := deepCopy .Values.config }}
-{{- range $key := list "http" "auth" "models" }}
+{{- range $key := list "http" "auth" "grpc" "models" }}
 {{- if hasKey $config $key }}
-{{- fail (printf "config.%s is written by the chart (from api.*, auth.* and models); remove it from config" $key) }}
+{{- fail (printf "config.%s is written by the chart (from api.*, auth.*, grpc.* and models); remove it from config (gateway settings go in grpc.settings)" $key) }}
 {{- end }}
 {{- end }}
-{{- if hasKey $config "grpc" }}
-{{- fail "config.grpc: the chart does not expose the gRPC gateway yet (its replicas may run on any Ray pod, so no Service can select them); remove config.grpc and use the HTTP API" }}
+{{- if .Values.grpc.enabled }}
+{{- $grpc := deepCopy .Values.grpc.settings }}
+{{- range $key := list "enabled" "host" "port" "replicas" "node_resource" "tls_cert_file" "tls_key_file" "tls_client_ca_file" }}
+{{- if hasKey $grpc $key }}
+{{- fail (printf "grpc.settings.%s is written by the chart (from grpc.enabled, grpc.port and grpc.tls); remove it" $key) }}
+{{- end }}
+{{- end }}
+{{- $_ := merge $grpc (dict "enabled" true "host" "0.0.0.0" "port" (int .Values.grpc.port) "replicas" 1 "node_resource" (include "gptoss.grpcResource" .)) }}
+{{- if .Values.grpc.tls.secretName }}
+{{- $_ := merge $grpc (dict "tls_cert_file" "/etc/gptoss/grpc-tls/tls.crt" "tls_key_file" "/etc/gptoss/grpc-tls/tls.key") }}
+{{- if .Values.grpc.tls.clientAuth }}
+{{- $_ := set $grpc "tls_client_ca_file" "/etc/gptoss/grpc-tls/ca.crt" }}
+{{- end }}
+{{- else if .Values.grpc.tls.clientAuth }}
+{{- fail "grpc.tls.clientAuth needs grpc.tls.secretName (mTLS needs the server's own certificate): set both or neither" }}
+{{- end }}
+{{- $_ := set $config "grpc" $grpc }}
 {{- end }}
 {{- $_ := set $config "name" (default "gptoss" $config.name) }}
 {{- $_ := set $config "http" (dict "host" "0.0.0.0" "port" (int .Values.api.port) "route_prefix" .Values.api.routePrefix) }}
@@ -234,7 +249,7 @@ readinessProbe:
 {{/* The API and metrics ports must not be one of Ray's own (they would open it to clients or scrapers). */}}
 {{- define "gptoss.checkPorts" -}}
 {{- $ray := dict "6379" "GCS" "8265" "the dashboard" "10001" "the Ray client" "52365" "the dashboard agent" }}
-{{- range $key, $port := dict "api.port" .Values.api.port "metrics.rayPort" .Values.metrics.rayPort }}
+{{- range $key, $port := dict "api.port" .Values.api.port "metrics.rayPort" .Values.metrics.rayPort "grpc.port" .Values.grpc.port }}
 {{- with get $ray (toString $port) }}
 {{- fail (printf "%s %v is Ray's port for %s, which must stay closed to clients and scrapers; choose another (api.port 8000, metrics.rayPort 8080 by default)" $key $port .) }}
 {{- end }}
@@ -242,9 +257,35 @@ readinessProbe:
 {{- if eq (int .Values.api.port) (int .Values.metrics.rayPort) }}
 {{- fail (printf "api.port and metrics.rayPort are both %v; give them different ports" .Values.api.port) }}
 {{- end }}
+{{- if and .Values.grpc.enabled (has (int .Values.grpc.port) (list (int .Values.api.port) (int .Values.metrics.rayPort))) }}
+{{- fail (printf "grpc.port %v is also api.port or metrics.rayPort; give the gRPC gateway its own port" .Values.grpc.port) }}
+{{- end }}
 {{- end }}
 
 {{/* The path /metrics is served under (the application's route prefix). */}}
 {{- define "gptoss.metricsPath" -}}
 {{- printf "%s/metrics" (trimSuffix "/" .Values.api.routePrefix) }}
+{{- end }}
+
+{{/* The Ray resource that pins the gRPC gateway to the head pod (which the gRPC Service selects). */}}
+{{- define "gptoss.grpcResource" -}}
+gptoss_grpc_gateway
+{{- end }}
+
+{{/* The gRPC gateway's TLS Secret, mounted on the head pod. */}}
+{{- define "gptoss.grpcTlsVolumeMount" -}}
+{{- if and .Values.grpc.enabled .Values.grpc.tls.secretName -}}
+- name: grpc-tls
+  mountPath: /etc/gptoss/grpc-tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "gptoss.grpcTlsVolume" -}}
+{{- if and .Values.grpc.enabled .Values.grpc.tls.secretName -}}
+- name: grpc-tls
+  secret:
+    secretName: {{ .Values.grpc.tls.secretName }}
+    defaultMode: 0440
+{{- end }}
 {{- end }}
