@@ -29,14 +29,19 @@ test: $(STAMP) proto
 	$(PYTEST) -q --ignore=tests/kernels
 	TRITON_INTERPRET=1 GPTOSS_FORCE_TRITON=1 $(PYTEST) -q tests/kernels
 
+# tests/kernels stays out of the other runs: its conftest turns on the Triton interpreter for the whole process.
+# tests/parallel's Ray launcher tests start their own Ray (4 CPUs for 4 ranks), so they run apart from the cluster's.
 test-slow: $(STAMP) proto
-	$(PYTEST) -q -m slow
+	$(PYTEST) -q -m slow --ignore=tests/kernels --ignore=tests/parallel
+	$(PYTEST) -q -m slow tests/parallel
 
 test-kernels: $(STAMP)
 	TRITON_INTERPRET=1 GPTOSS_FORCE_TRITON=1 $(PYTEST) -q tests/kernels
 
+# On a CUDA machine: the gpu-marked tests, then every kernel test compiled for the GPU instead of interpreted.
 test-gpu: $(STAMP)
-	$(PYTEST) -q -m gpu
+	$(PYTEST) -q -m gpu --ignore=tests/kernels
+	TRITON_INTERPRET=0 GPTOSS_FORCE_TRITON=0 $(PYTEST) -q tests/kernels
 
 tiny-model: $(STAMP)
 	test -f $(TINY)/config.json || $(VENV)/bin/gptoss make-tiny-model $(TINY)

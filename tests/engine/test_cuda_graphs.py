@@ -45,3 +45,22 @@ def test_sizes_padding_and_limits():
     assert not graphs.can_run(5, 4, 1)  # a prefill token in the step
     assert not graphs.can_run(2, 2, 9)  # a block table wider than the buffers
     assert graphs.buf.query_start_loc.tolist() == list(range(9))
+
+
+@pytest.mark.gpu
+def test_captured_graphs_give_the_eager_tokens_on_cuda(tiny_model):
+    """On a GPU (make test-gpu): the kernel backend with graphs captured at start-up against enforce_eager."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    prompts = [{"prompt_token_ids": list(range(10 + i, 30 + 3 * i))} for i in range(5)]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    outs = {}
+    for eager in (True, False):
+        llm = LLM(tiny_model, dtype="bfloat16", device="cuda", kv_cache_memory=64 << 20, max_num_seqs=8,
+                  enforce_eager=eager, cuda_graph_batch_sizes=(1, 2, 4, 8))
+        outs[eager] = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+        graphs = llm.engine.runner.graphs
+        assert (graphs is None) == eager and (eager or graphs.replays > 0)
+    assert outs[False] == outs[True]
