@@ -60,7 +60,7 @@ class EngineConfig:
     #                                  (tokens sent only to their experts' ranks; needs enable_expert_parallel)
     placement_strategy: str = "PACK"  # Ray placement group of the ranks: PACK (one node if it fits) or SPREAD
     # CUDA graphs (engine/cuda_graphs.py): decode steps of up to the largest size replay a captured forward
-    enforce_eager: bool = False  # never capture (always on CPU, and for now with more than one rank)
+    enforce_eager: bool = False  # never capture (always so on CPU, with the reference backend and with several ranks)
     cuda_graph_batch_sizes: tuple[int, ...] | None = None  # None: engine.cuda_graphs' sizes up to max_num_seqs
 
     def __post_init__(self):
@@ -113,7 +113,8 @@ class EngineCore:
         if self.parallel.world_size == 1:
             num_blocks = self._num_blocks()
             self.runner = ModelRunner(self.model, self.layout, num_blocks, self.dtype, self.device)
-            if self.device.type == "cuda" and not config.enforce_eager:
+            if self.device.type == "cuda" and self.backend == "kernels" and not config.enforce_eager:
+                # (the reference model syncs the host in its MoE loop, so it cannot be captured)
                 self.runner.capture_decode_graphs(self.max_blocks_per_sequence, self.graph_batch_sizes())
         else:
             from engine.parallel.runner import DistributedRunner  # noqa: PLC0415 - only multi-rank engines
