@@ -54,6 +54,9 @@ class Worker:
         self.t0 = 0.0
 
     async def run(self, t0_wall: float) -> WorkerResult:
+        warm = getattr(self.target, "warm", None)  # optional: the target's first-use costs, before the clock
+        if warm is not None:
+            await warm()
         self.t0 = time.perf_counter() + (t0_wall - time.time())
         try:
             await (self._open_loop() if self.point.mode == "rate" else self._closed_loop())

@@ -31,7 +31,10 @@ def test_sends_stay_on_schedule_and_latency_includes_stall(fake_server):
     for r in stalled:     # each waited for the end of the stall, and its latency says so
         assert r.e2e_ms >= (stall_end - r.scheduled) * 1e3 - 20
     assert point.summary["e2e_ms"]["max"] >= STALL_S * 1e3 - 20
-    assert not [w for w in point.warnings if "fell behind" in w]
+    # the report says the generator fell behind exactly when the send lag's p99 passed 10 ms (normally it stays
+    # far below; a VM hiccup may push one send past it, and then the warning must be there)
+    behind = [w for w in point.warnings if "fell behind" in w]
+    assert bool(behind) == (point.summary["send_lag_ms"]["p99"] > 10), (behind, point.summary["send_lag_ms"])
 
 
 class BlockingTarget:
