@@ -429,7 +429,6 @@ def bench_model_decode(report: Report, timer: Timer, s: Shapes, batches=(1, 8, 6
         report.decode.append(result)
         print(f"decode B={b}: eager {result.eager_tok_s:.0f} tok/s, graphs "
               f"{result.graph_tok_s or float('nan'):.0f} tok/s, floor {result.floor_tok_s:.0f} tok/s", flush=True)
-    del runner, model, steps
 
 
 # ------------------------------------------------------------------------------------------------------ output

@@ -25,8 +25,8 @@ class MetricsHub:
     def __init__(self, push_interval_s: float):
         self.store = MetricsStore(ttl_s=max(60.0, 30 * push_interval_s))
 
-    def push(self, source: str, families) -> None:
-        self.store.push(source, families)
+    def push(self, source: str, families, final: bool = False) -> None:
+        self.store.push(source, families, final)
 
     def render(self) -> bytes:
         return self.store.render()

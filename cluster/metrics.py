@@ -41,7 +41,9 @@ HISTOGRAMS = {
 }
 # Ingress-side (HTTP) series, labelled by route and status code instead of model and replica.
 HTTP_COUNTERS = {"gptoss_http_requests_total": "HTTP requests by route and status code"}
-ALL_METRICS = {**GAUGES, **COUNTERS, **HISTOGRAMS, **HTTP_COUNTERS}
+HUB_COUNTERS = {"gptoss_replicas_lost_total": "LLM replicas that stopped reporting without shutting down (a crash, "
+                                              "a killed pod or node); Serve starts a replacement"}
+ALL_METRICS = {**GAUGES, **COUNTERS, **HISTOGRAMS, **HTTP_COUNTERS, **HUB_COUNTERS}
 
 _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
                  40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -191,16 +193,42 @@ class _Static:
 
 
 class MetricsStore:
-    """What the hub holds: the latest snapshot per source; a source silent for `ttl_s` is dropped (it is gone)."""
+    """What the hub holds: the latest snapshot per source; a source silent for `ttl_s` is dropped (it is gone).
+
+    Sources named MODEL/REPLICA are LLM replicas. One that goes silent without its final push (which a replica
+    sends when Serve shuts it down) counts in gptoss_replicas_lost_total{model_name}, a series that exists at 0 from
+    the model's first push so that Prometheus' increase() sees the first loss."""
 
     def __init__(self, ttl_s: float):
         self.ttl_s = ttl_s
         self._latest: dict[str, tuple[float, list[Family]]] = {}
+        self._final: set[str] = set()
+        self._lost: dict[str, int] = {}  # model -> replicas lost
 
-    def push(self, source: str, families: list[Family]) -> None:
+    def push(self, source: str, families: list[Family], final: bool = False) -> None:
         self._latest[source] = (time.monotonic(), families)
+        model = _model_of(source)
+        if model is not None:
+            self._lost.setdefault(model, 0)
+        if final:
+            self._final.add(source)
 
     def render(self) -> bytes:
         now = time.monotonic()
-        self._latest = {k: v for k, v in self._latest.items() if now - v[0] <= self.ttl_s}
-        return render([families for _, families in self._latest.values()])
+        for source, (pushed, _) in list(self._latest.items()):
+            if now - pushed > self.ttl_s:
+                del self._latest[source]
+                model = _model_of(source)
+                if source in self._final:
+                    self._final.discard(source)
+                elif model is not None:
+                    self._lost[model] += 1
+        samples = [("gptoss_replicas_lost_total", {"model_name": m}, float(n)) for m, n in sorted(self._lost.items())]
+        lost = Family("gptoss_replicas_lost", "counter", HUB_COUNTERS["gptoss_replicas_lost_total"], samples)
+        return render([families for _, families in self._latest.values()] + [[lost]])
+
+
+def _model_of(source: str) -> str | None:
+    """The model of an LLM replica's source name (MODEL/REPLICA); None for the ingress's."""
+    model, _, replica = source.partition("/")
+    return model if replica and model != "ingress" else None

@@ -168,9 +168,9 @@ class LLMServer:
             await self.push_metrics()
             await asyncio.sleep(self._push_interval_s)
 
-    async def push_metrics(self) -> None:
+    async def push_metrics(self, final: bool = False) -> None:
         try:
-            await self._hub.push.remote(f"{self.spec.name}/{self.replica}", self.metrics.snapshot())
+            await self._hub.push.remote(f"{self.spec.name}/{self.replica}", self.metrics.snapshot(), final)
         except Exception as err:  # noqa: BLE001 - metrics must never take a replica down
             log.warning("metrics push failed: %r", err)
 
@@ -178,7 +178,7 @@ class LLMServer:
         """Serve calls this after draining (up to graceful_shutdown_timeout_s): last metrics, then stop the engine."""
         if self._pusher is not None:
             self._pusher.cancel()
-            await self.push_metrics()
+            await self.push_metrics(final=True)  # a planned stop: not a lost replica
         self.engine.shutdown()
 
 

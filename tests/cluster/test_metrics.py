@@ -1,5 +1,6 @@
 """Metrics: every name from cluster.metrics appears in the exposition, labelled, merged across replicas."""
 
+import time
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -52,4 +53,19 @@ def test_two_replicas_render_as_one_exposition():
 def test_silent_sources_expire():
     store = MetricsStore(ttl_s=0)
     store.push("x", ReplicaMetrics("tiny", "x", Stats).snapshot())
-    assert b"gptoss_" not in store.render()
+    assert b"gptoss_num_requests" not in store.render()
+
+
+def test_a_replica_that_goes_silent_without_its_final_push_counts_as_lost():
+    store = MetricsStore(ttl_s=0.05)
+    store.push("tiny/crashed", ReplicaMetrics("tiny", "crashed", Stats).snapshot())
+    store.push("tiny/drained", ReplicaMetrics("tiny", "drained", Stats).snapshot())
+    store.push("tiny/drained", ReplicaMetrics("tiny", "drained", Stats).snapshot(), final=True)  # Serve stopped it
+    store.push("ingress/1", [])
+    lost = ("gptoss_replicas_lost_total", (("model_name", "tiny"),))
+    assert parse(store.render())[lost] == 0  # the series exists from the first push, so increase() sees a loss
+    time.sleep(0.1)
+    samples = parse(store.render())
+    assert samples[lost] == 1 and not any(name == "gptoss_num_requests_running" for name, _ in samples)
+    store.push("tiny/new", ReplicaMetrics("tiny", "new", Stats).snapshot())
+    assert parse(store.render())[lost] == 1  # counted once; the replacement reports as usual

@@ -49,7 +49,7 @@ def test_promtool_checks_the_rule_file_and_the_rendered_rule(rendered_rules):
     for path in (RULES_FILE, rendered_rules):
         proc = promtool("check", "rules", str(path))
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "SUCCESS: 7 rules found" in proc.stdout
+        assert "SUCCESS: 8 rules found" in proc.stdout
 
 
 def test_every_required_alert_has_severity_summary_and_runbook():
@@ -113,6 +113,11 @@ CASES = [
           for r, tokens in (("stuck", "0+50x10 500x20"), ("working", "0+50x30"), ("idle", "100x30"))},
          {"21m": [{"namespace": "serving", "model_name": "m", "replica": "stuck"}], "18m": []},
          notes="the last token at 10m: no rate for 5m, then 5m pending"),
+    Case("GptossReplicaLost",
+         {f'gptoss_replicas_lost_total{{{NS},model_name="crashy"}}': "0x5 1x25",
+          f'gptoss_replicas_lost_total{{{NS},model_name="stable"}}': "0x30"},
+         {"8m": [{"namespace": "serving", "model_name": "crashy"}], "4m": [], "28m": []},
+         notes="one loss at 6m: fires while it is inside the 15m window"),
     Case("GptossMetricsAbsent", {'up{job="something-else"}': "1x20"}, {"15m": [{}], "5m": []}),
     Case("GptossMetricsAbsent", {f'gptoss_num_requests_running{{{NS},model_name="m",replica="r"}}': "1x20"},
          {"15m": []}),
@@ -205,7 +210,10 @@ def exported_names() -> set[str]:
     replica.on_finished(3, "stop", metrics.RequestTimes(arrival=0.0, scheduled=0.1, first_token=0.2, finished=0.3))
     http = metrics.HttpMetrics()
     http.on_response("/v1/chat/completions", 200)
-    text = metrics.render([replica.snapshot(), http.snapshot()]).decode()
+    store = metrics.MetricsStore(ttl_s=60)  # the hub: it adds gptoss_replicas_lost_total
+    store.push("m/r", replica.snapshot())
+    store.push("ingress/i", http.snapshot())
+    text = store.render().decode()
     return {re.split(r"[{ ]", line)[0] for line in text.splitlines() if line and not line.startswith("#")}
 
 
@@ -213,7 +221,7 @@ def test_the_exposition_has_every_declared_series():
     names = exported_names()
     for name in metrics.HISTOGRAMS:
         assert {f"{name}_bucket", f"{name}_sum", f"{name}_count"} <= names
-    assert set(metrics.GAUGES) | set(metrics.COUNTERS) | set(metrics.HTTP_COUNTERS) <= names
+    assert set(metrics.GAUGES) | set(metrics.COUNTERS) | set(metrics.HTTP_COUNTERS) | set(metrics.HUB_COUNTERS) <= names
 
 
 def dashboard_exprs() -> list[str]:
