@@ -13,7 +13,7 @@ def test_loadtest_run_against_the_cluster(serve_app, tiny_model, tmp_path):
     base = serve_app({"models": [model_entry("tiny", tiny_model)]}, "loadtest")
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "engine.cli", "loadtest", "run", "--url", base, "--model", "tiny", "--api", "chat",
-           "--concurrency", "4", "--num-requests", "12", "--input-len", "64", "--output-len", "16", "--ignore-eos",
+           "--concurrency", "4", "--num-requests", "12", "--input-len", "64", "--output-len", "64", "--ignore-eos",
            "--scrape-metrics", "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -22,7 +22,8 @@ def test_loadtest_run_against_the_cluster(serve_app, tiny_model, tmp_path):
     summary = point["summary"]
     assert summary["requests"] == 12 and summary["completed"] == 12 and summary["failed"] == 0, summary
     assert summary["errors"] == {}
-    # the server's gptoss_num_requests_waiting and gptoss_kv_cache_usage_perc, scraped during the run
+    # the server's gptoss_num_requests_waiting and gptoss_kv_cache_usage_perc, scraped during the run (64 output tokens
+    # keep it running for several scrapes, with blocks in use)
     assert point["timeline"] and all({"queue_depth", "kv_cache_usage"} <= set(s) for s in point["timeline"])
     assert max(s["kv_cache_usage"] for s in point["timeline"]) > 0
     with open(out / "requests.csv") as f:
