@@ -354,7 +354,7 @@ def decode_inputs(runner, config, batch: int, context: int):
 
     bs = runner.layout.block_size
     per_seq = -(-(context + 1) // bs)
-    groups, next_block = [], 1
+    groups, next_block = [], 1  # block 0 is the null block
     for _ in runner.layout.windows:
         table = torch.arange(next_block, next_block + batch * per_seq, dtype=torch.int32).view(batch, per_seq)
         next_block += batch * per_seq
@@ -365,7 +365,7 @@ def decode_inputs(runner, config, batch: int, context: int):
         positions=torch.full((batch,), context, dtype=torch.long, device=DEVICE),
         seq_lens=torch.full((batch,), context + 1, dtype=torch.int32, device=DEVICE),
         query_start_loc=torch.arange(batch + 1, dtype=torch.int32, device=DEVICE), groups=groups,
-        logits_indices=torch.arange(batch, device=DEVICE), sampled=[]), next_block
+        logits_indices=torch.arange(batch, device=DEVICE), sampled=[])
 
 
 def decode_step_bytes(s: Shapes, batch: int, context: int) -> tuple[int, int]:
@@ -405,7 +405,7 @@ def bench_model_decode(report: Report, timer: Timer, s: Shapes, batches=(1, 8, 6
     layout = KVCacheLayout.for_model(config, s.block_size)
     num_blocks = 1 + len(layout.windows) * max(batches) * -(-(context + 1) // s.block_size)
     runner = ModelRunner(model, layout, num_blocks, torch.bfloat16, torch.device(DEVICE))
-    steps = {b: decode_inputs(runner, config, b, context)[0] for b in batches}
+    steps = {b: decode_inputs(runner, config, b, context) for b in batches}
 
     def step(b):
         return model.compute_logits(runner.forward(steps[b])).argmax(-1)

@@ -35,8 +35,8 @@ class _Buffers:
 
 
 class DecodeGraphs:
-    def __init__(self, forward, layout: KVCacheLayout, max_blocks_per_seq: int, hidden_size: int,
-                 dtype: torch.dtype, device: torch.device, batch_sizes=DEFAULT_BATCH_SIZES, capture: bool = True):
+    def __init__(self, forward, layout: KVCacheLayout, max_blocks_per_seq: int, device: torch.device,
+                 batch_sizes=DEFAULT_BATCH_SIZES, capture: bool = True):
         """`forward(input_ids, positions, seq_lens, query_start_loc, slot_mappings, block_tables) -> [B, D]`
         (the model over the paged cache); `max_blocks_per_seq`: the widest block table a step can have."""
         self.forward, self.layout, self.capture = forward, layout, capture
@@ -51,7 +51,6 @@ class DecodeGraphs:
             [torch.zeros(n, max_blocks_per_seq, dtype=torch.int32, **zeros) for _ in range(groups)])
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
-        self.hidden_size, self.dtype = hidden_size, dtype
         self.replays = 0  # steps served by a graph (or by the eager twin when capture is False)
 
     # ---- capture ----

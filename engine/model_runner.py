@@ -68,8 +68,7 @@ class ModelRunner:
     def capture_decode_graphs(self, max_blocks_per_seq: int, batch_sizes, capture: bool = True) -> None:
         """From now on decode steps of up to max(batch_sizes) requests replay CUDA graphs (`capture=False`: the
         same padded static-buffer path run eagerly, for tests off CUDA)."""
-        self.graphs = DecodeGraphs(self._forward_buffers, self.layout, max_blocks_per_seq,
-                                   self.model.config.hidden_size, self.kv_caches[0].dtype, self.device, batch_sizes,
+        self.graphs = DecodeGraphs(self._forward_buffers, self.layout, max_blocks_per_seq, self.device, batch_sizes,
                                    capture)
         self.graphs.capture_all()
 

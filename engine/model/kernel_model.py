@@ -22,6 +22,10 @@ class KernelMoE(nn.Module):
         E, D, I = config.num_experts, config.hidden_size, config.intermediate_size
         self.top_k, self.limit = config.experts_per_token, config.swiglu_limit
         self.router = nn.Linear(D, E)
+        self.add_packed_experts(E, D, I)
+
+    def add_packed_experts(self, E: int, D: int, I: int) -> None:  # noqa: E741 - the spec's name
+        """E experts' MXFP4 blocks and scales (uint8 buffers) and biases, shaped as the checkpoint holds them."""
         u8 = dict(dtype=torch.uint8)
         self.register_buffer("w1_blocks", torch.empty(E, 2 * I, D // 32, 16, **u8))
         self.register_buffer("w1_scales", torch.empty(E, 2 * I, D // 32, **u8))

@@ -115,13 +115,7 @@ class ParallelKernelMoE(_ExpertShard, KernelMoE):
     def __init__(self, config: ModelConfig, layout: RankLayout, dispatch):
         nn.Module.__init__(self)
         E, I = self._init_shard(config, layout, dispatch)
-        D, u8 = config.hidden_size, dict(dtype=torch.uint8)
-        self.register_buffer("w1_blocks", torch.empty(E, 2 * I, D // 32, 16, **u8))
-        self.register_buffer("w1_scales", torch.empty(E, 2 * I, D // 32, **u8))
-        self.b1 = nn.Parameter(torch.empty(E, 2 * I))
-        self.register_buffer("w2_blocks", torch.empty(E, D, I // 32, 16, **u8))
-        self.register_buffer("w2_scales", torch.empty(E, D, I // 32, **u8))
-        self.b2 = nn.Parameter(torch.empty(E, D))
+        self.add_packed_experts(E, config.hidden_size, I)
 
     def forward(self, x):
         ids, weights = kernels.router_topk(self.router(x), self.top_k)

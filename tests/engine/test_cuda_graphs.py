@@ -37,8 +37,8 @@ def test_sizes_padding_and_limits():
     from engine.kv_cache_manager import KVCacheLayout
 
     layout = KVCacheLayout(16, (None, 128), ((0, 0), (1, 0)), 1)
-    graphs = DecodeGraphs(lambda *a: None, layout, max_blocks_per_seq=8, hidden_size=4, dtype=None, device="cpu",
-                          batch_sizes=(8, 1, 2, 4, 4), capture=False)
+    graphs = DecodeGraphs(lambda *a: None, layout, max_blocks_per_seq=8, device="cpu", batch_sizes=(8, 1, 2, 4, 4),
+                          capture=False)
     assert graphs.batch_sizes == (1, 2, 4, 8)
     assert [graphs.padded_size(b) for b in (1, 2, 3, 5, 8)] == [1, 2, 4, 8, 8]
     assert graphs.can_run(8, 8, 8) and not graphs.can_run(9, 9, 1)  # more requests than the largest size
