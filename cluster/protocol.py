@@ -37,6 +37,7 @@ class GenerateRequest:
     renames: dict[str, str] = field(default_factory=dict)  # engine field -> request field, for error params
     prefix_hashes: list[int] = field(default_factory=list)  # chained hashes of prompt chunks (for routing)
     created: int = 0  # unix seconds
+    received: float | None = None  # unix time the front door received it (TTFT and queue time count from here)
     deadline: float | None = None  # unix time: past it the replica aborts the engine request and yields a 408
     output: Literal["openai", "deltas"] = "openai"  # deltas: plain token/channel deltas for the gRPC gateway
     parse_harmony: bool = False  # completion kind: the prompt is harmony; stop at the turn's end, parse channels

@@ -1,12 +1,13 @@
 """LLMServer: one replica's engine. A plain class (tests drive it in-process); `cluster.app` makes it a deployment.
 
 Flow: `generate(GenerateRequest)` renders the prompt (harmony for chat and responses), fills the model-dependent
-defaults and checks (context length, max_tokens), starts `AsyncLLM.generate`, and yields: first a head item
-(`"ok"`, or an `ApiError` for bad input or a full engine queue), then what the endpoint's formatter makes of each
-engine output (SSE frames when streaming, else one body; for the gRPC gateway, `output="deltas"`: a `StreamHead`,
-then token/channel deltas, cluster/grpc/stream.py). Closing the generator early (client gone, deadline) aborts the
-engine request, which frees its KV blocks; a request's own `deadline` aborts it in the engine when it passes (408).
-Metrics are recorded as outputs stream and pushed to the hub every `metrics_push_interval_s`; the routers read the
+defaults and checks (context length, max_tokens), starts `AsyncLLM.generate`, and yields: first a head item (a
+`StreamHead` once the first token is out, or an `ApiError` for bad input, a full engine queue or a passed deadline),
+then what the request's formatter (cluster/output/) makes of each engine output: SSE frames, one body, or deltas for
+the gRPC gateway. Closing the generator early (client gone) aborts the engine request, which frees its KV blocks;
+the request's `deadline` (stamped by the front door) aborts it in the engine when it passes, and the stream ends
+with an `ApiError` item (408). Metrics count from `req.received` (the front door's arrival), so any queue on the
+way shows in TTFT and queue time; they are pushed to the hub every `metrics_push_interval_s`. The routers read the
 replica's load (`record_routing_stats`: queue, KV usage) every `routing.stats_period_s`.
 """
 
@@ -17,17 +18,15 @@ import time
 
 from cluster.config import ModelSpec
 from cluster.errors import ApiError, bad_request, from_value_error, overloaded, timed_out
-from cluster.grpc.stream import DeltaFormatter, StreamHead
+from cluster.hub import MetricsPusher
 from cluster.metrics import ReplicaMetrics, RequestTimes
-from cluster.openai_output import ChatFormatter, CompletionFormatter
+from cluster.output import formatter_for
+from cluster.output.deltas import StreamHead
 from cluster.protocol import GenerateRequest
-from cluster.responses_api import ResponsesFormatter
 from engine.async_llm import QueueFullError
 from engine.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
-HEAD_OK = "ok"
-FORMATTERS = {"chat": ChatFormatter, "completion": CompletionFormatter, "response": ResponsesFormatter}
 
 
 def _default_engine(**kwargs):
@@ -45,15 +44,14 @@ class LLMServer:
         self.tokenizer = self.engine.tokenizer
         self.replica = replica or _replica_tag()
         self.metrics = ReplicaMetrics(self.spec.name, self.replica, self.engine.stats)
-        self._hub, self._push_interval_s = hub, push_interval_s
-        self._pusher: asyncio.Task | None = None
+        self.pusher = MetricsPusher(hub, f"{self.spec.name}/{self.replica}", self.metrics.snapshot, push_interval_s)
         self._max_new = _sequence_capacity(self.engine)
 
     # ---- requests ----
     async def generate(self, req: GenerateRequest):
-        """Head item ("ok" or ApiError), then SSE frames (streaming) or one response body."""
-        self._ensure_pusher()
-        times = RequestTimes(arrival=time.monotonic())
+        """Head item (StreamHead or ApiError), then the formatter's items (an ApiError last if the deadline passed)."""
+        self.pusher.start()
+        times = RequestTimes(arrival=_arrival(req))
         deadline = _Deadline(self.engine, req)
         try:
             if deadline.expired:
@@ -61,6 +59,9 @@ class LLMServer:
             prompt_ids, params = self._prepare(req)
             stream = self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id=req.request_id)
             first = await anext(stream)
+            if deadline.fired:  # aborted at the deadline before its first token
+                await stream.aclose()
+                raise deadline.error()
         except ApiError as err:
             deadline.cancel()
             yield err
@@ -74,15 +75,14 @@ class LLMServer:
             yield from_value_error(err, req.renames)
             return
         try:
-            yield StreamHead(self.replica, len(prompt_ids)) if req.output == "deltas" else HEAD_OK
+            yield StreamHead(self.replica, len(prompt_ids))
             async for item in self._stream(req, stream, first, len(prompt_ids), times, deadline):
                 yield item
         finally:
             deadline.cancel()
 
     async def _stream(self, req, stream, first, prompt_len: int, times: RequestTimes, deadline: "_Deadline"):
-        deltas = req.output == "deltas"
-        formatter = (DeltaFormatter if deltas else FORMATTERS[req.kind])(req, self.tokenizer, self.spec.name)
+        formatter = formatter_for(req)(req, self.tokenizer, self.spec.name)
         out, last, finish = first, None, "abort"
         try:
             while True:
@@ -97,7 +97,7 @@ class LLMServer:
                     _copy_times(times, out.metrics)
                     break
                 out = await anext(stream)
-            if deltas and deadline.fired:  # the engine aborted it at the deadline: say so, not "abort"
+            if deadline.fired:  # the engine aborted it at the deadline: say so, not "abort"
                 yield deadline.error()
                 return
             for item in formatter.finish():
@@ -155,30 +155,13 @@ class LLMServer:
 
     async def check_health(self) -> None:
         """Serve calls this every health_check_period_s; raising marks the replica unhealthy (it is replaced)."""
-        self._ensure_pusher()
+        self.pusher.start()
         if not self.engine.healthy:
             raise RuntimeError(f"engine of model {self.spec.name!r} on replica {self.replica} is not running")
 
-    def _ensure_pusher(self) -> None:
-        if self._hub is not None and self._pusher is None:
-            self._pusher = asyncio.get_running_loop().create_task(self._push_loop())
-
-    async def _push_loop(self) -> None:
-        while True:
-            await self.push_metrics()
-            await asyncio.sleep(self._push_interval_s)
-
-    async def push_metrics(self, final: bool = False) -> None:
-        try:
-            await self._hub.push.remote(f"{self.spec.name}/{self.replica}", self.metrics.snapshot(), final)
-        except Exception as err:  # noqa: BLE001 - metrics must never take a replica down
-            log.warning("metrics push failed: %r", err)
-
     async def __del__(self):
         """Serve calls this after draining (up to graceful_shutdown_timeout_s): last metrics, then stop the engine."""
-        if self._pusher is not None:
-            self._pusher.cancel()
-            await self.push_metrics(final=True)  # a planned stop: not a lost replica
+        await self.pusher.stop()  # a final push: a planned stop, not a lost replica
         self.engine.shutdown()
 
 
@@ -188,7 +171,8 @@ class _Deadline:
     def __init__(self, engine, req: GenerateRequest):
         self.at, self.fired, self._timer = req.deadline, False, None
         if self.at is not None:
-            delay = self.seconds = max(0.0, self.at - time.time())
+            delay = max(0.0, self.at - time.time())
+            self.seconds = self.at - req.received if req.received is not None else delay  # the request's timeout
             self._timer = asyncio.get_running_loop().call_later(delay, self._fire, engine, req.request_id)
 
     @property
@@ -207,16 +191,21 @@ class _Deadline:
             self._timer.cancel()
 
 
+def _arrival(req: GenerateRequest) -> float:
+    """The front door's arrival time on this process's monotonic clock (now, for a request that has none)."""
+    now = time.monotonic()
+    return now if req.received is None else now - max(0.0, time.time() - req.received)
+
+
 def _copy_times(times: RequestTimes, metrics: dict) -> None:
-    times.arrival = metrics.get("arrival", times.arrival)
     times.scheduled, times.first_token = metrics.get("scheduled"), metrics.get("first_token")
     times.finished = metrics.get("finished")
 
 
 def _spec_from_dict(data: dict) -> ModelSpec:
-    from cluster.config import from_dict  # noqa: PLC0415
+    from cluster.config import validate  # noqa: PLC0415
 
-    return from_dict(ModelSpec, data, "model")
+    return validate(ModelSpec, data, "model")
 
 
 def _sequence_capacity(engine) -> int:

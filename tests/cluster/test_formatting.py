@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from cluster.openai_output import ChatFormatter
+from cluster.output.openai import ChatFormatter
 from cluster.protocol import GenerateRequest
-from cluster.responses_api import ResponsesFormatter, input_to_messages
+from cluster.output.responses import ResponsesFormatter
+from cluster.responses_api import input_to_messages
 from cluster.errors import ApiError
 from engine.outputs import CompletionOutput, RequestOutput
 from engine.tokenizer import Tokenizer

@@ -9,7 +9,7 @@ protobuf messages; keeping these plain keeps protobuf out of the replicas and th
 
 from dataclasses import dataclass, field
 
-from cluster.openai_output import Usage
+from cluster.output.openai import Usage
 from engine.harmony_stream import Delta
 from engine.outputs import RequestOutput
 
@@ -58,7 +58,7 @@ class StreamEnd:
 
 
 class DeltaFormatter:
-    """The `output="deltas"` formatter (same interface as cluster.openai_output's: feed, finish)."""
+    """The `output="deltas"` formatter (cluster.output.Formatter)."""
 
     def __init__(self, req, tokenizer, model: str):
         n = req.sampling.get("n", 1)
