@@ -22,11 +22,13 @@ from cluster.errors import ApiError, bad_request, not_found_model, unauthorized
 from cluster.frontdoor import Call, FrontDoor, ModelClient
 from cluster.metrics import HttpMetrics
 from cluster.protocol import parse_chat, parse_completion, parse_json, parse_responses
+from cluster.protocol.schemas import ROUTES, route_responses
 
 log = logging.getLogger(__name__)
 PARSERS = {"chat": parse_chat, "completion": parse_completion, "response": parse_responses}
 TIMEOUT_HEADER = "x-request-timeout"  # seconds; may shorten (never extend) limits.request_timeout_s
 REPLICA_HEADER = "x-gptoss-replica"  # the replica that served the request (as the gRPC gateway's initial metadata)
+VERSION = "1.0.0"  # of the HTTP API as /openapi.json describes it
 
 
 class Ingress:
@@ -46,16 +48,19 @@ class Ingress:
 
     # ---- app ----
     def _build_app(self) -> FastAPI:
-        app = FastAPI(title="gptoss-serve", docs_url=None, redoc_url=None, openapi_url=None)
+        app = FastAPI(title="gptoss-serve", version=VERSION, docs_url=None, redoc_url=None,
+                      openapi_url="/openapi.json")
         api = APIRouter(dependencies=[Depends(self._authorize)])
-        api.add_api_route("/v1/chat/completions", self._endpoint("chat"), methods=["POST"])
-        api.add_api_route("/v1/completions", self._endpoint("completion"), methods=["POST"])
-        api.add_api_route("/v1/responses", self._endpoint("response"), methods=["POST"])
-        api.add_api_route("/v1/models", self.list_models, methods=["GET"])
-        api.add_api_route("/v1/models/{model_id}", self.get_model, methods=["GET"])
-        api.add_api_route("/metrics", self.metrics, methods=["GET"])
+        for path, kind in (("/v1/chat/completions", "chat"), ("/v1/completions", "completion"),
+                           ("/v1/responses", "response")):
+            api.add_api_route(path, self._endpoint(kind), methods=["POST"], responses=route_responses(path))
+        api.add_api_route("/v1/models", self.list_models, methods=["GET"], responses=route_responses("/v1/models"))
+        api.add_api_route("/v1/models/{model_id}", self.get_model, methods=["GET"],
+                          responses=route_responses("/v1/models/{model_id}"))
+        api.add_api_route("/metrics", self.metrics, methods=["GET"], include_in_schema=False)
         app.include_router(api)
-        app.add_api_route("/health", self.health, methods=["GET"])
+        app.openapi = lambda: openapi_schema(app)
+        app.add_api_route("/health", self.health, methods=["GET"], include_in_schema=False)
         app.add_exception_handler(ApiError, self._api_error)
         app.add_exception_handler(StarletteHTTPException, _http_error)
         app.add_exception_handler(Exception, _internal_error)
@@ -157,6 +162,30 @@ class Ingress:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------------
+
+
+def openapi_schema(app: FastAPI) -> dict:
+    """/openapi.json: FastAPI's routes and response bodies, plus the request bodies (parsed by hand in `generate`,
+    so FastAPI does not know them) from the endpoints' pydantic models, all under components/schemas."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi  # noqa: PLC0415
+
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                         description="The OpenAI-compatible API of gptoss-serve: its own request and response models")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for path, (request_model, *_) in ROUTES.items():
+        if request_model is None:
+            continue
+        body = request_model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, definition in {**body.pop("$defs", {}), request_model.__name__: body}.items():
+            if components.setdefault(name, definition) != definition:
+                raise RuntimeError(f"two different schemas are named {name!r}; rename one of the models")
+        schema["paths"][path]["post"]["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{request_model.__name__}"}}}}
+    app.openapi_schema = schema
+    return schema
+
 
 
 async def _frames(call: Call):

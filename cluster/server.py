@@ -138,7 +138,7 @@ class LLMServer:
         try:
             if req.kind == "completion":
                 return self.tokenizer.encode(req.prompt) if isinstance(req.prompt, str) else list(req.prompt)
-            effort = req.reasoning_effort or self.spec.default_reasoning_effort
+            effort = req.reasoning_effort = req.reasoning_effort or self.spec.default_reasoning_effort
             return self.tokenizer.render_chat(req.messages, reasoning_effort=effort, tools=req.tools)
         except ValueError as err:
             renames = {"messages": "input"} if req.kind == "response" else {}

@@ -17,6 +17,7 @@ from cluster.errors import ApiError, bad_request, from_value_error
 from cluster.output.deltas import SampleDelta, StreamEnd
 from cluster.output.openai import Usage
 from cluster.protocol import GenerateRequest
+from cluster.protocol.common import json_schema_of
 from engine.sampling_params import SamplingParams
 
 OPTIONAL_SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
@@ -138,6 +139,7 @@ def chat_tools(tools, path: str) -> list[dict] | None:
             except ValueError as err:
                 raise bad_request(f"{path}[{i}].parameters_json is not valid JSON: {err}",
                                   f"{path}[{i}].parameters_json") from None
+            json_schema_of(fn["parameters"], f"{path}[{i}].parameters_json")
         out.append({"type": "function", "function": fn})
     return out or None
 

@@ -128,6 +128,7 @@ class ChatFormatter:
         choices = []
         for i, c in enumerate(self.choices):
             message = {"role": "assistant", "content": "".join(c.content) if c.content or not c.tool_calls else None,
+                       "refusal": None,
                        "reasoning_content": "".join(c.reasoning) or None}
             if c.tool_calls:
                 message["tool_calls"] = c.tool_calls

@@ -117,9 +117,7 @@ class ResponsesFormatter:
         return {
             "id": self.req.request_id, "object": "response", "created_at": self.req.created or int(time.time()),
             "status": status, "model": self.model, "output": list(self.items), "error": None,
-            "incomplete_details": incomplete, "instructions": None, "metadata": {}, "parallel_tool_calls": True,
-            "temperature": self.req.sampling.get("temperature"), "top_p": self.req.sampling.get("top_p"),
-            "tool_choice": "auto", "tools": [], "store": False, "text": {"format": {"type": "text"}},
+            "incomplete_details": incomplete, **self.req.echo,
             "reasoning": {"effort": self.req.reasoning_effort, "summary": None},
             "usage": {"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens,
                       "total_tokens": u.prompt_tokens + u.completion_tokens,

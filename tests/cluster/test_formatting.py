@@ -8,7 +8,7 @@ import pytest
 from cluster.output.openai import ChatFormatter
 from cluster.protocol import GenerateRequest
 from cluster.output.responses import ResponsesFormatter
-from cluster.responses_api import input_to_messages
+from cluster.protocol import input_to_messages
 from cluster.errors import ApiError
 from engine.outputs import CompletionOutput, RequestOutput
 from engine.tokenizer import Tokenizer
