@@ -5,7 +5,7 @@ PYTEST  := $(PY) -m pytest
 STAMP   := $(VENV)/.installed
 TINY    := .cache/tiny-model
 
-.PHONY: install proto test test-slow test-kernels test-gpu bench bench-gpu tiny-model serve clean
+.PHONY: install proto test test-slow test-kernels test-gpu bench bench-gpu tiny-model serve chart-schema clean
 
 install: $(STAMP) proto
 
@@ -60,6 +60,11 @@ bench: $(STAMP) tiny-model proto
 # On a CUDA machine: kernel checks and timings at gpt-oss-120b shapes, whole-model decode (bench/results/<date>-<gpu>.*)
 bench-gpu: $(STAMP)
 	$(PY) -m bench.gpu
+
+# The Helm chart's schema for the cluster config (values.schema.json's config, serve and grpc.settings), generated
+# from cluster/config.py; tests/helm/test_chart_schema.py fails when the two differ.
+chart-schema: $(STAMP)
+	$(PY) -m cluster.config helm/gptoss-serve/values.schema.json
 
 clean:
 	rm -rf $(VENV) .cache

@@ -17,6 +17,7 @@ import yaml
 
 from cluster.config import AppConfig, ConfigError, default_config_yaml, load_config, serve_config
 
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     serve_cmd = commands.add_parser("serve", help="serve the OpenAI-compatible API on Ray Serve")
     what = serve_cmd.add_mutually_exclusive_group(required=True)

@@ -21,6 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 REASONING_EFFORTS = ("low", "medium", "high")
 IMPORT_PATH = "cluster.app:build_app"  # what `serve run` / serveConfigV2 import
 CHART_OWNED = ("http", "auth", "grpc", "models")  # config keys the Helm chart writes from its own values
+SERVE_CHART_OWNED = ("name", "path", "dtype", "device", "num_gpus", "num_cpus", "parallel", "num_replicas")
+GRPC_CHART_OWNED = ("enabled", "host", "port", "replicas", "node_resource", "tls_cert_file", "tls_key_file",
+                    "tls_client_ca_file")
 _LEAD = re.compile(r"^([a-z_]+)\b")  # the field a validator's message starts with
 CONTROL_ROUTE_HEADROOM = 32  # ingress slots beyond the generation capacity: /v1/models, /health, /metrics
 
@@ -510,32 +513,57 @@ def _document(cls: type[Section], lines: list[str], indent: str) -> None:
             lines.append(f"{indent}{name}: {json.dumps(default)}")
 
 
-def chart_config_schema() -> dict:
-    """JSON schema of the Helm chart's `config` value: the AppConfig without the keys the chart writes itself
-    (http, auth, grpc, models: the chart builds them from api.*, auth.*, grpc.* and models)."""
-    schema = AppConfig.model_json_schema()
-    for key in CHART_OWNED:
-        schema["properties"].pop(key)
-    schema.pop("required", None)
-    schema["title"] = "config: the cluster config (cluster/config.py AppConfig) less the keys the chart writes"
-    used = _refs(schema["properties"], schema.get("$defs", {}))
-    schema["$defs"] = {name: d for name, d in schema.get("$defs", {}).items() if name in used}
-    if not schema["$defs"]:
-        schema.pop("$defs")
-    return schema
+def chart_schemas() -> tuple[dict[str, dict], dict]:
+    """The parts of the Helm chart's values that are this config, as JSON Schema (draft-07, as values.schema.json):
+    ({"config": AppConfig, "serve": ModelSpec, "grpc.settings": GrpcConfig}, their definitions, named
+    `config.<Section>` in the file's `definitions`). The keys the chart writes itself are left open here (the
+    chart's templates refuse them with a message saying where they come from)."""
+    parts, defs = {}, {}
+    for name, cls, owned in (("config", AppConfig, CHART_OWNED), ("serve", ModelSpec, SERVE_CHART_OWNED),
+                             ("grpc.settings", GrpcConfig, GRPC_CHART_OWNED)):
+        schema = cls.model_json_schema(ref_template="#/definitions/config.{model}")
+        defs.update({f"config.{k}": d for k, d in schema.pop("$defs", {}).items()})
+        for key in owned:
+            schema["properties"][key] = {"description": "written by the chart; setting it fails with a message "
+                                                        "that says where it comes from"}
+        schema.pop("required", None)
+        schema["title"] = f"{name}: cluster/config.py {cls.__name__}, less the keys the chart writes"
+        parts[name] = schema
+    used = _refs(parts, defs)
+    return parts, {name: d for name, d in sorted(defs.items()) if name in used}
+
+
+def write_chart_schema(path: str | Path) -> None:
+    """Put `chart_schemas()` into the chart's values.schema.json (`make chart-schema`)."""
+    path = Path(path)
+    values = json.loads(path.read_text())
+    parts, defs = chart_schemas()
+    values["properties"]["config"] = parts["config"]
+    values["definitions"]["model"]["properties"]["serve"] = parts["serve"]
+    values["properties"]["grpc"]["properties"]["settings"] = parts["grpc.settings"]
+    kept = {name: d for name, d in values["definitions"].items() if not name.startswith("config.")}
+    values["definitions"] = {**kept, **defs}
+    path.write_text(json.dumps(values, indent=2) + "\n")
 
 
 def _refs(node, defs: dict, seen: set | None = None) -> set:
-    """Names of the $defs reachable from `node`."""
+    """Names of the definitions reachable from `node`."""
     seen = set() if seen is None else seen
     if isinstance(node, dict):
         ref = node.get("$ref", "")
-        if ref.startswith("#/$defs/") and ref[8:] not in seen:
-            seen.add(ref[8:])
-            _refs(defs[ref[8:]], defs, seen)
+        name = ref.removeprefix("#/definitions/")
+        if name != ref and name not in seen:
+            seen.add(name)
+            _refs(defs[name], defs, seen)
         for value in node.values():
             _refs(value, defs, seen)
     elif isinstance(node, list):
         for value in node:
             _refs(value, defs, seen)
     return seen
+
+
+if __name__ == "__main__":  # python -m cluster.config values.schema.json
+    import sys
+
+    write_chart_schema(sys.argv[1])

@@ -9,8 +9,8 @@ bodies; 429 and 503 carry Retry-After.
 """
 
 import hmac
-import os
 import logging
+import os
 import time
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -59,7 +59,7 @@ class Ingress:
                           responses=route_responses("/v1/models/{model_id}"))
         api.add_api_route("/metrics", self.metrics, methods=["GET"], include_in_schema=False)
         app.include_router(api)
-        app.openapi = lambda: openapi_schema(app)
+        app.openapi = lambda: openapi_schema(app, self.door.model_names())
         app.add_api_route("/health", self.health, methods=["GET"], include_in_schema=False)
         app.add_exception_handler(ApiError, self._api_error)
         app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -164,9 +164,10 @@ class Ingress:
 # -- helpers -----------------------------------------------------------------------------------------------------------
 
 
-def openapi_schema(app: FastAPI) -> dict:
+def openapi_schema(app: FastAPI, models: list[str]) -> dict:
     """/openapi.json: FastAPI's routes and response bodies, plus the request bodies (parsed by hand in `generate`,
-    so FastAPI does not know them) from the endpoints' pydantic models, all under components/schemas."""
+    so FastAPI does not know them) from the endpoints' pydantic models, all under components/schemas; `model`
+    lists the served models."""
     if app.openapi_schema is not None:
         return app.openapi_schema
     from fastapi.openapi.utils import get_openapi  # noqa: PLC0415
@@ -178,6 +179,7 @@ def openapi_schema(app: FastAPI) -> dict:
         if request_model is None:
             continue
         body = request_model.model_json_schema(ref_template="#/components/schemas/{model}")
+        body["properties"]["model"] = {"type": "string", "enum": models, "description": "a served model"}
         for name, definition in {**body.pop("$defs", {}), request_model.__name__: body}.items():
             if components.setdefault(name, definition) != definition:
                 raise RuntimeError(f"two different schemas are named {name!r}; rename one of the models")

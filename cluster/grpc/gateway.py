@@ -10,8 +10,8 @@ ModelClients.
 """
 
 import asyncio
-import os
 import logging
+import os
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc

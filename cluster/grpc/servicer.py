@@ -13,7 +13,6 @@ import logging
 
 import grpc
 
-from cluster.config import AppConfig
 from cluster.errors import ApiError
 from cluster.frontdoor import FrontDoor
 from cluster.grpc import convert

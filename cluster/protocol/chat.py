@@ -11,8 +11,18 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from cluster.errors import bad_request
-from cluster.protocol.common import (ApiModel, MaxTokens, Metadata, SamplingFields, TopLogprobs, check_sampling,
-                                     include_usage, json_schema_of, sampling_of, validate)
+from cluster.protocol.common import (
+    ApiModel,
+    MaxTokens,
+    Metadata,
+    Off,
+    SamplingFields,
+    check_sampling,
+    include_usage,
+    json_schema_of,
+    sampling_of,
+    validate,
+)
 from cluster.protocol.request import GenerateRequest
 
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "n", "seed", "stop", "presence_penalty", "frequency_penalty",
@@ -96,7 +106,8 @@ class FunctionDefinition(ApiModel):
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = Field(None, description="a JSON Schema (Draft 2020-12) of an object")
-    strict: bool | None = Field(None, description="only false or null for now: arguments are not constrained yet")
+    strict: Off | None = Field(None, description="only false or null for now: arguments are not "
+                                                             "constrained yet")
 
 
 class FunctionTool(ApiModel):
@@ -114,8 +125,7 @@ class NamedToolChoice(ApiModel):
 
 
 class ResponseFormat(ApiModel):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    type: Literal["text"] = Field(description="only text for now")
 
 
 class ChatRequest(SamplingFields):
@@ -132,15 +142,10 @@ class ChatRequest(SamplingFields):
     prompt_cache_key: str | None = Field(None, description="accepted; prefix caching is automatic")
     service_tier: Literal["auto", "default"] | None = None
     modalities: list[Literal["text"]] | None = None
-    logprobs: bool | None = None
-    top_logprobs: TopLogprobs = None
 
 
 def parse_chat(data: dict, created: int) -> GenerateRequest:
     req = validate(ChatRequest, data, UNSUPPORTED)
-    if req.response_format is not None and req.response_format.type != "text":
-        raise bad_request("response_format types other than 'text' are not supported yet", "response_format.type",
-                          "unsupported_parameter")
     max_tokens, max_name = _first(req, "max_completion_tokens", "max_tokens")
     sampling = sampling_of(req, SAMPLING)
     if max_tokens is not None:
@@ -160,10 +165,6 @@ def function_tools(tools: list[FunctionTool] | None, where: str = "tools") -> li
     out = []
     for i, tool in enumerate(tools):
         fn = tool.function
-        if fn.strict:
-            raise bad_request(f"{where}[{i}].function.strict: true is not supported yet (arguments are not "
-                              "constrained); leave it out or send false", f"{where}[{i}].function.strict",
-                              "unsupported_parameter")
         params = json_schema_of(fn.parameters, f"{where}[{i}].function.parameters")
         out.append({"type": "function", "function": {"name": fn.name, "description": fn.description or "",
                                                      **({"parameters": params} if params is not None else {})}})

@@ -11,10 +11,10 @@ constructing `engine.SamplingParams` (`check_sampling`, 400 naming the request's
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from cluster.errors import ApiError, bad_request, from_value_error
-from engine.sampling_params import MAX_LOGPROBS, MAX_N, SamplingParams
+from engine.sampling_params import MAX_N, SamplingParams
 
 INT64 = {"ge": -(1 << 63), "le": (1 << 63) - 1}
 _TYPES = {"str", "int", "float", "bool", "none", "list", "dict", "bytes"}  # union members pydantic puts in locations
@@ -22,6 +22,16 @@ _TYPES = {"str", "int", "float", "bool", "none", "list", "dict", "bytes"}  # uni
 # in an error's location after the list index
 _TAGS = {"system", "developer", "user", "assistant", "tool", "message", "reasoning", "function_call",
          "function_call_output"}
+
+
+def _false(value: bool) -> bool:
+    if value:
+        raise ValueError("only false is supported")
+    return value
+
+
+# a boolean only false may take (a feature the server does not offer, named by OpenAI's field)
+Off = Annotated[bool, AfterValidator(_false), WithJsonSchema({"type": "boolean", "enum": [False]})]
 
 
 class ApiModel(BaseModel):
@@ -43,12 +53,11 @@ LogitBias = Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]] | None
                       Field(None, description="token id (as a string) -> bias in [-100, 100]")]
 Metadata = Annotated[dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None,
                      Field(None, description="up to 16 key-value pairs, echoed back", max_length=16)]
-TopLogprobs = Annotated[int | None, Field(None, ge=0, le=MAX_LOGPROBS)]
 
 
 class StreamOptions(ApiModel):
     include_usage: bool | None = None
-    include_obfuscation: bool | None = Field(None, description="only false: responses are not padded")
+    include_obfuscation: Off | None = Field(None, description="only false: events are not padded")
 
 
 class SamplingFields(ApiModel):
@@ -79,7 +88,9 @@ class SamplingFields(ApiModel):
 
 def validate(model_cls: type[ApiModel], data: dict, unsupported: dict[str, str] | None = None) -> ApiModel:
     """The request as `model_cls`, or a 400 naming the first field at fault and what to send instead."""
-    refuse_unsupported(data, unsupported or {})
+    unsupported = unsupported or {}
+    refuse_unsupported(data, unsupported)
+    data = {k: v for k, v in data.items() if k not in unsupported or k in model_cls.model_fields}  # null: accepted
     try:
         return model_cls.model_validate(data)
     except ValidationError as err:
@@ -87,7 +98,8 @@ def validate(model_cls: type[ApiModel], data: dict, unsupported: dict[str, str] 
 
 
 def refuse_unsupported(data: dict, unsupported: dict[str, str]) -> None:
-    """`unsupported`: field -> why; a field set to anything but null, false or an empty list gets its 400."""
+    """`unsupported`: field -> why; a field set to anything but null, false or an empty list gets its 400 (those
+    three mean "not used", which is what the server does)."""
     for name, why in unsupported.items():
         value = data.get(name)
         if value is not None and value is not False and value != []:
@@ -168,9 +180,6 @@ def include_usage(req) -> bool:
     options = req.stream_options
     if options is not None and not req.stream:
         raise bad_request("stream_options is only allowed with stream: true", "stream_options")
-    if options is not None and options.include_obfuscation:
-        raise bad_request("stream_options.include_obfuscation is not supported: stream events are not padded; "
-                          "send false or leave it out", "stream_options.include_obfuscation")
     return bool(options and options.include_usage)
 
 

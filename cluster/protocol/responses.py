@@ -14,8 +14,18 @@ from pydantic import Discriminator, Field, Tag
 
 from cluster.errors import bad_request
 from cluster.protocol.chat import apply_tool_choice, function_tools
-from cluster.protocol.common import (ApiModel, MaxTokens, Metadata, StreamOptions, Temperature, TopP,
-                                     check_sampling, include_usage, validate)
+from cluster.protocol.common import (
+    ApiModel,
+    MaxTokens,
+    Metadata,
+    Off,
+    StreamOptions,
+    Temperature,
+    TopP,
+    check_sampling,
+    include_usage,
+    validate,
+)
 from cluster.protocol.request import GenerateRequest
 
 UNSUPPORTED = {
@@ -82,7 +92,8 @@ class FunctionCallOutputItem(ApiModel):
 
 InputItem = Annotated[
     Annotated[MessageItem, Tag("message")] | Annotated[ReasoningItem, Tag("reasoning")]
-    | Annotated[FunctionCallItem, Tag("function_call")] | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
     Discriminator(lambda v: v.get("type", "message") if isinstance(v, dict) else getattr(v, "type", None),
                   custom_error_type="invalid_item_type",
                   custom_error_message="type must be one of message, reasoning, function_call, function_call_output")]
@@ -93,7 +104,7 @@ class ResponseFunctionTool(ApiModel):
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    strict: bool | None = None
+    strict: Off | None = Field(None, description="only false or null for now")
 
 
 class NamedFunctionChoice(ApiModel):
@@ -107,11 +118,7 @@ class Reasoning(ApiModel):
 
 
 class TextFormat(ApiModel):
-    type: Literal["text", "json_object", "json_schema"]
-    name: str | None = None
-    schema_: dict[str, Any] | None = Field(None, alias="schema")
-    description: str | None = None
-    strict: bool | None = None
+    type: Literal["text"] = Field(description="only text for now")
 
 
 class Text(ApiModel):
@@ -140,20 +147,11 @@ class ResponsesRequest(ApiModel):
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
     service_tier: Literal["auto", "default"] | None = None
-    store: bool | None = None
-    previous_response_id: str | None = None
-    background: bool | None = None
-    include: list[str] | None = None
-    top_logprobs: int | None = None
 
 
 def parse_responses(data: dict, created: int) -> GenerateRequest:
     _refuse_builtin_tools(data.get("tools"))
     req = validate(ResponsesRequest, data, UNSUPPORTED)
-    fmt = req.text.format if req.text is not None and req.text.format is not None else None
-    if fmt is not None and fmt.type != "text":
-        raise bad_request("text.format types other than 'text' are not supported yet", "text.format.type",
-                          "unsupported_parameter")
     tools = function_tools(_chat_tools(req.tools))
     offered = apply_tool_choice(tools, req.tool_choice)
     sampling = {k: v for k, v in (("temperature", req.temperature), ("top_p", req.top_p)) if v is not None}

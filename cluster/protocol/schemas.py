@@ -213,11 +213,18 @@ ERROR_TEXT = {400: "a field is invalid or not supported (param names it)", 401: 
               503: "the model's queue is full, a replica failed, or the server is shutting down (Retry-After)"}
 
 
+SSE_EVENT = {  # one server-sent event (stream: true): a JSON chunk / Responses event, an error, or [DONE]
+    "type": "object", "required": ["data"],
+    "properties": {"event": {"type": "string", "description": "the Responses event type (/v1/responses)"},
+                   "data": {"type": "string", "description": "a chunk (chat.completion.chunk, text_completion) or a "
+                                                             "Responses event as JSON; {\"error\": ...}; or [DONE]"}},
+}
+
+
 def route_responses(path: str) -> dict:
     """FastAPI's `responses=` for one route: the 200 body (and its event stream) and the error bodies."""
     _, body, streams, errors = ROUTES[path]
     ok: dict = {"model": body, "description": "the result"}
     if streams:
-        ok["content"] = {"text/event-stream": {"schema": {"type": "string"},
-                                               "description": "with stream: true, server-sent events"}}
+        ok["content"] = {"text/event-stream": {"schema": SSE_EVENT}}
     return {200: ok, **{status: {"model": ErrorBody, "description": ERROR_TEXT[status]} for status in errors}}

@@ -11,8 +11,8 @@ import httpx
 import openai
 import pytest
 
-from tests.cluster.conftest import API_KEY, has, model_entry, scrape, total
 from cluster.metrics import COUNTERS, GAUGES, HISTOGRAMS
+from tests.cluster.conftest import API_KEY, has, model_entry, scrape, total
 
 CHAT = [{"role": "user", "content": "Say hello."}]
 
@@ -118,7 +118,8 @@ BAD = [
      "messages[0].role", "role"),
     ("temperature", "/v1/chat/completions", {"model": "tiny", "messages": CHAT, "temperature": -1}, 400,
      "temperature", "greater than or equal to 0"),
-    ("top_p", "/v1/chat/completions", {"model": "tiny", "messages": CHAT, "top_p": 1.5}, 400, "top_p", "less than or equal to 1"),
+    ("top_p", "/v1/chat/completions", {"model": "tiny", "messages": CHAT, "top_p": 1.5}, 400, "top_p",
+     "less than or equal to 1"),
     ("max_tokens type", "/v1/chat/completions", {"model": "tiny", "messages": CHAT, "max_tokens": "ten"}, 400,
      "max_tokens", "valid integer"),
     ("max_completion_tokens", "/v1/chat/completions", {"model": "tiny", "messages": CHAT,

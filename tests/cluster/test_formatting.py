@@ -5,11 +5,10 @@ import json
 
 import pytest
 
-from cluster.output.openai import ChatFormatter
-from cluster.protocol import GenerateRequest
-from cluster.output.responses import ResponsesFormatter
-from cluster.protocol import input_to_messages
 from cluster.errors import ApiError
+from cluster.output.openai import ChatFormatter
+from cluster.output.responses import ResponsesFormatter
+from cluster.protocol import GenerateRequest, input_to_messages
 from engine.outputs import CompletionOutput, RequestOutput
 from engine.tokenizer import Tokenizer
 

@@ -55,7 +55,7 @@ def test_dockerfile_builds_a_non_root_cuda_image_with_the_project():
     assert re.search(r"apt-get install [^\n]*\bwget\b", text)  # the chart's probes run wget
     copied = {src for line in re.findall(r"^COPY (.+)$", text, re.M) for src in line.split()[:-1]}
     kept = set(re.findall(r"^!(\S+?)/?$", (DEPLOY / "Dockerfile.dockerignore").read_text(), re.M))
-    assert copied == kept == {"pyproject.toml", "README.md", "engine", "cluster", "loadtest"}
+    assert copied == kept == {"pyproject.toml", "setup.py", "README.md", "proto", "engine", "cluster", "loadtest"}
 
 
 def blocks(markdown: str, lang: str) -> list[str]:
