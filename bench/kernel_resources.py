@@ -40,8 +40,6 @@ from engine.kernels.launch import Launch
 from engine.parallel import tp as rules
 from engine.parallel.tp import RankLayout
 
-warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")  # 3.9 notes its default (on) changes in 3.10
-
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
 CACHE_DIR = ROOT / ".cache" / "kernel_resources"
@@ -51,7 +49,7 @@ BLOCK_SIZE = 16  # KV-cache tokens per block (the engine's default)
 
 
 def _model(layers: int, experts: int) -> ModelConfig:
-    """gpt-oss shapes (/work/shared/GPT_OSS_SPEC.md): everything but the layer and expert counts is shared."""
+    """gpt-oss shapes (model card, config.json): everything but the layer and expert counts is shared."""
     return ModelConfig(num_hidden_layers=layers, num_experts=experts, experts_per_token=4, hidden_size=2880,
                        intermediate_size=2880, num_attention_heads=64, num_key_value_heads=8, head_dim=64,
                        vocab_size=201088, sliding_window=128,
@@ -209,8 +207,10 @@ def specialize(launch: Launch, arch: Arch):
     backend = make_backend(target)
     kernel = launch.kernel
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    bound, specialization, options = binder(*launch.args, **launch.meta)
-    options, signature, constexprs, attrs = kernel._pack_args(backend, launch.meta, bound, specialization, options)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")  # 3.9 notes its default changes in 3.10
+        bound, specialization, options = binder(*launch.args, **launch.meta)
+        options, signature, constexprs, attrs = kernel._pack_args(backend, launch.meta, bound, specialization, options)
     return ASTSource(kernel, signature, constexprs, attrs), options, target
 
 
@@ -315,7 +315,8 @@ class Report:
 
 
 def sweep(case_list: list[Case], archs=(90, 100), cache_dir: Path | None = CACHE_DIR, log=print) -> Report:
-    """Plan every case for each target's GPU, compile each distinct launch once per target, and predict times."""
+    """Plan every case for each target's GPU, compile each distinct launch once per target, and predict the bf16
+    cases' times (the roofline's compute limit is the bf16 tensor-core peak: fp32 launches are compiled only)."""
     report = Report(datetime.datetime.now().isoformat(timespec="seconds"), triton.__version__, torch.__version__)
     compiled: dict[tuple[int, str], dict] = {}
     rows: dict[tuple, dict] = {}
@@ -324,12 +325,16 @@ def sweep(case_list: list[Case], archs=(90, 100), cache_dir: Path | None = CACHE
         for case in case_list:
             counts: dict[tuple, int] = {}
             for planned in layer_launches(case, gpu):
-                res = _compiled_once(compiled, planned.launch, arch, cache_dir, log)
-                res["cases"].append(case.label)
+                entry = _compiled_once(compiled, planned.launch, arch, cache_dir, log)
+                entry["cases"].append(case.label)
+                if case.dtype != "bfloat16":
+                    continue
                 key = (planned.op, planned.launch.name)
                 counts[key] = counts.get(key, 0) + 1
                 row = rows.setdefault((case.label, *key, counts[key]), _roofline_row(case, planned))
-                _predict(row, planned, gpu, res["config"])
+                _predict(row, planned, arch, gpu)
+    for entry in compiled.values():
+        entry["used_by"] = _used_by(entry.pop("cases"))
     report.compiles = list(compiled.values())
     report.roofline = list(rows.values())
     return report
@@ -350,19 +355,20 @@ def _compiled_once(compiled: dict, launch: Launch, arch: Arch, cache_dir, log) -
 
 def _roofline_row(case: Case, planned: PlannedLaunch) -> dict:
     return dict(case=case.label, model=case.model, tp=case.tp, ep=case.ep, tokens=case.tokens,
-                prefill=case.prefill, dtype=case.dtype, op=planned.op, kernel=planned.launch.name, gpus={})
+                prefill=case.prefill, op=planned.op, kernel=planned.launch.name, plans={}, us={}, bound={})
 
 
-def _predict(row: dict, planned: PlannedLaunch, gpu: GPU, config: str) -> None:
-    """Predicted time on `gpu` and on the GPUs sharing its plans (H200 with H100)."""
-    w = roofline.work(planned.launch, planned.load)
+def _predict(row: dict, planned: PlannedLaunch, arch: Arch, gpu: GPU) -> None:
+    """The launch planned for `gpu`'s SMs, its work, and its predicted time on every GPU of that arch (H200 shares
+    H100's plans)."""
+    launch, w = planned.launch, roofline.work(planned.launch, planned.load)
+    meta = " ".join(f"{k}={v}" for k, v in launch.meta.items())
+    row["plans"][arch.name] = dict(grid=list(launch.grid), meta=meta, busy_programs=round(w.programs, 1),
+                                   sms=gpu.sms, bytes=int(w.bytes), flops=int(w.flops))
     for other in GPUS:
         if other.capability == gpu.capability:
-            row["gpus"][other.name] = dict(
-                config=config, grid=list(planned.launch.grid), programs=planned.launch.programs,
-                busy_programs=w.programs, sms=other.sms, bytes=w.bytes, flops=w.flops,
-                memory_us=1e6 * w.memory_seconds(other), compute_us=1e6 * w.compute_seconds(other),
-                us=1e6 * w.seconds(other))
+            row["us"][other.name] = float(f"{1e6 * w.seconds(other):.4g}")
+            row["bound"][other.name] = "compute" if w.compute_seconds(other) > w.memory_seconds(other) else "memory"
 
 
 # ------------------------------------------------------------------------------------------------------- output
@@ -382,39 +388,41 @@ def _used_by(labels: list[str]) -> str:
 
 
 def resources_markdown(report: Report) -> list[str]:
-    lines = ["| kernel | target | launch | regs | spill st/ld B | stack B | smem KiB | warps/SM | used by | check |",
+    lines = ["| kernel | target | launch (meta-parameters; pointer dtypes) | regs | spill st/ld B | stack B | smem KiB "
+             "| warps/SM | used by | check |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for c in sorted(report.compiles, key=lambda c: (c["kernel"], c["arch"], c["config"])):
-        meta = c["config"].split(" | ")[0]
+        meta, pointers = c["config"].split(" | ")[:2]
         check = "; ".join(c["problems"]) or "ok"
-        lines.append(f"| {c['kernel']} | {c['arch']} | {meta} | {c['registers']} | {c['spill_stores']}/"
+        lines.append(f"| {c['kernel']} | {c['arch']} | {meta}; {pointers} | {c['registers']} | {c['spill_stores']}/"
                      f"{c['spill_loads']} | {c['stack']} | {c['shared'] / 1024:.1f} | {c['warps_per_sm']} | "
-                     f"{_used_by(c['cases'])} | {check} |")
+                     f"{c['used_by']} | {check} |")
     return lines
 
 
-def roofline_markdown(report: Report, dtype: str = "bfloat16") -> list[str]:
+def roofline_markdown(report: Report, expert_parallel: bool = False) -> list[str]:
+    """One row per launch of the bf16 cases (the EP ones only in the JSON unless asked)."""
     names = [g.name for g in GPUS]
-    lines = ["| case | kernel | busy programs / SMs (H100, B200) | MB | GFLOP | "
-             + " | ".join(f"µs {n}" for n in names) + " | bound (H100) |",
+    lines = ["| case | kernel | busy programs / SMs (sm_90, sm_100) | MB | GFLOP | "
+             + " | ".join(f"us {n}" for n in names) + " | bound (H100) |",
              "| --- | --- | --- | ---: | ---: | " + " | ".join("---:" for _ in names) + " | --- |"]
     for row in report.roofline:
-        if row["dtype"] != dtype:
+        if row["ep"] and not expert_parallel:
             continue
-        g = row["gpus"]
-        h = g.get("H100 SXM") or next(iter(g.values()))
-        fill = ", ".join(f"{g[n]['busy_programs']:.0f}/{g[n]['sms']}" for n in ("H100 SXM", "B200") if n in g)
-        times = " | ".join(f"{g[n]['us']:.2f}" if n in g else "-" for n in names)
-        bound = "compute" if h["compute_us"] > h["memory_us"] else "memory"
-        lines.append(f"| {row['case'].replace(' bfloat16', '')} | {row['kernel']} | {fill} | {h['bytes'] / 1e6:.3f} | "
-                     f"{h['flops'] / 1e9:.3f} | {times} | {bound} |")
+        plans = row["plans"]
+        first = plans.get("sm_90") or next(iter(plans.values()))
+        fill = ", ".join(f"{p['busy_programs']:.0f}/{p['sms']}" for p in plans.values())
+        times = " | ".join(f"{row['us'][n]:.2f}" if n in row["us"] else "-" for n in names)
+        bound = row["bound"].get("H100 SXM", "-")
+        lines.append(f"| {row['case'].replace(' bfloat16', '')} | {row['kernel']} | {fill} | "
+                     f"{first['bytes'] / 1e6:.3f} | {first['flops'] / 1e9:.3f} | {times} | {bound} |")
     return lines
 
 
 def write_results(report: Report, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / "kernel_resources"
-    stem.with_suffix(".json").write_text(json.dumps(asdict(report), indent=1))
+    stem.with_suffix(".json").write_text(json.dumps(asdict(report), indent=None, separators=(",", ":")) + "\n")
     failing = sum(bool(c["problems"]) for c in report.compiles)
     lines = [
         f"# Kernel resources and roofline, triton {report.triton}, {report.date}",

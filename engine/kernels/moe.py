@@ -6,7 +6,8 @@ Triton path: four launches, no host sync (decode can be graph-captured). Expert 
   gemm2   : y   = (W2_e act + b2_e) * w_k           per tile, written to the assignment's own row
   combine : out[t] = sum_k y[t, k]                  skipping ids of -1 (experts on another rank)
 No dequantized copy of the experts is ever made: bf16 activations meet the packed bytes and scales in tl.dot_scaled
-(native MXFP4 on sm_100, Triton's fp4 upcast on sm_90); fp32 ones decode them in registers (`_mxfp4_tile`).
+(Triton upcasts each fp4 tile to bf16 in registers for a wgmma / tcgen05 dot); fp32 ones take a software decode
+(`_mxfp4_tile`) and ieee fp32 dots.
 `plan_moe_mxfp4` decides every launch (engine.kernels.launch).
 """
 
@@ -189,8 +190,8 @@ def _mxfp4_dot(a, w_ptr, exponent, rows, row_ok, k0, ROW_BYTES, acc,
     """acc + a @ W[rows, k0:k0 + BLOCK_K]^T: a [BLOCK_M, BLOCK_K]; W one expert's MXFP4 rows (w_ptr at the expert,
     rows [BLOCK_N] int32 within it, ROW_BYTES packed bytes per row); exponent [BLOCK_N, BLOCK_K / 32] (`_scales`).
 
-    SCALED_DOT (bf16 a): tl.dot_scaled takes the packed bytes and scales as they are (native MXFP4 on sm_100,
-    Triton's fp4 -> bf16 upcast into a tensor-core dot on sm_90). Else (fp32 a): decode in registers, ieee dots."""
+    SCALED_DOT (bf16 a): tl.dot_scaled takes the packed bytes and scales as they are (Triton's fp4 -> bf16 upcast,
+    then a wgmma on sm_90, tcgen05 on sm_100). Else (fp32 a): software decode in registers, ieee dots."""
     if SCALED_DOT:
         byte = k0 // 2 + tl.arange(0, BLOCK_K // 2)
         mask = (byte < ROW_BYTES)[:, None] & row_ok[None, :]
