@@ -5,7 +5,8 @@ PYTEST  := $(PY) -m pytest
 STAMP   := $(VENV)/.installed
 TINY    := .cache/tiny-model
 
-.PHONY: install proto test test-slow test-kernels test-gpu bench bench-gpu tiny-model serve chart-schema clean
+.PHONY: install proto test test-slow test-kernels test-gpu kernels-aot bench bench-gpu tiny-model serve chart-schema \
+	clean
 
 install: $(STAMP) proto
 
@@ -42,6 +43,11 @@ test-kernels: $(STAMP)
 test-gpu: $(STAMP)
 	$(PYTEST) -q -m gpu --ignore=tests/kernels
 	TRITON_INTERPRET=0 GPTOSS_FORCE_TRITON=0 $(PYTEST) -q tests/kernels
+
+# No GPU needed: every kernel at every launch the ops plan for gpt-oss-120b/20b, compiled for sm_90 and sm_100
+# (registers, spills, shared memory, occupancy) with a roofline per launch -> bench/results/kernel_resources.*
+kernels-aot: $(STAMP)
+	$(PY) -m bench.kernel_resources
 
 tiny-model: $(STAMP)
 	test -f $(TINY)/config.json || $(VENV)/bin/gptoss make-tiny-model $(TINY)
