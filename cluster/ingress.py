@@ -1,6 +1,7 @@
 """The HTTP ingress: the OpenAI-compatible API over the front door. A plain class; `cluster.app` deploys it.
 
-Flow: request -> API key check (constant time; every route but /health) -> body size limit (413) -> JSON and
+Flow: request -> API key check (cluster/auth.py, constant time; every route but /health; the caller's identity
+kept for the front door) -> body size limit (413) -> JSON and
 field validation (`cluster.protocol`, 400 naming the field) -> `FrontDoor.open` (drain, model, routing stamp,
 deadline, the replica's head, one retry before the first token; cluster/frontdoor.py) -> JSON body, or SSE frames
 as the replica makes them; a mid-stream error (the deadline) becomes an `error` frame. Leaving early (client
@@ -8,7 +9,6 @@ disconnect) closes the call, which aborts the engine request. Errors are `ApiErr
 bodies; 429 and 503 carry Retry-After.
 """
 
-import hmac
 import logging
 import os
 import time
@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cluster.auth import ApiKeys, bearer
 from cluster.config import AppConfig
 from cluster.errors import ApiError, bad_request, not_found_model, unauthorized
 from cluster.frontdoor import Call, FrontDoor, ModelClient
@@ -36,7 +37,7 @@ class Ingress:
         from cluster.config import load_config  # noqa: PLC0415
 
         self.config = config if isinstance(config, AppConfig) else load_config(config)
-        self._keys = [k.encode() for k in self.config.auth.resolve()]
+        self.keys = ApiKeys(self.config.auth.resolve())
         self.http_metrics = HttpMetrics()
         self.door = FrontDoor(self.config, models, hub, source or f"ingress/{os.getpid()}-{id(self):x}",
                               self.http_metrics.snapshot)
@@ -67,15 +68,11 @@ class Ingress:
         return _CountStatus(app, self.http_metrics)
 
     async def _authorize(self, request: Request) -> None:
-        if not self._keys:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        given_b = given.strip().encode() if scheme.lower() == "bearer" else b""
-        ok = False
-        for key in self._keys:  # every key compared, in constant time each: no early exit to time
-            ok |= hmac.compare_digest(key, given_b)
-        if not ok:
+        """The caller's identity (cluster/auth.py) on `request.state.caller`, or 401."""
+        caller = self.keys.caller(bearer(request.headers.get("authorization")))
+        if caller is None:
             raise unauthorized()
+        request.state.caller = caller
 
     def _api_error(self, request: Request, err: ApiError) -> JSONResponse:
         headers = {"Retry-After": str(self.config.limits.retry_after_s)} if err.status in (429, 503) else None
@@ -91,7 +88,7 @@ class Ingress:
 
     async def generate(self, kind: str, request: Request) -> Response:
         req = PARSERS[kind](parse_json(await self._read_body(request)), int(time.time()))
-        call = await self.door.open(req, self._timeout(request))
+        call = await self.door.open(req, self._timeout(request), request.state.caller)
         headers = {REPLICA_HEADER: call.head.replica}
         if req.stream:
             headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -16,7 +16,7 @@ import grpc
 from cluster.errors import ApiError
 from cluster.frontdoor import FrontDoor
 from cluster.grpc import convert
-from cluster.grpc.auth import ApiKeys
+from cluster.grpc.auth import ApiKeys, caller
 from cluster.grpc.limits import Limits, Overloaded
 from cluster.output.deltas import SampleDelta
 
@@ -96,22 +96,22 @@ class InferenceServicer:
             await refusal.abort(context)
 
     async def _stream(self, request, context, to_request, output_cls):
-        caller = self._admit(context, stream=True)
+        identity = self._admit(context, stream=True)
         try:
             req = self._convert(request, to_request)
             try:
-                call = await self.door.open(req, context.time_remaining())
+                call = await self.door.open(req, context.time_remaining(), identity)
             except ApiError as err:
                 raise Refusal.of(err, self.retry_ms) from None
             try:
                 await context.send_initial_metadata(((REPLICA_HEADER, call.head.replica),))
-                self.limits.charge_tokens(caller, call.head.prompt_tokens)
+                self.limits.charge_tokens(identity, call.head.prompt_tokens)
                 output = output_cls(self.pb, req)
                 async for item in call:
                     if isinstance(item, ApiError):  # past its deadline in the engine
                         raise Refusal.of(item, self.retry_ms)
                     if isinstance(item, SampleDelta):
-                        self.limits.charge_tokens(caller, len(item.token_ids))
+                        self.limits.charge_tokens(identity, len(item.token_ids))
                     yield output.message(item)
             except ApiError as err:  # the replica died mid-stream, or went silent past the deadline
                 raise Refusal.of(err, self.retry_ms) from None
@@ -121,14 +121,14 @@ class InferenceServicer:
             self.limits.release()
 
     def _admit(self, context, stream: bool) -> str:
-        caller = self.keys.caller(context.invocation_metadata())
-        if caller is None:  # the interceptor lets no such call through; kept for servicers used without it
+        identity = caller(self.keys, context.invocation_metadata())
+        if identity is None:  # the interceptor lets no such call through; kept for servicers used without it
             raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "incorrect or missing API key")
         try:
-            self.limits.admit(caller, stream)
+            self.limits.admit(identity, stream)
         except Overloaded as err:
             raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err), err.retry_after_ms) from None
-        return caller
+        return identity
 
     def _convert(self, request, to_request):
         try:
@@ -138,10 +138,10 @@ class InferenceServicer:
 
     # ---- unary ----
     async def _tokenize(self, request, context) -> tuple[list[int], int]:
-        self._admit(context, stream=False)
+        identity = self._admit(context, stream=False)
         req = self._convert(request, convert.to_tokenize)
         try:
-            result = await self.door.tokenize(req)
+            result = await self.door.tokenize(req, identity)
         except ApiError as err:
             raise Refusal.of(err, self.retry_ms) from None
         return result["token_ids"], result["max_model_len"]

@@ -33,6 +33,7 @@ class GenerateRequest:
     avoid_replicas: list[str] = field(default_factory=list)  # replica ids the router ranks last (a retry)
     routed_replica: str | None = None  # set in the caller's process by the router: where the request went
     echo: dict = field(default_factory=dict)  # request fields the response object repeats (Responses API)
+    caller: str = "anonymous"  # who sent it: cluster.auth's identity of the API key (stamped by the front door)
 
 
 def routing_text(req: GenerateRequest) -> str:
