@@ -7,7 +7,7 @@ import pytest
 
 from cluster.errors import ApiError
 from cluster.output.openai import ChatFormatter
-from cluster.output.responses import ResponsesFormatter
+from cluster.output.responses import ResponseRecord, ResponsesFormatter
 from cluster.protocol import GenerateRequest, input_to_messages
 from engine.outputs import CompletionOutput, RequestOutput
 from engine.tokenizer import Tokenizer
@@ -35,8 +35,9 @@ def outputs(tok, text: str, step: int = 3, finish: str = "stop"):
 
 
 def run(formatter, tok, text):
+    """Frames (or the body) the formatter makes of `text`; a Responses formatter's closing record is left out."""
     frames = [f for out in outputs(tok, text) for f in formatter.feed(out)]
-    return frames + formatter.finish()
+    return frames + [f for f in formatter.finish() if not isinstance(f, ResponseRecord)]
 
 
 def chunks(frames):
