@@ -34,7 +34,7 @@ async def list_tools(server: dict, timeout: float) -> list[dict]:
     async def run():
         async with _client(server["server_url"], server.get("headers") or {}, timeout) as client:
             listed = await client.list_tools()
-        return [{"name": t.name, "description": t.description or "", "input_schema": t.inputSchema or {},
+        return [{"name": t.name, "description": t.description or "", "input_schema": t.input_schema or {},
                  **({"annotations": t.annotations.model_dump(exclude_none=True)} if t.annotations else {})}
                 for t in listed.tools]
     return await _guard(run(), timeout, f"listing the tools of {server['server_url']}")
@@ -62,7 +62,7 @@ async def call_tool(server: dict, name: str, arguments: str, timeout: float, max
     except McpError as err:
         return _failed(str(err), "http_error", 502)
     text = _text(result.content, max_bytes)
-    if result.isError:
+    if result.is_error:
         return ToolResult(f"error: {text}", True, {"output": None, "error": {
             "type": "mcp_tool_execution_error", "content": [{"type": "text", "text": text}]}})
     return ToolResult(text, False, {"output": text, "error": None})

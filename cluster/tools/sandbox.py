@@ -61,11 +61,13 @@ def bwrap_command(config, python: str, marker: str) -> list[str]:
 _KERNEL = inspect.getsource(kernel)
 
 
-def _identity(config) -> dict:
-    """Run bwrap as an unprivileged uid when the server is root (root is exempt from RLIMIT_NPROC)."""
+def _as_sandbox_user(config) -> list[str]:
+    """Run bwrap as an unprivileged uid when the server is root (root is exempt from RLIMIT_NPROC); setpriv (Debian's
+    util-linux) rather than the event loop's own user switch, which uvloop (Ray's loop) does not offer."""
     if os.geteuid() != 0:
-        return {}
-    return {"user": config.sandbox_uid, "group": config.sandbox_uid, "extra_groups": []}
+        return []
+    uid = str(config.sandbox_uid)
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
 
 
 class Session:
@@ -85,9 +87,9 @@ class Session:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            *bwrap_command(self.config, self.python, self.marker), stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-            env={"PATH": "/usr/bin:/bin"}, **_identity(self.config))
+            *_as_sandbox_user(self.config), *bwrap_command(self.config, self.python, self.marker),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True, env={"PATH": "/usr/bin:/bin"})
 
     async def run(self, code: str) -> CellResult:
         """Runs one cell (the caller holds `lock`)."""
@@ -175,7 +177,7 @@ async def probe(config) -> str | None:
     try:
         await session.start()
         result = await session.run("print(6 * 7)")
-    except OSError as err:
+    except (OSError, ValueError) as err:
         return f"bubblewrap cannot start: {err}"
     finally:
         await session.stop()

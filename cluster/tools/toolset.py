@@ -71,7 +71,7 @@ class ToolSet:
 
     async def run(self, call, req, browser: Browser | None) -> ToolResult:
         if call.kind == "python":
-            earlier = any((m.get("builtin_call") or {}).get("recipient") == "python" for m in req.messages or [])
+            earlier = any((m.get("builtin_result") or {}).get("author") == "python" for m in req.messages or [])
             return await self.python.run(req.conversation or req.request_id, call.text, earlier)
         if call.kind == "browser":
             return await browser.call(call.recipient.removeprefix("browser."), call.text)
