@@ -126,11 +126,11 @@ class ResponseFunctionTool(ApiModel):
 
 def _tool_tag(value) -> str | None:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return "web_search" if kind in WEB_SEARCH_TYPES else kind
+    return "web_search" if kind in WEB_SEARCH_TYPES else "function_tool" if kind == "function" else kind
 
 
 Tool = Annotated[
-    Annotated[ResponseFunctionTool, Tag("function")] | Annotated[CodeInterpreterTool, Tag("code_interpreter")]
+    Annotated[ResponseFunctionTool, Tag("function_tool")] | Annotated[CodeInterpreterTool, Tag("code_interpreter")]
     | Annotated[WebSearchTool, Tag("web_search")] | Annotated[McpTool, Tag("mcp")],
     Discriminator(_tool_tag, custom_error_type="invalid_item_type",
                   custom_error_message="type must be one of function, code_interpreter, web_search, "
