@@ -14,11 +14,12 @@ import openai
 import pytest
 
 from cluster.protocol import schemas
-from tests.cluster.conftest import model_entry
+from tests.cluster.conftest import GATEWAY_RESOURCE, free_port, model_entry
 from tests.tools import services
 from tests.tools.test_sandbox import needs_bwrap
 
 KEY_A, KEY_B = "key-a-0123456789", "key-b-0123456789"
+GRPC_PORT = free_port()
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 
@@ -42,6 +43,7 @@ def base(serve_app, tiny_model, tmp_path_factory, search, mcp_url):
         "models": [model_entry("tiny", tiny_model, default_max_tokens=8)],
         "auth": {"api_keys": [KEY_A, KEY_B]},
         "responses": {"store_path": str(store), "background_lease_s": 3},
+        "grpc": {"enabled": True, "port": GRPC_PORT, "node_resource": GATEWAY_RESOURCE},
         "tools": {"python": {"enabled": True, "timeout_s": 10},
                   "browser": {"backend": "http", "search_url": f"{search[0]}/search",
                               "fetch_url": f"{search[0]}/fetch"},
@@ -245,6 +247,34 @@ def test_mcp_tools_listed_and_called(client, mcp_url):
                                                                               "name": "fail",
                                                                               "arguments": '{"reason": "x"}'}])
     assert again.output[0].type == "mcp_call" and again.output[0].status == "failed"  # listed once per conversation
+
+
+# -- gRPC parity ----------------------------------------------------------------------------------------------------
+def test_grpc_chat_continues_and_stores_conversations_of_either_protocol(client, base):
+    import grpc
+
+    from cluster.grpc import codegen
+
+    stubs = codegen.stubs()
+    pb, stub = stubs.pb, stubs.grpc.InferenceStub(grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}"))
+    auth = (("authorization", f"Bearer {KEY_A}"),)
+    first = create(client, input="Started over HTTP.")
+    chat = pb.ChatRequest(model="tiny", messages=[pb.Message(role=pb.ROLE_USER, content="Continued over gRPC.")],
+                          previous_response_id=first.id, store=True,
+                          sampling=pb.SamplingParams(max_tokens=5, temperature=0))
+    messages = list(stub.Chat(chat, metadata=auth, timeout=60))
+    response_id = messages[-1].response_id
+    assert response_id.startswith("resp_") and not any(m.response_id for m in messages[:-1])
+    stored = client.responses.retrieve(response_id)
+    assert stored.previous_response_id == first.id and stored.usage.input_tokens == messages[-1].usage.prompt_tokens
+    assert [i.content[0].text for i in client.responses.input_items.list(response_id).data] == ["Continued over gRPC."]
+    third = create(client, input="Back to HTTP.", previous_response_id=response_id)
+    assert third.usage.input_tokens > stored.usage.input_tokens
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Chat(pb.ChatRequest(model="tiny", messages=[pb.Message(role=pb.ROLE_USER, content="x")],
+                                      previous_response_id=first.id),
+                       metadata=(("authorization", f"Bearer {KEY_B}"),), timeout=60))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "previous_response_id" in err.value.details()
 
 
 # -- bad input: a 4xx naming the field, nothing lost ------------------------------------------------------------
