@@ -272,7 +272,7 @@ class ResponsesFormatter:
         if not self.req.stream:
             return [body, record]
         kind = "response.incomplete" if status == "incomplete" else "response.completed"
-        return [self._event(kind, response=body), record]
+        return [record, self._event(kind, response=body)]  # stored before the client hears it ended
 
 
 def _in_progress(item: dict) -> dict:

@@ -43,6 +43,7 @@ class Run:
         self.record, self.greq, self.stream = record, greq, stream
         self.frames: list[str] = []  # every event so far (stream runs), sequence number = index
         self.persisted = 0  # frames already in the store
+        self.tail: list[str] = []  # the closing event(s), shown only once the store holds the response's end
         self.flushed_at = time.monotonic()
         self.done = asyncio.Event()
         self._changed = asyncio.Event()
@@ -118,6 +119,8 @@ class Runs:
                 result = item
             elif isinstance(item, ApiError):
                 raise item
+            elif run.stream and isinstance(item, str) and result is not None:
+                run.tail.append(item)  # response.completed: after the store has the end
             elif run.stream and isinstance(item, str):
                 run.add(item)
                 await run.flush(store)
@@ -127,19 +130,21 @@ class Runs:
 
     def _failed_event(self, run: Run, body: dict) -> None:
         if run.stream:
-            run.add(sse({"type": "response.failed", "sequence_number": len(run.frames), "response": body},
-                        event="response.failed"))
+            run.tail = [sse({"type": "response.failed", "sequence_number": len(run.frames), "response": body},
+                            event="response.failed")]
 
     async def _end(self, run: Run, call, store, status: str, body: dict, hidden: dict) -> None:
         try:
             if call is not None:
                 await call.close()
-            await run.flush(store, force=True)
-            await store.finish(run.record.id, status, body, hidden)
+            frames = run.frames[run.persisted:] + run.tail
+            await store.finish(run.record.id, status, body, hidden, run.persisted, frames)
+            run.persisted += len(frames)
         except Exception as err:  # noqa: BLE001 - its claim lapses and readers mark it failed
             log.error("background response %s could not be recorded as %s: %r", run.record.id, status, err)
         finally:
             self.running.pop(run.record.id, None)
+            run.frames += run.tail
             run.end()
 
     async def _watch(self, run: Run, store, lease: float) -> None:

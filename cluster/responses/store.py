@@ -162,11 +162,16 @@ class Store:
             (r.id, r.owner, r.previous_id, r.conversation, r.status, int(r.background), int(r.stream), r.created_at,
              r.expires_at, r.lease_until, int(r.cancel_requested), r.size, body, items, hidden)))
 
-    async def finish(self, response_id: str, status: str, body: dict, hidden: dict | None = None) -> bool:
-        """A running response's end, in one statement; False if it is no longer running (cancelled, deleted)."""
+    async def finish(self, response_id: str, status: str, body: dict, hidden: dict | None = None,
+                     first_seq: int = 0, frames: list[str] = ()) -> bool:
+        """A running response's end (and its last events) in one transaction; False if it is no longer running
+        (cancelled, deleted)."""
         body_text, hidden_text = _dump(body), _dump(hidden or {})
 
         def update(cur):
+            if frames:
+                cur.executemany("INSERT INTO gptoss_response_events (response_id, seq, frame) VALUES (?, ?, ?)",
+                                [(response_id, first_seq + i, f) for i, f in enumerate(frames)])
             cur.execute("UPDATE gptoss_responses SET status = ?, body = ?, hidden = ?, lease_until = NULL, "
                         "size = size - length(body) - length(hidden) + ? WHERE id = ? AND status IN (?, ?)",
                         (status, body_text, hidden_text, len(body_text) + len(hidden_text), response_id, *RUNNING))

@@ -89,7 +89,7 @@ def test_fork_bomb_hits_the_process_limit(tool):
 
 def test_endless_loop_is_stopped_and_a_fresh_session_follows(tool):
     loop, after = run(tool, "x = 1\nwhile True: pass", "print('again')")
-    assert loop.failed and "ran past the 5 s limit" in loop.text
+    assert loop.failed and ("ran past the 5 s limit" in loop.text or "CPU time limit is 3 s" in loop.text)
     assert after.text == "again\n" and not after.failed
 
 
