@@ -80,7 +80,10 @@ def test_stored_response_retrieve_input_items_delete(client, base):
     schemas.Response.model_validate(http(base, "GET", f"/v1/responses/{out.id}").json())
     items = client.responses.input_items.list(out.id)
     assert [i.type for i in items.data] == ["message"] and items.data[0].content[0].text == "Hello there."
-    client.responses.delete(out.id)
+    schemas.InputItemList.model_validate(http(base, "GET", f"/v1/responses/{out.id}/input_items").json())
+    schemas.InputTokens.model_validate(http(base, "POST", "/v1/responses/input_tokens",
+                                            {"model": "tiny", "input": "Hello there."}).json())
+    schemas.DeletedResponse.model_validate(http(base, "DELETE", f"/v1/responses/{out.id}").json())
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(out.id)
 
@@ -233,6 +236,17 @@ def test_browser_searches_the_local_service(client, search):
                             "action": {"type": "open_page", "url": "https://docs.example.org/bwrap"}}])
     assert opened.output[0].action.url == "https://docs.example.org/bwrap"
     assert ("/fetch", {"url": "https://docs.example.org/bwrap"}) in seen
+
+
+def test_tool_items_match_the_published_models(client, base, mcp_url):
+    tools = [{"type": "web_search_preview"}, {"type": "mcp", "server_label": "calc", "server_url": mcp_url,
+                                              "require_approval": "never"}]
+    call = {"type": "web_search_call", "id": "ws_model1", "action": {"type": "search", "query": "harmony"},
+            "status": "in_progress"}
+    out = http(base, "POST", "/v1/responses", {"model": "tiny", "max_output_tokens": 4, "tools": tools,
+                                               "input": [call], "include": ["web_search_call.action.sources"]})
+    body = schemas.Response.model_validate(out.json())
+    assert [i.type for i in body.output][:2] == ["mcp_list_tools", "web_search_call"]
 
 
 def test_mcp_tools_listed_and_called(client, mcp_url):
