@@ -25,11 +25,13 @@ No hidden caps: the Ingress takes as many requests at once as every model's repl
 and a replica twice what its engine batches (`AppConfig.ingress_max_ongoing`, `ModelSpec.replica_capacity`); TTFT
 and queue time count from the front door, so a queue anywhere on the way shows in them.
 
-Modules, one noun each: config (the one config file, pydantic), protocol/ (requests: one module per endpoint, the
-response models for /openapi.json), errors (OpenAI error bodies), frontdoor, ingress, router, server, output/
-(formatters), hub (metrics and the drain flag), metrics (every metric name), app (the Serve application; also
-`serve run cluster.app:build_app config=FILE`), cli (`gptoss serve`); grpc/ (the gRPC gateway: codegen, convert,
-servicer, auth, limits, gateway).
+Modules, one noun each: config (the one config file, pydantic; sections builds on), auth (API keys -> the caller's
+identity, for both protocols), protocol/ (requests: one module per endpoint, the response models for /openapi.json),
+errors (OpenAI error bodies), frontdoor, ingress, router, server, output/ (formatters), hub (metrics and the drain
+flag), metrics (every metric name), app (the Serve application; also `serve run cluster.app:build_app
+config=FILE`), cli (`gptoss serve`); grpc/ (the gRPC gateway: codegen, convert, servicer, auth, limits, gateway);
+responses/ (stored responses: config, store, service, runs, chain, http routes, chat for gRPC); tools/ (tools the
+replicas run: config, harmony, sandbox, kernel, python, browser, mcp, toolset, loop).
 
 Configuration: `gptoss serve --print-default-config` prints every field with its documentation;
 `cluster/configs/local.yaml` is what `make serve` runs. The same file drives `gptoss serve --config FILE`,
@@ -45,8 +47,14 @@ replica and front door pushes a snapshot of its series to the MetricsHub deploym
 `metrics_push_interval_s`; the ingress renders all live snapshots, labelled `model_name` and `replica` (names:
 cluster/metrics.py). A replica that stops reporting is dropped after max(60 s, 30 pushes).
 
-API notes (README.md lists what is supported and refused): /v1/responses is stateless (no store;
-`previous_response_id` is refused: send the conversation as input items). `tool_choice` "required" or a named
+Responses (README.md lists what is supported and refused): the front doors share `ResponsesService`
+(responses/: the store, SQLite by default or PostgreSQL from a DSN, owned per API key; `previous_response_id`
+chains rendered as the whole history; background runs in the front door that took them, with a renewed claim in
+the store, cancel and resumable event streams from any front door). The tools the server runs (tools/: python in a
+bubblewrap sandbox per conversation, browser over a configured search backend, MCP servers from an allow-list) run
+in the LLM replica between engine steps of one response (tools/loop.py), so the prefix cache serves every step.
+
+API notes: `tool_choice` "required" or a named
 function limits the tools the prompt offers but is not enforced by constrained decoding. The header
 `X-Request-Timeout: SECONDS` shortens a request's deadline (never beyond limits.request_timeout_s).
 

@@ -127,7 +127,7 @@ def build_from_config(config: AppConfig):
     handles = {}
     for spec in config.models:
         deployment = serve.deployment(LLMServer, **llm_deployment_options(spec, config))
-        handles[spec.name] = deployment.bind(spec, hub, config.metrics_push_interval_s)
+        handles[spec.name] = deployment.bind(spec, hub, config.metrics_push_interval_s, tools=config.tools)
     grace = config.graceful_shutdown_timeout_s + 5  # a front door outlives the replicas' own drain
     gateway = None
     if config.grpc.enabled:

@@ -16,7 +16,11 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from cluster.responses.config import ResponsesConfig
+from cluster.sections import ConfigError, Section, doc
+from cluster.tools.config import ToolsConfig
 
 REASONING_EFFORTS = ("low", "medium", "high")
 IMPORT_PATH = "cluster.app:build_app"  # what `serve run` / serveConfigV2 import
@@ -26,26 +30,6 @@ GRPC_CHART_OWNED = ("enabled", "host", "port", "replicas", "node_resource", "tls
                     "tls_client_ca_file")
 _LEAD = re.compile(r"^([a-z_]+)\b")  # the field a validator's message starts with
 CONTROL_ROUTE_HEADROOM = 32  # ingress slots beyond the generation capacity: /v1/models, /health, /metrics
-
-
-class ConfigError(ValueError):
-    """A config value that is missing, of the wrong type or out of range; the message names the field path."""
-
-
-class Section(BaseModel):
-    """A config section: unknown keys, wrong types (no silent coercion: "8" is not 8, true is not 1) and
-    out-of-range values fail, naming the field."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, validate_assignment=True)
-
-
-def doc(default, text: str, **constraints):
-    """A field with its default, its documentation and its range (ge, gt, le, lt, min_length, ...)."""
-    if isinstance(default, (list, dict)):
-        return Field(default_factory=lambda d=default: type(d)(d), description=text, **constraints)
-    if isinstance(default, type) and issubclass(default, BaseModel):
-        return Field(default_factory=default, description=text, **constraints)
-    return Field(default, description=text, **constraints)
 
 
 # -- per-area sections ---------------------------------------------------------------------------------------------
@@ -340,6 +324,9 @@ class AppConfig(Section):
     auth: AuthConfig = doc(AuthConfig, "API keys: when any is configured, every route but /health needs one")
     limits: LimitsConfig = doc(LimitsConfig, "request limits")
     grpc: GrpcConfig = doc(GrpcConfig, "the gRPC gateway (off unless enabled)")
+    responses: ResponsesConfig = doc(ResponsesConfig, "stored responses (/v1/responses with store, "
+                                                      "previous_response_id, background)")
+    tools: ToolsConfig = doc(ToolsConfig, "built-in tools the replicas run for /v1/responses (python, browser, MCP)")
     ingress_replicas: int = doc(1, "replicas of the HTTP ingress (auth, validation, routing)", ge=1)
     ingress_max_ongoing_requests: int | None = doc(
         None, "requests one ingress replica handles at once (streams included); None: enough for every model's "

@@ -1,8 +1,9 @@
 """The front door: what every protocol does with a request between parsing it and writing out the replica's items.
 
-Flow: a protocol adapter (the HTTP ingress, the gRPC servicer) parses its request into a `GenerateRequest` ->
-`FrontDoor.open(req, timeout)`: refused while the cluster drains (503; gRPC UNAVAILABLE) -> the model by name (404)
--> the routing stamp (prefix hashes for the PrefixAffinityRouter) -> `received` and `deadline` stamped on the
+Flow: a protocol adapter (the HTTP ingress, the gRPC servicer) parses its request into a `GenerateRequest` and
+knows the caller (cluster/auth.py) -> `FrontDoor.open(req, timeout, caller)`: the caller's identity stamped on the
+request (`req.caller`: the one place both protocols put it) -> refused while the cluster drains (503; gRPC
+UNAVAILABLE) -> the model by name (404) -> the routing stamp (prefix hashes for the PrefixAffinityRouter) -> `received` and `deadline` stamped on the
 request (unix times; the replica measures TTFT and queue time from `received`, and aborts the engine request at
 `deadline`: the one deadline mechanism) -> the model's `ModelClient` streams from a replica; its first item decides:
 an `ApiError` (bad input, the engine's queue full, past the deadline) or a `StreamHead`. A replica that fails before
@@ -20,6 +21,7 @@ import logging
 import time
 from typing import Protocol
 
+from cluster.auth import ANONYMOUS
 from cluster.config import AppConfig
 from cluster.errors import ApiError, draining, not_found_model, overloaded, timed_out
 from cluster.hub import MetricsPusher
@@ -97,9 +99,12 @@ class FrontDoor:
         return {"in_flight": self.in_flight, "draining": self.draining}
 
     # ---- admission ----
-    def admit(self, req: GenerateRequest, timeout: float | None = None) -> ModelClient:
-        """Checks that need no replica; stamps routing, arrival and deadline on `req`; returns the model's client."""
+    def admit(self, req: GenerateRequest, timeout: float | None = None, caller: str = ANONYMOUS,
+              limit: float | None = None) -> ModelClient:
+        """Checks that need no replica; stamps the caller, routing, arrival and deadline on `req` (the deadline:
+        `timeout`, never past `limit`, by default limits.request_timeout_s); returns the model's client."""
         self.pusher.start()
+        req.caller = caller
         if self.draining:
             raise draining(self.config.limits.retry_after_s)
         spec = self.config.model(req.model)
@@ -107,14 +112,16 @@ class FrontDoor:
             raise not_found_model(req.model, [m.name for m in self.config.models])
         if spec.routing.prefix_affinity:
             req.prefix_hashes = prefix_hashes(routing_text(req), spec.routing.prefix_chunk_chars)
-        limit = self.config.limits.request_timeout_s
+        limit = self.config.limits.request_timeout_s if limit is None else limit
         req.received = time.time()
         req.deadline = req.received + (limit if timeout is None else min(timeout, limit))
         return self.models[req.model]
 
-    async def open(self, req: GenerateRequest, timeout: float | None = None) -> Call:
-        """Admit `req` and start it on a replica (one retry elsewhere before its first token); raises ApiError."""
-        client = self.admit(req, timeout)
+    async def open(self, req: GenerateRequest, timeout: float | None = None, caller: str = ANONYMOUS,
+                   limit: float | None = None) -> Call:
+        """Admit `req` for `caller` (the identity cluster.auth made) and start it on a replica (one retry elsewhere
+        before its first token); raises ApiError."""
+        client = self.admit(req, timeout, caller, limit)
         self.in_flight += 1
         try:
             stream, head = await self._start(client, req)
@@ -151,9 +158,9 @@ class FrontDoor:
         raise AssertionError("unreachable")
 
     # ---- the rest of the API ----
-    async def tokenize(self, req: GenerateRequest) -> dict:
+    async def tokenize(self, req: GenerateRequest, caller: str = ANONYMOUS) -> dict:
         """{"token_ids", "max_model_len"} of the prompt `req` would run; raises ApiError."""
-        client = self.admit(req)
+        client = self.admit(req, caller=caller)
         try:
             result = await client.tokenize(req)
         except Exception as err:  # noqa: BLE001

@@ -1,14 +1,15 @@
 """The HTTP ingress: the OpenAI-compatible API over the front door. A plain class; `cluster.app` deploys it.
 
-Flow: request -> API key check (constant time; every route but /health) -> body size limit (413) -> JSON and
-field validation (`cluster.protocol`, 400 naming the field) -> `FrontDoor.open` (drain, model, routing stamp,
-deadline, the replica's head, one retry before the first token; cluster/frontdoor.py) -> JSON body, or SSE frames
-as the replica makes them; a mid-stream error (the deadline) becomes an `error` frame. Leaving early (client
-disconnect) closes the call, which aborts the engine request. Errors are `ApiError`s rendered as OpenAI error
-bodies; 429 and 503 carry Retry-After.
+Flow: request -> API key check (cluster/auth.py, constant time; every route but /health; the caller's identity
+kept for the front door) -> body size limit (413) -> JSON and field validation (`cluster.protocol`, 400 naming the
+field) -> `FrontDoor.open` (drain, model, routing stamp, deadline, the replica's head, one retry before the first
+token; cluster/frontdoor.py) -> JSON body, or SSE frames as the replica makes them; a mid-stream error (the
+deadline) becomes an `error` frame. /v1/responses and its stored-response routes go through the Responses service
+(cluster/responses/: store, previous_response_id, background runs; routes in cluster/responses/http.py). Leaving
+early (client disconnect) closes the call, which aborts the engine request. Errors are `ApiError`s rendered as
+OpenAI error bodies; 429 and 503 carry Retry-After.
 """
 
-import hmac
 import logging
 import os
 import time
@@ -17,15 +18,18 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cluster.auth import ApiKeys, bearer
 from cluster.config import AppConfig
 from cluster.errors import ApiError, bad_request, not_found_model, unauthorized
 from cluster.frontdoor import Call, FrontDoor, ModelClient
 from cluster.metrics import HttpMetrics
-from cluster.protocol import parse_chat, parse_completion, parse_json, parse_responses
+from cluster.protocol import parse_chat, parse_completion, parse_json
+from cluster.responses.http import ResponsesRoutes
+from cluster.responses.service import ResponsesService
 from cluster.protocol.schemas import ROUTES, route_responses
 
 log = logging.getLogger(__name__)
-PARSERS = {"chat": parse_chat, "completion": parse_completion, "response": parse_responses}
+PARSERS = {"chat": parse_chat, "completion": parse_completion}
 TIMEOUT_HEADER = "x-request-timeout"  # seconds; may shorten (never extend) limits.request_timeout_s
 REPLICA_HEADER = "x-gptoss-replica"  # the replica that served the request (as the gRPC gateway's initial metadata)
 VERSION = "1.0.0"  # of the HTTP API as /openapi.json describes it
@@ -36,11 +40,12 @@ class Ingress:
         from cluster.config import load_config  # noqa: PLC0415
 
         self.config = config if isinstance(config, AppConfig) else load_config(config)
-        self._keys = [k.encode() for k in self.config.auth.resolve()]
+        self.keys = ApiKeys(self.config.auth.resolve())
         self.http_metrics = HttpMetrics()
         self.door = FrontDoor(self.config, models, hub, source or f"ingress/{os.getpid()}-{id(self):x}",
                               self.http_metrics.snapshot)
         self.hub = hub
+        self.responses = ResponsesService(self.door, self.config)  # /v1/responses: stored, background, tools
         self.asgi_app = self._build_app()
 
     def __serve_build_asgi_app__(self):
@@ -51,9 +56,9 @@ class Ingress:
         app = FastAPI(title="gptoss-serve", version=VERSION, docs_url=None, redoc_url=None,
                       openapi_url="/openapi.json")
         api = APIRouter(dependencies=[Depends(self._authorize)])
-        for path, kind in (("/v1/chat/completions", "chat"), ("/v1/completions", "completion"),
-                           ("/v1/responses", "response")):
+        for path, kind in (("/v1/chat/completions", "chat"), ("/v1/completions", "completion")):
             api.add_api_route(path, self._endpoint(kind), methods=["POST"], responses=route_responses(path))
+        ResponsesRoutes(self, self.responses).add_to(api)
         api.add_api_route("/v1/models", self.list_models, methods=["GET"], responses=route_responses("/v1/models"))
         api.add_api_route("/v1/models/{model_id}", self.get_model, methods=["GET"],
                           responses=route_responses("/v1/models/{model_id}"))
@@ -67,15 +72,11 @@ class Ingress:
         return _CountStatus(app, self.http_metrics)
 
     async def _authorize(self, request: Request) -> None:
-        if not self._keys:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        given_b = given.strip().encode() if scheme.lower() == "bearer" else b""
-        ok = False
-        for key in self._keys:  # every key compared, in constant time each: no early exit to time
-            ok |= hmac.compare_digest(key, given_b)
-        if not ok:
+        """The caller's identity (cluster/auth.py) on `request.state.caller`, or 401."""
+        caller = self.keys.caller(bearer(request.headers.get("authorization")))
+        if caller is None:
             raise unauthorized()
+        request.state.caller = caller
 
     def _api_error(self, request: Request, err: ApiError) -> JSONResponse:
         headers = {"Retry-After": str(self.config.limits.retry_after_s)} if err.status in (429, 503) else None
@@ -91,7 +92,7 @@ class Ingress:
 
     async def generate(self, kind: str, request: Request) -> Response:
         req = PARSERS[kind](parse_json(await self._read_body(request)), int(time.time()))
-        call = await self.door.open(req, self._timeout(request))
+        call = await self.door.open(req, self._timeout(request), request.state.caller)
         headers = {REPLICA_HEADER: call.head.replica}
         if req.stream:
             headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -176,7 +177,7 @@ def openapi_schema(app: FastAPI, models: list[str]) -> dict:
                          description="The OpenAI-compatible API of gptoss-serve: its own request and response models")
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for path, (request_model, *_) in ROUTES.items():
-        if request_model is None:
+        if request_model is None or not isinstance(path, str):
             continue
         body = request_model.model_json_schema(ref_template="#/components/schemas/{model}")
         body["properties"]["model"] = {"type": "string", "enum": models, "description": "a served model"}

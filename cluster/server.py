@@ -23,6 +23,9 @@ from cluster.metrics import ReplicaMetrics, RequestTimes
 from cluster.output import formatter_for
 from cluster.output.deltas import StreamHead
 from cluster.protocol import GenerateRequest
+from cluster.tools.harmony import render_prompt
+from cluster.tools.loop import run_with_tools, uses_tools
+from cluster.tools.toolset import ToolSet
 from engine.async_llm import QueueFullError
 from engine.sampling_params import SamplingParams
 
@@ -37,8 +40,9 @@ def _default_engine(**kwargs):
 
 class LLMServer:
     def __init__(self, spec: ModelSpec | dict, hub=None, push_interval_s: float = 1.0, engine_factory=None,
-                 replica: str | None = None):
+                 replica: str | None = None, tools=None):
         self.spec = spec if isinstance(spec, ModelSpec) else _spec_from_dict(spec)
+        self.tools = ToolSet(_tools_config(tools))  # the built-in tools this replica runs for /v1/responses
         _limit_cpu_threads(self.spec)
         self.engine = (engine_factory or _default_engine)(**self.spec.engine_kwargs())
         self.tokenizer = self.engine.tokenizer
@@ -53,6 +57,10 @@ class LLMServer:
         self.pusher.start()
         times = RequestTimes(arrival=_arrival(req))
         deadline = _Deadline(self.engine, req)
+        if uses_tools(req):
+            async for item in run_with_tools(self, req, times, deadline):
+                yield item
+            return
         try:
             if deadline.expired:
                 raise deadline.error()
@@ -109,13 +117,18 @@ class LLMServer:
     async def tokenize(self, req: GenerateRequest) -> dict | ApiError:
         """The prompt ids `generate` would run for `req` (chat rendered with its defaults), or the 400 it would give."""
         try:
-            ids = self._prompt_ids(req)
+            ids = self._prompt_ids(req, self.tools.namespaces(req))
         except ApiError as err:
             return err
         return {"token_ids": ids, "max_model_len": self.engine.max_model_len}
 
     def _prepare(self, req: GenerateRequest) -> tuple[list[int], SamplingParams]:
         ids = self._prompt_ids(req)
+        return ids, self.sampling_params(req, ids)
+
+    def sampling_params(self, req: GenerateRequest, ids: list[int], generated: int = 0) -> SamplingParams:
+        """The request's SamplingParams for a prompt of `ids` (`generated`: tokens earlier steps of the same response
+        made, which its max_tokens includes); 400 when the prompt leaves no room."""
         limit = self.engine.max_model_len
         field = req.renames.get("prompt", "prompt")
         if len(ids) >= limit:
@@ -124,22 +137,26 @@ class LLMServer:
         sampling = dict(req.sampling)
         if "max_tokens" not in sampling:
             room = min(limit, self._max_new) - len(ids)
-            sampling["max_tokens"] = max(1, min(room, self.spec.default_max_tokens or room))
+            sampling["max_tokens"] = max(1, min(room, (self.spec.default_max_tokens or room) - generated))
+        else:
+            sampling["max_tokens"] -= generated
         if req.kind != "completion" or req.parse_harmony:  # harmony: stop at the end of the turn or a tool call
             sampling["stop_token_ids"] = sorted(set(sampling.get("stop_token_ids") or ())
                                                 | set(self.tokenizer.stop_token_ids))
             sampling["skip_special_tokens"] = False
         try:
-            return ids, SamplingParams(**sampling)
+            return SamplingParams(**sampling)
         except ValueError as err:
             raise from_value_error(err, req.renames) from None
 
-    def _prompt_ids(self, req: GenerateRequest) -> list[int]:
+    def _prompt_ids(self, req: GenerateRequest, namespaces: tuple = ((), ())) -> list[int]:
+        """The prompt: a completion's text or ids, or the chat rendered with harmony (with the namespaces of the
+        tools the server runs, cluster/tools/harmony.py)."""
         try:
             if req.kind == "completion":
                 return self.tokenizer.encode(req.prompt) if isinstance(req.prompt, str) else list(req.prompt)
             effort = req.reasoning_effort = req.reasoning_effort or self.spec.default_reasoning_effort
-            return self.tokenizer.render_chat(req.messages, reasoning_effort=effort, tools=req.tools)
+            return render_prompt(self.tokenizer, req.messages, effort, req.tools, *namespaces)
         except ValueError as err:
             renames = {"messages": "input"} if req.kind == "response" else {}
             raise from_value_error(err, renames) from None
@@ -162,6 +179,7 @@ class LLMServer:
     async def __del__(self):
         """Serve calls this after draining (up to graceful_shutdown_timeout_s): last metrics, then stop the engine."""
         await self.pusher.stop()  # a final push: a planned stop, not a lost replica
+        await self.tools.close()
         self.engine.shutdown()
 
 
@@ -170,18 +188,22 @@ class _Deadline:
 
     def __init__(self, engine, req: GenerateRequest):
         self.at, self.fired, self._timer = req.deadline, False, None
+        self.request_id = req.request_id  # the engine request running now (a response with tools runs several)
         if self.at is not None:
             delay = max(0.0, self.at - time.time())
             self.seconds = self.at - req.received if req.received is not None else delay  # the request's timeout
-            self._timer = asyncio.get_running_loop().call_later(delay, self._fire, engine, req.request_id)
+            self._timer = asyncio.get_running_loop().call_later(delay, self._fire, engine)
 
     @property
     def expired(self) -> bool:
         return self.fired or (self.at is not None and time.time() >= self.at)
 
-    def _fire(self, engine, request_id: str) -> None:
+    def remaining(self) -> float | None:
+        return None if self.at is None else max(0.0, self.at - time.time())
+
+    def _fire(self, engine) -> None:
         self.fired = True
-        asyncio.ensure_future(engine.abort(request_id))
+        asyncio.ensure_future(engine.abort(self.request_id))
 
     def error(self) -> ApiError:
         return timed_out(round(self.seconds, 3))
@@ -200,6 +222,16 @@ def _arrival(req: GenerateRequest) -> float:
 def _copy_times(times: RequestTimes, metrics: dict) -> None:
     times.scheduled, times.first_token = metrics.get("scheduled"), metrics.get("first_token")
     times.finished = metrics.get("finished")
+
+
+def _tools_config(tools):
+    from cluster.tools.config import ToolsConfig  # noqa: PLC0415
+
+    if tools is None or isinstance(tools, ToolsConfig):
+        return tools or ToolsConfig()
+    from cluster.config import validate  # noqa: PLC0415
+
+    return validate(ToolsConfig, tools, "tools")
 
 
 def _spec_from_dict(data: dict) -> ModelSpec:

@@ -2,7 +2,8 @@
 
 Flow of a streaming call (Generate, Chat): the key was checked by `AuthInterceptor` -> `Limits.admit` (stream slot,
 per-key rates; refused: RESOURCE_EXHAUSTED + `retry-after-ms`) -> `convert.to_*` (INVALID_ARGUMENT naming the
-field) -> `FrontDoor.open` with the call's deadline (cluster/frontdoor.py: drain, model, routing stamp, deadline for
+field) -> a Chat naming a `previous_response_id` or to be stored goes through cluster/responses/chat.py (the stored
+turns first; the finished chat stored, its id on the last message) -> `FrontDoor.open` with the call's deadline (cluster/frontdoor.py: drain, model, routing stamp, deadline for
 the engine, the replica's head, one retry before the first token) -> initial metadata `x-gptoss-replica` -> every
 delta becomes a message; tokens are charged to the caller's token bucket -> the call ends: done, or cancelled
 (grpc cancels this coroutine; `finally` closes the front-door call, which aborts the engine request and frees its KV
@@ -16,9 +17,11 @@ import grpc
 from cluster.errors import ApiError
 from cluster.frontdoor import FrontDoor
 from cluster.grpc import convert
-from cluster.grpc.auth import ApiKeys
+from cluster.grpc.auth import ApiKeys, caller
 from cluster.grpc.limits import Limits, Overloaded
-from cluster.output.deltas import SampleDelta
+from cluster.output.deltas import SampleDelta, StreamEnd
+from cluster.responses.chat import ChatTurn
+from cluster.responses.service import ResponsesService
 
 log = logging.getLogger(__name__)
 REPLICA_HEADER = "x-gptoss-replica"
@@ -51,8 +54,9 @@ class Refusal(Exception):
 class InferenceServicer:
     """Implements gptoss.v1.Inference over a `FrontDoor` (which holds the config and the models' clients)."""
 
-    def __init__(self, door: FrontDoor, pb, keys: ApiKeys, limits: Limits):
+    def __init__(self, door: FrontDoor, pb, keys: ApiKeys, limits: Limits, responses=None):
         self.door, self.config, self.pb = door, door.config, pb
+        self.responses = responses or ResponsesService(door, door.config)  # stored conversations for Chat
         self.keys, self.limits = keys, limits
         self.retry_ms = self.config.grpc.retry_after_ms
 
@@ -63,8 +67,9 @@ class InferenceServicer:
             yield message
 
     async def Chat(self, request, context):
+        turn = ChatTurn(self.responses) if request.previous_response_id or request.store else None
         async for message in self._guarded(context, self._stream(request, context, convert.to_chat,
-                                                                  convert.ChatOutput)):
+                                                                  convert.ChatOutput, turn)):
             yield message
 
     async def Tokenize(self, request, context):
@@ -95,24 +100,32 @@ class InferenceServicer:
         except Refusal as refusal:
             await refusal.abort(context)
 
-    async def _stream(self, request, context, to_request, output_cls):
-        caller = self._admit(context, stream=True)
+    async def _stream(self, request, context, to_request, output_cls, turn=None):
+        """`turn`: a Chat over stored responses (cluster/responses/chat.py), or None."""
+        identity = self._admit(context, stream=True)
         try:
             req = self._convert(request, to_request)
             try:
-                call = await self.door.open(req, context.time_remaining())
+                if turn is not None:
+                    await turn.prepare(req, request.previous_response_id, request.store, identity)
+                call = await self.door.open(req, context.time_remaining(), identity)
             except ApiError as err:
                 raise Refusal.of(err, self.retry_ms) from None
             try:
                 await context.send_initial_metadata(((REPLICA_HEADER, call.head.replica),))
-                self.limits.charge_tokens(caller, call.head.prompt_tokens)
+                self.limits.charge_tokens(identity, call.head.prompt_tokens)
                 output = output_cls(self.pb, req)
                 async for item in call:
                     if isinstance(item, ApiError):  # past its deadline in the engine
                         raise Refusal.of(item, self.retry_ms)
                     if isinstance(item, SampleDelta):
-                        self.limits.charge_tokens(caller, len(item.token_ids))
-                    yield output.message(item)
+                        self.limits.charge_tokens(identity, len(item.token_ids))
+                    message = output.message(item)
+                    if turn is not None:
+                        turn.observe(item)
+                        if isinstance(item, StreamEnd):
+                            message.response_id = await turn.finish(item) or ""
+                    yield message
             except ApiError as err:  # the replica died mid-stream, or went silent past the deadline
                 raise Refusal.of(err, self.retry_ms) from None
             finally:
@@ -121,14 +134,14 @@ class InferenceServicer:
             self.limits.release()
 
     def _admit(self, context, stream: bool) -> str:
-        caller = self.keys.caller(context.invocation_metadata())
-        if caller is None:  # the interceptor lets no such call through; kept for servicers used without it
+        identity = caller(self.keys, context.invocation_metadata())
+        if identity is None:  # the interceptor lets no such call through; kept for servicers used without it
             raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "incorrect or missing API key")
         try:
-            self.limits.admit(caller, stream)
+            self.limits.admit(identity, stream)
         except Overloaded as err:
             raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err), err.retry_after_ms) from None
-        return caller
+        return identity
 
     def _convert(self, request, to_request):
         try:
@@ -138,10 +151,10 @@ class InferenceServicer:
 
     # ---- unary ----
     async def _tokenize(self, request, context) -> tuple[list[int], int]:
-        self._admit(context, stream=False)
+        identity = self._admit(context, stream=False)
         req = self._convert(request, convert.to_tokenize)
         try:
-            result = await self.door.tokenize(req)
+            result = await self.door.tokenize(req, identity)
         except ApiError as err:
             raise Refusal.of(err, self.retry_ms) from None
         return result["token_ids"], result["max_model_len"]

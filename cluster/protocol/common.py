@@ -21,7 +21,8 @@ _TYPES = {"str", "int", "float", "bool", "none", "list", "dict", "bytes"}  # uni
 # the tags of the discriminated unions (chat messages by role, Responses input items by type), which pydantic puts
 # in an error's location after the list index
 _TAGS = {"system", "developer", "user", "assistant", "tool", "message", "reasoning", "function_call",
-         "function_call_output"}
+         "function_call_output", "code_interpreter_call", "web_search_call", "mcp_call", "mcp_list_tools", "function_tool",
+         "code_interpreter", "web_search", "mcp"}
 
 
 def _false(value: bool) -> bool:

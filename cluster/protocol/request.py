@@ -33,6 +33,11 @@ class GenerateRequest:
     avoid_replicas: list[str] = field(default_factory=list)  # replica ids the router ranks last (a retry)
     routed_replica: str | None = None  # set in the caller's process by the router: where the request went
     echo: dict = field(default_factory=dict)  # request fields the response object repeats (Responses API)
+    caller: str = "anonymous"  # who sent it: cluster.auth's identity of the API key (stamped by the front door)
+    builtin: dict = field(default_factory=dict)  # Responses built-in tools offered (protocol.response_items.builtin_of)
+    max_tool_calls: int | None = None  # Responses: built-in and MCP tool calls at most in this response
+    conversation: str | None = None  # Responses: the conversation's first response id (keys the python session)
+    include: list[str] = field(default_factory=list)  # Responses `include`: extra output data to show
 
 
 def routing_text(req: GenerateRequest) -> str:

@@ -1,10 +1,13 @@
-"""/v1/responses requests (stateless): the OpenAI Responses request body, validated -> `GenerateRequest`.
+"""/v1/responses requests: the OpenAI Responses request body, validated -> `GenerateRequest`.
 
-Flow: `parse_responses(body)` -> `ResponsesRequest` (input as a string or items: messages, reasoning, function_call,
-function_call_output; function tools; text.format; reasoning effort) -> the input items become chat messages
-(`input_to_messages`), which the replica renders with harmony -> `GenerateRequest(kind="response")` carrying in
-`echo` what the response object repeats (instructions, tools, tool_choice, metadata, ...). Nothing is stored yet:
-`store: true`, `previous_response_id` and `background` are refused by name, as are built-in tools.
+Flow: `parse_request(body)` -> `ResponsesRequest` (input as a string or items: messages, reasoning, function_call,
+function_call_output and the built-in tools' items; function, code_interpreter, web_search and mcp tools;
+text.format; reasoning effort; store, background, previous_response_id, include) -> `to_generate(req, created,
+history)`: the stored conversation's messages (`history`, cluster/responses/) then the input items become chat
+messages (`input_to_messages`), which the replica renders with harmony -> `GenerateRequest(kind="response")` carrying
+in `echo` what the response object repeats (instructions, tools, tool_choice, metadata, store, ...). What is stored
+and run in the background is the front door's business (cluster/responses/service.py); `parse_responses` is the
+stateless shortcut.
 """
 
 import secrets
@@ -27,15 +30,25 @@ from cluster.protocol.common import (
     validate,
 )
 from cluster.protocol.request import GenerateRequest
+from cluster.protocol.response_items import (
+    BUILTIN_ITEM_TYPES,
+    INCLUDABLE,
+    WEB_SEARCH_TYPES,
+    CodeInterpreterCallItem,
+    CodeInterpreterTool,
+    McpCallItem,
+    McpListToolsItem,
+    McpTool,
+    WebSearchCallItem,
+    WebSearchTool,
+    builtin_of,
+    call_messages,
+)
 
 UNSUPPORTED = {
-    "previous_response_id": "responses are not stored yet; send the whole conversation as input items",
-    "store": "responses are not stored yet; leave it out or send false",
-    "background": "background responses are not supported yet; stream instead",
-    "include": "no extra output data is available",
     "top_logprobs": "logprobs are not supported on /v1/responses yet; use /v1/completions",
     "prompt": "stored prompts are not supported; send input and instructions",
-    "conversation": "conversations are not stored yet; send the whole conversation as input items",
+    "conversation": "the Conversations API is not offered; chain responses with previous_response_id",
 }
 
 
@@ -93,10 +106,14 @@ class FunctionCallOutputItem(ApiModel):
 InputItem = Annotated[
     Annotated[MessageItem, Tag("message")] | Annotated[ReasoningItem, Tag("reasoning")]
     | Annotated[FunctionCallItem, Tag("function_call")]
-    | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[CodeInterpreterCallItem, Tag("code_interpreter_call")]
+    | Annotated[WebSearchCallItem, Tag("web_search_call")] | Annotated[McpCallItem, Tag("mcp_call")]
+    | Annotated[McpListToolsItem, Tag("mcp_list_tools")],
     Discriminator(lambda v: v.get("type", "message") if isinstance(v, dict) else getattr(v, "type", None),
                   custom_error_type="invalid_item_type",
-                  custom_error_message="type must be one of message, reasoning, function_call, function_call_output")]
+                  custom_error_message="type must be one of message, reasoning, function_call, function_call_output, "
+                                       + ", ".join(BUILTIN_ITEM_TYPES))]
 
 
 class ResponseFunctionTool(ApiModel):
@@ -105,6 +122,19 @@ class ResponseFunctionTool(ApiModel):
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: Off | None = Field(None, description="only false or null for now")
+
+
+def _tool_tag(value) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "web_search" if kind in WEB_SEARCH_TYPES else "function_tool" if kind == "function" else kind
+
+
+Tool = Annotated[
+    Annotated[ResponseFunctionTool, Tag("function_tool")] | Annotated[CodeInterpreterTool, Tag("code_interpreter")]
+    | Annotated[WebSearchTool, Tag("web_search")] | Annotated[McpTool, Tag("mcp")],
+    Discriminator(_tool_tag, custom_error_type="invalid_item_type",
+                  custom_error_message="type must be one of function, code_interpreter, web_search, "
+                                       "web_search_preview, mcp (other built-in tools are not offered)")]
 
 
 class NamedFunctionChoice(ApiModel):
@@ -135,7 +165,7 @@ class ResponsesRequest(ApiModel):
     temperature: Temperature = None
     top_p: TopP = None
     reasoning: Reasoning | None = None
-    tools: list[ResponseFunctionTool] | None = None
+    tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedFunctionChoice | None = None
     parallel_tool_calls: bool | None = None
     text: Text | None = None
@@ -147,11 +177,37 @@ class ResponsesRequest(ApiModel):
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
     service_tier: Literal["auto", "default"] | None = None
+    store: bool | None = Field(None, description="keep the response for previous_response_id and GET (default: the "
+                                                 "operator's responses.store)")
+    background: bool | None = Field(None, description="run after the request returns; poll GET /v1/responses/{id}")
+    previous_response_id: str | None = Field(None, min_length=1, description="continue this stored response")
+    include: list[Literal["code_interpreter_call.outputs", "web_search_call.action.sources"]] | None = Field(
+        None, description=f"extra output data: {', '.join(INCLUDABLE)}")
+
+
+def parse_request(data: dict) -> ResponsesRequest:
+    """The validated request (400 naming the field)."""
+    req = validate(ResponsesRequest, data, UNSUPPORTED)
+    if req.background and req.store is False:
+        raise bad_request("background responses are stored (that is how they are polled); send store: true or "
+                          "leave store out", "store")
+    return req
 
 
 def parse_responses(data: dict, created: int) -> GenerateRequest:
-    _refuse_builtin_tools(data.get("tools"))
-    req = validate(ResponsesRequest, data, UNSUPPORTED)
+    """Stateless: the request as a GenerateRequest with nothing stored (`previous_response_id` needs the store)."""
+    req = parse_request(data)
+    if req.previous_response_id is not None:
+        raise bad_request("previous_response_id needs the response store (cluster/responses/)",
+                          "previous_response_id")
+    return to_generate(req, created, store=False)
+
+
+def to_generate(req: ResponsesRequest, created: int, history: list[dict] | None = None, store: bool = False,
+                response_id: str | None = None, conversation: str | None = None,
+                listings: dict | None = None) -> GenerateRequest:
+    """`req` after the stored conversation `history` (chat messages) as a GenerateRequest; `listings`: MCP tool lists
+    already in the conversation (server_label -> tools)."""
     tools = function_tools(_chat_tools(req.tools))
     offered = apply_tool_choice(tools, req.tool_choice)
     sampling = {k: v for k, v in (("temperature", req.temperature), ("top_p", req.top_p)) if v is not None}
@@ -159,22 +215,19 @@ def parse_responses(data: dict, created: int) -> GenerateRequest:
         sampling["max_tokens"] = req.max_output_tokens
     check_sampling(sampling, {"max_tokens": "max_output_tokens"})
     effort = req.reasoning.effort if req.reasoning is not None else None
-    return GenerateRequest("response", req.model, "resp_" + secrets.token_hex(16), sampling, bool(req.stream),
-                           include_usage(req), messages=input_to_messages(req.input, req.instructions),
-                           tools=offered, reasoning_effort=effort, renames={"max_tokens": "max_output_tokens",
-                                                                            "prompt": "input"},
-                           created=created, echo=_echo(req))
+    messages = input_to_messages(req.input, req.instructions, history=history)
+    response_id = response_id or "resp_" + secrets.token_hex(16)
+    builtin = builtin_of(req.tools) if req.tool_choice != "none" else {}
+    for server in builtin.get("mcp", []):
+        server["tools"] = (listings or {}).get(server["server_label"])
+    return GenerateRequest("response", req.model, response_id, sampling, bool(req.stream), include_usage(req),
+                           messages=messages, tools=offered, reasoning_effort=effort,
+                           renames={"max_tokens": "max_output_tokens", "prompt": "input"}, created=created,
+                           echo=_echo(req, store), builtin=builtin, max_tool_calls=req.max_tool_calls,
+                           conversation=conversation or response_id, include=list(req.include or []))
 
 
-def _refuse_builtin_tools(tools) -> None:
-    for i, tool in enumerate(tools if isinstance(tools, list) else []):
-        kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind is not None and kind != "function":
-            raise bad_request(f"tools[{i}].type {kind!r} is not supported yet: only function tools (built-in tools "
-                              "are not run by this server yet)", f"tools[{i}].type", "unsupported_parameter")
-
-
-def _chat_tools(tools: list[ResponseFunctionTool] | None):
+def _chat_tools(tools: list | None):
     """Responses function tools ({"type", "name", "parameters", ...}) in the chat shape function_tools reads."""
     if tools is None:
         return None
@@ -182,10 +235,10 @@ def _chat_tools(tools: list[ResponseFunctionTool] | None):
 
     return [FunctionTool.model_validate({"type": "function", "function": t.model_dump(exclude={"type"},
                                                                                       exclude_none=True)})
-            for t in tools]
+            for t in tools if isinstance(t, ResponseFunctionTool)]
 
 
-def _echo(req: ResponsesRequest) -> dict:
+def _echo(req: ResponsesRequest, store: bool = False) -> dict:
     """What the response object repeats of the request (OpenAI's defaults where it gave nothing)."""
     return {
         "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
@@ -198,7 +251,7 @@ def _echo(req: ResponsesRequest) -> dict:
         "text": {"format": {"type": "text"}, "verbosity": "medium"},
         "truncation": "disabled", "user": req.user, "safety_identifier": req.safety_identifier,
         "prompt_cache_key": req.prompt_cache_key, "service_tier": "default",
-        "store": False, "background": False, "previous_response_id": None,
+        "store": store, "background": bool(req.background), "previous_response_id": req.previous_response_id,
     }
 
 
@@ -209,19 +262,31 @@ def _dump(value):
 # -- input items -> chat messages ----------------------------------------------------------------------------------
 
 
-def input_to_messages(items, instructions: str | None) -> list[dict]:
-    """Responses `input` (a string or items) and `instructions` -> OpenAI chat messages."""
-    messages = [{"role": "developer", "content": instructions}] if instructions else []
+def input_to_messages(items, instructions: str | None, history: list[dict] | None = None,
+                      hidden: dict | None = None) -> list[dict]:
+    """Responses `instructions`, the stored conversation's messages (`history`) and `input` (a string or items) ->
+    OpenAI chat messages. `hidden`: what the server kept of built-in calls (item id -> header and result)."""
+    messages = ([{"role": "developer", "content": instructions}] if instructions else []) + list(history or [])
     if isinstance(items, str):
         if not items:
             raise bad_request("input must be a non-empty string or list of items", "input")
         return messages + [{"role": "user", "content": items}]
     if not items:
         raise bad_request("input must be a non-empty string or list of items", "input")
-    if not all(isinstance(item, ApiModel) for item in items):  # plain dicts (callers other than parse_responses)
+    return messages + items_to_messages(items, hidden, open_last=True)
+
+
+def items_to_messages(items: list, hidden: dict | None = None, open_last: bool = False) -> list[dict]:
+    """Items (models or plain dicts) -> chat messages; with `open_last`, a built-in call that is the last item and
+    has no result stays open (the replica runs it)."""
+    if not all(isinstance(item, ApiModel) for item in items):  # plain dicts (stored items, other callers)
         items = validate(_Input, {"input": items}).input
-    for item in items:
-        messages += _item(item)
+    messages = []
+    for i, item in enumerate(items):
+        if item.type in BUILTIN_ITEM_TYPES:
+            messages += call_messages(item, (hidden or {}).get(item.id), open_last and i == len(items) - 1)
+        else:
+            messages += _item(item)
     return messages
 
 

@@ -158,6 +158,84 @@ class OutputFunctionCall(Out):
     status: Literal["in_progress", "completed"]
 
 
+class OutputLogs(Out):
+    type: Literal["logs"]
+    logs: str
+
+
+class OutputCodeInterpreterCall(Out):
+    type: Literal["code_interpreter_call"]
+    id: str
+    code: str | None
+    container_id: str
+    outputs: list[OutputLogs] | None = Field(description="only with include code_interpreter_call.outputs")
+    status: Literal["in_progress", "interpreting", "completed", "incomplete", "failed"]
+
+
+class OutputUrlSource(Out):
+    type: Literal["url"]
+    url: str
+
+
+class OutputSearchAction(Out):
+    type: Literal["search"]
+    query: str
+    sources: list[OutputUrlSource] | None = Field(None, description="only with include web_search_call.action.sources")
+
+
+class OutputOpenPageAction(Out):
+    type: Literal["open_page"]
+    url: str | None
+
+
+class OutputFindInPageAction(Out):
+    type: Literal["find_in_page"]
+    pattern: str
+    url: str
+
+
+class OutputWebSearchCall(Out):
+    type: Literal["web_search_call"]
+    id: str
+    action: OutputSearchAction | OutputOpenPageAction | OutputFindInPageAction
+    status: Literal["in_progress", "searching", "completed", "incomplete", "failed"]
+
+
+class OutputMcpCall(Out):
+    type: Literal["mcp_call"]
+    id: str
+    server_label: str
+    name: str
+    arguments: str
+    output: str | None
+    error: dict[str, Any] | None
+    status: Literal["in_progress", "completed", "incomplete", "failed"]
+
+
+class OutputMcpTool(Out):
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    annotations: dict[str, Any] | None = None
+
+
+class OutputMcpListTools(Out):
+    type: Literal["mcp_list_tools"]
+    id: str
+    server_label: str
+    tools: list[OutputMcpTool]
+    error: str | None
+
+
+OutputItem = (OutputReasoning | OutputMessage | OutputFunctionCall | OutputCodeInterpreterCall | OutputWebSearchCall
+              | OutputMcpCall | OutputMcpListTools)
+
+
+class ResponseError(Out):
+    code: str
+    message: str
+
+
 class ResponseUsage(Out):
     input_tokens: int
     output_tokens: int
@@ -170,10 +248,10 @@ class Response(Out):
     id: str
     object: Literal["response"]
     created_at: int
-    status: Literal["completed", "incomplete", "in_progress"]
+    status: Literal["completed", "incomplete", "in_progress", "queued", "failed", "cancelled"]
     model: str
-    output: list[OutputReasoning | OutputMessage | OutputFunctionCall]
-    error: None
+    output: list[OutputItem]
+    error: ResponseError | None
     incomplete_details: dict[str, str] | None
     instructions: str | None
     metadata: dict[str, str]
@@ -184,7 +262,7 @@ class Response(Out):
     tools: list[dict[str, Any]]
     text: dict[str, Any]
     reasoning: dict[str, Any]
-    usage: ResponseUsage
+    usage: ResponseUsage | None = Field(description="null until a background response has run")
     max_output_tokens: int | None
     max_tool_calls: int | None
     truncation: Literal["disabled"]
@@ -197,18 +275,42 @@ class Response(Out):
     previous_response_id: str | None
 
 
+class DeletedResponse(Out):
+    id: str
+    object: Literal["response"]
+    deleted: Literal[True]
+
+
+class InputTokens(Out):
+    object: Literal["response.input_tokens"]
+    input_tokens: int
+
+
+class InputItemList(Out):
+    object: Literal["list"]
+    data: list[dict[str, Any]] = Field(description="the response's input items (messages, calls, outputs), with ids")
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
 # -- routes -----------------------------------------------------------------------------------------------------------
 _GENERATION_ERRORS = (400, 401, 404, 408, 413, 429, 503)
-# path -> (request model or None, 200 body model, streams, error statuses)
+# path (or (path, method) where one path has several) -> (request model or None, 200 body model, streams, errors)
 ROUTES = {
     "/v1/chat/completions": (ChatRequest, ChatCompletion, True, _GENERATION_ERRORS),
     "/v1/completions": (CompletionRequest, Completion, True, _GENERATION_ERRORS),
     "/v1/responses": (ResponsesRequest, Response, True, _GENERATION_ERRORS),
+    "/v1/responses/input_tokens": (ResponsesRequest, InputTokens, False, (400, 401, 404, 413, 503)),
+    "/v1/responses/{response_id}": (None, Response, True, (400, 401, 404, 503)),
+    ("/v1/responses/{response_id}", "delete"): (None, DeletedResponse, False, (400, 401, 404, 503)),
+    "/v1/responses/{response_id}/input_items": (None, InputItemList, False, (400, 401, 404, 503)),
+    "/v1/responses/{response_id}/cancel": (None, Response, False, (400, 401, 404, 503)),
     "/v1/models": (None, ModelList, False, (401,)),
     "/v1/models/{model_id}": (None, ModelCard, False, (401, 404)),
 }
 ERROR_TEXT = {400: "a field is invalid or not supported (param names it)", 401: "missing or wrong API key",
-              404: "no such model", 408: "the request did not finish within its deadline",
+              404: "no such model, or no such stored response for this API key", 408: "the request did not finish within its deadline",
               413: "the body is too large", 429: "the engine's queue is full (Retry-After)",
               503: "the model's queue is full, a replica failed, or the server is shutting down (Retry-After)"}
 
@@ -221,9 +323,9 @@ SSE_EVENT = {  # one server-sent event (stream: true): a JSON chunk / Responses 
 }
 
 
-def route_responses(path: str) -> dict:
+def route_responses(path: str, method: str | None = None) -> dict:
     """FastAPI's `responses=` for one route: the 200 body (and its event stream) and the error bodies."""
-    _, body, streams, errors = ROUTES[path]
+    _, body, streams, errors = ROUTES[(path, method) if method else path]
     ok: dict = {"model": body, "description": "the result"}
     if streams:
         ok["content"] = {"text/event-stream": {"schema": SSE_EVENT}}

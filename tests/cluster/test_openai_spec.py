@@ -114,10 +114,9 @@ UNSUPPORTED = [
     ("/v1/chat/completions", chat(bogus=1), "bogus"),
     ("/v1/completions", completion(echo=True), "echo"),
     ("/v1/completions", completion(suffix="end"), "suffix"),
-    ("/v1/responses", response(background=True), "background"),
-    ("/v1/responses", response(store=True), "store"),
-    ("/v1/responses", response(previous_response_id="resp_1"), "previous_response_id"),
-    ("/v1/responses", response(tools=[{"type": "web_search_preview"}]), "tools[0].type"),
+    ("/v1/responses", response(tools=[{"type": "web_search_preview"}]), "tools[0].type"),  # no search backend
+    ("/v1/responses", response(tools=[{"type": "file_search"}]), "tools[0].type"),
+    ("/v1/responses", response(include=["reasoning.encrypted_content"]), "include[0]"),
     ("/v1/responses", response(truncation="auto"), "truncation"),
 ]
 
@@ -172,7 +171,7 @@ def test_responses_echo_what_was_sent(client):
     assert (out.instructions, out.metadata, out.tool_choice, out.temperature, out.parallel_tool_calls) == \
         ("Be brief.", {"ticket": "42"}, "required", 0.5, False)
     assert [t.name for t in out.tools] == ["get_weather"] and out.max_output_tokens == 6
-    assert out.store is False and out.background is False and out.reasoning.effort == "medium"
+    assert out.store is True and out.background is False and out.reasoning.effort == "medium"  # store: the default
 
 
 def test_openapi_json_publishes_the_ranges(base):
