@@ -62,4 +62,6 @@ def test_32_streams_are_admitted_at_once(base):
         time.sleep(0.25)
     assert total(after, name + "_count", **labels) - total(before, name + "_count", **labels) == STREAMS
     server_sum = total(after, name + "_sum", **labels) - total(before, name + "_sum", **labels)
-    assert 0.5 * sum(firsts) <= server_sum <= sum(firsts), (server_sum, sum(firsts))
+    # the server counts from the front door's receipt; a client also counts its own request setup and the HTTP
+    # proxy (the bug this guards against had the server see under 1% of what clients waited)
+    assert 0.25 * sum(firsts) <= server_sum <= sum(firsts), (server_sum, sum(firsts))
