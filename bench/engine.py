@@ -25,7 +25,7 @@ import torch
 
 from engine import LLM, SamplingParams
 from engine.model_runner import PagedKVCache
-from engine.tiny_model import make_tiny_model
+from engine.weights.tiny_model import make_tiny_model
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """The engine's own subcommands: make-tiny-model and generate."""
-    from engine import tiny_model
+    from engine.weights import tiny_model
 
     tiny_model.add_command(commands)
     generate = commands.add_parser("generate", help="generate from a prompt with a local checkpoint")

@@ -14,20 +14,20 @@ from pathlib import Path
 import torch
 
 from engine import kernels
-from engine.checkpoint import load_weights
-from engine.config import load_config
-from engine.detokenizer import IncrementalDetokenizer
+from engine.cuda_graphs import DEFAULT_BATCH_SIZES as DEFAULT_GRAPH_BATCH_SIZES
 from engine.kv_cache_manager import KVCacheLayout, KVCacheManager
+from engine.model.config import load_config
 from engine.model.kernel_model import build_kernel_model
 from engine.model.reference import Transformer
 from engine.model_runner import ModelRunner
-from engine.cuda_graphs import DEFAULT_BATCH_SIZES as DEFAULT_GRAPH_BATCH_SIZES
 from engine.parallel.config import ParallelConfig
 from engine.request import Request
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerConfig, SchedulerStats
-from engine.tokenizer import Tokenizer
+from engine.text.detokenizer import IncrementalDetokenizer
+from engine.text.tokenizer import Tokenizer
 from engine.utils import generation_eos_ids, resolve_device, resolve_dtype
+from engine.weights.checkpoint import load_weights
 
 log = logging.getLogger(__name__)
 PromptType = str | dict | list[int]

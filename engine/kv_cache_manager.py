@@ -16,7 +16,7 @@ from array import array
 from dataclasses import dataclass
 
 from engine.block_pool import NULL_BLOCK, BlockPool
-from engine.config import ModelConfig
+from engine.model.config import GptOssConfig
 from engine.request import Request
 
 
@@ -28,7 +28,7 @@ class KVCacheLayout:
     num_slots: int  # physical per-layer caches (the largest group's layer count)
 
     @classmethod
-    def for_model(cls, config: ModelConfig, block_size: int) -> "KVCacheLayout":
+    def for_model(cls, config: GptOssConfig, block_size: int) -> "KVCacheLayout":
         windows = sorted({config.window_of(i) for i in range(config.num_hidden_layers)}, key=lambda w: w or 0)
         count = dict.fromkeys(range(len(windows)), 0)
         slots = []

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.detokenizer import IncrementalDetokenizer
 from engine.outputs import CompletionOutput, RequestOutput
 from engine.sampler import seeded_generator
 from engine.sampling_params import SamplingParams
+from engine.text.detokenizer import IncrementalDetokenizer
 
 
 class Status(enum.Enum):

@@ -10,8 +10,8 @@ protobuf messages; keeping these plain keeps protobuf out of the replicas and th
 from dataclasses import dataclass, field
 
 from cluster.openai_output import Usage
-from engine.harmony_stream import Delta
 from engine.outputs import RequestOutput
+from engine.text.harmony_stream import Delta
 
 
 @dataclass

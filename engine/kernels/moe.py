@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.mxfp4 import dequantize_mxfp4
+from engine.weights.mxfp4 import dequantize_mxfp4
 
 from ._triton import INTERPRET, bf16_dots, next_pow2, tl, triton
 

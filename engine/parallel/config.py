@@ -7,7 +7,7 @@ all of them with expert parallelism (EP = TP x DP, as in vLLM), else each expert
 
 from dataclasses import dataclass
 
-from engine.config import ModelConfig
+from engine.model.config import GptOssConfig
 
 BACKENDS = ("mp", "ray")
 PLACEMENT_STRATEGIES = ("PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD")
@@ -50,7 +50,7 @@ class ParallelConfig:
     def world_size(self) -> int:
         return self.tensor_parallel_size * self.data_parallel_size
 
-    def check_model(self, c: ModelConfig) -> None:
+    def check_model(self, c: GptOssConfig) -> None:
         """Raise a ValueError naming the size to change if `c` cannot be split this way."""
         tp, world = self.tensor_parallel_size, self.world_size
         if c.num_attention_heads % tp:

@@ -5,12 +5,12 @@ import json
 
 import pytest
 
+from cluster.errors import ApiError
 from cluster.openai_output import ChatFormatter
 from cluster.protocol import GenerateRequest
 from cluster.responses_api import ResponsesFormatter, input_to_messages
-from cluster.errors import ApiError
 from engine.outputs import CompletionOutput, RequestOutput
-from engine.tokenizer import Tokenizer
+from engine.text.tokenizer import Tokenizer
 
 REASON_THEN_ANSWER = ("<|channel|>analysis<|message|>User greets. Reply.<|end|>"
                       "<|start|>assistant<|channel|>final<|message|>Hello there!<|return|>")

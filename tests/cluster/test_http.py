@@ -12,7 +12,7 @@ from cluster.ingress import Ingress
 from cluster.server import LLMServer
 from engine.async_llm import QueueFullError
 from engine.outputs import CompletionOutput, RequestOutput
-from engine.tokenizer import Tokenizer
+from engine.text.tokenizer import Tokenizer
 
 
 @dataclass

@@ -15,8 +15,8 @@ import torch
 
 from engine import LLM, SamplingParams
 from engine.async_llm import AsyncLLM, EngineDeadError
-from engine.checkpoint import load_weights
 from engine.parallel.loading import tensor_bytes
+from engine.weights.checkpoint import load_weights
 from tests.parallel.conftest import SPEC
 
 pytestmark = pytest.mark.timeout(300)

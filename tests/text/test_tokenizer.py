@@ -1,4 +1,4 @@
-"""engine.tokenizer against openai-harmony: the same prompts as its own rendering, the same parse as its parser."""
+"""engine.text.tokenizer against openai-harmony: the same prompts as its own rendering, the same parse as its parser."""
 
 import json
 
@@ -16,7 +16,7 @@ from openai_harmony import (
     ToolDescription,
 )
 
-from engine.tokenizer import Tokenizer
+from engine.text.tokenizer import Tokenizer
 
 WEATHER_PARAMS = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Current weather",

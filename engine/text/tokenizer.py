@@ -3,7 +3,7 @@
 Flow: OpenAI-style chat messages -> `render_chat` (validated, converted to harmony messages the way vLLM's
 gpt-oss path does) -> prompt ids ending with `<|start|>assistant` -> the engine generates until a stop id
 (`<|return|>` or `<|call|>`) -> `parse_completion` -> analysis, final and commentary text plus tool calls.
-The vocabulary file comes from `engine.vocab.find_vocab_dir` (offline); harmony reads it once per process.
+The vocabulary file comes from `engine.text.vocab.find_vocab_dir` (offline); harmony reads it once per process.
 """
 
 import functools
@@ -28,8 +28,8 @@ from openai_harmony import (
     load_harmony_encoding,
 )
 
-from engine import vocab
-from engine.harmony_stream import Delta, HarmonyStreamParser, ToolCall
+from engine.text import vocab
+from engine.text.harmony_stream import Delta, HarmonyStreamParser, ToolCall
 
 __all__ = ["ChatCompletionParse", "Tokenizer", "ToolCall"]
 
@@ -77,7 +77,7 @@ class Tokenizer:
 
     @classmethod
     def load(cls, model_dir: Path | str | None = None) -> "Tokenizer":
-        """Loads (once per process) with the vocabulary found by `engine.vocab.find_vocab_dir(model_dir)`."""
+        """Loads (once per process) with the vocabulary found by `engine.text.vocab.find_vocab_dir(model_dir)`."""
         key_dir = str(Path(model_dir).resolve()) if model_dir is not None else None
         env = os.environ.get(vocab.ENV_ENCODINGS_BASE), os.environ.get(vocab.ENV_CACHE_DIR)
         return cls(_load_encoding(key_dir, *env))

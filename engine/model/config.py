@@ -1,6 +1,8 @@
-"""Model configuration: the shape of a gpt-oss checkpoint, read from HF `config.json` or `original/config.json`.
+"""The model's architecture: the shape of a gpt-oss checkpoint, read from HF `config.json` or `original/config.json`.
 
-One typed, validated dataclass for both layouts. Errors name the file, the key and what to change.
+One typed, validated dataclass for both layouts (`GptOssConfig`, transformers' name for the same file). Errors
+name the file, the key and what to change. How the engine runs the model (path, dtype, context limit) is
+`engine.config.ModelConfig`, which points at the checkpoint this describes.
 """
 
 import json
@@ -16,7 +18,9 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class GptOssConfig:
+    """One checkpoint's architecture (D hidden, I intermediate per expert, Hq query / KV key-value heads)."""
+
     num_hidden_layers: int
     num_experts: int
     experts_per_token: int
@@ -140,13 +144,13 @@ def _alternating_layers(n: int) -> tuple[str, ...]:
     return tuple(SLIDING if i % 2 == 0 else FULL for i in range(n))
 
 
-def _from_hf(raw: dict, source: Path) -> ModelConfig:
+def _from_hf(raw: dict, source: Path) -> GptOssConfig:
     rope = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
     if rope.get("rope_type", "yarn") != "yarn":
         raise ConfigError(f"{source}: rope_scaling.rope_type must be 'yarn', got {rope.get('rope_type')!r}")
     n_layers = _require(raw, "num_hidden_layers", source)
     eos = raw.get("eos_token_id", 200002)
-    return ModelConfig(
+    return GptOssConfig(
         num_hidden_layers=n_layers, num_experts=_require(raw, "num_local_experts", source),
         experts_per_token=_require(raw, "num_experts_per_tok", source),
         hidden_size=_require(raw, "hidden_size", source), intermediate_size=_require(raw, "intermediate_size", source),
@@ -166,11 +170,11 @@ def _from_hf(raw: dict, source: Path) -> ModelConfig:
     )
 
 
-def _from_original(raw: dict, source: Path) -> ModelConfig:
+def _from_original(raw: dict, source: Path) -> GptOssConfig:
     n_layers = _require(raw, "num_hidden_layers", source)
     initial = int(raw.get("initial_context_length", 4096))
     factor = float(raw.get("rope_scaling_factor", 32.0))
-    return ModelConfig(
+    return GptOssConfig(
         num_hidden_layers=n_layers, num_experts=_require(raw, "num_experts", source),
         experts_per_token=_require(raw, "experts_per_token", source),
         hidden_size=_require(raw, "hidden_size", source), intermediate_size=_require(raw, "intermediate_size", source),
@@ -195,7 +199,7 @@ def config_path(model_dir: str | Path) -> Path:
                       "point --model at a gpt-oss checkpoint directory")
 
 
-def load_config(model_dir: str | Path) -> ModelConfig:
+def load_config(model_dir: str | Path) -> GptOssConfig:
     """Read and validate the config of the checkpoint in `model_dir`, whichever layout it is in."""
     source = config_path(model_dir)
     try:
