@@ -147,7 +147,7 @@ class GrpcConfig:
 
 
 @dataclass
-class ParallelConfig:
+class ParallelSection:
     """One replica's engine over several ranks (engine.parallel; docs/parallelism.md). With more than one rank the
     replica process only schedules; the ranks hold the weights."""
 
@@ -171,7 +171,7 @@ class ParallelConfig:
                                             "error, the health check fails and Serve replaces the replica)")
 
     def validate(self, path: str) -> None:
-        from engine.parallel.config import ParallelConfig as EngineParallel  # noqa: PLC0415
+        from engine.config import ParallelConfig as EngineParallel  # noqa: PLC0415
 
         try:
             EngineParallel(self.tensor_parallel_size, self.data_parallel_size, self.enable_expert_parallel,
@@ -200,7 +200,7 @@ class ParallelConfig:
 
 @dataclass
 class EngineSettings:
-    """Passed to engine.async_llm.AsyncLLM as keyword arguments (names are engine.engine_core.EngineConfig's)."""
+    """Passed to engine.async_llm.AsyncLLM as keyword arguments (names are engine.config.EngineConfig's fields)."""
 
     max_num_seqs: int = doc(256, "requests running at once per replica")
     max_num_batched_tokens: int = doc(2048, "tokens per engine step (prefill chunks + decodes)")
@@ -216,10 +216,10 @@ class EngineSettings:
                                      "start-up, single-rank engines only)")
 
     def validate(self, path: str) -> None:
-        from engine.engine_core import EngineConfig  # noqa: PLC0415 - imports torch; only when validating
+        from engine.config import EngineConfig  # noqa: PLC0415
 
         try:
-            EngineConfig(model="-", **dataclasses.asdict(self))
+            EngineConfig.from_kwargs(model="-", **dataclasses.asdict(self))
         except ValueError as err:
             raise ConfigError(f"{path}: {err}") from None
 
@@ -285,7 +285,7 @@ class ModelSpec:
     num_cpus: float = doc(1.0, "CPUs reserved per replica (also its torch threads on CPU)")
     num_gpus: float = doc(0.0, "GPUs reserved by the replica process (with the mp backend: its ranks' GPUs, "
                                "tensor_parallel_size x data_parallel_size; with ray: 0)")
-    parallel: ParallelConfig = doc(ParallelConfig(), "per-replica parallelism")
+    parallel: ParallelSection = doc(ParallelSection(), "per-replica parallelism")
     engine: EngineSettings = doc(EngineSettings(), "engine settings, per replica")
     num_replicas: int = doc(1, "fixed replica count (ignored when autoscaling is set)")
     autoscaling: AutoscalingConfig | None = doc(None, "autoscale between min and max replicas (None: fixed)")

@@ -47,7 +47,7 @@ class LLMServer:
         self.metrics = ReplicaMetrics(self.spec.name, self.replica, self.engine.stats)
         self._hub, self._push_interval_s = hub, push_interval_s
         self._pusher: asyncio.Task | None = None
-        self._max_new = _sequence_capacity(self.engine)
+        self._max_new = self.engine.max_tokens_per_sequence
 
     # ---- requests ----
     async def generate(self, req: GenerateRequest):
@@ -217,12 +217,6 @@ def _spec_from_dict(data: dict) -> ModelSpec:
     from cluster.config import from_dict  # noqa: PLC0415
 
     return from_dict(ModelSpec, data, "model")
-
-
-def _sequence_capacity(engine) -> int:
-    """Most tokens one sequence can hold in this engine's KV cache (the context length if it cannot tell)."""
-    core = getattr(engine, "core", None)
-    return getattr(core, "max_tokens_per_sequence", None) or engine.max_model_len
 
 
 def _limit_cpu_threads(spec: ModelSpec) -> None:

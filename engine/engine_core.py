@@ -8,22 +8,21 @@ is engine.parallel's DistributedRunner, which sends each step to the rank proces
 
 import itertools
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from engine import kernels
+from engine.config import EngineConfig
 from engine.cuda_graphs import DEFAULT_BATCH_SIZES as DEFAULT_GRAPH_BATCH_SIZES
-from engine.kv_cache_manager import KVCacheLayout, KVCacheManager
+from engine.kv_cache_manager import KVCacheLayout, KVCacheManager, blocks_for_sequence
 from engine.model.config import load_config
 from engine.model.kernel_model import build_kernel_model
 from engine.model.reference import Transformer
 from engine.model_runner import ModelRunner
-from engine.parallel.config import ParallelConfig
 from engine.request import Request
 from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler, SchedulerConfig, SchedulerStats
+from engine.scheduler import Scheduler, SchedulerStats
 from engine.text.detokenizer import IncrementalDetokenizer
 from engine.text.tokenizer import Tokenizer
 from engine.utils import generation_eos_ids, resolve_device, resolve_dtype
@@ -31,73 +30,29 @@ from engine.weights.checkpoint import load_weights
 
 log = logging.getLogger(__name__)
 PromptType = str | dict | list[int]
-CPU_KV_CACHE_BYTES = 256 << 20  # default KV budget on CPU
 
 
-@dataclass
-class EngineConfig:
-    model: str | Path  # checkpoint directory
-    dtype: str = "bfloat16"  # "float32" or "bfloat16"
-    device: str | None = None  # "cpu", "cuda", or None for cuda when available
-    block_size: int = 16  # tokens per KV block
-    kv_cache_memory: int | None = None  # bytes for the KV cache; None: gpu_memory_utilization on CUDA, 256 MiB on CPU
-    gpu_memory_utilization: float = 0.9  # fraction of the free GPU memory (after loading) given to the KV cache
-    max_num_seqs: int = 256  # requests running at once
-    max_num_batched_tokens: int = 2048  # tokens per step
-    max_waiting_requests: int | None = None  # waiting-queue limit (None: unbounded)
-    enable_prefix_caching: bool = True
-    scheduling_policy: str = "fcfs"  # "fcfs" or "priority"
-    max_model_len: int | None = None  # context limit; None: the model's max_position_embeddings
-    backend: str = "auto"  # "reference" (dense experts, torch), "kernels" (packed MXFP4 experts, Triton on CUDA),
-    #                        or "auto": kernels on CUDA or with GPTOSS_FORCE_TRITON=1, reference otherwise
-    # parallelism (engine.parallel): TP x DP ranks, one process each; kv_cache_memory is then per rank
-    tensor_parallel_size: int = 1  # ranks splitting attention heads, the vocabulary and (without EP) each expert
-    data_parallel_size: int = 1  # attention groups with their own requests and KV cache; the MoE spans them all
-    enable_expert_parallel: bool = False  # partition the experts over all ranks (EP = TP x DP) instead of slicing
-    distributed_executor_backend: str = "mp"  # "mp" (local processes) or "ray" (actors in a placement group)
-    collective_timeout_s: float = 60.0  # a rank silent this long fails the engine and its in-flight requests
-    moe_dispatch: str = "allreduce"  # MoE collectives: "allreduce" (every rank sees every token) or "alltoall"
-    #                                  (tokens sent only to their experts' ranks; needs enable_expert_parallel)
-    placement_strategy: str = "PACK"  # Ray placement group of the ranks: PACK (one node if it fits) or SPREAD
-    # CUDA graphs (engine/cuda_graphs.py): decode steps of up to the largest size replay a captured forward
-    enforce_eager: bool = False  # never capture (always so on CPU, with the reference backend and with several ranks)
-    cuda_graph_batch_sizes: tuple[int, ...] | None = None  # None: engine.cuda_graphs' sizes up to max_num_seqs
-
-    def __post_init__(self):
-        if self.block_size < 1 or self.block_size & (self.block_size - 1):
-            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
-        if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
-            raise ValueError(f"kv_cache_memory must be a positive number of bytes, got {self.kv_cache_memory}")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.backend not in ("auto", "reference", "kernels"):
-            raise ValueError(f"backend must be 'auto', 'reference' or 'kernels', got {self.backend!r}")
-        if self.max_model_len is not None and self.max_model_len < 1:
-            raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
-        sizes = self.cuda_graph_batch_sizes
-        if sizes is not None and (not sizes or any(not isinstance(b, int) or b < 1 for b in sizes)):
-            raise ValueError(f"cuda_graph_batch_sizes must be positive integers, got {self.cuda_graph_batch_sizes!r}")
-        self.scheduler_config()  # validates its fields
-        self.parallel_config()
-
-    def parallel_config(self) -> ParallelConfig:
-        return ParallelConfig(self.tensor_parallel_size, self.data_parallel_size, self.enable_expert_parallel,
-                              self.distributed_executor_backend, self.collective_timeout_s,
-                              placement_strategy=self.placement_strategy, moe_dispatch=self.moe_dispatch)
-
-    def scheduler_config(self) -> SchedulerConfig:
-        return SchedulerConfig(self.max_num_seqs, self.max_num_batched_tokens, self.max_waiting_requests,
-                               self.scheduling_policy)
+def engine_config(model: str | Path | None = None, config: EngineConfig | None = None, **engine_args
+                  ) -> EngineConfig:
+    """The argument check `LLM` and `AsyncLLM` share: a checkpoint directory with flat engine arguments (the field
+    names of engine.config), or one whole `EngineConfig`."""
+    if config is None:
+        return EngineConfig.from_kwargs(model=model, **engine_args)
+    if model is not None or engine_args:
+        raise TypeError("pass either config=EngineConfig(...) or model and engine arguments, not both")
+    return config
 
 
 class EngineCore:
     def __init__(self, config: EngineConfig):
         self.config = config
-        self.dtype, self.device = resolve_dtype(config.dtype), resolve_device(config.device)
-        self.model_dir = Path(config.model)
-        self.backend = config.backend if config.backend != "auto" else (
+        if config.model.model is None:
+            raise ValueError("model must name a checkpoint directory")
+        self.dtype, self.device = resolve_dtype(config.model.dtype), resolve_device(config.model.device)
+        self.model_dir = Path(config.model.model)
+        self.backend = config.model.backend if config.model.backend != "auto" else (
             "kernels" if kernels.use_triton(self.device) else "reference")
-        self.parallel = config.parallel_config()
+        self.parallel = config.parallel
         if self.parallel.world_size == 1:
             packed = self.backend == "kernels"
             self.model_config, weights = load_weights(self.model_dir, self.dtype, self.device,
@@ -108,12 +63,12 @@ class EngineCore:
             self.parallel.check_model(self.model_config)
         self.tokenizer = Tokenizer.load(self.model_dir)
         self.eos_token_ids = generation_eos_ids(self.model_dir, self.model_config.eos_token_ids)
-        self.max_model_len = min(config.max_model_len or 1 << 62, self.model_config.max_position_embeddings)
-        self.layout = KVCacheLayout.for_model(self.model_config, config.block_size)
+        self.max_model_len = min(config.model.max_model_len or 1 << 62, self.model_config.max_position_embeddings)
+        self.layout = KVCacheLayout.for_model(self.model_config, config.cache.block_size)
         if self.parallel.world_size == 1:
             num_blocks = self._num_blocks()
             self.runner = ModelRunner(self.model, self.layout, num_blocks, self.dtype, self.device)
-            if self.device.type == "cuda" and self.backend == "kernels" and not config.enforce_eager:
+            if self.device.type == "cuda" and self.backend == "kernels" and not config.model.enforce_eager:
                 # (the reference model syncs the host in its MoE loop, so it cannot be captured)
                 self.runner.capture_decode_graphs(self.max_blocks_per_sequence, self.graph_batch_sizes())
         else:
@@ -124,14 +79,14 @@ class EngineCore:
         self._build_scheduler(num_blocks)
         self._ids = itertools.count()
         log.info("KV cache: %d blocks of %d tokens; one sequence can hold up to %d tokens", num_blocks,
-                 config.block_size, self.max_tokens_per_sequence)
+                 config.cache.block_size, self.max_tokens_per_sequence)
 
     def _build_scheduler(self, num_blocks: int) -> None:
         """One scheduler and KV cache manager, or one per attention group with data parallelism (every group has
         `num_blocks`; `self.kv` is the first group's, for capacity checks)."""
-        kvs = [KVCacheManager(self.layout, num_blocks, self.config.enable_prefix_caching)
+        kvs = [KVCacheManager(self.layout, num_blocks, self.config.cache.enable_prefix_caching)
                for _ in range(self.parallel.data_parallel_size)]
-        schedulers = [Scheduler(self.config.scheduler_config(), kv) for kv in kvs]
+        schedulers = [Scheduler(self.config.scheduler, kv) for kv in kvs]
         self.kv = kvs[0]
         if len(schedulers) == 1:
             self.scheduler = schedulers[0]
@@ -143,20 +98,16 @@ class EngineCore:
     @property
     def max_blocks_per_sequence(self) -> int:
         """The widest block table a step can have (a full-attention group at the context limit)."""
-        return -(-(self.max_model_len + 1) // self.config.block_size)
+        return -(-(self.max_model_len + 1) // self.config.cache.block_size)
 
     def graph_batch_sizes(self) -> tuple[int, ...]:
-        sizes = self.config.cuda_graph_batch_sizes or DEFAULT_GRAPH_BATCH_SIZES
-        return tuple(sorted({min(b, self.config.max_num_seqs) for b in sizes}))
+        sizes = self.config.model.cuda_graph_batch_sizes or DEFAULT_GRAPH_BATCH_SIZES
+        return tuple(sorted({min(b, self.config.scheduler.max_num_seqs) for b in sizes}))
 
     def _num_blocks(self) -> int:
-        per_block = ModelRunner.bytes_per_block(self.model_config, self.layout, self.config.block_size, self.dtype)
-        budget = self.config.kv_cache_memory
-        if budget is None:
-            if self.device.type == "cuda":
-                budget = int(torch.cuda.mem_get_info(self.device)[0] * self.config.gpu_memory_utilization)
-            else:
-                budget = CPU_KV_CACHE_BYTES
+        per_block = ModelRunner.bytes_per_block(self.model_config, self.layout, self.config.cache.block_size, self.dtype)
+        free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else 0
+        budget = self.config.cache.kv_budget(self.device.type, free)
         num_blocks = budget // per_block
         if num_blocks < 2:
             raise ValueError(f"kv_cache_memory of {budget} bytes holds {num_blocks} blocks of {per_block} bytes; "
@@ -164,17 +115,11 @@ class EngineCore:
         return num_blocks
 
     def _blocks_for_sequence(self, num_tokens: int) -> int:
-        """Most blocks one sequence of `num_tokens` holds at once. A full group holds all of its blocks; a sliding
-        group holds the window before a chunk plus the chunk itself (a prefill chunk is written before any of it
-        can be released), chunks being at most `max_num_batched_tokens` long."""
-        bs = self.config.block_size
-        chunk = min(num_tokens, self.config.max_num_batched_tokens)
-        every = -(-num_tokens // bs)
-        return sum(every if w is None else min(every, -(-(w - 1 + chunk) // bs) + 1) for w in self.layout.windows)
+        return blocks_for_sequence(self.layout, num_tokens, self.config.scheduler.max_num_batched_tokens)
 
     @property
     def max_tokens_per_sequence(self) -> int:
-        usable, bs, n = self.kv.pool.num_blocks - 1, self.config.block_size, 0
+        usable, bs, n = self.kv.pool.num_blocks - 1, self.config.cache.block_size, 0
         step = max(1, usable * bs // 64)
         while self._blocks_for_sequence(n + step) <= usable and n < self.max_model_len:
             n += step

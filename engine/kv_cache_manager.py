@@ -39,6 +39,17 @@ class KVCacheLayout:
         return cls(block_size, tuple(windows), tuple(slots), max(count.values()))
 
 
+def blocks_for_sequence(layout: KVCacheLayout, num_tokens: int, max_chunk: int) -> int:
+    """Most blocks one sequence of `num_tokens` holds at once (the engine admits a request only if this fits the
+    cache). A full group holds all of its blocks; a sliding group holds the window before a chunk plus the chunk
+    itself (a prefill chunk is written before any of it can be released), chunks being at most `max_chunk`
+    (max_num_batched_tokens) long."""
+    bs = layout.block_size
+    chunk = min(num_tokens, max_chunk)
+    every = -(-num_tokens // bs)
+    return sum(every if w is None else min(every, -(-(w - 1 + chunk) // bs) + 1) for w in layout.windows)
+
+
 @dataclass
 class PrefixHit:
     num_tokens: int  # prompt tokens whose KV is reused

@@ -134,3 +134,14 @@ class Request:
             request_id=self.request_id, prompt=self.prompt, prompt_token_ids=self.prompt_token_ids,
             outputs=[self.take_output(delta)], finished=self.finished, num_cached_tokens=self.num_cached_tokens,
             metrics={"arrival": self.arrival_time, **self.metrics})
+
+
+def merge_outputs(requests: list[Request], siblings: list[Request], delta: bool) -> RequestOutput:
+    """One RequestOutput for the samples of one prompt (`LLM` and `AsyncLLM` both): `requests` are the samples with
+    something to report, in index order, out of all n `siblings`; it carries the caller's request id and is
+    finished once every sibling is. `delta`: only what is new since the last output."""
+    out = requests[0].to_output(delta)
+    out.request_id = requests[0].parent_id
+    out.outputs += [r.take_output(delta) for r in requests[1:]]
+    out.finished = all(s.finished for s in siblings)
+    return out

@@ -12,30 +12,13 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
+from engine.config import SchedulerConfig
 from engine.kv_cache_manager import KVCacheManager
 from engine.request import Request, Status
 
 
 class QueueFullError(RuntimeError):
     """The waiting queue is at its limit: retry later (HTTP 429/503, gRPC RESOURCE_EXHAUSTED)."""
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    max_num_seqs: int = 256  # requests running at once
-    max_num_batched_tokens: int = 2048  # tokens computed per step (prefill chunks + decodes)
-    max_waiting_requests: int | None = None  # None: unbounded
-    policy: str = "fcfs"  # "fcfs" or "priority" (lower SamplingParams.priority runs first, then arrival)
-
-    def __post_init__(self):
-        if self.max_num_seqs < 1:
-            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
-        if self.max_num_batched_tokens < 1:
-            raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
-        if self.max_waiting_requests is not None and self.max_waiting_requests < 0:
-            raise ValueError(f"max_waiting_requests must be >= 0 or None, got {self.max_waiting_requests}")
-        if self.policy not in ("fcfs", "priority"):
-            raise ValueError(f"policy must be 'fcfs' or 'priority', got {self.policy!r}")
 
 
 @dataclass
@@ -81,7 +64,7 @@ class Scheduler:
                                  "retry later")
         if request.request_id in self.requests:
             raise ValueError(f"request_id {request.request_id!r} is already in use")
-        priority = request.params.priority if self.config.policy == "priority" else 0
+        priority = request.params.priority if self.config.scheduling_policy == "priority" else 0
         self._order[request.request_id] = (priority, next(self._arrivals))
         self.requests[request.request_id] = request
         self._insert(self.waiting, request)

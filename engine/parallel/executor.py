@@ -12,7 +12,7 @@ import time
 from abc import ABC, abstractmethod
 from multiprocessing import connection
 
-from engine.parallel.config import ParallelConfig
+from engine.config import ParallelConfig
 from engine.parallel.worker import LoadReport, WorkerSpec, serve
 
 log = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ from dataclasses import replace
 
 import torch
 
+from engine.config import EngineConfig, ParallelConfig
 from engine.kv_cache_manager import KVCacheLayout, KVCacheManager
 from engine.model_runner import prepare_inputs
-from engine.parallel.config import ParallelConfig
 from engine.parallel.executor import Executor, make_executor
 from engine.parallel.tp import RankLayout
 from engine.parallel.worker import GroupStep, LoadReport, StepMessage, WorkerSpec, dummy_inputs
@@ -31,12 +31,13 @@ class DistributedRunner:
         self._sampled: dict[str, Request] = {}  # requests a sampling rank holds state for
 
     @classmethod
-    def start(cls, config, parallel: ParallelConfig, layout: KVCacheLayout, device: torch.device,
+    def start(cls, config: EngineConfig, parallel: ParallelConfig, layout: KVCacheLayout, device: torch.device,
               backend: str) -> "DistributedRunner":
         """Start the ranks of `config` (an EngineConfig), load their shards, size and allocate the KV cache."""
-        specs = [WorkerSpec(str(config.model), RankLayout.of(parallel, r), config.dtype,
+        specs = [WorkerSpec(str(config.model.model), RankLayout.of(parallel, r), config.model.dtype,
                             _rank_device(device, r, parallel.distributed_executor_backend), backend,
-                            config.block_size, config.kv_cache_memory, config.gpu_memory_utilization,
+                            config.cache.block_size, config.cache.kv_cache_memory,
+                            config.cache.gpu_memory_utilization,
                             parallel.collective_timeout_s, parallel.moe_dispatch)
                  for r in range(parallel.world_size)]
         executor = make_executor(parallel, specs)

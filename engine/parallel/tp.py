@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.config import ParallelConfig
 from engine.model.config import GptOssConfig
-from engine.parallel.config import ParallelConfig
 
 MXFP4_BLOCK = 32
 

@@ -30,6 +30,7 @@ class ScriptedEngine:
 
     def __init__(self, tokenizer, **_):
         self.tokenizer, self.max_model_len, self.healthy = tokenizer, 512, True
+        self.max_tokens_per_sequence = 512
         self.full, self.closed = False, []
 
     async def generate(self, prompt, params, request_id=None):

@@ -4,9 +4,8 @@ KV heads are replicated past TP = KV, MXFP4 blocks are never cut, and each rank 
 import pytest
 import torch
 
-from engine.engine_core import EngineConfig
 from engine.model.config import GptOssConfig
-from engine.parallel.config import ParallelConfig
+from engine.config import EngineConfig, ParallelConfig
 from engine.parallel.loading import category, load_shard, tensor_bytes
 from engine.parallel.tp import RankLayout, kv_heads, q_heads, shard_of, split
 from engine.weights.checkpoint import load_weights
@@ -127,7 +126,7 @@ def test_splits_the_model_cannot_take_are_refused(parallel_model, args, message)
 ])
 def test_engine_config_validates_parallel_fields(field, value, message):
     with pytest.raises(ValueError, match=message):
-        EngineConfig(model="unused", **{field: value})
+        EngineConfig.from_kwargs(model="unused", **{field: value})
 
 
 def test_cli_flags_reach_the_engine(monkeypatch, parallel_model, capsys):
