@@ -47,7 +47,7 @@ class _Stream:
 class AsyncLLM:
     def __init__(self, model: str | Path | None = None, *, config: EngineConfig | None = None, **engine_args):
         self.core = EngineCore(engine_config(model, config, **engine_args))
-        self.tokenizer, self.config = self.core.tokenizer, self.core.model_config
+        self.tokenizer, self.config = self.core.tokenizer, self.core.config
         self.max_model_len = self.core.max_model_len  # context limit: prompt + generated tokens
         self.max_tokens_per_sequence = self.core.max_tokens_per_sequence  # most tokens one sequence's KV fits
         self._commands: queue.SimpleQueue = queue.SimpleQueue()

@@ -70,6 +70,10 @@ class ModelConfig:
                 _fail("cuda_graph_batch_sizes", "a non-empty list of positive integers or None", sizes)
             self.cuda_graph_batch_sizes = tuple(sizes)
 
+    def context_limit(self, max_position_embeddings: int) -> int:
+        """Tokens one sequence may hold: max_model_len, at most the checkpoint's max_position_embeddings."""
+        return min(self.max_model_len or max_position_embeddings, max_position_embeddings)
+
 
 @dataclass
 class CacheConfig:

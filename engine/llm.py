@@ -15,7 +15,7 @@ from engine.sampling_params import SamplingParams
 class LLM:
     def __init__(self, model: str | Path | None = None, *, config: EngineConfig | None = None, **engine_args):
         self.engine = EngineCore(engine_config(model, config, **engine_args))
-        self.config, self.tokenizer = self.engine.model_config, self.engine.tokenizer
+        self.config, self.tokenizer = self.engine.config, self.engine.tokenizer
 
     def generate(self, prompts: PromptType | list[PromptType],
                  sampling_params: SamplingParams | list[SamplingParams] | None = None) -> list[RequestOutput]:

@@ -1,17 +1,16 @@
-"""One request's state from arrival to finish: its tokens, sampling state, detokenizer and stop conditions.
+"""One request's state from arrival to finish, on the host: its tokens, detokenizer and stop conditions.
 
-The scheduler reads and advances `num_computed_tokens`; the engine appends sampled tokens with `append`, which
-applies the stop rules (stop ids, stop strings, max_tokens) and returns the new text.
+The scheduler reads and advances `num_computed_tokens` (and `num_pending` under async scheduling); the engine
+appends sampled tokens with `append`, which applies the stop rules (stop ids, stop strings, max_tokens) and
+collects the new text. Sampling state that lives across steps (the seeded generator, the token history penalties
+read) is kept by the worker that samples (engine.worker), not here.
 """
 
 import enum
 import time
 from dataclasses import dataclass, field
 
-import torch
-
 from engine.outputs import CompletionOutput, RequestOutput
-from engine.sampler import seeded_generator
 from engine.sampling_params import SamplingParams
 from engine.text.detokenizer import IncrementalDetokenizer
 
@@ -30,7 +29,6 @@ class Request:
     eos_token_ids: frozenset[int]  # the model's end-of-sequence ids (ignored with params.ignore_eos)
     prompt: str | None = None
     detokenizer: IncrementalDetokenizer | None = None
-    device: str | torch.device = "cpu"
     index: int = 0  # which of a parent's n samples this is
     parent_id: str | None = None  # the id the caller gave (children of an n > 1 request share it)
     arrival_time: float = field(default_factory=time.monotonic)
@@ -41,6 +39,7 @@ class Request:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     num_computed_tokens: int = 0  # tokens whose KV is in the cache (the scheduler advances it)
+    num_pending: int = 0  # tokens sampled by a step still running, not appended yet (async scheduling: 0 or 1)
     num_cached_tokens: int = 0  # prompt tokens that came from the prefix cache
     num_preemptions: int = 0
     metrics: dict = field(default_factory=dict)  # monotonic timestamps: scheduled, first_token, finished
@@ -49,8 +48,6 @@ class Request:
         self.parent_id = self.parent_id or self.request_id
         if self.params.logprobs is not None:
             self.logprobs = []
-        seed = None if self.params.seed is None else self.params.seed + self.index
-        self.generator = seeded_generator(seed, self.device)
         self.stop_ids = self._stop_ids()
         self._stop_set = frozenset(self.stop_ids)
         self._new_tokens_from = 0  # start of the tokens not yet reported by `take_output`

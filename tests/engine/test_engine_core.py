@@ -5,6 +5,7 @@ import random
 import pytest
 
 from engine import LLM, SamplingParams
+from engine.request import merge_outputs
 from engine.sampling_params import MAX_LOGPROBS, MAX_N
 from tests.hf_oracle import hf_greedy
 
@@ -107,3 +108,66 @@ def _shared_llm(path):
     if path not in _LLMS:
         _LLMS[path] = LLM(path, dtype="float32", device="cpu")
     return _LLMS[path]
+
+
+# ---- async scheduling ----
+ABORT_AT = {"m2": 3, "m3": 5, "m6#1": 2}  # request -> abort it once it has this many tokens
+ABORT_BEFORE_START = "m10"
+STOP_PROMPT = {"prompt_token_ids": list(range(500, 530))}
+
+
+def mixed_workload(stop: str, stop_token: int) -> list[tuple[dict, SamplingParams]]:
+    """Greedy and seeded requests with logprobs, n = 3, penalties with min_tokens, a stop string, a stop token,
+    max_tokens from 1 to 24; prompts of 3 to 70 tokens."""
+    kinds = [
+        SamplingParams(temperature=0, max_tokens=12, logprobs=3, ignore_eos=True),
+        SamplingParams(temperature=0.8, top_p=0.9, seed=11, max_tokens=10, n=3, logprobs=2),
+        SamplingParams(temperature=0.7, seed=5, max_tokens=9, repetition_penalty=1.2, frequency_penalty=0.4,
+                       presence_penalty=0.3, min_tokens=4, logprobs=1),
+        SamplingParams(temperature=0, max_tokens=24, ignore_eos=True),
+        SamplingParams(temperature=0, max_tokens=1, logprobs=0),
+    ]
+    work = [(p, kinds[i % len(kinds)]) for i, p in enumerate(mixed_prompts(14, seed=3))]
+    work[7] = (STOP_PROMPT, SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop=[stop], logprobs=2))
+    work[8] = (STOP_PROMPT, SamplingParams(temperature=0, max_tokens=20, stop_token_ids=[stop_token], ignore_eos=True))
+    return work
+
+
+def run_mixed(tiny_model, stop: str, stop_token: int, async_scheduling: bool):
+    """The mixed workload through EngineCore's loop on a cache small enough to preempt, with aborts at fixed
+    points of each request's own progress (so the two modes abort at the same token)."""
+    llm = LLM(tiny_model, dtype="float32", device="cpu", kv_cache_memory=16 * 4096, max_num_batched_tokens=128,
+              async_scheduling=async_scheduling)
+    core = llm.engine
+    work = mixed_workload(stop, stop_token)
+    groups = [core.make_requests(p, sp, request_id=f"m{i}") for i, (p, sp) in enumerate(work)]
+    core.add([r for g in groups for r in g])
+    core.abort([ABORT_BEFORE_START])
+    while core.has_work:
+        for r in core.step():
+            if not r.finished and len(r.output_token_ids) >= ABORT_AT.get(r.request_id, 1 << 30):
+                core.abort([r.request_id])
+    stats = core.stats()
+    assert stats.num_free_blocks == stats.num_total_blocks - 1 and not core.scheduler.requests
+    core.shutdown()
+    return [merge_outputs(g, g, delta=False) for g in groups], stats
+
+
+def test_async_scheduling_gives_the_synchronous_outputs(tiny_model):
+    full = _shared_llm(tiny_model).generate(STOP_PROMPT, SamplingParams(temperature=0, max_tokens=20,
+                                                                         ignore_eos=True))[0].outputs[0]
+    stop, stop_token = full.text[len(full.text) // 2: len(full.text) // 2 + 3], full.token_ids[5]
+    sync, sync_stats = run_mixed(tiny_model, stop, stop_token, async_scheduling=False)
+    asyn, async_stats = run_mixed(tiny_model, stop, stop_token, async_scheduling=True)
+    assert sync_stats.num_preemptions > 0 and async_stats.num_preemptions > 0
+    assert {o.finish_reason for r in sync for o in r.outputs} == {"length", "stop", "abort"}
+    assert sync[7].outputs[0].stop_reason == stop and sync[8].outputs[0].stop_reason == stop_token
+    assert sync[10].outputs[0].token_ids == [] and len(sync[6].outputs[1].token_ids) == ABORT_AT["m6#1"]
+    for a, b in zip(asyn, sync, strict=True):
+        assert len(a.outputs) == len(b.outputs)
+        for x, y in zip(a.outputs, b.outputs):
+            assert (x.text, x.finish_reason, x.stop_reason) == (y.text, y.finish_reason, y.stop_reason)
+            if y.logprobs is not None:
+                assert_same(x, y)
+            else:
+                assert x.token_ids == y.token_ids

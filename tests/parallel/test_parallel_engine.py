@@ -103,7 +103,7 @@ def check_memory(engine: AsyncLLM, model, args: dict):
     whole = tensor_bytes(full)
     tp, world = args["tensor_parallel_size"], args["tensor_parallel_size"] * args.get("data_parallel_size", 1)
     print(f"\n{args}: one process {whole}")
-    for report in engine.core.runner.reports:
+    for report in engine.core.executor.reports:
         b = report.tensor_bytes
         print(f"  rank {report.rank} (pid {report.pid}): {b}  ({b['total'] / whole['total']:.3f} of one process)")
         b2 = 0 if args.get("enable_expert_parallel") else SPEC.layers * SPEC.experts * SPEC.hidden * 4
@@ -136,7 +136,7 @@ def test_same_outputs_as_one_process_under_load(parallel_model, expected, backen
         assert engine.healthy
     finally:
         engine.shutdown()
-    assert _gone_within(engine.core.runner.executor.pids(), 15)
+    assert _gone_within(engine.core.executor.pids(), 15)
 
 
 @pytest.mark.slow
@@ -168,7 +168,7 @@ def _gone_within(pids: list[int], seconds: float) -> bool:
 def fail_a_rank_mid_generation(engine: AsyncLLM, sig: int, rank: int = 1) -> list:
     """Start 6 long streams; once every one has tokens, send `sig` to `rank`; return (seconds to the error,
     error) for every stream."""
-    pids = engine.core.runner.executor.pids()
+    pids = engine.core.executor.pids()
     params = SamplingParams(temperature=0, max_tokens=500, ignore_eos=True)
 
     async def stream(i, started: asyncio.Event, killed: list):
@@ -203,7 +203,7 @@ def test_a_dead_or_hung_rank_fails_every_request_within_the_timeout(parallel_mod
     timeout = 5.0
     engine = async_engine(parallel_model, backend, kv_blocks=256, tensor_parallel_size=2,
                           enable_expert_parallel=True, collective_timeout_s=timeout)
-    pids = engine.core.runner.executor.pids()
+    pids = engine.core.executor.pids()
     try:
         results = fail_a_rank_mid_generation(engine, sig)
         for seconds, error in results:
