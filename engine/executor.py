@@ -10,7 +10,9 @@ Every executor starts its workers (loading the weights) when made; the engine si
 tokens; a failed rank makes it raise and `healthy` false.
 """
 
-from concurrent.futures import Future, ThreadPoolExecutor
+import queue
+import threading
+from concurrent.futures import Future
 from typing import Protocol
 
 import torch
@@ -45,34 +47,81 @@ class Executor(Protocol):
 
 
 class InProcExecutor:
-    """The one-rank engine: a Worker in this process, its device half on one thread (steps run in order)."""
+    """The one-rank engine: a Worker in this process. `execute` prepares the step's host tensors on the caller's
+    thread; a device thread runs the steps in order (begin, forward, finish). It starts the next step (its inputs
+    on the device, PENDING ids filled from this step's tokens) before it hands this step's tokens back: the caller
+    wakes on those and runs Python for a while, and the next forward must not wait for the GIL behind it."""
 
     def __init__(self, worker: Worker):
         self.worker = worker
         self.reports = [worker.load()]
-        self._device = ThreadPoolExecutor(1, thread_name_prefix="gptoss-device", initializer=_bind, initargs=(worker,))
+        self._steps: queue.SimpleQueue = queue.SimpleQueue()  # (PreparedStep, Future), None to stop
         self._error: BaseException | None = None
         self._closed = False
+        self._thread = threading.Thread(target=self._device_loop, name="gptoss-device", daemon=True)
+        self._thread.start()
 
     def init_cache(self, num_blocks: int) -> None:
         self.worker.init_cache(num_blocks)
 
     def execute(self, outputs: list[SchedulerOutput]) -> Future:
-        future = self._device.submit(self.worker.run, self.worker.prepare(outputs))
-        future.add_done_callback(self._check)
+        if self._closed:
+            raise RuntimeError("the executor has been shut down")
+        future = Future()
+        self._steps.put((self.worker.prepare(outputs), future))
         return future
 
-    def _check(self, future: Future) -> None:
-        if future.exception() is not None:
-            self._error = future.exception()
+    def _device_loop(self) -> None:
+        _bind(self.worker)
+        item = self._steps.get()
+        begun = _attempt(self.worker.begin, item[0]) if item else None
+        while item is not None:
+            result = begun
+            if not isinstance(begun, _Failed):
+                result = _attempt(lambda inputs: self.worker.finish(inputs, self.worker.forward(inputs)), begun)
+            following = self._next_step()
+            after = _attempt(self.worker.begin, following[0]) if following else None
+            self._publish(item[1], result)
+            if following is None and not self._closed:
+                following = self._steps.get()
+                after = _attempt(self.worker.begin, following[0]) if following else None
+            item, begun = following, after
+
+    def _next_step(self):
+        try:
+            return self._steps.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _publish(self, future: Future, result) -> None:
+        if isinstance(result, _Failed):
+            self._error = result.error
+            future.set_exception(result.error)
+        else:
+            future.set_result(result)
 
     @property
     def healthy(self) -> bool:
         return self._error is None and not self._closed
 
     def shutdown(self) -> None:
-        self._closed = True
-        self._device.shutdown(wait=True)
+        if not self._closed:
+            self._closed = True
+            self._steps.put(None)
+            self._thread.join()
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _attempt(fn, arg):
+    """fn(arg), or the exception it raised wrapped in _Failed (handed to the step's caller)."""
+    try:
+        return fn(arg)
+    except Exception as e:  # noqa: BLE001 - the step's future carries it to the engine loop
+        return _Failed(e)
 
 
 def _bind(worker: Worker) -> None:

@@ -35,8 +35,7 @@ from engine.parallel.comm import Comm
 from engine.parallel.layers import build_parallel_model
 from engine.parallel.loading import load_shard, tensor_bytes
 from engine.parallel.tp import RankLayout, kv_heads
-from engine.sampler import Sampler, SamplerOutput, SamplingBatch, seeded_generator
-from engine.sampling_params import SamplingParams
+from engine.sampler import Sampler, SamplerOutput, SamplingBatch, SamplingRow, SamplingTable, seeded_generator
 from engine.scheduler_output import PENDING, NewRequestData, SchedulerOutput
 from engine.utils import resolve_dtype
 from engine.weights.checkpoint import load_weights
@@ -60,7 +59,7 @@ class LoadReport:
 class SamplingState:
     """One request's sampling across its steps, on the rank that samples its attention group."""
 
-    params: SamplingParams
+    row: SamplingRow  # its SamplingParams as a row of the sampler's batch (made once)
     generator: torch.Generator | None  # its own random stream when seeded (params.seed + sample index)
     prompt_token_ids: list[int]  # for the repetition penalty (empty without one)
     output_token_ids: list[int]  # every token sampled for it here (penalties, min_tokens)
@@ -88,7 +87,8 @@ class Worker:
         self.tables: dict[str, list[list[int]]] = {}  # request id -> per KV group its block table (prepare)
         self.released: dict[str, tuple[int, ...]] = {}  # request id -> window release bounds applied (prepare)
         self.sampling: dict[str, SamplingState] = {}  # request id -> its sampling state (run, sampling rank)
-        self.last_sampled: tuple[torch.Tensor, dict[str, int]] | None = None  # (tokens [S], request id -> row)
+        self.last_sampled: tuple | None = None  # (tokens [S], request ids [S], request id -> row) of the last step
+        self.table: tuple[tuple[str, ...], SamplingTable] | None = None  # the last batch's rows (run)
         self.sampler = Sampler()
         self.comm = self.model = self.runner = self.moe_dispatch = None
 
@@ -188,18 +188,33 @@ class Worker:
                 table.extend(new)
         self.released[rid] = bounds
 
-    @torch.inference_mode()
     def run(self, step: PreparedStep) -> SampledTokens | None:
-        """The device half: forward, then sample on the first rank of the group."""
+        """The device half: forward, then sample on the first rank of the group (begin, forward, finish)."""
+        inputs = self.begin(step)
+        return self.finish(inputs, self.forward(inputs))
+
+    @torch.inference_mode()
+    def begin(self, step: PreparedStep) -> StepInputs:
+        """Sampling state installed / dropped, the inputs on the device with PENDING ids filled in."""
         self._update_sampling_state(step)
         inputs = _to_device(step.inputs, self.device)
         if step.pending_from:
-            tokens, row_of = self.last_sampled
-            rows = torch.tensor([row_of[rid] for rid in step.pending_from], device=self.device)
-            inputs.input_ids[step.pending_index.to(self.device)] = tokens[rows]
+            tokens, ids, row_of = self.last_sampled
+            if step.pending_from != ids:  # else (the usual decode step) the rows line up already
+                tokens = tokens[torch.tensor([row_of[rid] for rid in step.pending_from], device=self.device)]
+            inputs.input_ids[step.pending_index.to(self.device)] = tokens
         if self.moe_dispatch is not None:
             self.moe_dispatch.token_counts = step.token_counts
-        hidden = self.runner.forward(inputs)
+        return inputs
+
+    @torch.inference_mode()
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        """Final hidden states [T, D]; writes this step's KV into the cache."""
+        return self.runner.forward(inputs)
+
+    @torch.inference_mode()
+    def finish(self, inputs: StepInputs, hidden: torch.Tensor) -> SampledTokens | None:
+        """Logits of the sampled rows -> tokens (on the sampling rank; the others return None)."""
         if not inputs.sampled:
             self.last_sampled = None
             return {}
@@ -212,20 +227,26 @@ class Worker:
     def _update_sampling_state(self, step: PreparedStep) -> None:
         if not self.samples:
             return
+        if step.finished or step.new_requests:
+            self.table = None  # an id may come back as a new request with other parameters
         for rid in step.finished:
             self.sampling.pop(rid, None)
         for new in step.new_requests:
-            self.sampling[new.request_id] = SamplingState(new.params, seeded_generator(new.seed, self.device),
+            self.sampling[new.request_id] = SamplingState(SamplingRow.of(new.params, self.vocab_size),
+                                                          seeded_generator(new.seed, self.device),
                                                           new.prompt_token_ids, [], new.stop_ids)
 
     def _sample(self, logits: torch.Tensor, request_ids: list[str]) -> tuple[SampledTokens, torch.Tensor]:
         """logits [S, V] float32 -> the sampled tokens (with their logprobs), each appended to its request's state."""
         states = [self.sampling[rid] for rid in request_ids]
-        batch = SamplingBatch.build([s.params for s in states], [s.prompt_token_ids for s in states],
-                                    [s.output_token_ids for s in states], [s.generator for s in states],
-                                    [s.stop_ids for s in states], self.vocab_size, self.device)
+        key = tuple(request_ids)
+        if self.table is None or self.table[0] != key:  # decode steps of the same requests reuse it
+            self.table = key, SamplingTable.of([s.row for s in states], self.device)
+        batch = SamplingBatch.from_table(self.table[1], [s.prompt_token_ids for s in states],
+                                         [s.output_token_ids for s in states], [s.generator for s in states],
+                                         [s.stop_ids for s in states], self.device)
         out = self.sampler(logits, batch)
-        result = sampled_entries(out, request_ids, [s.params.logprobs for s in states])
+        result = sampled_entries(out, request_ids, [s.row.params.logprobs for s in states])
         for state, (token, _) in zip(states, result.values()):
             state.output_token_ids.append(token)
         return result, out.token_ids
@@ -237,7 +258,7 @@ class Worker:
             if tokens is None:
                 tokens = torch.empty(len(request_ids), dtype=torch.long, device=self.device)
             self.comm.tp.broadcast(tokens)
-        self.last_sampled = (tokens, {rid: i for i, rid in enumerate(request_ids)})
+        self.last_sampled = tokens, request_ids, {rid: i for i, rid in enumerate(request_ids)}
 
     # ---- introspection and teardown ----
     def pid(self) -> int:

@@ -33,6 +33,8 @@ CASES = {  # name -> engine arguments
     "tp2-ep2-alltoall": dict(tensor_parallel_size=2, enable_expert_parallel=True, moe_dispatch="alltoall"),
     "tp2-dp2-ep4-alltoall": dict(tensor_parallel_size=2, data_parallel_size=2, enable_expert_parallel=True,
                                  moe_dispatch="alltoall", backend="kernels"),
+    "tp2-dp2-ep4-sync": dict(tensor_parallel_size=2, data_parallel_size=2, enable_expert_parallel=True,
+                             async_scheduling=False),  # the others schedule asynchronously (the default)
 }
 
 
@@ -119,6 +121,7 @@ def check_memory(engine: AsyncLLM, model, args: dict):
     pytest.param("mp", "tp4-ep4-packed", marks=pytest.mark.slow),
     pytest.param("mp", "tp2-ep2-alltoall", marks=pytest.mark.slow),
     pytest.param("mp", "tp2-dp2-ep4-alltoall", marks=pytest.mark.slow),
+    pytest.param("mp", "tp2-dp2-ep4-sync", marks=pytest.mark.slow),
     pytest.param("ray", "tp2-ep2", marks=pytest.mark.slow),
     pytest.param("ray", "tp2-dp2-ep4", marks=pytest.mark.slow),
 ])
