@@ -38,7 +38,7 @@ class Request:
     status: Status = Status.WAITING
     finish_reason: str | None = None
     stop_reason: int | str | None = None
-    num_computed_tokens: int = 0  # tokens whose KV is in the cache (the scheduler advances it)
+    num_computed_tokens: int = 0  # tokens whose KV is in the cache, or being written by the step in flight
     num_pending: int = 0  # tokens sampled by a step still running, not appended yet (async scheduling: 0 or 1)
     num_cached_tokens: int = 0  # prompt tokens that came from the prefix cache
     num_preemptions: int = 0

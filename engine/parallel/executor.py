@@ -172,6 +172,10 @@ class RankExecutor(ABC):
 class MPExecutor(RankExecutor):
     """Ranks as local processes, each with a pipe to the driver; messages are pickled once and sent to all."""
 
+    def __init__(self, parallel: ParallelConfig, specs: list[WorkerSpec]):
+        super().__init__(parallel, specs)
+        self.procs, self.conns = [], []  # per rank, once launched
+
     def _launch(self) -> str:
         import torch.multiprocessing as mp
 
@@ -239,10 +243,10 @@ class MPExecutor(RankExecutor):
         return f"rank {rank} (pid {proc.pid}) exited with code {proc.exitcode} during {method!r}"
 
     def _alive(self) -> bool:
-        return all(p.is_alive() for p in getattr(self, "procs", []))
+        return all(p.is_alive() for p in self.procs)
 
     def _stop(self) -> None:
-        procs, self.procs = getattr(self, "procs", []), []
+        procs, self.procs = self.procs, []
         if self.error is None:
             payload = pickle.dumps(("stop", ()))
             for conn in self.conns:
@@ -256,7 +260,7 @@ class MPExecutor(RankExecutor):
             if p.is_alive():
                 p.kill()  # a failed group can hang in teardown; these are our own processes
             p.join(5)
-        for conn in getattr(self, "conns", []):
+        for conn in self.conns:
             conn.close()
         self.conns = []
 
@@ -265,6 +269,10 @@ class RayExecutor(RankExecutor):
     """Ranks as Ray actors, one per bundle of a placement group: PACK keeps them on one node when it has room,
     SPREAD puts them on different nodes. Connects to the running Ray cluster, or starts a local one. Inside a
     Serve replica that reserved bundles for its ranks (cluster/app.py) it uses those."""
+
+    def __init__(self, parallel: ParallelConfig, specs: list[WorkerSpec]):
+        super().__init__(parallel, specs)
+        self.actors, self.pg, self._own_pg = [], None, False  # once launched: one actor per rank, their group
 
     def _launch(self) -> str:
         import ray
@@ -345,7 +353,7 @@ class RayExecutor(RankExecutor):
         import ray
         from ray.util.placement_group import remove_placement_group
 
-        actors, self.actors = getattr(self, "actors", []), []
+        actors, self.actors = self.actors, []
         if actors and self.error is None:
             try:
                 ray.get([a.close.remote() for a in actors], timeout=10)
@@ -353,7 +361,7 @@ class RayExecutor(RankExecutor):
                 pass
         for a in actors:
             ray.kill(a, no_restart=True)
-        if getattr(self, "pg", None) is not None and self._own_pg:
+        if self.pg is not None and self._own_pg:
             remove_placement_group(self.pg)
             self.pg = None
 
