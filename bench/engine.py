@@ -19,6 +19,7 @@ Writes bench/results/engine.json.
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import random
 import statistics
@@ -41,8 +42,8 @@ def workload(n: int, vocab: int, seed: int) -> list[tuple[list[int], int]]:
     return [([rng.randrange(vocab) for _ in range(rng.randint(32, 512))], rng.randint(16, 256)) for _ in range(n)]
 
 
-def run_engine(model: Path, requests) -> tuple[float, int]:
-    llm = LLM(model, dtype="float32", device="cpu", max_num_batched_tokens=2048)
+def run_engine(model: Path, requests, async_scheduling: bool = True) -> tuple[float, int]:
+    llm = LLM(model, dtype="float32", device="cpu", max_num_batched_tokens=2048, async_scheduling=async_scheduling)
     prompts = [{"prompt_token_ids": p} for p, _ in requests]
     params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for _, m in requests]
     llm.generate(prompts[:2], params[:2])  # warm-up
@@ -81,8 +82,9 @@ def decode_overhead(model: Path, running: int, steps: int = 10) -> dict:
     while any(r.num_computed_tokens < len(r.prompt_token_ids) for r in core.scheduler.requests.values()):
         core.step()  # prefill everything first
     model_log, sampler_log = BusyLog(), BusyLog()
-    forward, worker.sampler = worker.runner.forward, TimedSampler(sampler_log)
+    forward, unembed, worker.sampler = worker.runner.forward, worker.model.unembed, TimedSampler(sampler_log)
     worker.runner.forward = lambda inputs: model_log.timed(forward, inputs)
+    worker.model.unembed = lambda hidden: model_log.timed(unembed, hidden)  # the logits: device work too
     phases = {"schedule": [], "prepare": [], "worker_host": [], "update": [], "model": [], "sample_math": []}
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -131,14 +133,17 @@ def main() -> None:
         make_tiny_model(args.model)
     torch.manual_seed(args.seed)
     requests = workload(args.requests, 201088, args.seed)
+    load_before = os.getloadavg()[0]
     engine_s, engine_tokens = run_engine(args.model, requests)
     hf_s, hf_tokens = run_transformers(args.model, requests)
-    engine_tps, hf_tps = engine_tokens / engine_s, hf_tokens / hf_s
+    sync_s, sync_tokens = run_engine(args.model, requests, async_scheduling=False)
+    engine_tps, hf_tps, sync_tps = engine_tokens / engine_s, hf_tokens / hf_s, sync_tokens / sync_s
     print(f"mixed workload: {args.requests} requests, {sum(len(p) for p, _ in requests)} prompt tokens, "
           f"{engine_tokens} output tokens")
-    print(f"{'':28}{'seconds':>10}{'output tok/s':>14}")
-    print(f"{'engine (continuous batching)':28}{engine_s:10.2f}{engine_tps:14.1f}")
-    print(f"{'transformers generate':28}{hf_s:10.2f}{hf_tps:14.1f}")
+    print(f"{'':36}{'seconds':>10}{'output tok/s':>14}")
+    print(f"{'engine (continuous batching)':36}{engine_s:10.2f}{engine_tps:14.1f}")
+    print(f"{'transformers generate':36}{hf_s:10.2f}{hf_tps:14.1f}")
+    print(f"{'engine, async_scheduling=False':36}{sync_s:10.2f}{sync_tps:14.1f}")
     print(f"engine / transformers: {engine_tps / hf_tps:.2f}x (target >= 5x)")
     overhead = {n: decode_overhead(args.model, n) for n in (64, 256)}
     print(f"\n{'decode step, ms (median)':28}" + "".join(f"{k:>12}" for k in overhead[64]))
@@ -150,11 +155,13 @@ def main() -> None:
     result = {
         "benchmark": "engine", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}",
+        "load_average_1min": [load_before, os.getloadavg()[0]],  # at the start and the end (a shared machine)
         "workload": {"requests": args.requests, "prompt_len": [32, 512], "output_len": [16, 256],
                      "seed": args.seed, "dtype": "float32", "model": str(args.model)},
         "engine": {"seconds": engine_s, "output_tokens": engine_tokens, "tokens_per_s": engine_tps},
         "transformers": {"seconds": hf_s, "output_tokens": hf_tokens, "tokens_per_s": hf_tps},
         "engine_over_transformers": engine_tps / hf_tps,
+        "engine_sync_scheduling": {"seconds": sync_s, "output_tokens": sync_tokens, "tokens_per_s": sync_tps},
         "decode_step_ms": {str(n): ms for n, ms in overhead.items()},
         "standin_device": {"forward_ms": 20.0, "vocab": STANDIN_SPEC.vocab,
                            "rows": [dataclasses.asdict(e) for e in exposed]},

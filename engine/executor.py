@@ -76,13 +76,13 @@ class InProcExecutor:
         item = self._steps.get()
         begun = _attempt(self.worker.begin, item[0]) if item else None
         while item is not None:
-            result = begun
+            result = begun  # this step: forward and sample (unless its begin failed)
             if not isinstance(begun, _Failed):
                 result = _attempt(lambda inputs: self.worker.finish(inputs, self.worker.forward(inputs)), begun)
-            following = self._next_step()
+            following = self._next_step()  # already queued (async scheduling): begin it before publishing
             after = _attempt(self.worker.begin, following[0]) if following else None
             self._publish(item[1], result)
-            if following is None and not self._closed:
+            if following is None and not self._closed:  # none queued: wait for it
                 following = self._steps.get()
                 after = _attempt(self.worker.begin, following[0]) if following else None
             item, begun = following, after

@@ -5,15 +5,15 @@ process (engine.parallel.executor); with one rank it loads the whole checkpoint,
 Flow of a step, split where the host work ends and the device work begins:
   `prepare(outputs)` (host): this rank's group's `SchedulerOutput` -> its block tables updated (new entries, window
       releases) -> `PreparedStep` of host tensors (engine.model_runner.prepare_inputs);
-  `run(prepared)` (device): sampling state installed / dropped -> inputs to the device, PENDING ids filled from the
-      previous step's sampled tokens -> forward -> logits of the sampled rows -> on the group's first rank,
-      `SamplingBatch` from the per-request `SamplingState` -> `Sampler` -> {request id: (token, logprobs)}.
-The in-process executor calls `prepare` on the engine thread and `run` on a device thread, so the host prepares step
-N+1 while step N runs; `prepare` touches only the block tables and `run` only the device state, sampling state
-included. Sampling state that lives across steps (each seeded request's generator, its sampled tokens for the
-penalties and min_tokens) is kept here, on the sampling rank, from the request's first step until the scheduler
-lists it as finished. A per-request constraint on the next token (a grammar's token bitmask) belongs there too:
-state in `SamplingState`, applied to the logits in `_sample` before the sampler's own processing.
+  `run(prepared)` (device) = `begin`: sampling state installed / dropped, inputs to the device, PENDING ids filled
+      from the previous step's sampled tokens -> `forward` -> `finish`: logits of the sampled rows -> on the group's
+      first rank, `SamplingBatch` from the per-request `SamplingState` -> `Sampler` -> {request id: (token, logprobs)}.
+The in-process executor calls `prepare` on the engine thread and the rest on a device thread, so the host prepares
+step N+1 while step N runs; `prepare` touches only the block tables, the device half only the device state,
+sampling state included. Sampling state that lives across steps (each seeded request's generator, its sampled
+tokens for the penalties and min_tokens) is kept here, on the sampling rank, from the request's first step until
+the scheduler lists it as finished. A per-request constraint on the next token (a grammar's token bitmask) belongs
+there too: state in `SamplingState`, applied to the logits in `_sample` before the sampler's own processing.
 """
 
 import dataclasses
