@@ -74,6 +74,7 @@ class Tokenizer:
 
     def __init__(self, encoding: HarmonyEncoding):
         self.encoding = encoding  # the openai-harmony encoding (renders and parses harmony)
+        self._bytes: dict[int, bytes] = {}  # token id -> its bytes, filled as tokens are first decoded
 
     @classmethod
     def load(cls, model_dir: Path | str | None = None) -> "Tokenizer":
@@ -102,8 +103,15 @@ class Tokenizer:
         bad = [i for i in ids if not 0 <= i < vocab.VOCAB_SIZE]
         if bad:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {vocab.VOCAB_SIZE})")
-        # surrogateescape round-trips any byte string through harmony's public str API
-        return self.encoding.decode(ids, errors="surrogateescape").encode("utf-8", "surrogateescape")
+        return b"".join(map(self._token_bytes, ids))  # a sequence's bytes are its tokens' bytes, concatenated
+
+    def _token_bytes(self, token_id: int) -> bytes:
+        """One token's bytes, from harmony once (surrogateescape round-trips any bytes through its str API)."""
+        data = self._bytes.get(token_id)
+        if data is None:
+            data = self.encoding.decode([token_id], errors="surrogateescape").encode("utf-8", "surrogateescape")
+            self._bytes[token_id] = data
+        return data
 
     def decode(self, ids) -> str:
         """Text of `ids`; bytes that are not valid UTF-8 become U+FFFD."""

@@ -75,6 +75,14 @@ def test_special_ids_match_harmony(tok):
     assert tok.decode([tok.vocab_size - 1]) == "<|reserved_201087|>"
 
 
+@fast
+@given(ids=st.lists(st.integers(0, 201087), max_size=40))
+def test_decode_bytes_equals_harmony_on_any_ids(tok, ids):
+    """Tokens decode one at a time (cached); the concatenation must be what harmony makes of the whole sequence."""
+    whole = tok.encoding.decode(ids, errors="surrogateescape").encode("utf-8", "surrogateescape")
+    assert tok.decode_bytes(ids) == whole
+
+
 def test_decode_rejects_ids_outside_the_vocab(tok):
     for bad in (-1, 201088):
         with pytest.raises(ValueError, match=str(bad)):
