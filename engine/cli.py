@@ -48,8 +48,8 @@ ENGINE_FLAGS = {
     "enable_expert_parallel": "partition the experts over all ranks (EP = TP x DP) instead of slicing each one",
     "distributed_executor_backend": "local processes (mp) or Ray actors in a placement group (ray)",
     "moe_dispatch": "MoE collectives: every rank sees every token, or tokens go to their experts' ranks",
-    "async_scheduling": "schedule the next step while the device runs this one (--no-async-scheduling: one "
-                        "step at a time)",
+    "async_scheduling": "schedule the next step while the device runs this one (default: on for CUDA, off on "
+                        "CPU)",
 }
 CHOICES = {"distributed_executor_backend": EXECUTOR_BACKENDS, "moe_dispatch": MOE_DISPATCH}
 
@@ -60,7 +60,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     defaults = EngineConfig().to_kwargs()
     for name, help_text in ENGINE_FLAGS.items():
         flag, default = "--" + name.replace("_", "-"), defaults[name]
-        if isinstance(default, bool):
+        if isinstance(default, bool) or name == "async_scheduling":  # async_scheduling: None = on for CUDA
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
             group.add_argument(flag, type=type(default), default=default, choices=CHOICES.get(name), help=help_text)

@@ -110,8 +110,10 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 2048  # tokens computed per step (prefill chunks + decodes)
     max_waiting_requests: int | None = None  # waiting-queue limit, past it QueueFullError; None: unbounded
     scheduling_policy: str = "fcfs"  # "fcfs" or "priority" (lower SamplingParams.priority runs first, then arrival)
-    async_scheduling: bool = True  # schedule step N+1 and process step N-1's outputs while step N runs on the
-    #                                device; False: one step at a time (schedule, run, process)
+    async_scheduling: bool | None = None  # schedule step N+1 and process step N's outputs while step N+1 runs on
+    #                                       the device; False: one step at a time (schedule, run, process); None: on
+    #                                       for CUDA, off on CPU (the forward runs on the host's own cores there, so
+    #                                       there is nothing to hide the host work behind: bench/results/README.md)
 
     def __post_init__(self):
         _positive_int("max_num_seqs", self.max_num_seqs)
@@ -121,6 +123,12 @@ class SchedulerConfig:
             _fail("max_waiting_requests", ">= 0 or None", self.max_waiting_requests)
         if self.scheduling_policy not in POLICIES:
             _fail("scheduling_policy", f"one of {list(POLICIES)}", self.scheduling_policy)
+        if self.async_scheduling not in (None, True, False):
+            _fail("async_scheduling", "true, false or null (on for CUDA)", self.async_scheduling)
+
+    def async_on(self, device_type: str) -> bool:
+        """Whether steps overlap on a `device_type` ("cuda" or "cpu") engine."""
+        return self.async_scheduling if self.async_scheduling is not None else device_type == "cuda"
 
 
 @dataclass

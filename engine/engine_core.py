@@ -5,10 +5,10 @@
 background thread. The executor holds the workers: one in this process for one rank (engine.executor), one
 process or Ray actor per rank otherwise (engine.parallel.executor, docs/parallelism.md); the step path is the same.
 
-Async scheduling (the default, SchedulerConfig.async_scheduling): `step()` schedules and launches step N+1, then
-waits for step N and processes its tokens (detokenization, stop strings) while N+1 runs on the device; the
-scheduler counts step N's tokens as computed before they come back (engine.scheduler). With it off, `step()`
-schedules, runs and processes one step at a time.
+Async scheduling (SchedulerConfig.async_scheduling; by default on for CUDA, off on CPU): `step()` schedules and
+launches step N+1, then waits for step N and processes its tokens (detokenization, stop strings) while N+1 runs on
+the device; the scheduler counts step N's tokens as computed before they come back (engine.scheduler). With it off,
+`step()` schedules, runs and processes one step at a time.
 """
 
 import itertools
@@ -25,7 +25,7 @@ from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledStep, Scheduler, SchedulerStats
 from engine.text.detokenizer import IncrementalDetokenizer
 from engine.text.tokenizer import Tokenizer
-from engine.utils import generation_eos_ids
+from engine.utils import generation_eos_ids, resolve_device
 from engine.worker import LoadReport
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class EngineCore:
                for _ in range(config.parallel.data_parallel_size)]
         self.kv = kvs[0]  # every group's has `num_blocks`; this one answers capacity questions
         self.scheduler = DataParallelScheduler([Scheduler(config.scheduler, kv) for kv in kvs])
+        self.async_scheduling = config.scheduler.async_on(resolve_device(config.model.device).type)
         self._in_flight: tuple[list[ScheduledStep], StepResult] | None = None  # async scheduling: the step running
         self._ids = itertools.count()
         log.info("KV cache: %d blocks of %d tokens; one sequence can hold up to %d tokens", num_blocks,
@@ -132,7 +133,7 @@ class EngineCore:
         steps = self.scheduler.schedule()
         if not any(s.scheduled for s in steps):
             steps = None
-        if not self.config.scheduler.async_scheduling:
+        if not self.async_scheduling:
             return self.scheduler.update(steps, self._launch(steps).result()) if steps else []
         launched = None
         if steps:

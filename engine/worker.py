@@ -83,7 +83,7 @@ class Worker:
         self.config, self.rank = config, rank
         self.device, self.dtype = torch.device(device), resolve_dtype(config.model.dtype)
         self.samples = rank.tp_rank == 0  # the first rank of each attention group samples
-        self.keep_sampled = config.scheduler.async_scheduling  # PENDING ids come from the last step's tokens
+        self.keep_sampled = config.scheduler.async_on(self.device.type)  # PENDING ids: the last step's tokens
         self.tables: dict[str, list[list[int]]] = {}  # request id -> per KV group its block table (prepare)
         self.released: dict[str, tuple[int, ...]] = {}  # request id -> window release bounds applied (prepare)
         self.sampling: dict[str, SamplingState] = {}  # request id -> its sampling state (run, sampling rank)

@@ -25,16 +25,17 @@ BLOCK_BYTES = 2 * 16 * 16 * 4  # one KV block (16 tokens) of one KV head of 16 d
 KV_BLOCKS = 24  # per attention group: 12 requests of up to 50 tokens need ~5 blocks each, so they preempt
 DP_KV_BLOCKS = 12  # per group when two groups share the 12 requests
 GREEDY = SamplingParams(temperature=0, max_tokens=10, logprobs=3, ignore_eos=True)
-CASES = {  # name -> engine arguments
+ASYNC = dict(async_scheduling=True)  # step N+1 sent before step N is read, PENDING ids broadcast in the TP group
+CASES = {  # name -> engine arguments (async scheduling is off by default on CPU)
     "tp2": dict(tensor_parallel_size=2),  # experts sliced along I
-    "tp2-ep2": dict(tensor_parallel_size=2, enable_expert_parallel=True),
-    "tp2-dp2-ep4": dict(tensor_parallel_size=2, data_parallel_size=2, enable_expert_parallel=True),
-    "tp4-ep4-packed": dict(tensor_parallel_size=4, enable_expert_parallel=True, backend="kernels"),  # KV replicated
+    "tp2-ep2": dict(tensor_parallel_size=2, enable_expert_parallel=True, **ASYNC),
+    "tp2-dp2-ep4": dict(tensor_parallel_size=2, data_parallel_size=2, enable_expert_parallel=True, **ASYNC),
+    "tp4-ep4-packed": dict(tensor_parallel_size=4, enable_expert_parallel=True, backend="kernels",  # KV replicated
+                           **ASYNC),
     "tp2-ep2-alltoall": dict(tensor_parallel_size=2, enable_expert_parallel=True, moe_dispatch="alltoall"),
     "tp2-dp2-ep4-alltoall": dict(tensor_parallel_size=2, data_parallel_size=2, enable_expert_parallel=True,
-                                 moe_dispatch="alltoall", backend="kernels"),
-    "tp2-dp2-ep4-sync": dict(tensor_parallel_size=2, data_parallel_size=2, enable_expert_parallel=True,
-                             async_scheduling=False),  # the others schedule asynchronously (the default)
+                                 moe_dispatch="alltoall", backend="kernels", **ASYNC),
+    "tp2-dp2-ep4-sync": dict(tensor_parallel_size=2, data_parallel_size=2, enable_expert_parallel=True),
 }
 
 
@@ -205,7 +206,7 @@ def test_a_dead_or_hung_rank_fails_every_request_within_the_timeout(parallel_mod
         request.getfixturevalue("ray_local")
     timeout = 5.0
     engine = async_engine(parallel_model, backend, kv_blocks=256, tensor_parallel_size=2,
-                          enable_expert_parallel=True, collective_timeout_s=timeout)
+                          enable_expert_parallel=True, collective_timeout_s=timeout, **ASYNC)
     pids = engine.core.executor.pids()
     try:
         results = fail_a_rank_mid_generation(engine, sig)
