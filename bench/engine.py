@@ -7,9 +7,9 @@
 prompts, driven as a user would (all prompts in one left-padded batch, max_new_tokens = the longest output asked
 for; only the tokens each request asked for count). Same run, same dtype (fp32), ratio printed.
 (b) Engine overhead per decode step at 64 and 256 running requests, one step at a time: scheduling, input
-preparation, the rest of the worker's step (sampling batch, moving tensors, reading the tokens back) and the state
-update (host work), each timed around the model forward and the sampler's tensor math over the vocabulary (device
-work), which are reported apart.
+preparation, the worker's host work in the step (inputs to the device, the sampling batch, the tokens read back)
+and the state update, timed apart from the model forward with the logits and the sampler's tensor math over the
+vocabulary (device work).
 (c) The host overhead a step exposes, with a stand-in device whose forward takes a fixed 20 ms (bench/standin_device):
 step wall time minus device time at 64 and 256 running requests, synchronous scheduling next to async scheduling
 (step N+1 scheduled and prepared, step N-1's outputs processed, while step N runs).
@@ -88,10 +88,13 @@ def decode_overhead(model: Path, running: int, steps: int = 10) -> dict:
         core.add(core.make_requests({"prompt_token_ids": [i % 1000 + 1] * 24}, params, request_id=f"d{i}"))
     while any(r.num_computed_tokens < len(r.prompt_token_ids) for r in core.scheduler.requests.values()):
         core.step()  # prefill everything first
-    model_log, sampler_log = BusyLog(), BusyLog()
-    forward, worker.sampler = worker.runner.forward, TimedSampler(sampler_log)
+    model_log, sampler_log, host_log = BusyLog(), BusyLog(), BusyLog()
+    forward, begin, sample = worker.runner.forward, worker.begin, worker._sample
+    worker.sampler = TimedSampler(sampler_log)
     worker.runner.forward = lambda inputs: model_log.timed(forward, inputs)
     time_module(worker.model.unembed, model_log)  # the logits: device work too
+    worker.begin = lambda step: host_log.timed(begin, step)  # the worker's host work: inputs to the device, ...
+    worker._sample = lambda logits, ids: host_log.timed(sample, logits, ids)  # ... the batch, the tokens back
     phases = {"schedule": [], "prepare": [], "worker_host": [], "update": [], "model": [], "sample_math": []}
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -105,8 +108,8 @@ def decode_overhead(model: Path, running: int, steps: int = 10) -> dict:
         t4 = time.perf_counter()
         assert len(plan[0].scheduled) == running and plan[0].num_batched_tokens == running
         model_s, sample_s = model_log.busy_between(t2, t3), sampler_log.busy_between(t2, t3)
-        for name, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2 - model_s - sample_s, t4 - t3, model_s,
-                                          sample_s)):
+        host_s = host_log.busy_between(t2, t3) - sample_s  # (the sampler runs inside _sample)
+        for name, seconds in zip(phases, (t1 - t0, t2 - t1, host_s, t4 - t3, model_s, sample_s)):
             phases[name].append(seconds * 1e3)
     core.shutdown()
     ms = {name: statistics.median(v) for name, v in phases.items()}

@@ -101,6 +101,10 @@ class SamplingBatch:
 def _special_rows(rows: list["SamplingRow"], special: list[int], prompt_ids, output_ids, stop_ids, device) -> dict:
     """The sparse (row, token) sets of the rows in `special`: logit_bias, min_tokens bans, the generated tokens of
     rows with a presence/frequency penalty, prompt + generated tokens of rows with a repetition penalty."""
+    if not special:  # the usual batch: every set empty
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        return {f"{n}_{k}": empty for n in ("bias", "ban", "output", "seen") for k in ("rows", "ids")} | {
+            "bias_values": torch.empty(0, dtype=torch.float32, device=device)}
     bias, banned, outputs, seen = {}, {}, {}, {}
     for i in special:
         params, out = rows[i].params, output_ids[i]

@@ -87,7 +87,7 @@ class Worker:
         self.tables: dict[str, list[list[int]]] = {}  # request id -> per KV group its block table (prepare)
         self.released: dict[str, tuple[int, ...]] = {}  # request id -> window release bounds applied (prepare)
         self.sampling: dict[str, SamplingState] = {}  # request id -> its sampling state (run, sampling rank)
-        self.last_sampled: tuple | None = None  # (tokens [S], request ids [S], request id -> row) of the last step
+        self.last_sampled: tuple[torch.Tensor, list[str]] | None = None  # the last step's tokens [S], their requests
         self.table: tuple[tuple[str, ...], SamplingTable] | None = None  # the last batch's rows (run)
         self.sampler = Sampler()
         self.comm = self.model = self.runner = self.moe_dispatch = None
@@ -197,10 +197,11 @@ class Worker:
     def begin(self, step: PreparedStep) -> StepInputs:
         """Sampling state installed / dropped, the inputs on the device with PENDING ids filled in."""
         self._update_sampling_state(step)
-        inputs = _to_device(step.inputs, self.device)
+        inputs = step.inputs if self.device.type == "cpu" else _to_device(step.inputs, self.device)
         if step.pending_from:
-            tokens, ids, row_of = self.last_sampled
+            tokens, ids = self.last_sampled
             if step.pending_from != ids:  # else (the usual decode step) the rows line up already
+                row_of = {rid: i for i, rid in enumerate(ids)}
                 tokens = tokens[torch.tensor([row_of[rid] for rid in step.pending_from], device=self.device)]
             inputs.input_ids[step.pending_index.to(self.device)] = tokens
         if self.moe_dispatch is not None:
@@ -258,7 +259,7 @@ class Worker:
             if tokens is None:
                 tokens = torch.empty(len(request_ids), dtype=torch.long, device=self.device)
             self.comm.tp.broadcast(tokens)
-        self.last_sampled = tokens, request_ids, {rid: i for i, rid in enumerate(request_ids)}
+        self.last_sampled = tokens, request_ids
 
     # ---- introspection and teardown ----
     def pid(self) -> int:
