@@ -64,12 +64,12 @@ class InProcExecutor:
     def init_cache(self, num_blocks: int) -> None:
         self.worker.init_cache(num_blocks)
 
-    def execute(self, outputs: list[SchedulerOutput]) -> Future:
+    def execute(self, outputs: list[SchedulerOutput]) -> "LocalStep":
         if self._closed:
             raise RuntimeError("the executor has been shut down")
-        future = Future()
-        self._steps.put((self.worker.prepare(outputs), future))
-        return future
+        step = LocalStep()
+        self._steps.put((self.worker.prepare(outputs), step.future))
+        return step
 
     def _device_loop(self) -> None:
         _bind(self.worker)
@@ -109,6 +109,16 @@ class InProcExecutor:
             self._closed = True
             self._steps.put(None)
             self._thread.join()
+
+
+class LocalStep:
+    """A step on the device thread; `result()` reads its tokens on the caller's thread (SampledRows.entries)."""
+
+    def __init__(self):
+        self.future = Future()  # the worker's SampledRows
+
+    def result(self) -> SampledTokens:
+        return self.future.result().entries()
 
 
 class _Failed:

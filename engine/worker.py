@@ -62,7 +62,7 @@ class SamplingState:
     row: SamplingRow  # its SamplingParams as a row of the sampler's batch (made once)
     generator: torch.Generator | None  # its own random stream when seeded (params.seed + sample index)
     prompt_token_ids: list[int]  # for the repetition penalty (empty without one)
-    output_token_ids: list[int]  # every token sampled for it here (penalties, min_tokens)
+    output_token_ids: list[int]  # the tokens sampled for it here, when it has penalties or min_tokens
     stop_ids: list[int]  # banned until min_tokens outputs
 
 
@@ -191,7 +191,8 @@ class Worker:
     def run(self, step: PreparedStep) -> SampledTokens | None:
         """The device half: forward, then sample on the first rank of the group (begin, forward, finish)."""
         inputs = self.begin(step)
-        return self.finish(inputs, self.forward(inputs))
+        rows = self.finish(inputs, self.forward(inputs))
+        return None if rows is None else rows.entries()
 
     @torch.inference_mode()
     def begin(self, step: PreparedStep) -> StepInputs:
@@ -214,16 +215,16 @@ class Worker:
         return self.runner.forward(inputs)
 
     @torch.inference_mode()
-    def finish(self, inputs: StepInputs, hidden: torch.Tensor) -> SampledTokens | None:
+    def finish(self, inputs: StepInputs, hidden: torch.Tensor) -> "SampledRows | None":
         """Logits of the sampled rows -> tokens (on the sampling rank; the others return None)."""
         if not inputs.sampled:
             self.last_sampled = None
-            return {}
+            return SampledRows([], None, [])
         logits = self.model.unembed(hidden[inputs.logits_indices])  # None off the sampling rank (tensor parallel)
-        result, tokens = self._sample(logits.float(), inputs.sampled) if logits is not None else (None, None)
+        rows = self._sample(logits.float(), inputs.sampled) if logits is not None else None
         if self.keep_sampled:
-            self._keep(tokens, inputs.sampled)
-        return result
+            self._keep(None if rows is None else rows.output.token_ids, inputs.sampled)
+        return rows
 
     def _update_sampling_state(self, step: PreparedStep) -> None:
         if not self.samples:
@@ -237,8 +238,9 @@ class Worker:
                                                           seeded_generator(new.seed, self.device),
                                                           new.prompt_token_ids, [], new.stop_ids)
 
-    def _sample(self, logits: torch.Tensor, request_ids: list[str]) -> tuple[SampledTokens, torch.Tensor]:
-        """logits [S, V] float32 -> the sampled tokens (with their logprobs), each appended to its request's state."""
+    def _sample(self, logits: torch.Tensor, request_ids: list[str]) -> "SampledRows":
+        """logits [S, V] float32 -> the sampled tokens (with their logprobs); appended to the token history of the
+        requests that read it (penalties, min_tokens)."""
         states = [self.sampling[rid] for rid in request_ids]
         key = tuple(request_ids)
         if self.table is None or self.table[0] != key:  # decode steps of the same requests reuse it
@@ -247,10 +249,11 @@ class Worker:
                                          [s.output_token_ids for s in states], [s.generator for s in states],
                                          [s.stop_ids for s in states], self.device)
         out = self.sampler(logits, batch)
-        result = sampled_entries(out, request_ids, [s.row.params.logprobs for s in states])
-        for state, (token, _) in zip(states, result.values()):
-            state.output_token_ids.append(token)
-        return result, out.token_ids
+        special = self.table[1].special
+        if special:
+            for i, token in zip(special, out.token_ids[special].tolist()):
+                states[i].output_token_ids.append(token)
+        return SampledRows(request_ids, out, [s.row.params.logprobs for s in states])
 
     def _keep(self, tokens: torch.Tensor | None, request_ids: list[str]) -> None:
         """Keep this step's sampled tokens on the device for the next step's PENDING ids; the other ranks of the
@@ -267,6 +270,19 @@ class Worker:
 
     def close(self) -> None:
         Comm.shutdown()
+
+
+@dataclass
+class SampledRows:
+    """One step's tokens as the sampler left them (tensors); read into SampledTokens by whoever needs them, so the
+    in-process device thread does not spend its time on it."""
+
+    request_ids: list[str]  # [S]
+    output: SamplerOutput | None  # None when nothing was sampled
+    num_logprobs: list[int | None]  # [S] top-n logprobs each row asked for
+
+    def entries(self) -> SampledTokens:
+        return {} if self.output is None else sampled_entries(self.output, self.request_ids, self.num_logprobs)
 
 
 def sampled_entries(result: SamplerOutput, request_ids: list[str], num_logprobs: list[int | None]) -> SampledTokens:
