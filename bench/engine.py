@@ -5,7 +5,8 @@
 (a) A mixed workload (64 requests, prompts 32-512 tokens, outputs 16-256) on the default tiny model: the engine
 (continuous batching, paged KV cache) next to transformers' GptOssForCausalLM.generate on the same checkpoint and
 prompts, driven as a user would (all prompts in one left-padded batch, max_new_tokens = the longest output asked
-for; only the tokens each request asked for count). Same run, same dtype (fp32), ratio printed.
+for; only the tokens each request asked for count). Same run, same dtype (fp32), ratio printed. Each runs
+--repeat times, interleaved, and the fastest counts (other work on a shared machine only ever slows a run).
 (b) Engine overhead per decode step at 64 and 256 running requests, one step at a time: scheduling, input
 preparation, the worker's host work in the step (inputs to the device, the sampling batch, the tokens read back)
 and the state update, timed apart from the model forward with the logits and the sampler's tensor math over the
@@ -140,15 +141,19 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path(".cache/tiny-model"))
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each in (a), best kept (a shared machine)")
     args = parser.parse_args()
     if not (args.model / "config.json").is_file():
         make_tiny_model(args.model)
     torch.manual_seed(args.seed)
     requests = workload(args.requests, 201088, args.seed)
     load_before = os.getloadavg()[0]
-    engine_s, engine_tokens = run_engine(args.model, requests)
-    hf_s, hf_tokens = run_transformers(args.model, requests)
-    async_s, async_tokens = run_engine(args.model, requests, async_scheduling=True)
+    runs = {"engine": [], "transformers": [], "async": []}  # interleaved, the best of --repeat each
+    for _ in range(args.repeat):
+        runs["engine"].append(run_engine(args.model, requests))
+        runs["transformers"].append(run_transformers(args.model, requests))
+        runs["async"].append(run_engine(args.model, requests, async_scheduling=True))
+    (engine_s, engine_tokens), (hf_s, hf_tokens), (async_s, async_tokens) = (min(v) for v in runs.values())
     engine_tps, hf_tps, async_tps = engine_tokens / engine_s, hf_tokens / hf_s, async_tokens / async_s
     print(f"mixed workload: {args.requests} requests, {sum(len(p) for p, _ in requests)} prompt tokens, "
           f"{engine_tokens} output tokens")
@@ -169,7 +174,8 @@ def main() -> None:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}",
         "load_average_1min": [load_before, os.getloadavg()[0]],  # at the start and the end (a shared machine)
         "workload": {"requests": args.requests, "prompt_len": [32, 512], "output_len": [16, 256],
-                     "seed": args.seed, "dtype": "float32", "model": str(args.model)},
+                     "seed": args.seed, "dtype": "float32", "model": str(args.model), "repeat": args.repeat},
+        "all_runs_seconds": {name: [r[0] for r in v] for name, v in runs.items()},
         "engine": {"seconds": engine_s, "output_tokens": engine_tokens, "tokens_per_s": engine_tps},
         "transformers": {"seconds": hf_s, "output_tokens": hf_tokens, "tokens_per_s": hf_tps},
         "engine_over_transformers": engine_tps / hf_tps,
