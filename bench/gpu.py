@@ -25,7 +25,7 @@ import torch
 
 from bench import gpu_launches
 from engine.kernels import attention, moe, norm, rope, router
-from engine.mxfp4 import dequantize_mxfp4
+from engine.weights.mxfp4 import dequantize_mxfp4
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEVICE = "cuda"  # tests/kernels/test_bench_gpu.py swaps in "cpu" to dry-run this script at tiny shapes
@@ -320,9 +320,9 @@ def bench_small_ops(report: Report, timer: Timer, s: Shapes, gen, token_counts=(
 
 
 def model_config(s: Shapes):
-    from engine.config import FULL, SLIDING, ModelConfig  # noqa: PLC0415
+    from engine.model.config import FULL, SLIDING, GptOssConfig  # noqa: PLC0415
 
-    return ModelConfig(
+    return GptOssConfig(
         num_hidden_layers=s.layers, num_experts=s.experts, experts_per_token=s.top_k, hidden_size=s.hidden,
         intermediate_size=s.intermediate, num_attention_heads=s.q_heads, num_key_value_heads=s.kv_heads,
         head_dim=s.head_dim, vocab_size=s.vocab, sliding_window=s.window,

@@ -34,7 +34,7 @@ from triton.runtime.jit import create_function_from_signature
 
 from bench import roofline
 from bench.roofline import GPU, GPUS, Load, PlannedLaunch
-from engine.config import FULL, SLIDING, ModelConfig
+from engine.model.config import FULL, SLIDING, GptOssConfig
 from engine.kernels import attention, moe, norm, rope, router
 from engine.kernels.launch import Launch
 from engine.parallel import tp as rules
@@ -48,9 +48,9 @@ DECODE_CONTEXT = 4096  # tokens already cached per sequence in the decode cases
 BLOCK_SIZE = 16  # KV-cache tokens per block (the engine's default)
 
 
-def _model(layers: int, experts: int) -> ModelConfig:
+def _model(layers: int, experts: int) -> GptOssConfig:
     """gpt-oss shapes (model card, config.json): everything but the layer and expert counts is shared."""
-    return ModelConfig(num_hidden_layers=layers, num_experts=experts, experts_per_token=4, hidden_size=2880,
+    return GptOssConfig(num_hidden_layers=layers, num_experts=experts, experts_per_token=4, hidden_size=2880,
                        intermediate_size=2880, num_attention_heads=64, num_key_value_heads=8, head_dim=64,
                        vocab_size=201088, sliding_window=128,
                        layer_types=tuple(SLIDING if i % 2 == 0 else FULL for i in range(layers)))
@@ -129,7 +129,7 @@ def layer_launches(case: Case, gpu: GPU) -> list[PlannedLaunch]:
     return planned
 
 
-def _attention_launches(case: Case, config: ModelConfig, layout: RankLayout, gpu: GPU) -> list[PlannedLaunch]:
+def _attention_launches(case: Case, config: GptOssConfig, layout: RankLayout, gpu: GPU) -> list[PlannedLaunch]:
     """write_kv, rope_and_write_kv and paged_attention (sliding window and full layers) on this rank's heads."""
     dt, T, D = getattr(torch, case.dtype), case.tokens, config.head_dim
     h0, h1 = rules.q_heads(config, layout)
@@ -154,7 +154,7 @@ def _attention_launches(case: Case, config: ModelConfig, layout: RankLayout, gpu
     return planned
 
 
-def _moe_launches(case: Case, config: ModelConfig, layout: RankLayout, gpu: GPU) -> list[PlannedLaunch]:
+def _moe_launches(case: Case, config: GptOssConfig, layout: RankLayout, gpu: GPU) -> list[PlannedLaunch]:
     """router_topk (replicated) and moe_mxfp4 over this rank's experts or intermediate slice."""
     dt, T, H, K = getattr(torch, case.dtype), case.tokens, config.hidden_size, config.experts_per_token
     e0, e1 = rules.experts(config, layout)

@@ -161,7 +161,7 @@ class ParallelSection(Section):
 
     @model_validator(mode="after")
     def _engine_accepts(self) -> "ParallelSection":
-        from engine.parallel.config import ParallelConfig as EngineParallel  # noqa: PLC0415
+        from engine.config import ParallelConfig as EngineParallel  # noqa: PLC0415
 
         EngineParallel(**self.engine_kwargs(always=True))  # its ValueError names the field
         return self
@@ -182,7 +182,7 @@ class ParallelSection(Section):
 
 
 class EngineSettings(Section):
-    """Passed to engine.async_llm.AsyncLLM as keyword arguments (names are engine.engine_core.EngineConfig's)."""
+    """Passed to engine.async_llm.AsyncLLM as keyword arguments (names are engine.config.EngineConfig's fields)."""
 
     max_num_seqs: int = doc(256, "requests running at once per replica", ge=1)
     max_num_batched_tokens: int = doc(2048, "tokens per engine step (prefill chunks + decodes)", ge=1)
@@ -200,9 +200,9 @@ class EngineSettings(Section):
 
     @model_validator(mode="after")
     def _engine_accepts(self) -> "EngineSettings":
-        from engine.engine_core import EngineConfig  # noqa: PLC0415 - imports torch; only when validating
+        from engine.config import EngineConfig  # noqa: PLC0415
 
-        EngineConfig(model="-", **self.model_dump())  # its ValueError names the field
+        EngineConfig.from_kwargs(model="-", **self.model_dump())  # its ValueError names the field
         return self
 
 

@@ -49,7 +49,7 @@ class LLMServer:
         self.replica = replica or _replica_tag()
         self.metrics = ReplicaMetrics(self.spec.name, self.replica, self.engine.stats)
         self.pusher = MetricsPusher(hub, f"{self.spec.name}/{self.replica}", self.metrics.snapshot, push_interval_s)
-        self._max_new = _sequence_capacity(self.engine)
+        self._max_new = self.engine.max_tokens_per_sequence
 
     # ---- requests ----
     async def generate(self, req: GenerateRequest):
@@ -238,12 +238,6 @@ def _spec_from_dict(data: dict) -> ModelSpec:
     from cluster.config import validate  # noqa: PLC0415
 
     return validate(ModelSpec, data, "model")
-
-
-def _sequence_capacity(engine) -> int:
-    """Most tokens one sequence can hold in this engine's KV cache (the context length if it cannot tell)."""
-    core = getattr(engine, "core", None)
-    return getattr(core, "max_tokens_per_sequence", None) or engine.max_model_len
 
 
 def _limit_cpu_threads(spec: ModelSpec) -> None:

@@ -10,8 +10,9 @@ protobuf messages; keeping these plain keeps protobuf out of the replicas and th
 from dataclasses import dataclass, field
 
 from cluster.output.openai import Usage
-from engine.harmony_stream import Delta
+
 from engine.outputs import RequestOutput
+from engine.text.harmony_stream import Delta
 
 
 @dataclass

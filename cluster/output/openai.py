@@ -9,8 +9,8 @@ the formatter accumulates -> `formatter.finish()` returns the closing frames (us
 import json
 from dataclasses import dataclass, field
 
-from engine.harmony_stream import Delta
 from engine.outputs import RequestOutput
+from engine.text.harmony_stream import Delta
 
 
 def sse(payload: dict, event: str | None = None) -> str:
@@ -39,7 +39,7 @@ class Usage:
 class ChoiceState:
     """One sample's parse so far."""
 
-    parser: object  # engine.harmony_stream.HarmonyStreamParser
+    parser: object  # engine.text.harmony_stream.HarmonyStreamParser
     content: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
     tool_calls: list[dict] = field(default_factory=list)  # OpenAI tool_call dicts, arguments filled as they stream

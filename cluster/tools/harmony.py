@@ -24,7 +24,7 @@ from openai_harmony import (
     ToolNamespaceConfig,
 )
 
-from engine.tokenizer import build_harmony_messages
+from engine.text.tokenizer import build_harmony_messages
 
 PLACEHOLDER = "\x00gptoss-builtin-{}\x00"
 

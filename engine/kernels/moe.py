@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.mxfp4 import dequantize_mxfp4
+from engine.weights.mxfp4 import dequantize_mxfp4
 
 from ._triton import next_pow2, tl, triton
 from .launch import Launch, multiprocessors, run

@@ -10,7 +10,7 @@ from cluster.output.openai import ChatFormatter
 from cluster.output.responses import ResponseRecord, ResponsesFormatter
 from cluster.protocol import GenerateRequest, input_to_messages
 from engine.outputs import CompletionOutput, RequestOutput
-from engine.tokenizer import Tokenizer
+from engine.text.tokenizer import Tokenizer
 
 REASON_THEN_ANSWER = ("<|channel|>analysis<|message|>User greets. Reply.<|end|>"
                       "<|start|>assistant<|channel|>final<|message|>Hello there!<|return|>")

@@ -50,7 +50,7 @@ def test_the_wheel_carries_what_grpc_needs(installed):
 
 
 def test_the_installed_cluster_answers_http_and_grpc(installed, tmp_path, tiny_model):
-    run(str(installed / "python"), "-m", "engine.vocab", "install")  # the tokenizer file (offline, cached)
+    run(str(installed / "python"), "-m", "engine.text.vocab", "install")  # the tokenizer file (offline, cached)
     http_port, grpc_port = free_port(), free_port()
     config = serve_config(tiny_model, http_port, grpc={"enabled": True, "port": grpc_port})
     proc = start_serve(config, tmp_path, gptoss=str(installed / "gptoss"), cwd=tmp_path)

@@ -6,7 +6,7 @@ import torch
 
 from engine.kernels.launch import run
 from engine.kernels.moe import moe_mxfp4, moe_mxfp4_ref, plan_moe_mxfp4, route, route_ref
-from engine.mxfp4 import dequantize_mxfp4
+from engine.weights.mxfp4 import dequantize_mxfp4
 
 from ._util import DEVICE, DTYPES, assert_close, mxfp4_weights, triton_path
 

@@ -7,7 +7,7 @@ from openai_harmony import Author, Conversation, Message, ReasoningEffort, Role,
 
 from cluster.protocol.responses import input_to_messages
 from cluster.tools.harmony import answer_ids, browser_namespace, python_namespace, render_prompt
-from engine.tokenizer import Tokenizer
+from engine.text.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

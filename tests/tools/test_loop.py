@@ -18,7 +18,7 @@ from cluster.protocol.responses import parse_responses
 from cluster.server import LLMServer
 from cluster.tools.harmony import answer_ids
 from engine.outputs import CompletionOutput, RequestOutput
-from engine.tokenizer import Tokenizer
+from engine.text.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 CALL = "<|channel|>analysis to=python code<|message|>{code}<|call|>"
@@ -29,6 +29,7 @@ class ScriptedEngine:
 
     def __init__(self, tokenizer, turns: list[str], max_model_len: int = 4096):
         self.tokenizer, self.max_model_len = tokenizer, max_model_len
+        self.max_tokens_per_sequence = max_model_len
         self.turns, self.prompts, self.params = list(turns), [], []
         self.healthy = True
 

@@ -3,7 +3,7 @@
 Flow: OpenAI-style chat messages -> `render_chat` (validated, converted to harmony messages the way vLLM's
 gpt-oss path does) -> prompt ids ending with `<|start|>assistant` -> the engine generates until a stop id
 (`<|return|>` or `<|call|>`) -> `parse_completion` -> analysis, final and commentary text plus tool calls.
-The vocabulary file comes from `engine.vocab.find_vocab_dir` (offline); harmony reads it once per process.
+The vocabulary file comes from `engine.text.vocab.find_vocab_dir` (offline); harmony reads it once per process.
 """
 
 import functools
@@ -28,8 +28,8 @@ from openai_harmony import (
     load_harmony_encoding,
 )
 
-from engine import vocab
-from engine.harmony_stream import Delta, HarmonyStreamParser, ToolCall
+from engine.text import vocab
+from engine.text.harmony_stream import Delta, HarmonyStreamParser, ToolCall
 
 __all__ = ["ChatCompletionParse", "Tokenizer", "ToolCall"]
 
@@ -74,10 +74,11 @@ class Tokenizer:
 
     def __init__(self, encoding: HarmonyEncoding):
         self.encoding = encoding  # the openai-harmony encoding (renders and parses harmony)
+        self._bytes: dict[int, bytes] = {}  # token id -> its bytes, filled as tokens are first decoded
 
     @classmethod
     def load(cls, model_dir: Path | str | None = None) -> "Tokenizer":
-        """Loads (once per process) with the vocabulary found by `engine.vocab.find_vocab_dir(model_dir)`."""
+        """Loads (once per process) with the vocabulary found by `engine.text.vocab.find_vocab_dir(model_dir)`."""
         key_dir = str(Path(model_dir).resolve()) if model_dir is not None else None
         env = os.environ.get(vocab.ENV_ENCODINGS_BASE), os.environ.get(vocab.ENV_CACHE_DIR)
         return cls(_load_encoding(key_dir, *env))
@@ -102,8 +103,15 @@ class Tokenizer:
         bad = [i for i in ids if not 0 <= i < vocab.VOCAB_SIZE]
         if bad:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {vocab.VOCAB_SIZE})")
-        # surrogateescape round-trips any byte string through harmony's public str API
-        return self.encoding.decode(ids, errors="surrogateescape").encode("utf-8", "surrogateescape")
+        return b"".join(map(self._token_bytes, ids))  # a sequence's bytes are its tokens' bytes, concatenated
+
+    def _token_bytes(self, token_id: int) -> bytes:
+        """One token's bytes, from harmony once (surrogateescape round-trips any bytes through its str API)."""
+        data = self._bytes.get(token_id)
+        if data is None:
+            data = self.encoding.decode([token_id], errors="surrogateescape").encode("utf-8", "surrogateescape")
+            self._bytes[token_id] = data
+        return data
 
     def decode(self, ids) -> str:
         """Text of `ids`; bytes that are not valid UTF-8 become U+FFFD."""

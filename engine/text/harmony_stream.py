@@ -18,7 +18,18 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
-from engine.vocab import CALL, CHANNEL, CONSTRAIN, END, ENDOFTEXT, FIRST_SPECIAL, MESSAGE, RETURN, START, VOCAB_SIZE
+from engine.text.vocab import (
+    CALL,
+    CHANNEL,
+    CONSTRAIN,
+    END,
+    ENDOFTEXT,
+    FIRST_SPECIAL,
+    MESSAGE,
+    RETURN,
+    START,
+    VOCAB_SIZE,
+)
 
 CHANNELS = ("analysis", "commentary", "final")
 MAX_HEADER_TOKENS = 48  # a real header is ~5-15 tokens; longer means the model is writing text without one

@@ -7,7 +7,7 @@ import torch
 
 from engine.sampler import Sampler, apply_filters, apply_penalties, seeded_generator
 from engine.sampling_params import SamplingParams
-from tests.sampling.reference import (
+from tests.engine.sampler_reference import (
     CHI2_CRITICAL_999,
     build,
     chi_square,

@@ -15,12 +15,13 @@ import json, sys
 from engine import LLM, SamplingParams, kernels
 assert kernels.use_triton("cpu"), "the Triton path is not forced"
 llm = LLM(sys.argv[1], dtype="float32", device="cpu", backend="kernels")
-assert llm.engine.backend == "kernels"
-assert llm.engine.model.layers[0].mlp.w1_blocks.dtype.is_floating_point is False  # experts stay packed
+worker = llm.engine.executor.worker
+assert worker.packed
+assert worker.model.layers[0].mlp.w1_blocks.dtype.is_floating_point is False  # experts stay packed
 if sys.argv[3] == "graphs":  # decode steps through the padded static buffers of engine.cuda_graphs, run eagerly
-    llm.engine.runner.capture_decode_graphs(llm.engine.max_blocks_per_sequence, (1, 2, 4), capture=False)
+    worker.runner.capture_decode_graphs(worker.max_blocks_per_sequence, (1, 2, 4), capture=False)
 outs = llm.generate(json.loads(sys.argv[2]), SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
-graphs = llm.engine.runner.graphs
+graphs = worker.runner.graphs
 assert graphs is None or graphs.replays >= 7, graphs.replays  # every decode step of the 3 prompts
 print(json.dumps([o.outputs[0].token_ids for o in outs]))
 """

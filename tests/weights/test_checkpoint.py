@@ -5,11 +5,11 @@ import re
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from engine.checkpoint import load_weights
-from engine.config import ConfigError
-from engine.safetensors_file import CheckpointError, write_safetensors
-from engine.tiny_model import TinyModelSpec, make_tiny_model, random_weights, to_layout, write_checkpoint
+from engine.model.config import ConfigError
+from engine.weights.checkpoint import CheckpointError, load_weights
+from engine.weights.tiny_model import TinyModelSpec, make_tiny_model, random_weights, to_layout, write_checkpoint
 
 SPEC = TinyModelSpec(seed=5, layers=2, experts=4, experts_per_token=2, hidden=64, heads=4, kv_heads=2,
                      head_dim=16, vocab=512)
@@ -24,7 +24,7 @@ def variant(tmp_path, mutate=None, fmt="hf", config_edit=None):
     if mutate:
         mutate(tensors)
     write_checkpoint(tmp_path, config, {})  # config files only
-    write_safetensors(tmp_path / "model.safetensors", tensors)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp_path / "model.safetensors")
     if config_edit:
         raw = json.loads((tmp_path / "config.json").read_text())
         config_edit(raw)

@@ -1,8 +1,10 @@
 """Checkpoint loading: a gpt-oss directory (HF or `original/` layout, one file or sharded) -> named tensors.
 
-Flow: `Checkpoint(dir)` reads the config and every safetensors header (no data), `expected_tensors(config)` says
-what the config implies (canonical name -> shape and kind), and `load_weights` reads each one through the layout's
-name map, checking shape and dtype, decoding MXFP4 experts in chunks from the memory map.
+Flow: `Checkpoint(dir)` reads the config and opens every safetensors file with the `safetensors` package
+(`safe_open`: headers only, data memory-mapped), `expected_tensors(config)` says what the config implies (canonical
+name -> shape and kind), and `load_weights` reads each one through the layout's name map, checking shape and dtype
+(`get_slice`: before any data is touched), decoding MXFP4 experts in chunks from the memory map. Tensors come back
+as zero-copy views of the map, so a rank that keeps a slice (engine.parallel.loading) reads only that slice.
 
 Canonical names (the engine's own, layout-independent), per layer N:
   layers.N.{attn_norm.weight, mlp_norm.weight}, layers.N.attn.{q,k,v,o}.{weight,bias}, layers.N.attn.sinks,
@@ -12,18 +14,23 @@ Canonical names (the engine's own, layout-independent), per layer N:
 
 import json
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
-from engine.config import ModelConfig, config_path, load_config
-from engine.mxfp4 import BLOCK_SIZE, dequantize_mxfp4
-from engine.safetensors_file import DTYPE_NAMES, CheckpointError, SafetensorsFile
+from engine.model.config import GptOssConfig, config_path, load_config
+from engine.weights.mxfp4 import BLOCK_SIZE, dequantize_mxfp4
 
 FLOAT = "float"  # bf16 in the real checkpoints; f16/f32 accepted
 PACKED = "uint8"  # MXFP4 blocks and scales
-FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+FLOAT_DTYPES = ("BF16", "F16", "F32")  # safetensors' dtype names
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as it is: the message names the file or tensor and what was expected."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,7 @@ class Spec:
     kind: str  # FLOAT or PACKED
 
 
-def expected_tensors(c: ModelConfig) -> dict[str, Spec]:
+def expected_tensors(c: GptOssConfig) -> dict[str, Spec]:
     """Every tensor the config implies, by canonical name (E experts, D hidden, I intermediate)."""
     E, D, I, Dh = c.num_experts, c.hidden_size, c.intermediate_size, c.head_dim
     q_rows, kv_rows = c.num_attention_heads * Dh, c.num_key_value_heads * Dh
@@ -83,7 +90,7 @@ _ORIGINAL_GLOBAL = {"embed.weight": "embedding.weight", "norm.weight": "norm.sca
 _LAYER_NAME = re.compile(r"^layers\.(\d+)\.(.+)$")
 
 
-def source_name(canonical: str, config: ModelConfig) -> tuple[str, slice | None]:
+def source_name(canonical: str, config: GptOssConfig) -> tuple[str, slice | None]:
     """The checkpoint tensor holding `canonical`, and the row range of it (original q/k/v live in one qkv)."""
     m = _LAYER_NAME.match(canonical)
     if config.layout == "hf":
@@ -105,14 +112,14 @@ class Checkpoint:
     def __init__(self, model_dir: str | Path):
         self.dir = config_path(model_dir).parent
         self.config = load_config(model_dir)
-        self.files = [SafetensorsFile(p) for p in self._shard_paths()]
-        self.index = {}
-        for f in self.files:
-            for name in f.tensors:
+        self.index: dict[str, tuple[Path, object]] = {}  # tensor name -> (file, its safe_open handle)
+        for path in self._shard_paths():
+            handle = open_safetensors(path)
+            for name in handle.keys():
                 if name in self.index:
-                    raise CheckpointError(f"tensor {name} appears in both {self.index[name].path.name} and "
-                                          f"{f.path.name}")
-                self.index[name] = f
+                    raise CheckpointError(f"tensor {name} appears in both {self.index[name][0].name} and "
+                                          f"{path.name}")
+                self.index[name] = (path, handle)
         self._check_layer_count()
 
     def _shard_paths(self) -> list[Path]:
@@ -142,29 +149,62 @@ class Checkpoint:
         name, rows = source_name(canonical, self.config)
         if name not in self.index:
             raise CheckpointError(f"{self.dir}: missing tensor {name} (expected shape {list(spec.shape)})")
-        tensor = self.index[name].get(name)
+        tensor = self.index[name][1].get_slice(name)
         if rows is None:
             _check(name, tensor, spec)
-            return tensor
+            return tensor[:]
         qkv_rows = (self.config.num_attention_heads + 2 * self.config.num_key_value_heads) * self.config.head_dim
         _check(name, tensor, Spec((qkv_rows, *spec.shape[1:]), spec.kind))
         return tensor[rows]
 
 
-def _check(name: str, tensor: torch.Tensor, spec: Spec):
-    if tuple(tensor.shape) != spec.shape:
+def _check(name: str, tensor, spec: Spec):
+    """Shape and dtype of a safetensors slice against the spec, before any of its data is read."""
+    if tuple(tensor.get_shape()) != spec.shape:
         raise CheckpointError(f"tensor {name}: expected shape {list(spec.shape)} from the config, "
-                              f"found {list(tensor.shape)}")
-    ok = tensor.dtype in FLOAT_DTYPES if spec.kind == FLOAT else tensor.dtype == torch.uint8
-    if not ok:
+                              f"found {list(tensor.get_shape())}")
+    dtype = tensor.get_dtype()
+    if not (dtype in FLOAT_DTYPES if spec.kind == FLOAT else dtype == "U8"):
         want = "BF16, F16 or F32" if spec.kind == FLOAT else "U8"
-        raise CheckpointError(f"tensor {name}: expected dtype {want}, found {DTYPE_NAMES[tensor.dtype]}")
+        raise CheckpointError(f"tensor {name}: expected dtype {want}, found {dtype}")
+
+
+def open_safetensors(path: Path):
+    """`safe_open` on one file (memory-mapped; tensors are zero-copy views); a file it refuses raises a
+    CheckpointError naming the file and, when the header says so, the tensor that lies past the end."""
+    try:
+        return safe_open(path, framework="pt")
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: {_why_unreadable(path) or e}") from None
+
+
+def _why_unreadable(path: Path) -> str | None:
+    """What is wrong with a file safetensors refused, read from its header: 8-byte little-endian length N, N bytes
+    of JSON {name: {dtype, shape, data_offsets}}, then the data (offsets relative to the end of the header)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size < 8:
+            return f"truncated: {size} bytes, too short for a safetensors header"
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if 8 + header_len > size:
+            return f"truncated: header needs {8 + header_len} bytes, file has {size}"
+        try:
+            header = json.loads(f.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return f"header is not valid JSON ({e})"
+    header.pop("__metadata__", None)
+    for name, meta in header.items():
+        end = 8 + header_len + meta["data_offsets"][1]
+        if end > size:
+            return (f"truncated: tensor {name} ends at byte {end} but the file has only {size} bytes (re-download "
+                    "or re-copy the file)")
+    return None
 
 
 def load_weights(
     model_dir: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
     dequantize_experts: bool = True,
-) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+) -> tuple[GptOssConfig, dict[str, torch.Tensor]]:
     """Read every tensor of the checkpoint, cast floats to `dtype` and place them on `device`.
 
     With `dequantize_experts` the MXFP4 pairs become dense `layers.N.mlp.w1` [E, 2I, D] and `.w2` [E, D, I];

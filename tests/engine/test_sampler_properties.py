@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from engine.sampler import Sampler, seeded_generator
 from engine.sampling_params import MAX_LOGPROBS, SamplingParams
-from tests.sampling.reference import build
+from tests.engine.sampler_reference import build
 
 
 @st.composite
