@@ -4,7 +4,8 @@ Flow: `generate(GenerateRequest)` renders the prompt (harmony for chat and respo
 defaults and checks (context length, max_tokens), starts `AsyncLLM.generate`, and yields: first a head item (a
 `StreamHead` once the first token is out, or an `ApiError` for bad input, a full engine queue or a passed deadline),
 then what the request's formatter (cluster/output/) makes of each engine output: SSE frames, one body, or deltas for
-the gRPC gateway. Closing the generator early (client gone) aborts the engine request, which frees its KV blocks;
+the gRPC gateway (grouped into windows for the front door's output filters when it asks, and closed by a tally of
+usage and tool calls: cluster/output/window.py). Closing the generator early (client gone) aborts the engine request, which frees its KV blocks;
 the request's `deadline` (stamped by the front door) aborts it in the engine when it passes, and the stream ends
 with an `ApiError` item (408). Metrics count from `req.received` (the front door's arrival), so any queue on the
 way shows in TTFT and queue time; they are pushed to the hub every `metrics_push_interval_s`. The routers read the
@@ -22,6 +23,7 @@ from cluster.hub import MetricsPusher
 from cluster.metrics import ReplicaMetrics, RequestTimes
 from cluster.output import formatter_for
 from cluster.output.deltas import StreamHead
+from cluster.output.window import Watch
 from cluster.protocol import GenerateRequest
 from cluster.tools.harmony import render_prompt
 from cluster.tools.loop import run_with_tools, uses_tools
@@ -91,6 +93,7 @@ class LLMServer:
 
     async def _stream(self, req, stream, first, prompt_len: int, times: RequestTimes, deadline: "_Deadline"):
         formatter = formatter_for(req)(req, self.tokenizer, self.spec.name)
+        watch = Watch(req, formatter)  # windows for the front door's output guard, the closing tally
         out, last, finish = first, None, "abort"
         try:
             while True:
@@ -98,7 +101,7 @@ class LLMServer:
                 count = sum(len(s.token_ids) for s in out.outputs)
                 self.metrics.on_tokens(count, None if last is None else now - last)
                 last = now if count else last
-                for frame in formatter.feed(out):
+                for frame in watch.feed(out):
                     yield frame
                 if out.finished:
                     finish = out.outputs[0].finish_reason or "stop"
@@ -106,9 +109,11 @@ class LLMServer:
                     break
                 out = await anext(stream)
             if deadline.fired:  # the engine aborted it at the deadline: say so, not "abort"
+                for item in watch.flush() + ([watch.tally()] if req.tally else []):
+                    yield item
                 yield deadline.error()
                 return
-            for item in formatter.finish():
+            for item in watch.finish(formatter.finish()) + ([watch.tally()] if req.tally else []):
                 yield item
         finally:
             await stream.aclose()  # a request cut short is aborted here: its KV blocks go back to the pool
