@@ -68,7 +68,7 @@ class LLMServer:
                 raise deadline.error()
             prompt_ids, params = self._prepare(req)
             stream = self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id=req.request_id)
-            first = await anext(stream)
+            first = await _first(stream)
             if deadline.fired:  # aborted at the deadline before its first token
                 await stream.aclose()
                 raise deadline.error()
@@ -216,6 +216,16 @@ class _Deadline:
     def cancel(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+
+
+async def _first(stream):
+    """The engine stream's first output; a caller gone before it (cancelled, closed) aborts the engine request now,
+    not when the stream is collected."""
+    try:
+        return await anext(stream)
+    except BaseException:
+        await stream.aclose()
+        raise
 
 
 def _arrival(req: GenerateRequest) -> float:
