@@ -50,10 +50,10 @@ class ServeIngress(Ingress):
         super().__init__(config, {name: ServeModelClient(h) for name, h in handles.items()}, hub, _source("ingress"),
                          ledger)
         self.grpc_gateway = grpc_gateway  # bound here so that Serve deploys it; the ingress never calls it
-        self.door.pusher.start()  # from the start, so a drain counts this replica even before its first request
+        self.door.wake()  # from the start, so a drain counts this replica even before its first request
 
     async def check_health(self) -> None:
-        self.door.pusher.start()
+        self.door.wake()
 
     async def __del__(self):
         await self.door.pusher.stop()

@@ -35,6 +35,7 @@ from cluster.config import AppConfig
 from cluster.errors import ApiError, draining, not_found_model, overloaded, timed_out
 from cluster.hub import MetricsPusher
 from cluster.keys import ANONYMOUS
+from cluster.metrics import labelled
 from cluster.output.deltas import SampleDelta, StreamHead
 from cluster.output.openai import Usage
 from cluster.output.window import CONTENT_FILTER, Tally, Window
@@ -157,8 +158,25 @@ class FrontDoor:
         self.keys = ApiKeys(config.auth, set(config.guards.filters))  # both protocols' key check
         self.safety = Safety(config, source.replace("/", "-"), ledger, self.classify,
                              lambda: self.keys.ring.reload_errors)
-        self.pusher = MetricsPusher(hub, source, lambda: snapshot() + self.safety.metrics.snapshot(),
+        self.pusher = MetricsPusher(hub, source, lambda: labelled(snapshot() + self.safety.metrics.snapshot(),
+                                                                  frontdoor=source.replace("/", "-")),
                                     config.metrics_push_interval_s, door=self._door_state)
+        self._key_watch: asyncio.Task | None = None
+
+    def wake(self) -> None:
+        """Start the background work (idempotent; needs a running loop): metrics pushes, and re-reading the key
+        files every auth.reload_interval_s, so a rotation reaches every front door whether it has traffic or not."""
+        self.pusher.start()
+        if self._key_watch is None:
+            self._key_watch = asyncio.get_running_loop().create_task(self._watch_keys())
+
+    async def _watch_keys(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.auth.reload_interval_s)
+            try:
+                self.keys.ring.refresh()
+            except Exception as err:  # noqa: BLE001 - the old keys stay; never take the front door down
+                log.error("re-reading the API keys failed: %r", err)
 
     @property
     def draining(self) -> bool:
@@ -173,7 +191,7 @@ class FrontDoor:
         """Checks that need no replica (drain, model, the key's scopes for `route`, by default the request's kind);
         stamps the caller, arrival and deadline on `req` (the deadline: `timeout`, never past `limit`, by default
         limits.request_timeout_s); returns the model's client."""
-        self.pusher.start()
+        self.wake()
         req.caller = caller.identity
         req.received = time.time()
         limit = self.config.limits.request_timeout_s if limit is None else limit
@@ -301,6 +319,9 @@ class FrontDoor:
 
     async def close(self) -> None:
         """The front door stops: its last audit records are written."""
+        if self._key_watch is not None:
+            self._key_watch.cancel()
+            self._key_watch = None
         await self.safety.close()
 
     def model_names(self) -> list[str]:
@@ -308,7 +329,7 @@ class FrontDoor:
 
     async def health(self) -> dict[str, bool]:
         """model -> whether its replicas answer; every model False while draining (load balancers move away)."""
-        self.pusher.start()
+        self.wake()
         results = await asyncio.gather(*(_healthy(client) for client in self.models.values()))
         return {name: ok and not self.draining for name, ok in zip(self.models, results)}
 

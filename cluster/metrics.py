@@ -39,7 +39,8 @@ HISTOGRAMS = {
     "gptoss_request_prefill_time_seconds": "first scheduled to first token",
     "gptoss_request_decode_time_seconds": "first token to last token",
 }
-# Ingress-side (HTTP) series, labelled by route and status code instead of model and replica.
+# Ingress-side (HTTP) series, labelled by route and status code instead of model and replica (and, like every front
+# door series, by `frontdoor`: the ingress or gateway replica that counted it).
 HTTP_COUNTERS = {"gptoss_http_requests_total": "HTTP requests by route and status code"}
 HUB_COUNTERS = {"gptoss_replicas_lost_total": "LLM replicas that stopped reporting without shutting down (a crash, "
                                               "a killed pod or node); Serve starts a replacement"}
@@ -251,6 +252,13 @@ def quota_families(levels: list[tuple[str, str, float]]) -> list[Family]:
     """The ledger's bucket levels (Ledger.levels()) as the gptoss_key_quota_available gauge."""
     samples = [("gptoss_key_quota_available", {"key": key, "quota": name}, value) for key, name, value in levels]
     return [Family("gptoss_key_quota_available", "gauge", KEY_GAUGES["gptoss_key_quota_available"], samples)]
+
+
+def labelled(families: list[Family], **labels) -> list[Family]:
+    """`families` with `labels` added to every sample (a front door's series carry `frontdoor`, so that two ingress
+    replicas never push the same series)."""
+    return [Family(f.name, f.type, f.help, [(name, {**sample, **labels}, value) for name, sample, value in f.samples])
+            for f in families]
 
 
 def snapshot(registry: CollectorRegistry) -> list[Family]:

@@ -75,7 +75,7 @@ class Gateway:
         self.server, self.port = server, port
         for service in ("", self.stubs.service):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self.door.pusher.start()
+        self.door.wake()
         self._watch = asyncio.get_running_loop().create_task(self._watch_drain())
         log.info("gRPC gateway listening on %s (%s)", self.address, "TLS" if g.tls else "plaintext")
         return self.address
