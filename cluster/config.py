@@ -371,9 +371,10 @@ class AppConfig(Section):
         for key in self.auth.keys:
             self.guards.check_chain(key.guards, f"auth.keys[{key.name}].guards")
         redactor = self.audit.redact_with
-        if redactor is not None and getattr(self.guards.filters.get(redactor), "type", None) != "regex":
+        regex = sorted(n for n, f in self.guards.filters.items() if f.type == "regex")
+        if redactor is not None and redactor not in regex:
             raise ValueError(f"audit.redact_with {redactor!r} must name a regex filter of guards.filters "
-                             f"(regex filters: {sorted(n for n, f in self.guards.filters.items() if f.type == 'regex')})")
+                             f"(regex filters: {regex})")
         given, needed = self.ingress_max_ongoing_requests, self.ingress_capacity_needed()
         if given is not None and needed is not None and given < needed:
             raise ValueError(f"ingress_max_ongoing_requests ({given}) must be >= {needed}: the models' replicas "

@@ -297,7 +297,7 @@ class FrontDoor:
         if isinstance(result, ApiError):
             ticket.close(None, None, result.status, "error", result)
             raise result
-        ticket.close(Usage(len(result["token_ids"])), None, 200, "completed")
+        ticket.close(None, None, 200, "completed")  # a request against the quota; no tokens were generated
         return result
 
     async def classify(self, model: str, messages: list[dict], max_tokens: int, reasoning_effort: str) -> str:

@@ -1,13 +1,14 @@
 """The HTTP ingress: the OpenAI-compatible API over the front door. A plain class; `cluster.app` deploys it.
 
 Flow: request -> API key check (cluster/auth.py, constant time; every route but /health; the caller, with its key,
-address and route, kept for the front door; a route outside the key's scopes: 403) -> body size limit (413) -> JSON and field validation (`cluster.protocol`, 400 naming the
-field) -> `FrontDoor.open` (drain, model, routing stamp, deadline, the replica's head, one retry before the first
-token; cluster/frontdoor.py) -> JSON body, or SSE frames as the replica makes them; a mid-stream error (the
-deadline) becomes an `error` frame. /v1/responses and its stored-response routes go through the Responses service
-(cluster/responses/: store, previous_response_id, background runs; routes in cluster/responses/http.py). Leaving
-early (client disconnect) closes the call, which aborts the engine request. Errors are `ApiError`s rendered as
-OpenAI error bodies; 429 and 503 carry Retry-After (and retry-after-ms when the front door knows the time: a quota).
+address and route, kept for the front door; a route outside the key's scopes: 403) -> body size limit (413) -> JSON
+and field validation (`cluster.protocol`, 400 naming the field) -> `FrontDoor.open` (drain, model, routing stamp,
+deadline, the replica's head, one retry before the first token; cluster/frontdoor.py) -> JSON body, or SSE frames as
+the replica makes them; a mid-stream error (the deadline) becomes an `error` frame. /v1/responses and its
+stored-response routes go through the Responses service (cluster/responses/: store, previous_response_id, background
+runs; routes in cluster/responses/http.py). Leaving early (client disconnect) closes the call, which aborts the
+engine request. Errors are `ApiError`s rendered as OpenAI error bodies; 429 and 503 carry Retry-After (and
+retry-after-ms when the front door knows the time: a quota).
 """
 
 import logging

@@ -209,7 +209,8 @@ class SafetyMetrics:
                        ("gptoss_guard_checks_total", SAFETY_COUNTERS["gptoss_guard_checks_total"],
                         ("filter", "stage", "outcome")))}
         self._requests, self._prompt = counter["gptoss_key_requests"], counter["gptoss_key_prompt_tokens"]
-        self._completion, self._reasoning = counter["gptoss_key_completion_tokens"], counter["gptoss_key_reasoning_tokens"]
+        self._completion = counter["gptoss_key_completion_tokens"]
+        self._reasoning = counter["gptoss_key_reasoning_tokens"]
         self._refusals, self._checks = counter["gptoss_key_refusals"], counter["gptoss_guard_checks"]
         self.registry.register(_SafetyCounts(stats))
 

@@ -1,11 +1,12 @@
 """Who may call the gateway: API keys in `authorization` metadata, and TLS / mTLS server credentials from files.
 
-Flow: every call except grpc.health.v1 passes `AuthInterceptor`, which reads `authorization: Bearer KEY` and
-compares it with every configured key in constant time (hmac.compare_digest; no early exit) -> no match:
-UNAUTHENTICATED before any handler runs. The servicer asks `key_of` (cluster/auth.py's `ApiKeys`, the front door's,
-shared with the HTTP ingress) for the key: its name, scopes and quotas, and its identity (the owner of stored
-responses: never the key itself). With no keys configured every call is allowed, as the HTTP API does. TLS: `server_credentials` reads the certificate chain and key (and for mTLS the client CA bundle,
-with client certificates required) from the files named in the config.
+Flow: every call except grpc.health.v1 passes `AuthInterceptor`, which reads `authorization: Bearer KEY` and compares
+it with every configured key in constant time (hmac.compare_digest; no early exit) -> no match: UNAUTHENTICATED
+before any handler runs. The servicer asks `key_of` (cluster/auth.py's `ApiKeys`, the front door's, shared with the
+HTTP ingress) for the key: its name, scopes and quotas, and its identity (the owner of stored responses: never the
+key itself). With no keys configured every call is allowed, as the HTTP API does. TLS: `server_credentials` reads the
+certificate chain and key (and for mTLS the client CA bundle, with client certificates required) from the files named
+in the config.
 """
 
 from pathlib import Path

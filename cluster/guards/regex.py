@@ -2,9 +2,9 @@
 
 Flow: `RegexFilter.find(text)` runs the operator's patterns, then card, e-mail and phone (earlier ones win where two
 overlap); a card candidate counts only with 13-19 digits that pass the Luhn check, a phone candidate only with 8-15
-digits (E.164's most) that is not a date -> input: each match is redacted (`[REDACTED:<pattern>]`) or blocks the request, as the
-pattern's or the filter's action says -> output: a match that reaches into the unchecked text ends the answer.
-`redact(text)` is also what the audit log uses when it keeps text.
+digits (E.164's most) that is not a date -> input: each match is redacted (`[REDACTED:<pattern>]`) or blocks the
+request, as the pattern's or the filter's action says -> output: a match that reaches into the unchecked text ends
+the answer. `redact(text)` is also what the audit log uses when it keeps text.
 """
 
 import re

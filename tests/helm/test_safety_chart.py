@@ -34,8 +34,8 @@ def test_named_keys_come_from_the_secret_and_are_reread():
 
 
 def test_guard_policies_are_mounted_on_every_ray_pod():
-    objs = render(set=("guards.policySecret=guard-policies",
-                       "config.guards.filters.safety.type=policy_model", "config.guards.filters.safety.model=gpt-oss-20b",
+    objs = render(set=("guards.policySecret=guard-policies", "config.guards.filters.safety.type=policy_model",
+                       "config.guards.filters.safety.model=gpt-oss-20b",
                        "config.guards.filters.safety.policy_file=/etc/gptoss/policies/weapons.txt"))
     for template in pod_templates(objs).values():
         assert {"name": "guard-policies", "secret": {"secretName": "guard-policies", "defaultMode": 0o440}} in \
