@@ -32,7 +32,6 @@ from cluster.app import ServeModelClient, build_from_config
 from cluster.config import load_config
 from cluster.frontdoor import FrontDoor
 from cluster.grpc import codegen, convert
-from cluster.grpc.auth import ApiKeys
 from cluster.grpc.limits import Limits
 from cluster.grpc.servicer import InferenceServicer
 from cluster.output.deltas import SampleDelta
@@ -57,6 +56,9 @@ class _ServeContext:
     def time_remaining(self):
         return None
 
+    def peer(self):
+        return ""
+
     async def send_initial_metadata(self, metadata):
         pass
 
@@ -73,7 +75,7 @@ class ServeProxyIngress:
         cfg = load_config(config)
         handles = {m.name: serve.get_deployment_handle(f"LLMServer:{m.name}", app_name=app_name) for m in cfg.models}
         door = FrontDoor(cfg, {n: ServeModelClient(h) for n, h in handles.items()})
-        self.servicer = InferenceServicer(door, codegen.stubs().pb, ApiKeys(cfg.auth.resolve()), Limits(cfg.grpc))
+        self.servicer = InferenceServicer(door, codegen.stubs().pb, door.keys, Limits(cfg.grpc))
 
     async def Generate(self, request, grpc_context):
         async for message in self.servicer.Generate(request, _ServeContext(grpc_context)):

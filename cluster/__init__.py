@@ -4,11 +4,15 @@ Request path:
 
     client (openai SDK, curl)
       -> Serve HTTP proxy (127.0.0.1:8000 unless configured)
-      -> Ingress replica (ingress.py): API key (hmac.compare_digest; all routes but /health and /openapi.json),
-         body limit (413), JSON + field validation against the OpenAI request models (protocol/, 400 naming the field)
+      -> Ingress replica (ingress.py): API key (auth.py, keys.py: hashed secrets compared with hmac.compare_digest;
+         all routes but /health and /openapi.json), body limit (413), JSON + field validation against the OpenAI
+         request models (protocol/, 400 naming the field)
       -> FrontDoor (frontdoor.py, shared with the gRPC gateway): refused while draining (503), model by name (404),
-         prefix hashes for routing, `received` and `deadline` stamped on the request, one retry on another replica
-         before the first token
+         the key's scopes (scopes.py, 403), the safety layer (safety.py: the quota ledger's reservation, 429; the
+         input guard filters, guards/), prefix hashes for routing, `received` and `deadline` stamped on the request,
+         one retry on another replica before the first token; on the way back the output filters check each window
+         of the answer (content_filter), and the end charges the ledger, writes the audit record (audit.py) and
+         counts the key's metrics
       -> PrefixAffinityRouter (router.py): the replica that served the prompt's prefix, else the least loaded
       -> LLMServer replica (server.py): harmony rendering, context checks, AsyncLLM.generate; engine queue full ->
          429 with Retry-After (Serve's max_queued_requests -> 503); the deadline aborts the engine request (408)
@@ -25,8 +29,12 @@ No hidden caps: the Ingress takes as many requests at once as every model's repl
 and a replica twice what its engine batches (`AppConfig.ingress_max_ongoing`, `ModelSpec.replica_capacity`); TTFT
 and queue time count from the front door, so a queue anywhere on the way shows in them.
 
-Modules, one noun each: config (the one config file, pydantic; sections builds on), auth (API keys -> the caller's
-identity, for both protocols), protocol/ (requests: one module per endpoint, the response models for /openapi.json),
+Modules, one noun each: config (the one config file, pydantic; sections builds on), auth (a bearer token -> the
+caller, for both protocols), keys (named keys: hashed secrets, scopes, quotas, guard chains, reloads and rotation),
+scopes, quota (the ledger deployment and the front doors' client), audit (the hash-chained log and its
+verification), safety (the front door's safety layer), safety_cli (`gptoss audit verify`, `gptoss keys`), guards/
+(filters: config, chain, regex, policy, output), protocol/ (requests: one module per endpoint, the response models
+for /openapi.json),
 errors (OpenAI error bodies), frontdoor, ingress, router, server, output/ (formatters), hub (metrics and the drain
 flag), metrics (every metric name), app (the Serve application; also `serve run cluster.app:build_app
 config=FILE`), cli (`gptoss serve`); grpc/ (the gRPC gateway: codegen, convert, servicer, auth, limits, gateway);
@@ -41,6 +49,10 @@ args). A replica's engine may span ranks (`parallel` in a model's config): with 
 run beside the replica on its node and use the GPUs it reserves; with `ray` the deployment reserves a placement group
 (bundle 0 for the replica, one bundle per rank) and the engine's RayExecutor puts its rank actors there, so the
 ranks may span nodes and go away with the replica.
+
+Safety (README "Operating it safely"): named keys with scopes and quotas, one quota ledger for every front door
+(the QuotaLedger deployment), one audit record per request (rotated JSONL or PostgreSQL, one hash chain per front
+door), guard filters on input and output (regex/PII, a policy model served by the cluster), per-key metrics.
 
 Metrics: one scrape target, `GET /metrics` on the API (needs the API key when keys are configured). Every LLM
 replica and front door pushes a snapshot of its series to the MetricsHub deployment (hub.py) each

@@ -4,6 +4,7 @@ Deployments (made here, at build time, from plain classes; every concurrency lim
     Ingress (FastAPI; auth, validation, SSE)  --handle, PrefixAffinityRouter-->  LLMServer:<model> (one AsyncLLM each)
     GrpcGateway (when grpc.enabled; a grpc.aio server on grpc.host:grpc.port)  --handle, same router-->  LLMServer
     MetricsHub (one replica; replicas and front doors push snapshots, GET /metrics renders them; the drain flag)
+    QuotaLedger (one replica; every front door's quota reservations and charges: cluster/quota.py)
 Both front doors (Ingress, GrpcGateway) share cluster/frontdoor.py; the Ingress takes as many requests at once as
 every model's replicas and router queues can hold (`AppConfig.ingress_max_ongoing`), so it never queues first.
 """
@@ -16,10 +17,12 @@ from ray.serve.config import RequestRouterConfig
 from cluster.config import AppConfig, ModelSpec, load_config
 from cluster.hub import MetricsHub
 from cluster.ingress import Ingress
+from cluster.quota import QuotaLedger
 from cluster.server import LLMServer
 
 ROUTER_CLASS = "cluster.router:PrefixAffinityRouter"
 HUB_NAME = "MetricsHub"
+LEDGER_NAME = "QuotaLedger"
 
 
 class ServeModelClient:
@@ -43,26 +46,29 @@ class ServeModelClient:
 class ServeIngress(Ingress):
     """The Ingress as a deployment: handles to the models' deployments come in, ModelClients wrap them."""
 
-    async def __init__(self, config: dict, handles: dict, hub, grpc_gateway=None):
-        super().__init__(config, {name: ServeModelClient(h) for name, h in handles.items()}, hub, _source("ingress"))
+    async def __init__(self, config: dict, handles: dict, hub, grpc_gateway=None, ledger=None):
+        super().__init__(config, {name: ServeModelClient(h) for name, h in handles.items()}, hub, _source("ingress"),
+                         ledger)
         self.grpc_gateway = grpc_gateway  # bound here so that Serve deploys it; the ingress never calls it
-        self.door.pusher.start()  # from the start, so a drain counts this replica even before its first request
+        self.door.wake()  # from the start, so a drain counts this replica even before its first request
 
     async def check_health(self) -> None:
-        self.door.pusher.start()
+        self.door.wake()
 
     async def __del__(self):
         await self.door.pusher.stop()
+        await self.door.close()
 
 
 class ServeGrpcGateway:
     """The gRPC gateway as a deployment: its replica runs the grpc.aio server (it takes no Serve requests)."""
 
-    async def __init__(self, config: dict, handles: dict, hub=None):
+    async def __init__(self, config: dict, handles: dict, hub=None, ledger=None):
         from cluster.grpc.gateway import Gateway  # noqa: PLC0415 - grpc and the generated stubs load here only
 
         app_config = load_config(config)
-        self.gateway = Gateway(app_config, {name: ServeModelClient(h) for name, h in handles.items()}, hub)
+        self.gateway = Gateway(app_config, {name: ServeModelClient(h) for name, h in handles.items()}, hub, ledger,
+                               _source("gateway"))
         self.address = await self.gateway.start()
         self._grace = app_config.graceful_shutdown_timeout_s
 
@@ -124,6 +130,9 @@ def build_from_config(config: AppConfig):
     """The bound application: ingress -> one LLMServer deployment per model, plus the metrics hub."""
     hub = serve.deployment(MetricsHub, name=HUB_NAME, num_replicas=1, max_ongoing_requests=10_000,
                            ray_actor_options={"num_cpus": 0}).bind(config.metrics_push_interval_s)
+    ledger = serve.deployment(QuotaLedger, name=LEDGER_NAME, num_replicas=1, max_ongoing_requests=10_000,
+                              ray_actor_options={"num_cpus": 0}).bind(config.quotas.hold_ttl_s, hub,
+                                                                      config.metrics_push_interval_s)
     handles = {}
     for spec in config.models:
         deployment = serve.deployment(LLMServer, **llm_deployment_options(spec, config))
@@ -133,12 +142,12 @@ def build_from_config(config: AppConfig):
     if config.grpc.enabled:
         gateway = serve.deployment(ServeGrpcGateway, name="GrpcGateway", num_replicas=config.grpc.replicas,
                                    max_replicas_per_node=1, ray_actor_options=gateway_actor_options(config),
-                                   graceful_shutdown_timeout_s=grace).bind(config.to_dict(), handles, hub)
+                                   graceful_shutdown_timeout_s=grace).bind(config.to_dict(), handles, hub, ledger)
     ingress = serve.deployment(serve.ingress()(ServeIngress), name="Ingress", num_replicas=config.ingress_replicas,
                                max_ongoing_requests=config.ingress_max_ongoing(),
                                max_queued_requests=config.limits.max_queued_requests,
                                graceful_shutdown_timeout_s=grace, ray_actor_options={"num_cpus": 0})
-    return ingress.bind(config.to_dict(), handles, hub, gateway)
+    return ingress.bind(config.to_dict(), handles, hub, gateway, ledger)
 
 
 def build_app(args: dict):

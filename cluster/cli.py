@@ -4,6 +4,8 @@
     gptoss serve --config FILE --ray-address auto     # deploy onto a running Ray cluster instead
     gptoss serve --print-serve-config FILE            # Serve config YAML (serve deploy, KubeRay serveConfigV2)
     gptoss serve --print-default-config               # every config field, documented
+
+(`gptoss audit verify` and `gptoss keys` are registered here too: cluster/safety_cli.py.)
 """
 
 import argparse
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from cluster import safety_cli
 from cluster.config import AppConfig, ConfigError, default_config_yaml, load_config, serve_config
 
 
@@ -28,6 +31,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                            help="join this Ray cluster (e.g. auto) instead of starting a local one")
     serve_cmd.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster")
     serve_cmd.set_defaults(run=run)
+    safety_cli.add_commands(commands)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,7 +71,7 @@ def serve_forever(config: AppConfig, ray_address: str | None, num_cpus: int | No
 
     from cluster.app import build_from_config  # noqa: PLC0415
 
-    config.auth.resolve()  # fail now, not in a replica, when a key source is missing
+    check_sources(config)  # fail now, not in a replica, when a key or policy source is missing or bad
     signals = _Signals()
     ray.init(address=ray_address or "local", num_cpus=num_cpus if ray_address is None else None,
              include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -87,6 +91,17 @@ def serve_forever(config: AppConfig, ray_address: str | None, num_cpus: int | No
         _stop(config.name)
     print("gptoss-serve stopped", flush=True)
     return 0
+
+
+def check_sources(config: AppConfig) -> None:
+    """The files and variables the replicas will read (keys, policies, DSNs) exist and parse; raises ConfigError."""
+    from cluster.keys import KeyRing  # noqa: PLC0415
+
+    KeyRing(config.auth, set(config.guards.filters))
+    for name, spec in config.guards.filters.items():
+        if getattr(spec, "policy_file", None) and not Path(spec.policy_file).is_file():
+            raise ConfigError(f"guards.filters.{name}.policy_file {spec.policy_file!r} cannot be read")
+    config.audit.database()
 
 
 def _stop(app_name: str) -> None:

@@ -18,6 +18,10 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from cluster.audit import AuditConfig
+from cluster.guards.config import GuardsConfig
+from cluster.keys import KeySpec, check_unique
+from cluster.quota import QuotasConfig
 from cluster.responses.config import ResponsesConfig
 from cluster.sections import ConfigError, Section, doc
 from cluster.tools.config import ToolsConfig
@@ -43,9 +47,25 @@ class HttpConfig(Section):
 
 
 class AuthConfig(Section):
+    """API keys. Flat keys (api_keys*) may use everything; named keys (keys, keys_file: cluster/keys.py) have a name,
+    scopes, quotas and guard chains, and only the SHA-256 of their secret is written down."""
+
     api_keys: list[str] = doc([], "literal API keys (prefer api_keys_env or api_keys_file: a config file leaks)")
     api_keys_env: str | None = doc(None, "environment variable holding comma-separated API keys (read on the node)")
-    api_keys_file: str | None = doc(None, "file with one API key per line (read on the node, e.g. a mounted secret)")
+    api_keys_file: str | None = doc(None, "file with one API key per line (read on the node, e.g. a mounted secret; "
+                                          "re-read when it changes)")
+    keys: list[KeySpec] = doc([], "named keys: {name, secrets: [{sha256, not_after}], scopes, quotas, guards} "
+                                  "(`gptoss keys new NAME` prints one)")
+    keys_file: str | None = doc(None, "YAML or JSON file {keys: [...]} of named keys (a mounted Secret), re-read "
+                                      "without a restart when it changes")
+    reload_interval_s: float = doc(5.0, "how often the key files are checked for changes", gt=0)
+    rotation_grace_s: float = doc(3600.0, "a secret removed from a key file stays valid this long after the reload "
+                                          "that removed it (old and new keys both work while clients move)", ge=0)
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> "AuthConfig":
+        check_unique(self.keys)
+        return self
 
     @field_validator("api_keys")
     @classmethod
@@ -73,7 +93,7 @@ class AuthConfig(Section):
 
     @property
     def enabled(self) -> bool:
-        return bool(self.api_keys or self.api_keys_env or self.api_keys_file)
+        return bool(self.api_keys or self.api_keys_env or self.api_keys_file or self.keys or self.keys_file)
 
 
 class LimitsConfig(Section):
@@ -108,10 +128,12 @@ class GrpcConfig(Section):
                                  ge=1024)
     max_concurrent_streams: int = doc(1024, "Generate/Chat calls in flight per gateway replica; past it: "
                                             "RESOURCE_EXHAUSTED with trailing metadata retry-after-ms", ge=1)
-    requests_per_s: float = doc(0.0, "per API key: calls per second (token bucket; 0 = unlimited)", ge=0)
+    requests_per_s: float = doc(0.0, "per API key: gRPC calls per second across every gateway replica (a bucket in "
+                                      "the quota ledger, cluster/quota.py; 0 = unlimited)", ge=0)
     request_burst: int = doc(0, "per API key: calls allowed at once above the rate (0: one second's worth)", ge=0)
-    tokens_per_s: float = doc(0.0, "per API key: prompt + generated tokens per second (0 = unlimited); a call "
-                                   "is admitted while the key's bucket is not in debt", ge=0)
+    tokens_per_s: float = doc(0.0, "per API key: prompt + generated tokens per second of gRPC calls across every "
+                                   "gateway replica (the quota ledger; 0 = unlimited); a call is admitted while the "
+                                   "key's bucket is not in debt", ge=0)
     token_burst: int = doc(0, "per API key: tokens allowed at once above the rate (0: one second's worth)", ge=0)
     retry_after_ms: int = doc(1000, "retry hint sent with RESOURCE_EXHAUSTED when no better one is known", ge=0)
     reflection: bool = doc(True, "serve gRPC server reflection (grpcurl, grpcui); needs the API key like the API")
@@ -327,6 +349,9 @@ class AppConfig(Section):
     responses: ResponsesConfig = doc(ResponsesConfig, "stored responses (/v1/responses with store, "
                                                       "previous_response_id, background)")
     tools: ToolsConfig = doc(ToolsConfig, "built-in tools the replicas run for /v1/responses (python, browser, MCP)")
+    quotas: QuotasConfig = doc(QuotasConfig, "the quota ledger that holds every key's quotas for all front doors")
+    audit: AuditConfig = doc(AuditConfig, "the audit log: one hash-chained record per request")
+    guards: GuardsConfig = doc(GuardsConfig, "guard filters on requests (input) and answers (output)")
     ingress_replicas: int = doc(1, "replicas of the HTTP ingress (auth, validation, routing)", ge=1)
     ingress_max_ongoing_requests: int | None = doc(
         None, "requests one ingress replica handles at once (streams included); None: enough for every model's "
@@ -342,6 +367,14 @@ class AppConfig(Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"models[].name must be unique, got {dupes} more than once")
+        self.guards.check_models(names)
+        for key in self.auth.keys:
+            self.guards.check_chain(key.guards, f"auth.keys[{key.name}].guards")
+        redactor = self.audit.redact_with
+        regex = sorted(n for n, f in self.guards.filters.items() if f.type == "regex")
+        if redactor is not None and redactor not in regex:
+            raise ValueError(f"audit.redact_with {redactor!r} must name a regex filter of guards.filters "
+                             f"(regex filters: {regex})")
         given, needed = self.ingress_max_ongoing_requests, self.ingress_capacity_needed()
         if given is not None and needed is not None and given < needed:
             raise ValueError(f"ingress_max_ongoing_requests ({given}) must be >= {needed}: the models' replicas "

@@ -18,6 +18,7 @@ class ApiError(Exception):
     type: str = "invalid_request_error"  # OpenAI's error types: invalid_request_error, authentication_error, ...
     param: str | None = None  # the request field at fault
     code: str | None = None  # machine-readable: model_not_found, invalid_api_key, rate_limit_exceeded, ...
+    retry_after: float | None = None  # seconds until a retry can succeed (429/503); None: limits.retry_after_s
 
     def __str__(self) -> str:
         return f"{self.status} {self.message}"
@@ -71,3 +72,27 @@ def draining(retry_after_s: int) -> ApiError:
 def timed_out(seconds: float) -> ApiError:
     return ApiError(408, f"The request did not finish within its deadline of {seconds:g} s.", "timeout_error", None,
                     "request_timeout")
+
+
+def permission_denied(key: str, what: str, param: str | None) -> ApiError:
+    """403: the key's scopes do not allow `what` (the message names it and the key)."""
+    return ApiError(403, f"The API key {key!r} may not {what}.", "permission_error", param, "permission_denied")
+
+
+def quota_exceeded(key: str, limit: str, value: float, retry_after_s: float) -> ApiError:
+    return ApiError(429, f"The API key {key!r} is over its {limit} quota ({value:g}); it allows this request again in "
+                         f"{retry_after_s:.3g} s.", "rate_limit_error", None, "rate_limit_exceeded",
+                    retry_after=retry_after_s)
+
+
+def content_blocked(param: str | None, filter_name: str, reason: str) -> ApiError:
+    """400: an input filter refused the request."""
+    where = f"{param} was" if param else "The request was"
+    return ApiError(400, f"{where} refused by the content filter {filter_name!r} ({reason}).",
+                    "invalid_request_error", param, "content_filter")
+
+
+def filter_unavailable(filter_name: str, reason: str) -> ApiError:
+    """503: an input filter failed and its policy is to block (on_error: block)."""
+    return ApiError(503, f"The content filter {filter_name!r} could not check this request ({reason}); retry "
+                         "shortly.", "server_error", None, "content_filter_unavailable", retry_after=1.0)

@@ -1,13 +1,14 @@
 """The HTTP ingress: the OpenAI-compatible API over the front door. A plain class; `cluster.app` deploys it.
 
-Flow: request -> API key check (cluster/auth.py, constant time; every route but /health; the caller's identity
-kept for the front door) -> body size limit (413) -> JSON and field validation (`cluster.protocol`, 400 naming the
-field) -> `FrontDoor.open` (drain, model, routing stamp, deadline, the replica's head, one retry before the first
-token; cluster/frontdoor.py) -> JSON body, or SSE frames as the replica makes them; a mid-stream error (the
-deadline) becomes an `error` frame. /v1/responses and its stored-response routes go through the Responses service
-(cluster/responses/: store, previous_response_id, background runs; routes in cluster/responses/http.py). Leaving
-early (client disconnect) closes the call, which aborts the engine request. Errors are `ApiError`s rendered as
-OpenAI error bodies; 429 and 503 carry Retry-After.
+Flow: request -> API key check (cluster/auth.py, constant time; every route but /health; the caller, with its key,
+address and route, kept for the front door; a route outside the key's scopes: 403) -> body size limit (413) -> JSON
+and field validation (`cluster.protocol`, 400 naming the field) -> `FrontDoor.open` (drain, model, routing stamp,
+deadline, the replica's head, one retry before the first token; cluster/frontdoor.py) -> JSON body, or SSE frames as
+the replica makes them; a mid-stream error (the deadline) becomes an `error` frame. /v1/responses and its
+stored-response routes go through the Responses service (cluster/responses/: store, previous_response_id, background
+runs; routes in cluster/responses/http.py). Leaving early (client disconnect) closes the call, which aborts the
+engine request. Errors are `ApiError`s rendered as OpenAI error bodies; 429 and 503 carry Retry-After (and
+retry-after-ms when the front door knows the time: a quota).
 """
 
 import logging
@@ -18,7 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cluster.auth import ApiKeys, bearer
+from cluster.auth import Caller, bearer
 from cluster.config import AppConfig
 from cluster.errors import ApiError, bad_request, not_found_model, unauthorized
 from cluster.frontdoor import Call, FrontDoor, ModelClient
@@ -27,23 +28,28 @@ from cluster.protocol import parse_chat, parse_completion, parse_json
 from cluster.responses.http import ResponsesRoutes
 from cluster.responses.service import ResponsesService
 from cluster.protocol.schemas import ROUTES, route_responses
+from cluster.quota import retry_seconds
 
 log = logging.getLogger(__name__)
 PARSERS = {"chat": parse_chat, "completion": parse_completion}
 TIMEOUT_HEADER = "x-request-timeout"  # seconds; may shorten (never extend) limits.request_timeout_s
 REPLICA_HEADER = "x-gptoss-replica"  # the replica that served the request (as the gRPC gateway's initial metadata)
 VERSION = "1.0.0"  # of the HTTP API as /openapi.json describes it
+SCOPED_ROUTES = {"/v1/models": "models", "/v1/models/{model_id}": "models", "/v1/responses/{response_id}": "responses",
+                 "/v1/responses/{response_id}/input_items": "responses",
+                 "/v1/responses/{response_id}/cancel": "responses"}  # routes the front door does not see (scopes)
 
 
 class Ingress:
-    def __init__(self, config: AppConfig | dict, models: dict[str, ModelClient], hub=None, source: str | None = None):
+    def __init__(self, config: AppConfig | dict, models: dict[str, ModelClient], hub=None, source: str | None = None,
+                 ledger=None):
         from cluster.config import load_config  # noqa: PLC0415
 
         self.config = config if isinstance(config, AppConfig) else load_config(config)
-        self.keys = ApiKeys(self.config.auth.resolve())
         self.http_metrics = HttpMetrics()
         self.door = FrontDoor(self.config, models, hub, source or f"ingress/{os.getpid()}-{id(self):x}",
-                              self.http_metrics.snapshot)
+                              self.http_metrics.snapshot, ledger)
+        self.keys = self.door.keys
         self.hub = hub
         self.responses = ResponsesService(self.door, self.config)  # /v1/responses: stored, background, tools
         self.asgi_app = self._build_app()
@@ -72,14 +78,24 @@ class Ingress:
         return _CountStatus(app, self.http_metrics)
 
     async def _authorize(self, request: Request) -> None:
-        """The caller's identity (cluster/auth.py) on `request.state.caller`, or 401."""
-        caller = self.keys.caller(bearer(request.headers.get("authorization")))
-        if caller is None:
+        """The caller (cluster/auth.py: key, address, route) on `request.state.caller`, or 401; 403 for a route
+        outside the key's scopes that the front door does not see."""
+        key = self.keys.key(bearer(request.headers.get("authorization")))
+        if key is None:
             raise unauthorized()
-        request.state.caller = caller
+        path = getattr(request.scope.get("route"), "path", request.url.path)
+        client = f"{request.client.host}:{request.client.port}" if request.client else ""
+        request.state.caller = Caller(key, client, "http", f"{request.method} {path}")
+        if path in SCOPED_ROUTES:
+            self.door.permit(request.state.caller, SCOPED_ROUTES[path])
 
     def _api_error(self, request: Request, err: ApiError) -> JSONResponse:
-        headers = {"Retry-After": str(self.config.limits.retry_after_s)} if err.status in (429, 503) else None
+        headers = None
+        if err.status in (429, 503):
+            seconds = err.retry_after if err.retry_after is not None else self.config.limits.retry_after_s
+            headers = {"Retry-After": str(retry_seconds(seconds) if err.retry_after is not None else seconds)}
+            if err.retry_after is not None:
+                headers["retry-after-ms"] = str(max(1, round(err.retry_after * 1000)))
         return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
     # ---- generation endpoints ----

@@ -39,11 +39,35 @@ HISTOGRAMS = {
     "gptoss_request_prefill_time_seconds": "first scheduled to first token",
     "gptoss_request_decode_time_seconds": "first token to last token",
 }
-# Ingress-side (HTTP) series, labelled by route and status code instead of model and replica.
+# Ingress-side (HTTP) series, labelled by route and status code instead of model and replica (and, like every front
+# door series, by `frontdoor`: the ingress or gateway replica that counted it).
 HTTP_COUNTERS = {"gptoss_http_requests_total": "HTTP requests by route and status code"}
 HUB_COUNTERS = {"gptoss_replicas_lost_total": "LLM replicas that stopped reporting without shutting down (a crash, "
                                               "a killed pod or node); Serve starts a replacement"}
-ALL_METRICS = {**GAUGES, **COUNTERS, **HISTOGRAMS, **HTTP_COUNTERS, **HUB_COUNTERS}
+# The safety layer's series (cluster/safety.py), labelled by API key NAME (never the key): front doors count them.
+KEY_COUNTERS = {
+    "gptoss_key_requests_total": "requests by API key name, route (chat, completions, responses, tokenize) and status "
+                                 "(HTTP status code; gRPC calls by the code the same error has over HTTP)",
+    "gptoss_key_prompt_tokens_total": "prompt tokens charged to each API key",
+    "gptoss_key_completion_tokens_total": "generated tokens charged to each API key (reasoning included)",
+    "gptoss_key_reasoning_tokens_total": "generated reasoning tokens of each API key",
+    "gptoss_key_refusals_total": "requests refused by API key and reason (scope, quota, content_filter, "
+                                 "filter_unavailable, ledger_unavailable)",
+}
+SAFETY_COUNTERS = {
+    "gptoss_guard_checks_total": "guard filter verdicts by filter, stage (input, output) and outcome (allow, redact, "
+                                 "block, error: the filter failed or timed out and its on_error applied)",
+    "gptoss_quota_ledger_errors_total": "quota ledger calls that failed or timed out, by the policy applied "
+                                        "(open: admitted uncounted until settled, closed: refused)",
+    "gptoss_audit_records_total": "audit records written",
+    "gptoss_audit_errors_total": "audit records that could not be written",
+    "gptoss_key_reload_errors_total": "key file changes that could not be loaded (the old keys stayed valid)",
+}
+# Pushed by the QuotaLedger deployment.
+KEY_GAUGES = {"gptoss_key_quota_available": "fraction (0..1) of each API key's quota bucket a new request could "
+                                            "use now, by key and quota (requests_per_min, tokens_per_min, ...)"}
+ALL_METRICS = {**GAUGES, **COUNTERS, **HISTOGRAMS, **HTTP_COUNTERS, **HUB_COUNTERS, **KEY_COUNTERS, **SAFETY_COUNTERS,
+               **KEY_GAUGES}
 
 _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
                  40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -162,6 +186,80 @@ class HttpMetrics:
 
     def snapshot(self) -> list[Family]:
         return snapshot(self.registry)
+
+
+class SafetyMetrics:
+    """A front door's safety series: per-key requests, tokens and refusals; guard verdicts; and the counts its
+    parts keep themselves (`stats()`: {"ledger_errors": {policy: n}, "audit_records", "audit_errors",
+    "key_reload_errors"}), read at collect time."""
+
+    def __init__(self, stats=dict):
+        self.registry = CollectorRegistry(auto_describe=False)
+        counter = {name.removesuffix("_total"): Counter(name.removesuffix("_total"), text, labels,
+                                                        registry=self.registry)
+                   for name, text, labels in (
+                       ("gptoss_key_requests_total", KEY_COUNTERS["gptoss_key_requests_total"],
+                        ("key", "route", "status")),
+                       ("gptoss_key_prompt_tokens_total", KEY_COUNTERS["gptoss_key_prompt_tokens_total"], ("key",)),
+                       ("gptoss_key_completion_tokens_total", KEY_COUNTERS["gptoss_key_completion_tokens_total"],
+                        ("key",)),
+                       ("gptoss_key_reasoning_tokens_total", KEY_COUNTERS["gptoss_key_reasoning_tokens_total"],
+                        ("key",)),
+                       ("gptoss_key_refusals_total", KEY_COUNTERS["gptoss_key_refusals_total"], ("key", "reason")),
+                       ("gptoss_guard_checks_total", SAFETY_COUNTERS["gptoss_guard_checks_total"],
+                        ("filter", "stage", "outcome")))}
+        self._requests, self._prompt = counter["gptoss_key_requests"], counter["gptoss_key_prompt_tokens"]
+        self._completion = counter["gptoss_key_completion_tokens"]
+        self._reasoning = counter["gptoss_key_reasoning_tokens"]
+        self._refusals, self._checks = counter["gptoss_key_refusals"], counter["gptoss_guard_checks"]
+        self.registry.register(_SafetyCounts(stats))
+
+    def on_request(self, key: str, route: str, status: int, usage=None) -> None:
+        self._requests.labels(key=key, route=route, status=str(status)).inc()
+        if usage is not None:
+            self._prompt.labels(key=key).inc(usage.prompt_tokens)
+            self._completion.labels(key=key).inc(usage.completion_tokens)
+            self._reasoning.labels(key=key).inc(usage.reasoning_tokens)
+
+    def on_refusal(self, key: str, reason: str) -> None:
+        self._refusals.labels(key=key, reason=reason).inc()
+
+    def on_check(self, filter_name: str, stage: str, outcome: str) -> None:
+        self._checks.labels(filter=filter_name, stage=stage, outcome=outcome).inc()
+
+    def snapshot(self) -> list[Family]:
+        return snapshot(self.registry)
+
+
+class _SafetyCounts:
+    """Counts the safety layer's parts keep (ledger failures, audit writes, key reloads), as counters."""
+
+    def __init__(self, stats):
+        self.stats = stats
+
+    def collect(self):
+        stats = self.stats()
+        ledger = CounterMetricFamily("gptoss_quota_ledger_errors", SAFETY_COUNTERS["gptoss_quota_ledger_errors_total"],
+                                     labels=["policy"])
+        for policy, count in sorted(stats.get("ledger_errors", {}).items()):
+            ledger.add_metric([policy], float(count))
+        yield ledger
+        for name, field in (("gptoss_audit_records", "audit_records"), ("gptoss_audit_errors", "audit_errors"),
+                            ("gptoss_key_reload_errors", "key_reload_errors")):
+            yield CounterMetricFamily(name, SAFETY_COUNTERS[name + "_total"], value=float(stats.get(field, 0)))
+
+
+def quota_families(levels: list[tuple[str, str, float]]) -> list[Family]:
+    """The ledger's bucket levels (Ledger.levels()) as the gptoss_key_quota_available gauge."""
+    samples = [("gptoss_key_quota_available", {"key": key, "quota": name}, value) for key, name, value in levels]
+    return [Family("gptoss_key_quota_available", "gauge", KEY_GAUGES["gptoss_key_quota_available"], samples)]
+
+
+def labelled(families: list[Family], **labels) -> list[Family]:
+    """`families` with `labels` added to every sample (a front door's series carry `frontdoor`, so that two ingress
+    replicas never push the same series)."""
+    return [Family(f.name, f.type, f.help, [(name, {**sample, **labels}, value) for name, sample, value in f.samples])
+            for f in families]
 
 
 def snapshot(registry: CollectorRegistry) -> list[Family]:

@@ -4,11 +4,13 @@ Flow: `generate(GenerateRequest)` renders the prompt (harmony for chat and respo
 defaults and checks (context length, max_tokens), starts `AsyncLLM.generate`, and yields: first a head item (a
 `StreamHead` once the first token is out, or an `ApiError` for bad input, a full engine queue or a passed deadline),
 then what the request's formatter (cluster/output/) makes of each engine output: SSE frames, one body, or deltas for
-the gRPC gateway. Closing the generator early (client gone) aborts the engine request, which frees its KV blocks;
-the request's `deadline` (stamped by the front door) aborts it in the engine when it passes, and the stream ends
-with an `ApiError` item (408). Metrics count from `req.received` (the front door's arrival), so any queue on the
-way shows in TTFT and queue time; they are pushed to the hub every `metrics_push_interval_s`. The routers read the
-replica's load (`record_routing_stats`: queue, KV usage) every `routing.stats_period_s`.
+the gRPC gateway (grouped into windows for the front door's output filters when it asks, and closed by a tally of
+usage and tool calls: cluster/output/window.py). Closing the generator early (client gone) aborts the engine request,
+which frees its KV blocks; the request's `deadline` (stamped by the front door) aborts it in the engine when it
+passes, and the stream ends with an `ApiError` item (408). Metrics count from `req.received` (the front door's
+arrival), so any queue on the way shows in TTFT and queue time; they are pushed to the hub every
+`metrics_push_interval_s`. The routers read the replica's load (`record_routing_stats`: queue, KV usage) every
+`routing.stats_period_s`.
 """
 
 import asyncio
@@ -22,6 +24,7 @@ from cluster.hub import MetricsPusher
 from cluster.metrics import ReplicaMetrics, RequestTimes
 from cluster.output import formatter_for
 from cluster.output.deltas import StreamHead
+from cluster.output.window import Watch
 from cluster.protocol import GenerateRequest
 from cluster.tools.harmony import render_prompt
 from cluster.tools.loop import run_with_tools, uses_tools
@@ -66,7 +69,7 @@ class LLMServer:
                 raise deadline.error()
             prompt_ids, params = self._prepare(req)
             stream = self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id=req.request_id)
-            first = await anext(stream)
+            first = await _first(stream)
             if deadline.fired:  # aborted at the deadline before its first token
                 await stream.aclose()
                 raise deadline.error()
@@ -91,6 +94,7 @@ class LLMServer:
 
     async def _stream(self, req, stream, first, prompt_len: int, times: RequestTimes, deadline: "_Deadline"):
         formatter = formatter_for(req)(req, self.tokenizer, self.spec.name)
+        watch = Watch(req, formatter)  # windows for the front door's output guard, the closing tally
         out, last, finish = first, None, "abort"
         try:
             while True:
@@ -98,7 +102,7 @@ class LLMServer:
                 count = sum(len(s.token_ids) for s in out.outputs)
                 self.metrics.on_tokens(count, None if last is None else now - last)
                 last = now if count else last
-                for frame in formatter.feed(out):
+                for frame in watch.feed(out):
                     yield frame
                 if out.finished:
                     finish = out.outputs[0].finish_reason or "stop"
@@ -106,9 +110,11 @@ class LLMServer:
                     break
                 out = await anext(stream)
             if deadline.fired:  # the engine aborted it at the deadline: say so, not "abort"
+                for item in watch.flush() + ([watch.tally()] if req.tally else []):
+                    yield item
                 yield deadline.error()
                 return
-            for item in formatter.finish():
+            for item in watch.finish(formatter.finish()) + ([watch.tally()] if req.tally else []):
                 yield item
         finally:
             await stream.aclose()  # a request cut short is aborted here: its KV blocks go back to the pool
@@ -211,6 +217,16 @@ class _Deadline:
     def cancel(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+
+
+async def _first(stream):
+    """The engine stream's first output; a caller gone before it (cancelled, closed) aborts the engine request now,
+    not when the stream is collected."""
+    try:
+        return await anext(stream)
+    except BaseException:
+        await stream.aclose()
+        raise
 
 
 def _arrival(req: GenerateRequest) -> float:

@@ -1,5 +1,7 @@
 """Shared fixtures: small checkpoints in the real format, generated once per test session."""
 
+import os
+
 import pytest
 
 from engine.weights.tiny_model import TinyModelSpec, make_tiny_model
@@ -33,3 +35,10 @@ def checkpoints(tmp_path_factory):
 def tiny_model(checkpoints):
     """The default tiny model (real vocabulary)."""
     return checkpoints("gqa4-e4k2-w16")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def audit_dir(tmp_path_factory):
+    """Front doors made by tests (and the Ray workers started after this) keep their audit logs here, never in the
+    user's cache directory (a test's own config may name another directory)."""
+    os.environ.setdefault("GPTOSS_AUDIT_DIR", str(tmp_path_factory.mktemp("audit")))

@@ -1,12 +1,12 @@
 """Who may call the gateway: API keys in `authorization` metadata, and TLS / mTLS server credentials from files.
 
-Flow: every call except grpc.health.v1 passes `AuthInterceptor`, which reads `authorization: Bearer KEY` and
-compares it with every configured key in constant time (hmac.compare_digest; no early exit) -> no match:
-UNAUTHENTICATED before any handler runs. The servicer asks `ApiKeys.caller` (cluster/auth.py, shared with the HTTP
-ingress) for the key's identity (the key to rate-limit on and the owner of stored responses: a short digest, never
-the key itself). With no keys configured every call is allowed, as the
-HTTP API does. TLS: `server_credentials` reads the certificate chain and key (and for mTLS the client CA bundle,
-with client certificates required) from the files named in the config.
+Flow: every call except grpc.health.v1 passes `AuthInterceptor`, which reads `authorization: Bearer KEY` and compares
+it with every configured key in constant time (hmac.compare_digest; no early exit) -> no match: UNAUTHENTICATED
+before any handler runs. The servicer asks `key_of` (cluster/auth.py's `ApiKeys`, the front door's, shared with the
+HTTP ingress) for the key: its name, scopes and quotas, and its identity (the owner of stored responses: never the
+key itself). With no keys configured every call is allowed, as the HTTP API does. TLS: `server_credentials` reads the
+certificate chain and key (and for mTLS the client CA bundle, with client certificates required) from the files named
+in the config.
 """
 
 from pathlib import Path
@@ -17,13 +17,19 @@ from cluster.auth import ANONYMOUS, ApiKeys, bearer
 from cluster.config import ConfigError, GrpcConfig
 
 OPEN_METHODS = ("/grpc.health.v1.Health/",)  # probes need no key (as GET /health on the HTTP API)
-__all__ = ["ANONYMOUS", "ApiKeys", "AuthInterceptor", "caller", "server_credentials"]
+__all__ = ["ANONYMOUS", "ApiKeys", "AuthInterceptor", "caller", "key_of", "server_credentials"]
+
+
+def key_of(keys: ApiKeys, metadata):
+    """The key (cluster.keys.Key) in a call's `authorization` metadata (None: no valid key)."""
+    token = next((value for name, value in metadata or () if name == "authorization"), None)
+    return keys.key(bearer(token))
 
 
 def caller(keys: ApiKeys, metadata) -> str | None:
     """The identity of the key in a call's `authorization` metadata (None: no valid key)."""
-    token = next((value for name, value in metadata or () if name == "authorization"), None)
-    return keys.caller(bearer(token))
+    key = key_of(keys, metadata)
+    return key.identity if key is not None else None
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

@@ -27,7 +27,7 @@ SAMPLING_RENAMES = {name: f"sampling.{name}" for name in
 ROLES = {1: "system", 2: "developer", 3: "user", 4: "assistant", 5: "tool"}
 EFFORTS = {0: None, 1: "low", 2: "medium", 3: "high"}
 CHANNELS = {None: 0, "analysis": 1, "commentary": 2, "final": 3}
-FINISH = {None: 0, "stop": 1, "length": 2, "abort": 3, "tool_calls": 4}
+FINISH = {None: 0, "stop": 1, "length": 2, "abort": 3, "tool_calls": 4, "content_filter": 5}
 # engine/harmony field paths -> proto field paths (tools[0].function.name -> tools[0].name)
 _PROTO_PATHS = ((re.compile(r"\.function\.parameters"), ".parameters_json"), (re.compile(r"\.function\."), "."))
 

@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from cluster.config import AppConfig
 from cluster.frontdoor import FrontDoor
 from cluster.grpc import codegen
-from cluster.grpc.auth import ApiKeys, AuthInterceptor, server_credentials
+from cluster.grpc.auth import AuthInterceptor, server_credentials
 from cluster.grpc.limits import Limits
 from cluster.grpc.servicer import InferenceServicer
 
@@ -37,12 +37,13 @@ def server_options(config: AppConfig) -> list[tuple[str, int]]:
 
 
 class Gateway:
-    def __init__(self, config: AppConfig, models: dict, hub=None):
+    def __init__(self, config: AppConfig, models: dict, hub=None, ledger=None, source: str | None = None):
+        """`ledger`: the QuotaLedger deployment's handle (None: quotas kept in this gateway alone)."""
         self.config = config
         self.stubs = codegen.stubs()
-        self.keys = ApiKeys(config.auth.resolve())
         self.limits = Limits(config.grpc)
-        self.door = FrontDoor(config, models, hub, f"gateway/{os.getpid()}-{id(self):x}")
+        self.door = FrontDoor(config, models, hub, source or f"gateway/{os.getpid()}-{id(self):x}", ledger=ledger)
+        self.keys = self.door.keys
         self.servicer = InferenceServicer(self.door, self.stubs.pb, self.keys, self.limits)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
@@ -74,7 +75,7 @@ class Gateway:
         self.server, self.port = server, port
         for service in ("", self.stubs.service):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self.door.pusher.start()
+        self.door.wake()
         self._watch = asyncio.get_running_loop().create_task(self._watch_drain())
         log.info("gRPC gateway listening on %s (%s)", self.address, "TLS" if g.tls else "plaintext")
         return self.address
@@ -93,4 +94,5 @@ class Gateway:
         await self.door.pusher.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        await self.door.close()
         self.server = None

@@ -1,25 +1,29 @@
 """The gptoss.v1.Inference servicer: one call -> limits -> validated request -> the front door -> protobuf messages.
 
-Flow of a streaming call (Generate, Chat): the key was checked by `AuthInterceptor` -> `Limits.admit` (stream slot,
-per-key rates; refused: RESOURCE_EXHAUSTED + `retry-after-ms`) -> `convert.to_*` (INVALID_ARGUMENT naming the
-field) -> a Chat naming a `previous_response_id` or to be stored goes through cluster/responses/chat.py (the stored
-turns first; the finished chat stored, its id on the last message) -> `FrontDoor.open` with the call's deadline (cluster/frontdoor.py: drain, model, routing stamp, deadline for
-the engine, the replica's head, one retry before the first token) -> initial metadata `x-gptoss-replica` -> every
-delta becomes a message; tokens are charged to the caller's token bucket -> the call ends: done, or cancelled
-(grpc cancels this coroutine; `finally` closes the front-door call, which aborts the engine request and frees its KV
-blocks), or past its deadline / the replica gone (the front door's `ApiError`, rendered as the status by `Refusal`).
+Flow of a streaming call (Generate, Chat): the key was checked by `AuthInterceptor` -> the caller (cluster/auth.py:
+its key, the peer, the method) -> `Limits.admit` (a stream slot of this replica; refused: RESOURCE_EXHAUSTED +
+`retry-after-ms`) -> `convert.to_*` (INVALID_ARGUMENT naming the field) -> a Chat naming a `previous_response_id`
+or to be stored goes through cluster/responses/chat.py (the stored turns first; the finished chat stored, its id on
+the last message) -> `FrontDoor.open` with the call's deadline (cluster/frontdoor.py: drain, model, the key's scopes
+(PERMISSION_DENIED), the quota ledger with the key's quotas and the gateway's per-key rates (RESOURCE_EXHAUSTED +
+retry-after-ms), input filters, routing stamp, deadline for the engine, the replica's head, one retry before the
+first token) -> initial metadata `x-gptoss-replica` -> every delta becomes a message (an output filter may end the
+stream with FINISH_REASON_CONTENT_FILTER) -> the call ends: done, or cancelled (grpc cancels this coroutine;
+`finally` closes the front-door call, which aborts the engine request, frees its KV blocks and charges the tokens),
+or past its deadline / the replica gone (the front door's `ApiError`, rendered as the status by `Refusal`).
 """
 
 import logging
 
 import grpc
 
+from cluster.auth import Caller
 from cluster.errors import ApiError
 from cluster.frontdoor import FrontDoor
 from cluster.grpc import convert
-from cluster.grpc.auth import ApiKeys, caller
+from cluster.grpc.auth import ApiKeys, key_of
 from cluster.grpc.limits import Limits, Overloaded
-from cluster.output.deltas import SampleDelta, StreamEnd
+from cluster.output.deltas import StreamEnd
 from cluster.responses.chat import ChatTurn
 from cluster.responses.service import ResponsesService
 
@@ -31,6 +35,7 @@ _CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTI
           408: grpc.StatusCode.DEADLINE_EXCEEDED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
           429: grpc.StatusCode.RESOURCE_EXHAUSTED, 500: grpc.StatusCode.INTERNAL, 503: grpc.StatusCode.UNAVAILABLE}
 _RETRYABLE = {"server_overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED}  # a 503 that is load, not absence
+SERVICE = "gptoss.v1.Inference"
 
 
 class Refusal(Exception):
@@ -43,6 +48,8 @@ class Refusal(Exception):
     @classmethod
     def of(cls, err: ApiError, retry_after_ms: int) -> "Refusal":
         code = _RETRYABLE.get(err.code) or _CODES.get(err.status, grpc.StatusCode.INTERNAL)
+        if err.retry_after is not None:  # the front door knows when (a quota)
+            return cls(code, convert.error_text(err), max(1, round(err.retry_after * 1000)))
         hinted = code is grpc.StatusCode.RESOURCE_EXHAUSTED or err.code == "server_shutting_down"
         return cls(code, convert.error_text(err), retry_after_ms if hinted else None)
 
@@ -74,19 +81,25 @@ class InferenceServicer:
 
     async def Tokenize(self, request, context):
         try:
-            ids, max_len = await self._tokenize(request, context)
+            ids, max_len = await self._tokenize(request, context, "Tokenize")
         except Refusal as refusal:
             await refusal.abort(context)
         return self.pb.TokenizeResponse(token_ids=ids, count=len(ids), max_model_len=max_len)
 
     async def CountTokens(self, request, context):
         try:
-            ids, max_len = await self._tokenize(request, context)
+            ids, max_len = await self._tokenize(request, context, "CountTokens")
         except Refusal as refusal:
             await refusal.abort(context)
         return self.pb.CountTokensResponse(count=len(ids), max_model_len=max_len)
 
     async def ListModels(self, request, context):
+        try:
+            self.door.permit(self._caller(context, "ListModels"), "models")
+        except ApiError as err:
+            await Refusal.of(err, self.retry_ms).abort(context)
+        except Refusal as refusal:
+            await refusal.abort(context)
         return self.pb.ListModelsResponse(models=[self.pb.Model(name=name, created=self.door.started,
                                                                 owned_by="gptoss-serve")
                                                   for name in self.door.model_names()])
@@ -102,24 +115,22 @@ class InferenceServicer:
 
     async def _stream(self, request, context, to_request, output_cls, turn=None):
         """`turn`: a Chat over stored responses (cluster/responses/chat.py), or None."""
-        identity = self._admit(context, stream=True)
+        caller = self._caller(context, "Chat" if to_request is convert.to_chat else "Generate")
+        self._take_slot()
         try:
             req = self._convert(request, to_request)
             try:
                 if turn is not None:
-                    await turn.prepare(req, request.previous_response_id, request.store, identity)
-                call = await self.door.open(req, context.time_remaining(), identity)
+                    await turn.prepare(req, request.previous_response_id, request.store, caller.identity)
+                call = await self.door.open(req, context.time_remaining(), caller)
             except ApiError as err:
                 raise Refusal.of(err, self.retry_ms) from None
             try:
                 await context.send_initial_metadata(((REPLICA_HEADER, call.head.replica),))
-                self.limits.charge_tokens(identity, call.head.prompt_tokens)
                 output = output_cls(self.pb, req)
                 async for item in call:
                     if isinstance(item, ApiError):  # past its deadline in the engine
                         raise Refusal.of(item, self.retry_ms)
-                    if isinstance(item, SampleDelta):
-                        self.limits.charge_tokens(identity, len(item.token_ids))
                     message = output.message(item)
                     if turn is not None:
                         turn.observe(item)
@@ -133,15 +144,17 @@ class InferenceServicer:
         finally:
             self.limits.release()
 
-    def _admit(self, context, stream: bool) -> str:
-        identity = caller(self.keys, context.invocation_metadata())
-        if identity is None:  # the interceptor lets no such call through; kept for servicers used without it
+    def _caller(self, context, method: str) -> Caller:
+        key = key_of(self.keys, context.invocation_metadata())
+        if key is None:  # the interceptor lets no such call through; kept for servicers used without it
             raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "incorrect or missing API key")
+        return Caller(key, context.peer() or "", "grpc", f"/{SERVICE}/{method}")
+
+    def _take_slot(self) -> None:
         try:
-            self.limits.admit(identity, stream)
+            self.limits.admit()
         except Overloaded as err:
             raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err), err.retry_after_ms) from None
-        return identity
 
     def _convert(self, request, to_request):
         try:
@@ -150,11 +163,11 @@ class InferenceServicer:
             raise Refusal.of(err, self.retry_ms) from None
 
     # ---- unary ----
-    async def _tokenize(self, request, context) -> tuple[list[int], int]:
-        identity = self._admit(context, stream=False)
+    async def _tokenize(self, request, context, method: str) -> tuple[list[int], int]:
+        caller = self._caller(context, method)
         req = self._convert(request, convert.to_tokenize)
         try:
-            result = await self.door.tokenize(req, identity)
+            result = await self.door.tokenize(req, caller)
         except ApiError as err:
             raise Refusal.of(err, self.retry_ms) from None
         return result["token_ids"], result["max_model_len"]

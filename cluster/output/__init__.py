@@ -3,6 +3,9 @@
 Every formatter has one interface, `Formatter`: built per request as `cls(req, tokenizer, model)`; `feed(out)`
 returns the items for one engine output (SSE frames when streaming; nothing while a body is being accumulated;
 plain deltas for gRPC); `finish()` returns the closing items (usage chunk and `[DONE]`, the body, or `StreamEnd`).
+What the front door's accounting and output guard read (window.py): `cut(reason)`, the items that would end the
+answer right now with a finish reason (content_filter); `take_text()`, the text shown since the last call (kept
+only when the request asks: guard_every, tally_text); `usage_now()`, `tool_call_count()`, `finish_reason_now()`.
 `formatter_for(req)` picks the class: `openai` (chat.completion / text_completion), `responses` (the Responses
 API's response object and events), `deltas` (token and harmony channel deltas the gRPC gateway turns into protobuf).
 A mid-stream error (the request's deadline) is not a formatter's business: the replica yields an `ApiError` item and
@@ -20,6 +23,16 @@ class Formatter(Protocol):
     def feed(self, out: RequestOutput) -> list: ...
 
     def finish(self) -> list: ...
+
+    def cut(self, reason: str) -> list: ...
+
+    def take_text(self) -> str: ...
+
+    def usage_now(self): ...  # cluster.output.openai.Usage
+
+    def tool_call_count(self) -> int: ...
+
+    def finish_reason_now(self) -> str | None: ...
 
 
 def formatter_for(req) -> type[Formatter]:

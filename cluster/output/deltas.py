@@ -9,8 +9,7 @@ protobuf messages; keeping these plain keeps protobuf out of the replicas and th
 
 from dataclasses import dataclass, field
 
-from cluster.output.openai import Usage
-
+from cluster.output.openai import Usage, drain, watched_text
 from engine.outputs import RequestOutput
 from engine.text.harmony_stream import Delta
 
@@ -48,7 +47,7 @@ class SampleDelta:
     text: str  # the engine's detokenized text of token_ids
     parts: list[Part] = field(default_factory=list)  # harmony parse of token_ids (chat, parse_harmony)
     logprobs: list[dict[int, float]] | None = None  # per token: {sampled id and top-n ids: logprob}
-    finish_reason: str | None = None  # "stop", "length", "abort", "tool_calls" on the sample's last delta
+    finish_reason: str | None = None  # "stop", "length", "abort", "tool_calls", "content_filter" on its last delta
 
 
 @dataclass
@@ -67,6 +66,9 @@ class DeltaFormatter:
             if req.kind != "completion" or req.parse_harmony else None
         self.called = [False] * n  # the sample wrote a tool call: "stop" becomes "tool_calls"
         self.usage = Usage()
+        self.finished: list[str | None] = [None] * n  # each sample's finish reason once it has one
+        self.calls = 0  # tool calls written (parts that closed one)
+        self.fresh = watched_text(req)  # text shown since take_text
 
     def feed(self, out: RequestOutput) -> list[SampleDelta]:
         self.usage.prompt_tokens, self.usage.cached_tokens = len(out.prompt_token_ids), out.num_cached_tokens
@@ -77,6 +79,10 @@ class DeltaFormatter:
             finish = s.finish_reason
             if finish == "stop" and self.called[s.index]:
                 finish = "tool_calls"
+            if finish is not None:
+                self.finished[s.index] = finish
+            if self.fresh is not None:
+                self.fresh.append("".join(p.text for p in parts) if self.parsers is not None else s.text)
             if s.token_ids or finish is not None or parts:
                 deltas.append(SampleDelta(s.index, [int(t) for t in s.token_ids], s.text, parts, s.logprobs, finish))
         return deltas
@@ -90,7 +96,27 @@ class DeltaFormatter:
         if s.finish_reason is not None:
             parts += parser.finish()
         self.called[s.index] |= any(d.recipient is not None for d in parts)
+        self.calls += sum(d.completed_tool_call is not None for d in parts)
         return [Part.of(d) for d in parts if d.text or d.completed_tool_call is not None or d.recipient is not None]
 
     def finish(self) -> list[StreamEnd]:
         return [StreamEnd(self.usage)]
+
+    # ---- what the front door's accounting and output guard read (cluster/output/window.py) ----
+    def cut(self, reason: str) -> list:
+        """A last delta with `reason` for every sample still going, then the StreamEnd (the state is left as is)."""
+        ends = [SampleDelta(i, [], "", [], None, reason) for i, f in enumerate(self.finished) if f is None]
+        u = self.usage
+        return ends + [StreamEnd(Usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.reasoning_tokens))]
+
+    def take_text(self) -> str:
+        return drain(self.fresh)
+
+    def usage_now(self) -> Usage:
+        return self.usage
+
+    def tool_call_count(self) -> int:
+        return self.calls
+
+    def finish_reason_now(self) -> str | None:
+        return self.finished[0]

@@ -21,6 +21,21 @@ def sse(payload: dict, event: str | None = None) -> str:
 DONE = "data: [DONE]\n\n"
 
 
+def watched_text(req) -> list[str] | None:
+    """A formatter's buffer of text shown since `take_text`: kept only when the front door reads it (output filters
+    or the audit log's text; cluster/output/window.py)."""
+    return [] if (req.guard_every or req.tally_text) else None
+
+
+def drain(buffer: list[str] | None) -> str:
+    """The buffer's text, the buffer emptied."""
+    if not buffer:
+        return ""
+    text = "".join(buffer)
+    buffer.clear()
+    return text
+
+
 @dataclass
 class Usage:
     prompt_tokens: int = 0
@@ -58,6 +73,7 @@ class ChatFormatter:
         n = req.sampling.get("n", 1)
         self.choices = [ChoiceState(tokenizer.stream_parser()) for _ in range(n)]
         self.usage = Usage()
+        self.fresh = watched_text(req)  # text shown since take_text (content, reasoning, tool-call arguments)
 
     def feed(self, out: RequestOutput) -> list[str]:
         self.usage.prompt_tokens, self.usage.cached_tokens = len(out.prompt_token_ids), out.num_cached_tokens
@@ -81,6 +97,8 @@ class ChatFormatter:
         if not state.role_sent:
             delta["role"], state.role_sent = "assistant", True
         for d in deltas:
+            if self.fresh is not None:
+                self.fresh.append(d.text)
             if d.recipient is not None:
                 self._tool_delta(state, d, delta)
             elif d.channel == "analysis":
@@ -123,18 +141,45 @@ class ChatFormatter:
     def finish(self) -> list:
         usage = self._totals().chat()
         if self.req.stream:
-            tail = [sse({**self._chunk([]), "usage": usage})] if self.req.include_usage else []
-            return tail + [DONE]
+            return self._tail(usage)
+        return [self._body(usage, _chat_finish)]
+
+    def _tail(self, usage: dict) -> list[str]:
+        return ([sse({**self._chunk([]), "usage": usage})] if self.req.include_usage else []) + [DONE]
+
+    def _body(self, usage: dict, finish_of) -> dict:
         choices = []
         for i, c in enumerate(self.choices):
             message = {"role": "assistant", "content": "".join(c.content) if c.content or not c.tool_calls else None,
                        "refusal": None,
                        "reasoning_content": "".join(c.reasoning) or None}
             if c.tool_calls:
-                message["tool_calls"] = c.tool_calls
-            choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": _chat_finish(c)})
-        return [{"id": self.req.request_id, "object": "chat.completion", "created": self.req.created,
-                 "model": self.model, "choices": choices, "usage": usage}]
+                message["tool_calls"] = [{**t, "function": dict(t["function"])} for t in c.tool_calls]
+            choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": finish_of(c)})
+        return {"id": self.req.request_id, "object": "chat.completion", "created": self.req.created,
+                "model": self.model, "choices": choices, "usage": usage}
+
+    # ---- what the front door's accounting and output guard read (cluster/output/window.py) ----
+    def cut(self, reason: str) -> list:
+        """The items that end the answer here with `reason` (the state is left as it is)."""
+        usage = self._totals().chat()
+        if not self.req.stream:
+            return [self._body(usage, lambda c: c.finish_reason and _chat_finish(c) or reason)]
+        choices = [{"index": i, "delta": {} if c.role_sent else {"role": "assistant"}, "logprobs": None,
+                    "finish_reason": reason} for i, c in enumerate(self.choices) if c.finish_reason is None]
+        return ([sse(self._chunk(choices))] if choices else []) + self._tail(usage)
+
+    def take_text(self) -> str:
+        return drain(self.fresh)
+
+    def usage_now(self) -> Usage:
+        return self._totals()
+
+    def tool_call_count(self) -> int:
+        return sum(len(c.tool_calls) for c in self.choices)
+
+    def finish_reason_now(self) -> str | None:
+        return _chat_finish(self.choices[0]) if self.choices[0].finish_reason else None
 
 
 def _chat_finish(state: ChoiceState) -> str:
@@ -153,6 +198,7 @@ class CompletionFormatter:
         self.logprobs = [_empty_logprobs() for _ in range(n)] if req.sampling.get("logprobs") is not None else None
         self.usage = Usage()
         self._offsets = [0] * n
+        self.fresh = watched_text(req)  # text made since take_text
 
     def feed(self, out: RequestOutput) -> list[str]:
         self.usage.prompt_tokens, self.usage.cached_tokens = len(out.prompt_token_ids), out.num_cached_tokens
@@ -160,6 +206,8 @@ class CompletionFormatter:
         for s in out.outputs:
             self.usage.completion_tokens += len(s.token_ids)
             self.text[s.index].append(s.text)
+            if self.fresh is not None:
+                self.fresh.append(s.text)
             self.finish_reasons[s.index] = s.finish_reason
             logprobs = self._logprobs(s) if self.logprobs is not None else None
             if self.req.stream and (s.text or s.finish_reason or logprobs):
@@ -190,12 +238,39 @@ class CompletionFormatter:
     def finish(self) -> list:
         usage = self.usage.chat()
         if self.req.stream:
-            tail = [sse({**self._chunk([]), "usage": usage})] if self.req.include_usage else []
-            return tail + [DONE]
+            return self._tail(usage)
+        return [self._body(usage, "stop")]
+
+    def _tail(self, usage: dict) -> list[str]:
+        return ([sse({**self._chunk([]), "usage": usage})] if self.req.include_usage else []) + [DONE]
+
+    def _body(self, usage: dict, unfinished: str) -> dict:
         choices = [{"index": i, "text": "".join(t), "logprobs": self.logprobs[i] if self.logprobs else None,
-                    "finish_reason": self.finish_reasons[i] or "stop"} for i, t in enumerate(self.text)]
-        return [{"id": self.req.request_id, "object": "text_completion", "created": self.req.created,
-                 "model": self.model, "choices": choices, "usage": usage}]
+                    "finish_reason": self.finish_reasons[i] or unfinished} for i, t in enumerate(self.text)]
+        return {"id": self.req.request_id, "object": "text_completion", "created": self.req.created,
+                "model": self.model, "choices": choices, "usage": usage}
+
+    # ---- what the front door's accounting and output guard read (cluster/output/window.py) ----
+    def cut(self, reason: str) -> list:
+        """The items that end the answer here with `reason` (the state is left as it is)."""
+        usage = self.usage.chat()
+        if not self.req.stream:
+            return [self._body(usage, reason)]
+        choices = [{"index": i, "text": "", "logprobs": None, "finish_reason": reason}
+                   for i, f in enumerate(self.finish_reasons) if f is None]
+        return ([sse(self._chunk(choices))] if choices else []) + self._tail(usage)
+
+    def take_text(self) -> str:
+        return drain(self.fresh)
+
+    def usage_now(self) -> Usage:
+        return self.usage
+
+    def tool_call_count(self) -> int:
+        return 0
+
+    def finish_reason_now(self) -> str | None:
+        return self.finish_reasons[0]
 
 
 def _empty_logprobs() -> dict:

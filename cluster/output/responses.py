@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from cluster.output import tool_items
-from cluster.output.openai import Usage, sse
+from cluster.output.openai import Usage, drain, sse, watched_text
 from engine.outputs import RequestOutput
 
 
@@ -59,6 +59,7 @@ class ResponsesFormatter:
         self._step_usage = (0, 0)  # prompt and cached tokens of the current step (summed over steps)
         self.finish_reason: str | None = None
         self._started = False
+        self.fresh = watched_text(req)  # text the model wrote since take_text
 
     # ---- feeding ----
     def feed(self, out: RequestOutput) -> list[str]:
@@ -98,6 +99,8 @@ class ResponsesFormatter:
             return frames + self._close()
         if not d.text:
             return frames
+        if self.fresh is not None:
+            self.fresh.append(d.text)
         item, index = self._open, len(self.items)
         if key[0] == "call":
             return frames + self._call_delta(item, index, d.text)
@@ -239,7 +242,7 @@ class ResponsesFormatter:
 
     def _event(self, kind: str, **payload) -> str:
         self._seq += 1
-        return sse({"type": kind, "sequence_number": self._seq - 1, **payload}, event=kind)
+        return _sse_event(self._seq - 1, kind, payload)
 
     def _public(self, item: dict) -> dict:
         return tool_items.public(item, self.req.include)
@@ -248,10 +251,14 @@ class ResponsesFormatter:
         return "cntr_" + (self.req.conversation or self.req.request_id).removeprefix("resp_")
 
     # ---- the response object ----
-    def body(self, status: str, public: bool = True) -> dict:
-        incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
+    def body(self, status: str, public: bool = True, items: list[dict] | None = None,
+             incomplete: dict | None = None) -> dict:
+        """The response object (`items`: its output, by default the items so far)."""
+        if status == "incomplete" and incomplete is None:
+            incomplete = {"reason": "max_output_tokens"}
         u = self.usage
-        output = [self._public(i) for i in self.items] if public else [dict(i) for i in self.items]
+        items = self.items if items is None else items
+        output = [self._public(i) for i in items] if public else [dict(i) for i in items]
         return {
             "id": self.req.request_id, "object": "response", "created_at": self.req.created or int(time.time()),
             "status": status, "model": self.model, "output": output, "error": None,
@@ -273,6 +280,75 @@ class ResponsesFormatter:
             return [body, record]
         kind = "response.incomplete" if status == "incomplete" else "response.completed"
         return [record, self._event(kind, response=body)]  # stored before the client hears it ended
+
+
+    # ---- what the front door's accounting and output guard read (cluster/output/window.py) ----
+    def cut(self, reason: str) -> list:
+        """The items that end the response here as incomplete with `reason` (the state is left as it is): the item
+        being written closed as incomplete, response.incomplete, and the record to store."""
+        seq, frames = [self._seq], []
+
+        def event(kind: str, **payload) -> str:
+            seq[0] += 1
+            return _sse_event(seq[0] - 1, kind, payload)
+
+        if not self._started:
+            start = self.body("in_progress")
+            frames += [event("response.created", response=start), event("response.in_progress", response=start)]
+        items = [dict(i) for i in self.items]
+        if self.pending is not None:  # a built-in call that will not run
+            items[self.pending.index] = {**items[self.pending.index], "status": "incomplete"}
+        opened = self._open
+        if opened is not None and opened["type"] != "web_search_call":  # that one is announced only once whole
+            item, index = _incomplete(opened), len(items)
+            frames += _closing_events(event, item, index) + [
+                event("response.output_item.done", output_index=index, item=self._public(item))]
+            items.append(item)
+        details = {"reason": reason}
+        record = ResponseRecord(self.body("incomplete", False, items, details), dict(self.hidden))
+        body = self.body("incomplete", True, items, details)
+        if not self.req.stream:
+            return [body, record]
+        return frames + [record, event("response.incomplete", response=body)]
+
+    def take_text(self) -> str:
+        return drain(self.fresh)
+
+    def usage_now(self) -> Usage:
+        return self.usage
+
+    def tool_call_count(self) -> int:
+        return sum(i["type"] in ("function_call", "code_interpreter_call", "web_search_call", "mcp_call")
+                   for i in self.items)
+
+    def finish_reason_now(self) -> str | None:
+        return self.finish_reason
+
+
+def _sse_event(seq: int, kind: str, payload: dict) -> str:
+    return sse({"type": kind, "sequence_number": seq, **payload}, event=kind)
+
+
+def _incomplete(item: dict) -> dict:
+    item = {**item, "status": "incomplete"}
+    if "content" in item:
+        item["content"] = [dict(part) for part in item["content"]]
+    return item
+
+
+def _closing_events(event, item: dict, index: int) -> list[str]:
+    """The .done events of an item cut while it was being written (before its output_item.done)."""
+    if item["type"] == "function_call":
+        return [event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                      arguments=item["arguments"])]
+    if item["type"] not in ("reasoning", "message"):
+        return []
+    part = item["content"][0]
+    kind = "reasoning_text" if item["type"] == "reasoning" else "output_text"
+    return [event(f"response.{kind}.done", item_id=item["id"], output_index=index, content_index=0,
+                  text=part["text"]),
+            event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
+                  part=part)]
 
 
 def _in_progress(item: dict) -> dict:

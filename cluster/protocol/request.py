@@ -38,6 +38,9 @@ class GenerateRequest:
     max_tool_calls: int | None = None  # Responses: built-in and MCP tool calls at most in this response
     conversation: str | None = None  # Responses: the conversation's first response id (keys the python session)
     include: list[str] = field(default_factory=list)  # Responses `include`: extra output data to show
+    tally: bool = False  # end the stream with a Tally (usage, tool calls) for the front door's accounting
+    tally_text: bool = False  # the Tally also carries the answer's text (the audit log keeps text)
+    guard_every: int = 0  # > 0: an output filter runs; items come in Windows of this many tokens (output/window.py)
 
 
 def routing_text(req: GenerateRequest) -> str:

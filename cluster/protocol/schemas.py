@@ -79,7 +79,7 @@ class ChatMessage(Out):
     tool_calls: list[ChatToolCall] | None = None
 
 
-FinishReason = Literal["stop", "length", "tool_calls"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]  # content_filter: an output filter ended it
 
 
 class ChatChoice(Out):
@@ -109,7 +109,7 @@ class CompletionChoice(Out):
     index: int
     text: str
     logprobs: CompletionLogprobs | None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "content_filter"]
 
 
 class Completion(Out):
@@ -138,14 +138,14 @@ class OutputReasoning(Out):
     id: str
     summary: list[Any]
     content: list[OutputReasoningText]
-    status: Literal["in_progress", "completed"]
+    status: Literal["in_progress", "completed", "incomplete"]
 
 
 class OutputMessage(Out):
     type: Literal["message"]
     id: str
     role: Literal["assistant"]
-    status: Literal["in_progress", "completed"]
+    status: Literal["in_progress", "completed", "incomplete"]
     content: list[OutputText]
 
 
@@ -155,7 +155,7 @@ class OutputFunctionCall(Out):
     call_id: str
     name: str
     arguments: str
-    status: Literal["in_progress", "completed"]
+    status: Literal["in_progress", "completed", "incomplete"]
 
 
 class OutputLogs(Out):
@@ -231,6 +231,10 @@ OutputItem = (OutputReasoning | OutputMessage | OutputFunctionCall | OutputCodeI
               | OutputMcpCall | OutputMcpListTools)
 
 
+class IncompleteDetails(Out):
+    reason: Literal["max_output_tokens", "content_filter"]  # content_filter: an output filter ended the response
+
+
 class ResponseError(Out):
     code: str
     message: str
@@ -252,7 +256,7 @@ class Response(Out):
     model: str
     output: list[OutputItem]
     error: ResponseError | None
-    incomplete_details: dict[str, str] | None
+    incomplete_details: IncompleteDetails | None
     instructions: str | None
     metadata: dict[str, str]
     parallel_tool_calls: bool

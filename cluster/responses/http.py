@@ -58,9 +58,9 @@ class ResponsesRoutes:
         if not _bool(q, "stream"):
             if "starting_after" in q:
                 raise bad_request("starting_after is only used with stream=true", "starting_after")
-            return await self.service.retrieve(response_id, request.state.caller, include)
+            return await self.service.retrieve(response_id, request.state.caller.identity, include)
         after = _int(q, "starting_after", 0, None)
-        events = await self.service.events(response_id, request.state.caller, after)
+        events = await self.service.events(response_id, request.state.caller.identity, after)
         return StreamingResponse(frames(events), media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def input_items(self, response_id: str, request: Request) -> dict:
@@ -69,16 +69,16 @@ class ResponsesRoutes:
         if order not in ("asc", "desc"):
             raise bad_request(f"order must be asc or desc, got {order!r}", "order")
         limit = _int(q, "limit", 1, 100)
-        return await self.service.input_items(response_id, request.state.caller, q.get("after"),
+        return await self.service.input_items(response_id, request.state.caller.identity, q.get("after"),
                                               20 if limit is None else limit, order, _include(q))
 
     async def delete(self, response_id: str, request: Request) -> dict:
         _query(request, set())
-        return await self.service.delete(response_id, request.state.caller)
+        return await self.service.delete(response_id, request.state.caller.identity)
 
     async def cancel(self, response_id: str, request: Request) -> dict:
         _query(request, set())
-        return await self.service.cancel(response_id, request.state.caller)
+        return await self.service.cancel(response_id, request.state.caller.identity)
 
 
 async def frames(items):

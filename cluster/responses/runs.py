@@ -48,6 +48,7 @@ class Run:
         self.done = asyncio.Event()
         self._changed = asyncio.Event()
         self.task: asyncio.Task | None = None
+        self.ticket = None  # the front door's admission; `start` turns it into the call
 
     def add(self, frame: str) -> None:
         self.frames.append(frame)
@@ -81,10 +82,16 @@ class Runs:
     def live(self, response_id: str) -> bool:
         return response_id in self.running
 
-    async def start(self, greq, record, stream: bool):
+    async def start(self, greq, record, stream: bool, ticket):
+        """`ticket`: the front door's admission of `greq` (cluster/frontdoor.py `enter`); the run starts it."""
         store = await self.service.store()
-        await store.insert(record)
+        try:
+            await store.insert(record)
+        except BaseException as err:
+            self.service.door.abandon(ticket, err)
+            raise
         run = Run(record, greq, stream)
+        run.ticket = ticket
         self.running[record.id] = run
         run.task = asyncio.get_running_loop().create_task(self._run(run))
         return self._live(run, -1) if stream else record.body
@@ -95,7 +102,7 @@ class Runs:
         status, body, hidden, call = "failed", run.record.body, {}, None
         watcher = asyncio.get_running_loop().create_task(self._watch(run, store, settings.background_lease_s))
         try:
-            call = await service.door.open(greq, None, run.record.owner, limit=settings.background_timeout_s)
+            call = await service.door.start(run.ticket)
             body = {**body, "status": "in_progress"}
             await store.set_running(run.record.id, body, time.time() + settings.background_lease_s)
             status, body, hidden = await self._consume(run, call, store, body)
@@ -137,6 +144,8 @@ class Runs:
         try:
             if call is not None:
                 await call.close()
+            else:  # never started (cancelled first, or the start failed: then already recorded)
+                self.service.door.abandon(run.ticket)
             frames = run.frames[run.persisted:] + run.tail
             await store.finish(run.record.id, status, body, hidden, run.persisted, frames)
             run.persisted += len(frames)

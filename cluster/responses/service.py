@@ -72,17 +72,19 @@ class ResponsesService:
             log.warning("purging expired responses failed: %r", err)
 
     # ---- create ----
-    async def create(self, data: dict, caller: str, timeout: float | None):
-        """A JSON body (dict) or an async iterator of SSE frames and ApiError items."""
+    async def create(self, data: dict, caller, timeout: float | None):
+        """A JSON body (dict) or an async iterator of SSE frames and ApiError items. `caller`: cluster.auth.Caller
+        (stored responses belong to its identity)."""
         req = parse_request(data)
         store = self._store_flag(req)
-        history, conversation, listings = await self._history(req, caller)
+        history, conversation, listings = await self._history(req, caller.identity)
         greq = to_generate(req, int(time.time()), history, store, conversation=conversation, listings=listings)
         if store:
-            await self._check_quota(caller)
-        record = _record_of(req, greq, caller, self.settings.store_ttl)
-        if req.background:
-            return await self.runs.start(greq, record, bool(req.stream))
+            await self._check_quota(caller.identity)
+        record = _record_of(req, greq, caller.identity, self.settings.store_ttl)
+        if req.background:  # admitted now (scopes, quota, filters answer this request), run in the background
+            ticket = await self.door.enter(greq, None, caller, limit=self.settings.background_timeout_s)
+            return await self.runs.start(greq, record, bool(req.stream), ticket)
         call = await self.door.open(greq, timeout, caller)
         if greq.stream:
             return self._stream(call, record if store else None)
@@ -218,9 +220,9 @@ class ResponsesService:
                               "GET it without stream", "stream")
         return self.runs.follow(r, -1 if starting_after is None else starting_after)
 
-    async def count_input_tokens(self, data: dict, caller: str) -> dict:
+    async def count_input_tokens(self, data: dict, caller) -> dict:
         req = parse_request(data)
-        history, conversation, listings = await self._history(req, caller)
+        history, conversation, listings = await self._history(req, caller.identity)
         greq = to_generate(req, int(time.time()), history, False, conversation=conversation, listings=listings)
         result = await self.door.tokenize(greq, caller)
         return {"object": "response.input_tokens", "input_tokens": len(result["token_ids"])}

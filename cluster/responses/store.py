@@ -1,4 +1,5 @@
 """The response store: stored responses and their event logs in SQLite (one node) or PostgreSQL (every node).
+(`Database`, the connection and transaction part, also keeps the audit log's PostgreSQL table.)
 
 Flow: a front door's `ResponsesService` calls the async methods here -> each runs one short transaction in a worker
 thread (the event loop never blocks on the database) on the process's one connection (SQLite in WAL mode with a busy
@@ -77,12 +78,17 @@ def _dump(value) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-class Store:
-    """One database; async methods, each one transaction. `connect()` opens it (and creates the tables)."""
+class Database:
+    """One database (SQLite file or PostgreSQL DSN) and its tables (`SCHEMA`); async methods, each one transaction
+    in a worker thread. `connect()` opens it and creates the tables. The response store and the audit log's
+    PostgreSQL table (cluster/audit.py) are both one."""
+
+    SCHEMA: tuple[str, ...] = ()  # CREATE ... IF NOT EXISTS statements
+    LOCK_ID = 727274  # PostgreSQL advisory lock held while creating the tables
 
     def __init__(self, dsn: str | None = None, path: str | Path | None = None):
         if (dsn is None) == (path is None):
-            raise ValueError("a Store needs exactly one of dsn (PostgreSQL) and path (SQLite)")
+            raise ValueError(f"a {type(self).__name__} needs exactly one of dsn (PostgreSQL) and path (SQLite)")
         self.dsn, self.path = dsn, Path(path) if path is not None else None
         self.kind = "postgresql" if dsn else "sqlite"
         self._conn = None
@@ -100,12 +106,12 @@ class Store:
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
-    async def connect(self) -> "Store":
+    async def connect(self) -> "Database":
         """Opens the database and creates the tables (front doors starting together: one at a time on PostgreSQL)."""
         def create(cur):
-            if self.kind == "postgresql":
-                cur.execute("SELECT pg_advisory_xact_lock(727274)")  # concurrent CREATE IF NOT EXISTS can clash
-            for sql in SCHEMA:
+            if self.kind == "postgresql":  # concurrent CREATE IF NOT EXISTS can clash
+                cur.execute(f"SELECT pg_advisory_xact_lock({self.LOCK_ID})")
+            for sql in self.SCHEMA:
                 cur.execute(sql)
         await self._run(create)
         return self
@@ -152,6 +158,15 @@ class Store:
 
     async def close(self) -> None:
         await asyncio.to_thread(self.close_sync)
+
+    async def ping(self) -> None:
+        await self._run(lambda cur: cur.execute("SELECT 1"))
+
+
+class Store(Database):
+    """The stored responses and their event logs."""
+
+    SCHEMA = SCHEMA
 
     # ---- writes ----
     async def insert(self, r: StoredResponse) -> None:
@@ -275,9 +290,6 @@ class Store:
         rows = await self._run(lambda cur: _fetch(cur, (
             "SELECT COALESCE(SUM(size), 0) FROM gptoss_responses WHERE owner = ?", (owner,))))
         return int(rows[0][0])
-
-    async def ping(self) -> None:
-        await self._run(lambda cur: cur.execute("SELECT 1"))
 
 
 class _Cursor:

@@ -20,6 +20,7 @@ import time
 from cluster.errors import ApiError, from_value_error, overloaded
 from cluster.output.deltas import StreamHead
 from cluster.output.responses import ResponsesFormatter
+from cluster.output.window import Watch
 from cluster.tools.harmony import answer_ids
 from cluster.tools.result import ToolResult
 from engine.async_llm import QueueFullError
@@ -70,6 +71,7 @@ class _Loop:
         self.server, self.req, self.deadline = server, req, deadline
         self.tools = server.tools
         self.formatter = ResponsesFormatter(req, server.tokenizer, server.spec.name)
+        self.watch = Watch(req, self.formatter)  # windows for the front door's output guard, the closing tally
         self.listings: list = []
         self.first_ids: list[int] = []
         self.generated = 0  # tokens all steps made so far
@@ -114,7 +116,12 @@ class _Loop:
             async for item in self._steps(step):
                 yield item
         except ApiError as err:  # a later step refused (engine queue full, a bad value): said in the stream
+            for item in self._tally():
+                yield item
             yield err
+
+    def _tally(self) -> list:
+        return [self.watch.tally()] if self.req.tally else []
 
     async def _steps(self, step: _Step | None):
         fmt = self.formatter
@@ -131,6 +138,8 @@ class _Loop:
             async for frame in self._feed(step):
                 yield frame
             if self.deadline.fired:
+                for item in self.watch.flush() + self._tally():
+                    yield item
                 yield self.deadline.error()
                 return
             if fmt.pending is None or fmt.finish_reason != "stop":
@@ -141,7 +150,11 @@ class _Loop:
             call, result = self._last_call, self._last_result
             step = await self._next(step.ids + step.output + answer_ids(self.server.tokenizer, call.recipient,
                                                                         call.channel, result.text))
-        for item in self._ending:
+        if self._ending and isinstance(self._ending[0], ApiError):  # the deadline passed between steps
+            items = self.watch.flush() + self._tally() + self._ending
+        else:
+            items = self.watch.finish(self._ending) + self._tally()
+        for item in items:
             yield item
 
     async def _feed(self, step: _Step):
@@ -153,7 +166,7 @@ class _Loop:
                 self.server.metrics.on_tokens(count, None if last is None else now - last)
                 last = now if count else last
                 step.output += [int(t) for t in out.outputs[0].token_ids]
-                for frame in self.formatter.feed(out):
+                for frame in self.watch.feed(out):
                     yield frame
                 if out.finished:
                     self._record_times(out.metrics)
@@ -177,7 +190,7 @@ class _Loop:
     async def _run_pending(self):
         fmt = self.formatter
         call = fmt.pending
-        for frame in fmt.running():
+        for frame in self.watch.flush() + fmt.running():  # the model's text so far, checked before the tool runs
             yield frame
         if fmt.tool_calls >= self.tools.max_calls(self.req):
             result = ToolResult(f"error: this response may make at most {self.tools.max_calls(self.req)} tool "

@@ -22,7 +22,7 @@ def test_minimal_config_gets_documented_defaults():
 @pytest.mark.parametrize("data,words", [
     ({}, "models: List should have at least 1 item"),
     ({"models": [{"path": "/x"}]}, "models[0].name: missing required key"),
-    ({"models": [MODEL], "bogus": 1}, "bogus: unknown key; known keys here: ['auth', "),
+    ({"models": [MODEL], "bogus": 1}, "bogus: unknown key; known keys here: ['audit', 'auth', "),
     ({"models": [{**MODEL, "dtype": "fp8"}]}, "models[0].dtype: Input should be 'float32' or 'bfloat16' (got 'fp8')"),
     ({"models": [{**MODEL, "parallel": {"tensor_parallel_size": 0}}]},
      "models[0].parallel.tensor_parallel_size: Input should be greater than or equal to 1 (got 0)"),

@@ -22,7 +22,8 @@ from tests.helm.chart import CHART, one, render
 RULES_FILE = CHART / "files" / "alerts.yaml"
 DASHBOARD_FILE = CHART / "files" / "dashboard.json"
 REQUIRED_ALERTS = {"GptossTTFTP99OverSLO", "GptossKVCacheNearlyFull", "GptossWaitingQueueGrowing",
-                   "GptossHighErrorRatio", "GptossReplicaUnhealthy", "GptossMetricsAbsent"}
+                   "GptossHighErrorRatio", "GptossReplicaUnhealthy", "GptossMetricsAbsent",
+                   "GptossQuotaLedgerFailing", "GptossAuditWriteFailing", "GptossGuardFilterFailing"}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
@@ -49,7 +50,7 @@ def test_promtool_checks_the_rule_file_and_the_rendered_rule(rendered_rules):
     for path in (RULES_FILE, rendered_rules):
         proc = promtool("check", "rules", str(path))
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "SUCCESS: 8 rules found" in proc.stdout
+        assert "SUCCESS: 11 rules found" in proc.stdout
 
 
 def test_every_required_alert_has_severity_summary_and_runbook():
@@ -118,6 +119,22 @@ CASES = [
           f'gptoss_replicas_lost_total{{{NS},model_name="stable"}}': "0x30"},
          {"8m": [{"namespace": "serving", "model_name": "crashy"}], "4m": [], "28m": []},
          notes="one loss at 6m: fires while it is inside the 15m window"),
+    Case("GptossQuotaLedgerFailing",
+         {f'gptoss_quota_ledger_errors_total{{{NS},frontdoor="ingress-a",policy="closed"}}': "0x5 0+2x25",
+          f'gptoss_quota_ledger_errors_total{{{NS},frontdoor="ingress-b",policy="open"}}': "0x30"},
+         {"12m": [{"namespace": "serving", "policy": "closed"}], "5m": []}, value="12",
+         notes="2 failures a minute from 5m on: fires after 5m pending"),
+    Case("GptossAuditWriteFailing",
+         {f'gptoss_audit_errors_total{{{NS},frontdoor="ingress-a"}}': "0x5 0+3x25",
+          'gptoss_audit_errors_total{namespace="fine",frontdoor="ingress-a"}': "0x30"},
+         {"12m": [{"namespace": "serving"}], "5m": []}, value="18"),
+    Case("GptossGuardFilterFailing",
+         {f'gptoss_guard_checks_total{{{NS},frontdoor="i",filter="policy",stage="input",outcome="{o}"}}': v
+          for o, v in (("allow", "0+8x40"), ("error", "0+2x40"))} |
+         {f'gptoss_guard_checks_total{{{NS},frontdoor="i",filter="pii",stage="input",outcome="{o}"}}': v
+          for o, v in (("allow", "0+99x40"), ("error", "0+1x40"))},
+         {"25m": [{"namespace": "serving", "filter": "policy", "stage": "input"}], "8m": []}, value="20%",
+         notes="a fifth of the policy filter's checks fail; the regex filter's 1% does not alert"),
     Case("GptossMetricsAbsent", {'up{job="something-else"}': "1x20"}, {"15m": [{}], "5m": []}),
     Case("GptossMetricsAbsent", {f'gptoss_num_requests_running{{{NS},model_name="m",replica="r"}}': "1x20"},
          {"15m": []}),
@@ -210,9 +227,15 @@ def exported_names() -> set[str]:
     replica.on_finished(3, "stop", metrics.RequestTimes(arrival=0.0, scheduled=0.1, first_token=0.2, finished=0.3))
     http = metrics.HttpMetrics()
     http.on_response("/v1/chat/completions", 200)
+    safety = metrics.SafetyMetrics(lambda: {"ledger_errors": {"closed": 1}})
+    safety.on_request("team-a", "chat", 200, SimpleNamespace(prompt_tokens=3, completion_tokens=2,
+                                                             reasoning_tokens=1))
+    safety.on_refusal("team-a", "quota")
+    safety.on_check("pii", "input", "redact")
     store = metrics.MetricsStore(ttl_s=60)  # the hub: it adds gptoss_replicas_lost_total
     store.push("m/r", replica.snapshot())
-    store.push("ingress/i", http.snapshot())
+    store.push("ingress/i", metrics.labelled(http.snapshot() + safety.snapshot(), frontdoor="ingress-i"))
+    store.push("ledger/quota", metrics.quota_families([("team-a", "tokens_per_min", 0.5)]))
     text = store.render().decode()
     return {re.split(r"[{ ]", line)[0] for line in text.splitlines() if line and not line.startswith("#")}
 
@@ -222,6 +245,7 @@ def test_the_exposition_has_every_declared_series():
     for name in metrics.HISTOGRAMS:
         assert {f"{name}_bucket", f"{name}_sum", f"{name}_count"} <= names
     assert set(metrics.GAUGES) | set(metrics.COUNTERS) | set(metrics.HTTP_COUNTERS) | set(metrics.HUB_COUNTERS) <= names
+    assert set(metrics.KEY_COUNTERS) | set(metrics.SAFETY_COUNTERS) | set(metrics.KEY_GAUGES) <= names
 
 
 def dashboard_exprs() -> list[str]:

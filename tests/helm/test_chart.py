@@ -252,7 +252,8 @@ def test_api_keys_come_from_the_existing_secret():
     objs = render(CI["gpt-oss-20b-1gpu"], set=["auth.existingSecret=team-keys", "auth.apiKeysKey=keys.txt"])
     assert not of_kind(objs, "Secret")  # the chart never creates or holds keys
     auth = serve_config(objs)["applications"][0]["args"]["config"]["auth"]
-    assert auth == {"api_keys_file": "/etc/gptoss/auth/keys.txt", "api_keys_env": "GPTOSS_METRICS_API_KEY"}
+    assert auth == {"api_keys_file": "/etc/gptoss/auth/keys.txt", "api_keys_env": "GPTOSS_METRICS_API_KEY",
+                    "reload_interval_s": 5, "rotation_grace_s": 3600}
     for template in pod_templates(objs).values():
         volumes = {v["name"]: v for v in template["spec"]["volumes"]}
         assert volumes["api-keys"]["secret"]["secretName"] == "team-keys"

@@ -167,10 +167,26 @@ as cluster.config.serve_config makes it. */}}
 {{- $_ := set $responses "store_dsn_env" "GPTOSS_STORE_DSN" }}
 {{- $_ := set $config "responses" $responses }}
 {{- end }}
+{{- if .Values.audit.dsnSecret }}
+{{- include "gptoss.chartOwned" (dict "section" (default (dict) $config.audit) "name" "audit" "keys" (list "dsn" "dsn_env" "dir") "from" "audit.dsnSecret") }}
+{{- $_ := set $config "audit" (merge (dict "dsn_env" "GPTOSS_AUDIT_DSN") (deepCopy (default (dict) $config.audit))) }}
+{{- else if .Values.audit.existingClaim }}
+{{- include "gptoss.chartOwned" (dict "section" (default (dict) $config.audit) "name" "audit" "keys" (list "dir") "from" "audit.existingClaim") }}
+{{- $_ := set $config "audit" (merge (dict "dir" "/var/lib/gptoss/audit") (deepCopy (default (dict) $config.audit))) }}
+{{- end }}
 {{- $_ := set $config "name" (default "gptoss" $config.name) }}
 {{- $_ := set $config "http" (dict "host" "0.0.0.0" "port" (int .Values.api.port) "route_prefix" .Values.api.routePrefix) }}
 {{- if include "gptoss.authEnabled" . }}
-{{- $auth := dict "api_keys_file" (printf "/etc/gptoss/auth/%s" .Values.auth.apiKeysKey) }}
+{{- if not (or .Values.auth.apiKeysKey .Values.auth.keysKey) }}
+{{- fail "auth.existingSecret is set but names no keys: set auth.apiKeysKey (flat keys), auth.keysKey (named keys) or both" }}
+{{- end }}
+{{- $auth := dict "reload_interval_s" .Values.auth.reloadIntervalSeconds "rotation_grace_s" .Values.auth.rotationGraceSeconds }}
+{{- if .Values.auth.apiKeysKey }}
+{{- $_ := set $auth "api_keys_file" (printf "/etc/gptoss/auth/%s" .Values.auth.apiKeysKey) }}
+{{- end }}
+{{- if .Values.auth.keysKey }}
+{{- $_ := set $auth "keys_file" (printf "/etc/gptoss/auth/%s" .Values.auth.keysKey) }}
+{{- end }}
 {{- if .Values.auth.metricsKeyKey }}
 {{- $_ := set $auth "api_keys_env" "GPTOSS_METRICS_API_KEY" }}
 {{- end }}
@@ -226,7 +242,7 @@ readinessProbe:
 {{- end }}
 
 {{/* Environment of every Ray container: the scrape key the API accepts besides the key file; the response
-store's connection string (a front door may run on any pod). */}}
+store's and the audit log's connection strings (a front door may run on any pod). */}}
 {{- define "gptoss.env" -}}
 {{- if and (include "gptoss.authEnabled" .) .Values.auth.metricsKeyKey }}
 - name: GPTOSS_METRICS_API_KEY
@@ -241,6 +257,13 @@ store's connection string (a front door may run on any pod). */}}
     secretKeyRef:
       name: {{ .Values.responseStore.dsnSecret }}
       key: {{ .Values.responseStore.dsnKey }}
+{{- end }}
+{{- if .Values.audit.dsnSecret }}
+- name: GPTOSS_AUDIT_DSN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.audit.dsnSecret }}
+      key: {{ .Values.audit.dsnKey }}
 {{- end }}
 {{- end }}
 
@@ -259,8 +282,48 @@ store's connection string (a front door may run on any pod). */}}
     secretName: {{ .Values.auth.existingSecret }}
     defaultMode: 0440
     items:
-      - key: {{ .Values.auth.apiKeysKey }}
-        path: {{ .Values.auth.apiKeysKey }}
+      {{- range $key := list .Values.auth.apiKeysKey .Values.auth.keysKey }}
+      {{- if $key }}
+      - key: {{ $key }}
+        path: {{ $key }}
+      {{- end }}
+      {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The safety layer's volumes on every Ray pod (a front door may run on any): guard policies, audit segments. */}}
+{{- define "gptoss.safetyVolumeMounts" -}}
+{{- if .Values.guards.policySecret }}
+- name: guard-policies
+  mountPath: /etc/gptoss/policies
+  readOnly: true
+{{- end }}
+{{- if and .Values.audit.existingClaim (not .Values.audit.dsnSecret) }}
+- name: audit
+  mountPath: /var/lib/gptoss/audit
+{{- end }}
+{{- end }}
+
+{{- define "gptoss.safetyVolumes" -}}
+{{- if .Values.guards.policySecret }}
+- name: guard-policies
+  secret:
+    secretName: {{ .Values.guards.policySecret }}
+    defaultMode: 0440
+{{- end }}
+{{- if and .Values.audit.existingClaim (not .Values.audit.dsnSecret) }}
+- name: audit
+  persistentVolumeClaim:
+    claimName: {{ .Values.audit.existingClaim }}
+{{- end }}
+{{- end }}
+
+{{/* Fails when the user's config sets a key of `section` that the chart writes (from `from`). */}}
+{{- define "gptoss.chartOwned" -}}
+{{- range $key := .keys }}
+{{- if hasKey $.section $key }}
+{{- fail (printf "config.%s.%s is written by the chart (from %s); remove it" $.name $key $.from) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
