@@ -8,6 +8,7 @@ all problems reported at once, each named by its YAML path, e.g. `models[0].engi
 chart's `config` block (helm/gptoss-serve/values.schema.json; a test keeps the two equal).
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from cluster.audit import AuditConfig
 from cluster.guards.config import GuardsConfig
@@ -25,6 +26,8 @@ from cluster.quota import QuotasConfig
 from cluster.responses.config import ResponsesConfig
 from cluster.sections import ConfigError, Section, doc
 from cluster.tools.config import ToolsConfig
+from engine.config import DTYPES, CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from engine.config import ParallelConfig as EngineParallel
 
 REASONING_EFFORTS = ("low", "medium", "high")
 IMPORT_PATH = "cluster.app:build_app"  # what `serve run` / serveConfigV2 import
@@ -158,33 +161,31 @@ class GrpcConfig(Section):
         return f"{self.host}:{self.port}"
 
 
-class ParallelSection(Section):
+def engine_fields(part, names: tuple[str, ...] | None = None, docs: dict[str, str] | None = None) -> dict:
+    """pydantic field definitions for the fields `names` of the engine config part `part` (engine.config), with the
+    engine's type, default, documentation and range (`engine.config.setting`): the YAML embeds the engine's settings
+    rather than declaring them again (every field when `names` is None). `docs` adds what a field means for a
+    deployment."""
+    declared = {f.name: f for f in dataclasses.fields(part)}
+    out = {}
+    for name in names or declared:
+        f, limits = declared[name], declared[name].metadata
+        kind = Literal[limits["choices"]] if "choices" in limits else f.type
+        if "choices" in limits and f.default is None:
+            kind = kind | None
+        text = limits["doc"] + (f"; {docs[name]}" if docs and name in docs else "")
+        out[name] = (kind, doc(f.default, text, **{k: limits[k] for k in ("ge", "gt", "le") if k in limits}))
+    return out
+
+
+class _Parallel(Section):
     """One replica's engine over several ranks (engine.parallel; docs/parallelism.md). With more than one rank the
     replica process only schedules; the ranks hold the weights."""
 
-    tensor_parallel_size: int = doc(1, "ranks (GPUs) of one attention group: they split the attention heads, the "
-                                       "vocabulary and, without expert parallelism, every expert", ge=1)
-    data_parallel_size: int = doc(1, "attention groups per replica, each with its own requests and KV cache; the "
-                                     "MoE spans all of them", ge=1)
-    enable_expert_parallel: bool = doc(False, "partition the experts over all TP x DP ranks instead of slicing each "
-                                              "one; no effect with one rank")
-    distributed_executor_backend: Literal["mp", "ray"] = doc(
-        "mp", "with more than one rank: mp (rank processes beside the replica, on its node, using the GPUs it "
-              "reserves: num_gpus = ranks) or ray (one Ray actor per rank in the replica's placement group, one "
-              "bundle each with cpus_per_rank CPUs and, on cuda, one GPU; the ranks may span nodes; num_gpus = 0)")
-    placement_strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] = doc(
-        "PACK", "ray backend: the replica's placement group strategy (PACK: one node when it fits)")
     cpus_per_rank: float = doc(1.0, "ray backend: CPUs in each rank's bundle", gt=0)
-    moe_dispatch: Literal["allreduce", "alltoall"] = doc(
-        "allreduce", "MoE collectives: allreduce (every rank sees every token) or alltoall (tokens go only to their "
-                     "experts' ranks; needs enable_expert_parallel)")
-    collective_timeout_s: float = doc(60.0, "a rank silent this long fails the engine (its requests end with an "
-                                            "error, the health check fails and Serve replaces the replica)", gt=0)
 
     @model_validator(mode="after")
-    def _engine_accepts(self) -> "ParallelSection":
-        from engine.config import ParallelConfig as EngineParallel  # noqa: PLC0415
-
+    def _engine_accepts(self) -> "_Parallel":
         EngineParallel(**self.engine_kwargs(always=True))  # its ValueError names the field
         return self
 
@@ -203,29 +204,33 @@ class ParallelSection(Section):
         return self.model_dump(exclude={"cpus_per_rank"})
 
 
-class EngineSettings(Section):
-    """Passed to engine.async_llm.AsyncLLM as keyword arguments (names are engine.config.EngineConfig's fields)."""
+ParallelSection = create_model(
+    "ParallelSection", __base__=_Parallel, __module__=__name__,
+    **engine_fields(EngineParallel, docs={
+        "distributed_executor_backend": "mp ranks run beside the replica on its node and use the GPUs it reserves "
+                                        "(num_gpus = ranks); ray ranks take one bundle each with cpus_per_rank CPUs "
+                                        "and, on cuda, one GPU, may span nodes, and the replica reserves none "
+                                        "(num_gpus = 0)",
+        "collective_timeout_s": "Serve then replaces the replica"}))
+ParallelSection.__doc__ = _Parallel.__doc__
 
-    max_num_seqs: int = doc(256, "requests running at once per replica", ge=1)
-    max_num_batched_tokens: int = doc(2048, "tokens per engine step (prefill chunks + decodes)", ge=1)
-    max_waiting_requests: int | None = doc(None, "engine waiting-queue limit per replica; past it: 429 "
-                                                 "(None = unbounded)", ge=0)
-    block_size: int = doc(16, "tokens per KV-cache block (a power of two)", ge=1)
-    enable_prefix_caching: bool = doc(True, "reuse KV blocks of shared prompt prefixes")
-    kv_cache_memory: int | None = doc(None, "bytes for the KV cache (None: gpu_memory_utilization on CUDA, "
-                                            "256 MiB on CPU)", gt=0)
-    gpu_memory_utilization: float = doc(0.9, "fraction of free GPU memory after loading given to the KV cache",
-                                        gt=0, le=1)
-    max_model_len: int | None = doc(None, "context limit in tokens (None: the checkpoint's)", ge=1)
-    enforce_eager: bool = doc(False, "never capture CUDA graphs for decode steps (they are captured on CUDA at "
-                                     "start-up, single-rank engines only)")
+
+class _Engine(Section):
+    """Passed to engine.AsyncLLM as keyword arguments: the engine's own settings (engine.config.EngineConfig), per
+    replica."""
 
     @model_validator(mode="after")
-    def _engine_accepts(self) -> "EngineSettings":
-        from engine.config import EngineConfig  # noqa: PLC0415
-
+    def _engine_accepts(self) -> "_Engine":
         EngineConfig.from_kwargs(model="-", **self.model_dump())  # its ValueError names the field
         return self
+
+
+EngineSettings = create_model(
+    "EngineSettings", __base__=_Engine, __module__=__name__,
+    **engine_fields(ModelConfig, ("max_model_len", "backend", "enforce_eager")),
+    **engine_fields(CacheConfig),
+    **engine_fields(SchedulerConfig))
+EngineSettings.__doc__ = _Engine.__doc__
 
 
 class AutoscalingConfig(Section):
@@ -271,7 +276,7 @@ class ModelSpec(Section):
                       pattern=r"^[^/#]+$")
     path: str = Field(description="checkpoint directory (HF or original/ layout), readable on every node",
                       min_length=1)
-    dtype: Literal["float32", "bfloat16"] = doc("bfloat16", "float32 or bfloat16")
+    dtype: Literal[DTYPES] = doc(ModelConfig.dtype, "weights and activations: float32 or bfloat16")
     device: Literal["cpu", "cuda"] | None = doc(None, "cpu or cuda (None: cuda when the replica has a GPU)")
     num_cpus: float = doc(1.0, "CPUs reserved per replica (also its torch threads on CPU)", ge=0)
     num_gpus: float = doc(0.0, "GPUs reserved by the replica process (with the mp backend: its ranks' GPUs, "

@@ -6,7 +6,7 @@ import json
 import sys
 from importlib.metadata import entry_points
 
-from engine.config import DTYPES, EXECUTOR_BACKENDS, MOE_DISPATCH, EngineConfig, ModelConfig
+from engine.config import DTYPES, FIELD_PARTS, FIELDS, ModelConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,29 +41,23 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     generate.set_defaults(run=_run_generate)
 
 
-# Engine flags: --flag-name sets the engine.config field flag_name; defaults and choices come from there.
-ENGINE_FLAGS = {
-    "tensor_parallel_size": "ranks splitting attention heads, vocabulary and (without EP) each expert",
-    "data_parallel_size": "attention groups, each with its own requests and KV cache; the MoE spans all ranks",
-    "enable_expert_parallel": "partition the experts over all ranks (EP = TP x DP) instead of slicing each one",
-    "distributed_executor_backend": "local processes (mp) or Ray actors in a placement group (ray)",
-    "moe_dispatch": "MoE collectives: every rank sees every token, or tokens go to their experts' ranks",
-    "async_scheduling": "schedule the next step while the device runs this one (default: on for CUDA, off on "
-                        "CPU)",
-}
-CHOICES = {"distributed_executor_backend": EXECUTOR_BACKENDS, "moe_dispatch": MOE_DISPATCH}
+# Engine flags: --flag-name sets the engine.config field flag_name; type, default, choices and help come from there.
+# model, dtype and device are generate's own arguments; cuda_graph_batch_sizes stays a Python/YAML setting.
+ENGINE_FLAGS = tuple(name for name in FIELD_PARTS
+                     if name not in ("model", "dtype", "device", "cuda_graph_batch_sizes"))
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    """The engine flags of ENGINE_FLAGS, typed and defaulted as their EngineConfig fields."""
+    """The engine flags of ENGINE_FLAGS, typed, defaulted and documented as their EngineConfig fields."""
     group = parser.add_argument_group("engine")
-    defaults = EngineConfig().to_kwargs()
-    for name, help_text in ENGINE_FLAGS.items():
-        flag, default = "--" + name.replace("_", "-"), defaults[name]
-        if isinstance(default, bool) or name == "async_scheduling":  # async_scheduling: None = on for CUDA
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+    for name in ENGINE_FLAGS:
+        declared = FIELDS[name]
+        flag, default, meta = "--" + name.replace("_", "-"), declared.default, declared.metadata
+        if "bool" in str(declared.type):  # bool | None (async_scheduling): None = the engine chooses
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=meta["doc"])
         else:
-            group.add_argument(flag, type=type(default), default=default, choices=CHOICES.get(name), help=help_text)
+            kind = int if "int" in str(declared.type) else float if "float" in str(declared.type) else str
+            group.add_argument(flag, type=kind, default=default, choices=meta.get("choices"), help=meta["doc"])
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:

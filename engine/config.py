@@ -34,36 +34,69 @@ def _fail(name: str, allowed: str, value) -> None:
     raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
-def _positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        _fail(name, "a positive integer", value)
+def setting(default, doc: str, *, choices: tuple | None = None, ge: float | None = None, gt: float | None = None,
+            le: float | None = None):
+    """A field declared once: its default, its one-line documentation (the `gptoss generate` flag's help, the
+    cluster YAML's and the Helm values schema's description) and its range or choices, checked by `check_fields`
+    here and by the cluster's pydantic section built from the same field (cluster/config.py `engine_section`)."""
+    limits = {k: v for k, v in (("choices", choices), ("ge", ge), ("gt", gt), ("le", le)) if v is not None}
+    return field(default=default, metadata={"doc": doc, **limits})
+
+
+def check_fields(part) -> None:
+    """Raise a ValueError naming the first field of `part` outside its declared choices or range (None passes
+    where the default is None)."""
+    for f in fields(part):
+        value, limits = getattr(part, f.name), f.metadata
+        if value is None and f.default is None:
+            continue
+        if "choices" in limits and value not in limits["choices"]:
+            _fail(f.name, f"one of {list(limits['choices'])}", value)
+        numeric = {k: limits[k] for k in ("ge", "gt", "le") if k in limits}
+        if not numeric:
+            continue
+        whole = isinstance(f.default, int) or "int" in str(f.type)
+        kind = int if whole else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            _fail(f.name, "an integer" if whole else "a number", value)
+        if ("ge" in numeric and value < numeric["ge"]) or ("gt" in numeric and value <= numeric["gt"]) or (
+                "le" in numeric and value > numeric["le"]):
+            _fail(f.name, _range_text(f.name, numeric), value)
+
+
+def _range_text(name: str, limits: dict) -> str:
+    if limits == {"ge": 1}:
+        return "a positive integer"
+    if limits == {"gt": 0}:
+        return "a positive number of seconds" if name.endswith("_s") else "a positive number"
+    return " and ".join(f"{ {'ge': '>=', 'gt': '>', 'le': '<='}[k]} {v}" for k, v in limits.items())
 
 
 @dataclass
 class ModelConfig:
     """Which checkpoint, and how this engine runs it."""
 
-    model: str | Path | None = None  # checkpoint directory (HF layout, or one holding original/); required to run
-    dtype: str = "bfloat16"  # weights and activations: "float32" or "bfloat16"
-    device: str | None = None  # "cpu", "cuda", "cuda:N", or None for cuda when available
-    max_model_len: int | None = None  # context limit in tokens; None: the checkpoint's max_position_embeddings
-    backend: str = "auto"  # "reference" (dense experts, torch), "kernels" (packed MXFP4 experts, Triton on CUDA),
-    #                        or "auto": kernels on CUDA or with GPTOSS_FORCE_TRITON=1, reference otherwise
-    enforce_eager: bool = False  # never capture CUDA graphs (always so on CPU, with the reference backend, or ranks)
-    cuda_graph_batch_sizes: tuple[int, ...] | None = None  # decode batch sizes captured; None: engine.cuda_graphs'
-    #                                                        defaults up to max_num_seqs
+    model: str | Path | None = setting(None, "checkpoint directory (HF layout, or one holding original/); required "
+                                             "to run")
+    dtype: str = setting("bfloat16", "weights and activations", choices=DTYPES)
+    device: str | None = setting(None, "cpu, cuda or cuda:N; None: cuda when available")
+    max_model_len: int | None = setting(None, "context limit in tokens (None: the checkpoint's "
+                                              "max_position_embeddings)", ge=1)
+    backend: str = setting("auto", "reference (dense experts, torch), kernels (packed MXFP4 experts, Triton on "
+                                   "CUDA) or auto (kernels on CUDA or with GPTOSS_FORCE_TRITON=1, else reference)",
+                           choices=BACKENDS)
+    enforce_eager: bool = setting(False, "never capture CUDA graphs for decode steps (they are captured on CUDA at "
+                                         "start-up, single-rank engines only)")
+    cuda_graph_batch_sizes: tuple[int, ...] | None = setting(None, "decode batch sizes captured as CUDA graphs "
+                                                                   "(None: engine.cuda_graphs' defaults up to "
+                                                                   "max_num_seqs)")
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            _fail("dtype", f"one of {list(DTYPES)}", self.dtype)
+        check_fields(self)
         if self.device is not None:
             self.device = str(self.device)  # a torch.device is accepted too
             if self.device.split(":")[0] not in ("cpu", "cuda"):
                 _fail("device", "'cpu', 'cuda', 'cuda:N' or None (cuda when available)", self.device)
-        if self.max_model_len is not None:
-            _positive_int("max_model_len", self.max_model_len)
-        if self.backend not in BACKENDS:
-            _fail("backend", f"one of {list(BACKENDS)}", self.backend)
         sizes = self.cuda_graph_batch_sizes
         if sizes is not None:
             if not sizes or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in sizes):
@@ -79,19 +112,17 @@ class ModelConfig:
 class CacheConfig:
     """The paged KV cache (engine.kv_cache_manager): per rank with several ranks."""
 
-    block_size: int = 16  # tokens per KV block, a power of two
-    kv_cache_memory: int | None = None  # bytes for the KV cache; None: gpu_memory_utilization on CUDA, 256 MiB on CPU
-    gpu_memory_utilization: float = 0.9  # fraction of the free GPU memory (after loading) given to the KV cache
-    enable_prefix_caching: bool = True  # reuse the KV blocks of shared prompt prefixes
+    block_size: int = setting(16, "tokens per KV-cache block (a power of two)", ge=1)
+    kv_cache_memory: int | None = setting(None, "bytes for the KV cache (None: gpu_memory_utilization on CUDA, "
+                                                "256 MiB on CPU), per rank", gt=0)
+    gpu_memory_utilization: float = setting(0.9, "fraction of the free GPU memory after loading given to the KV "
+                                                 "cache", gt=0, le=1)
+    enable_prefix_caching: bool = setting(True, "reuse the KV blocks of shared prompt prefixes")
 
     def __post_init__(self):
-        if not isinstance(self.block_size, int) or self.block_size < 1 or self.block_size & (self.block_size - 1):
+        check_fields(self)
+        if self.block_size & (self.block_size - 1):
             _fail("block_size", "a power of two", self.block_size)
-        if self.kv_cache_memory is not None and not (isinstance(self.kv_cache_memory, int)
-                                                     and self.kv_cache_memory > 0):
-            _fail("kv_cache_memory", "a positive number of bytes or None", self.kv_cache_memory)
-        if not 0 < self.gpu_memory_utilization <= 1:
-            _fail("gpu_memory_utilization", "in (0, 1]", self.gpu_memory_utilization)
 
     def kv_budget(self, device_type: str, free_device_bytes: int = 0) -> int:
         """Bytes this rank gives its KV cache (`free_device_bytes`: free GPU memory after loading)."""
@@ -106,23 +137,18 @@ class CacheConfig:
 class SchedulerConfig:
     """Continuous batching (engine.scheduler): which requests run each step."""
 
-    max_num_seqs: int = 256  # requests running at once (per attention group with data parallelism)
-    max_num_batched_tokens: int = 2048  # tokens computed per step (prefill chunks + decodes)
-    max_waiting_requests: int | None = None  # waiting-queue limit, past it QueueFullError; None: unbounded
-    scheduling_policy: str = "fcfs"  # "fcfs" or "priority" (lower SamplingParams.priority runs first, then arrival)
-    async_scheduling: bool | None = None  # schedule step N+1 and process step N's outputs while step N+1 runs on
-    #                                       the device; False: one step at a time (schedule, run, process); None: on
-    #                                       for CUDA, off on CPU (the forward runs on the host's own cores there, so
-    #                                       there is nothing to hide the host work behind: bench/results/README.md)
+    max_num_seqs: int = setting(256, "requests running at once (per attention group with data parallelism)", ge=1)
+    max_num_batched_tokens: int = setting(2048, "tokens computed per step (prefill chunks + decodes)", ge=1)
+    max_waiting_requests: int | None = setting(None, "waiting-queue limit; past it new requests are refused "
+                                                     "(QueueFullError, HTTP 429); None: unbounded", ge=0)
+    scheduling_policy: str = setting("fcfs", "fcfs, or priority (lower SamplingParams.priority runs first, then "
+                                             "arrival)", choices=POLICIES)
+    async_scheduling: bool | None = setting(None, "schedule step N+1 and process step N's outputs while step N+1 "
+                                                  "runs on the device; false: one step at a time; None: on for "
+                                                  "CUDA, off on CPU (the forward runs on the host's own cores there)")
 
     def __post_init__(self):
-        _positive_int("max_num_seqs", self.max_num_seqs)
-        _positive_int("max_num_batched_tokens", self.max_num_batched_tokens)
-        if self.max_waiting_requests is not None and not (isinstance(self.max_waiting_requests, int)
-                                                          and self.max_waiting_requests >= 0):
-            _fail("max_waiting_requests", ">= 0 or None", self.max_waiting_requests)
-        if self.scheduling_policy not in POLICIES:
-            _fail("scheduling_policy", f"one of {list(POLICIES)}", self.scheduling_policy)
+        check_fields(self)
         if self.async_scheduling not in (None, True, False):
             _fail("async_scheduling", "true, false or null (on for CUDA)", self.async_scheduling)
 
@@ -138,31 +164,31 @@ class ParallelConfig:
     neighbours. The MoE spans every rank: experts partitioned over all of them with expert parallelism
     (EP = TP x DP, as in vLLM), else each expert's intermediate dimension is."""
 
-    tensor_parallel_size: int = 1  # TP: ranks that split the attention heads and the vocabulary of one group
-    data_parallel_size: int = 1  # DP: attention groups, each serving its own requests with its own KV cache
-    enable_expert_parallel: bool = False  # experts partitioned over all TP x DP ranks; else split along I
-    distributed_executor_backend: str = "mp"  # "mp": local processes; "ray": actors in a placement group
-    collective_timeout_s: float = 60.0  # a collective, or a step waiting on a rank, fails after this long
-    startup_timeout_s: float = 1800.0  # ranks must have loaded their shards within this long
-    placement_strategy: str = "PACK"  # Ray placement group strategy (one bundle per rank)
-    moe_dispatch: str = "allreduce"  # "allreduce": every rank sees every token (all-gather / reduce-scatter
-    #                                  across DP groups); "alltoall": tokens go only to their experts' ranks (EP)
+    tensor_parallel_size: int = setting(1, "TP: ranks (GPUs) of one attention group; they split the attention "
+                                           "heads, the vocabulary and, without expert parallelism, every expert",
+                                        ge=1)
+    data_parallel_size: int = setting(1, "DP: attention groups, each with its own requests and KV cache; the MoE "
+                                         "spans all of them", ge=1)
+    enable_expert_parallel: bool = setting(False, "partition the experts over all TP x DP ranks instead of slicing "
+                                                  "each one")
+    distributed_executor_backend: str = setting("mp", "with more than one rank: mp (local rank processes) or ray "
+                                                      "(one actor per rank in a placement group)",
+                                                choices=EXECUTOR_BACKENDS)
+    collective_timeout_s: float = setting(60.0, "a collective, or a step waiting on a rank, fails after this long "
+                                                "(the engine's requests end with an error, its health check fails)",
+                                          gt=0)
+    startup_timeout_s: float = setting(1800.0, "ranks must have loaded their shards within this long", gt=0)
+    placement_strategy: str = setting("PACK", "ray backend: the placement group strategy (one bundle per rank; "
+                                              "PACK: one node when it fits)", choices=PLACEMENT_STRATEGIES)
+    moe_dispatch: str = setting("allreduce", "MoE collectives: allreduce (every rank sees every token) or alltoall "
+                                             "(tokens go only to their experts' ranks; needs enable_expert_parallel)",
+                                choices=MOE_DISPATCH)
 
     def __post_init__(self):
-        _positive_int("tensor_parallel_size", self.tensor_parallel_size)
-        _positive_int("data_parallel_size", self.data_parallel_size)
-        if self.distributed_executor_backend not in EXECUTOR_BACKENDS:
-            _fail("distributed_executor_backend", f"one of {EXECUTOR_BACKENDS}", self.distributed_executor_backend)
-        if self.placement_strategy not in PLACEMENT_STRATEGIES:
-            _fail("placement_strategy", f"one of {PLACEMENT_STRATEGIES}", self.placement_strategy)
-        if self.moe_dispatch not in MOE_DISPATCH:
-            _fail("moe_dispatch", f"one of {MOE_DISPATCH}", self.moe_dispatch)
+        check_fields(self)
         if self.moe_dispatch == "alltoall" and not self.enable_expert_parallel:
             raise ValueError("moe_dispatch='alltoall' sends tokens to the ranks that hold their experts, which "
                              "needs enable_expert_parallel=True (or use moe_dispatch='allreduce')")
-        for name in ("collective_timeout_s", "startup_timeout_s"):
-            if not getattr(self, name) > 0:
-                _fail(name, "a positive number of seconds", getattr(self, name))
 
     @property
     def world_size(self) -> int:
@@ -214,4 +240,5 @@ class EngineConfig:
 
 PARTS = {f.name: f.default_factory for f in fields(EngineConfig)}  # part name -> its class
 FIELD_PARTS = {f.name: part for part, cls in PARTS.items() for f in fields(cls)}  # flat field name -> part name
+FIELDS = {f.name: f for cls in PARTS.values() for f in fields(cls)}  # flat field name -> its dataclass field
 assert len(FIELD_PARTS) == sum(len(fields(cls)) for cls in PARTS.values()), "a field name is in two parts"
