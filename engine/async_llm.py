@@ -7,7 +7,7 @@
 Callers hand commands (add, abort) to the loop thread through a queue; the loop applies them between steps, runs
 `EngineCore.step()` while there is work, and posts each request's new output to its caller's asyncio queue with
 `call_soon_threadsafe`. A caller that stops iterating (cancelled, disconnected) aborts its request, which returns
-the request's KV blocks at the next step boundary. If a step raises, every in-flight request fails with
+the request's KV blocks at the next step boundary; so does a caller whose event loop has closed. If a step raises, every in-flight request fails with
 `EngineDeadError` and the engine reports itself unhealthy (with several ranks: also when one has died or hung,
 which the collective timeout turns into a failed step).
 """
@@ -40,8 +40,16 @@ class _Stream:
     queue: asyncio.Queue  # RequestOutput deltas, or an exception to raise in the caller
     children: list[Request]
 
-    def post(self, item) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+    def post(self, item) -> bool:
+        """Hand `item` to the caller's event loop; False when that loop has closed (its caller is gone)."""
+        return self.call(self.queue.put_nowait, item)
+
+    def call(self, fn, *args) -> bool:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the caller's loop is closed: nobody is waiting, the engine carries on
+            return False
+        return True
 
 
 class AsyncLLM:
@@ -135,10 +143,11 @@ class AsyncLLM:
                 self.core.add(stream.children)
             except (QueueFullError, ValueError) as e:
                 self.core.abort([c.request_id for c in stream.children])
-                stream.loop.call_soon_threadsafe(_settle, admitted, e)
+                stream.call(_settle, admitted, e)
                 return
             self._streams[rid] = stream
-            stream.loop.call_soon_threadsafe(_settle, admitted, None)
+            if not stream.call(_settle, admitted, None):
+                self._drop(rid)
         elif kind == "abort" and rid in self._streams:
             stream = self._streams[rid]
             self._deliver(self.core.abort([c.request_id for c in stream.children if not c.finished]))
@@ -152,9 +161,15 @@ class AsyncLLM:
             if stream is None:
                 continue
             out = merge_outputs(requests, stream.children, delta=True)
-            stream.post(out)
-            if out.finished:
+            if not stream.post(out):
+                self._drop(parent_id)
+            elif out.finished:
                 del self._streams[parent_id]
+
+    def _drop(self, parent_id: str) -> None:
+        """A caller whose event loop closed: its request is aborted and forgotten."""
+        stream = self._streams.pop(parent_id)
+        self.core.abort([c.request_id for c in stream.children if not c.finished])
 
 
 def _settle(future: asyncio.Future, error: BaseException | None) -> None:

@@ -12,6 +12,7 @@ A run whose front door dies stops renewing: once its claim lapses any reader mar
 """
 
 import asyncio
+import contextvars
 import logging
 import time
 
@@ -93,7 +94,9 @@ class Runs:
         run = Run(record, greq, stream)
         run.ticket = ticket
         self.running[record.id] = run
-        run.task = asyncio.get_running_loop().create_task(self._run(run))
+        # A fresh context: in the one of the HTTP request that started it, Ray Serve counts the run's replica call as
+        # that request's child and cancels it when the client disconnects; a background run outlives its request.
+        run.task = asyncio.get_running_loop().create_task(self._run(run), context=contextvars.Context())
         return self._live(run, -1) if stream else record.body
 
     async def _run(self, run: Run) -> None:

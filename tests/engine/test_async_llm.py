@@ -101,3 +101,25 @@ def test_async_rejects_bad_input_and_full_queue(tiny_model):
             engine.shutdown()
 
     run(main())
+
+
+def test_a_caller_whose_event_loop_closed_is_aborted_and_the_engine_serves_on(tiny_model):
+    engine = AsyncLLM(tiny_model, dtype="float32", device="cpu")
+    params = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
+    try:
+        async def first_token_then_leave():  # the loop closes with the stream open (a test client, a thread's loop)
+            gen = engine.generate({"prompt_token_ids": [5] * 10}, params, request_id="orphan")
+            await gen.__anext__()
+
+        run(first_token_then_leave())
+        short = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+        _, tokens, last = run(collect(engine, {"prompt_token_ids": [7] * 10}, short, "next"))
+        assert len(tokens) == 8 and last.finished
+        assert engine.healthy
+        for _ in range(100):
+            if engine.stats().num_running == 0:
+                break
+            run(asyncio.sleep(0.02))
+        assert engine.stats().num_running == 0  # the orphan was aborted, not run to its 200 tokens
+    finally:
+        engine.shutdown()
