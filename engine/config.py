@@ -5,6 +5,7 @@
       cache: CacheConfig          the paged KV cache: block size, memory budget, prefix caching
       scheduler: SchedulerConfig  continuous batching: seats, token budget, waiting queue, policy, async scheduling
       parallel: ParallelConfig    ranks (TP x DP, EP), their launcher, placement and timeouts
+      structured: StructuredConfig  constrained decoding: grammar compile timeout, the default reasoning budget
 
 Flow: `LLM(model, **kwargs)`, `AsyncLLM(model, **kwargs)` and the `gptoss generate` flags use the flat field names;
 `EngineConfig.from_kwargs` routes each to the part that declares it (every name is in exactly one part). A cluster
@@ -187,6 +188,31 @@ class ParallelConfig:
 
 
 @dataclass
+class StructuredConfig:
+    """Constrained decoding (engine.structured): requests with a grammar or a reasoning budget."""
+
+    grammar_compile_timeout_s: float = 10.0  # a request's grammars must compile within this long, else a ValueError
+    #                                          naming the field (compiled off the engine loop, then cached)
+    max_reasoning_tokens: int | None = None  # harmony requests with a constraint: tokens the analysis message may
+    #                                          take before the engine closes it and opens the answer (a request's
+    #                                          own max_reasoning_tokens wins); None: half of the request's max_tokens
+
+    def __post_init__(self):
+        if not (isinstance(self.grammar_compile_timeout_s, (int, float)) and self.grammar_compile_timeout_s > 0):
+            _fail("grammar_compile_timeout_s", "a positive number of seconds", self.grammar_compile_timeout_s)
+        if self.max_reasoning_tokens is not None and not (isinstance(self.max_reasoning_tokens, int)
+                                                          and not isinstance(self.max_reasoning_tokens, bool)
+                                                          and self.max_reasoning_tokens >= 0):
+            _fail("max_reasoning_tokens", ">= 0 or None (half of max_tokens)", self.max_reasoning_tokens)
+
+    def reasoning_budget(self, requested: int | None, max_tokens: int) -> int:
+        """The analysis message's budget for a constrained request."""
+        if requested is not None:
+            return requested
+        return self.max_reasoning_tokens if self.max_reasoning_tokens is not None else max_tokens // 2
+
+
+@dataclass
 class EngineConfig:
     """Every setting of one engine, by area."""
 
@@ -194,6 +220,7 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)  # the paged KV cache
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # continuous batching
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # ranks
+    structured: StructuredConfig = field(default_factory=StructuredConfig)  # constrained decoding
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "EngineConfig":

@@ -11,9 +11,11 @@ Flow of a step, split where the host work ends and the device work begins:
 The in-process executor calls `prepare` on the engine thread and the rest on a device thread, so the host prepares
 step N+1 while step N runs; `prepare` touches only the block tables, the device half only the device state,
 sampling state included. Sampling state that lives across steps (each seeded request's generator, its sampled
-tokens for the penalties and min_tokens) is kept here, on the sampling rank, from the request's first step until
-the scheduler lists it as finished. A per-request constraint on the next token (a grammar's token bitmask) belongs
-there too: state in `SamplingState`, applied to the logits in `_sample` before the sampler's own processing.
+tokens for the penalties and min_tokens, its grammar constraint) is kept here, on the sampling rank, from the
+request's first step until the scheduler lists it as finished. A constrained request's `HarmonyConstraint`
+(engine.structured.harmony) fills its row of the step's token bitmask on the host while the forward pass runs on
+the device (in `finish`, before the first sync), the sampler applies it before any other logit processing, and the
+sampled token moves the constraint on.
 """
 
 import dataclasses
@@ -37,6 +39,8 @@ from engine.parallel.loading import load_shard, tensor_bytes
 from engine.parallel.tp import RankLayout, kv_heads
 from engine.sampler import Sampler, SamplerOutput, SamplingBatch, SamplingRow, SamplingTable, seeded_generator
 from engine.scheduler_output import PENDING, NewRequestData, SchedulerOutput
+from engine.structured.harmony import HarmonyConstraint
+from engine.structured.params import StructuredOutputs
 from engine.utils import resolve_dtype
 from engine.weights.checkpoint import load_weights
 
@@ -64,6 +68,7 @@ class SamplingState:
     prompt_token_ids: list[int]  # for the repetition penalty (empty without one)
     output_token_ids: list[int]  # the tokens sampled for it here, when it has penalties or min_tokens
     stop_ids: list[int]  # banned until min_tokens outputs
+    constraint: HarmonyConstraint | None = None  # its grammar / reasoning budget, moved on by each sampled token
 
 
 @dataclass
@@ -90,6 +95,7 @@ class Worker:
         self.last_sampled: tuple[torch.Tensor, list[str]] | None = None  # the last step's tokens [S], their requests
         self.table: tuple[tuple[str, ...], SamplingTable] | None = None  # the last batch's rows (run)
         self.sampler = Sampler()
+        self.tokenizer = None  # loaded when the first constrained request comes (its grammars need the vocabulary)
         self.comm = self.model = self.runner = self.moe_dispatch = None
 
     # ---- start-up ----
@@ -236,7 +242,20 @@ class Worker:
         for new in step.new_requests:
             self.sampling[new.request_id] = SamplingState(SamplingRow.of(new.params, self.vocab_size),
                                                           seeded_generator(new.seed, self.device),
-                                                          new.prompt_token_ids, [], new.stop_ids)
+                                                          new.prompt_token_ids, [], new.stop_ids,
+                                                          self._constraint(new))
+
+    def _constraint(self, new: NewRequestData) -> HarmonyConstraint | None:
+        """The request's constraint (its grammars were compiled, or checked, before it was queued)."""
+        params = new.params
+        if not params.constrained:
+            return None
+        if self.tokenizer is None:
+            from engine.text.tokenizer import Tokenizer  # noqa: PLC0415
+
+            self.tokenizer = Tokenizer.load(self.config.model.model)
+        return HarmonyConstraint.of(params.structured_outputs or StructuredOutputs(), self.tokenizer,
+                                    self.vocab_size, params.max_reasoning_tokens, new.stop_ids)
 
     def _sample(self, logits: torch.Tensor, request_ids: list[str]) -> "SampledRows":
         """logits [S, V] float32 -> the sampled tokens (with their logprobs); appended to the token history of the
@@ -248,12 +267,26 @@ class Worker:
         batch = SamplingBatch.from_table(self.table[1], [s.prompt_token_ids for s in states],
                                          [s.output_token_ids for s in states], [s.generator for s in states],
                                          [s.stop_ids for s in states], self.device)
+        constrained = [i for i, s in enumerate(states) if s.constraint is not None and s.constraint.active]
+        if constrained:
+            batch.bitmask, batch.bitmask_rows = self._bitmask(states, constrained), constrained
         out = self.sampler(logits, batch)
+        if constrained:
+            for i, token in zip(constrained, out.token_ids[constrained].tolist()):
+                states[i].constraint.accept(token)
         special = self.table[1].special
         if special:
             for i, token in zip(special, out.token_ids[special].tolist()):
                 states[i].output_token_ids.append(token)
         return SampledRows(request_ids, out, [s.row.params.logprobs for s in states])
+
+    def _bitmask(self, states: list[SamplingState], rows: list[int]) -> torch.Tensor:
+        """[S, W] int32 on the device: the constrained rows' allowed tokens (the other rows are not read)."""
+        words = (self.vocab_size + 31) // 32
+        mask = np.empty((len(states), words), dtype=np.uint32)
+        for i in rows:
+            states[i].constraint.fill(mask[i])
+        return torch.from_numpy(mask.view(np.int32)).to(self.device, non_blocking=True)
 
     def _keep(self, tokens: torch.Tensor | None, request_ids: list[str]) -> None:
         """Keep this step's sampled tokens on the device for the next step's PENDING ids; the other ranks of the
