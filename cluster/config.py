@@ -197,6 +197,12 @@ class EngineSettings(Section):
     max_model_len: int | None = doc(None, "context limit in tokens (None: the checkpoint's)", ge=1)
     enforce_eager: bool = doc(False, "never capture CUDA graphs for decode steps (they are captured on CUDA at "
                                      "start-up, single-rank engines only)")
+    max_reasoning_tokens: int | None = doc(None, "constrained answers (response_format, text.format, tool_choice "
+                                                 "required/named, strict tools): tokens the reasoning may take before "
+                                                 "the answer starts, unless the request sets max_reasoning_tokens "
+                                                 "(None: half of the request's max_tokens)", ge=0)
+    grammar_compile_timeout_s: float = doc(10.0, "a request's schema or pattern must compile within this long, "
+                                                 "else a 400 naming the field", gt=0)
 
     @model_validator(mode="after")
     def _engine_accepts(self) -> "EngineSettings":
