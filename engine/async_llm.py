@@ -100,7 +100,8 @@ class AsyncLLM:
         if not grammars:
             return
         timeout = self.config.structured.grammar_compile_timeout_s
-        future = grammar.submit(self.tokenizer, self.core.arch.vocab_size, grammars)
+        compiler = await asyncio.wrap_future(grammar.prepare(self.tokenizer, self.core.arch.vocab_size))
+        future = grammar.submit(compiler, grammars)
         try:
             await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except TimeoutError:

@@ -106,22 +106,27 @@ def compiler_for(tokenizer, vocab_size: int) -> GrammarCompiler:
         return _COMPILERS[vocab_size]
 
 
-def compile_all(tokenizer, vocab_size: int, grammars: list[Grammar]) -> None:
-    compiler = compiler_for(tokenizer, vocab_size)
+def compile_all(compiler: GrammarCompiler, grammars: list[Grammar]) -> None:
     for g in grammars:
         compiler.compile(g)
 
 
-def submit(tokenizer, vocab_size: int, grammars: list[Grammar]):
+def prepare(tokenizer, vocab_size: int):
+    """A future for the vocabulary's compiler (made once per process, ~1-4 s, not counted against a request's
+    compile timeout)."""
+    return _POOL.submit(compiler_for, tokenizer, vocab_size)
+
+
+def submit(compiler: GrammarCompiler, grammars: list[Grammar]):
     """A future for compiling `grammars` on the grammar pool (off the caller's and the engine's threads)."""
-    return _POOL.submit(compile_all, tokenizer, vocab_size, grammars)
+    return _POOL.submit(compile_all, compiler, grammars)
 
 
 def compile_within(tokenizer, vocab_size: int, grammars: list[Grammar], timeout_s: float) -> None:
     """Compile (or find cached) every grammar, or raise a ValueError naming the field that took too long."""
     if not grammars:
         return
-    future = submit(tokenizer, vocab_size, grammars)
+    future = submit(prepare(tokenizer, vocab_size).result(), grammars)
     try:
         future.result(timeout=timeout_s)
     except FutureTimeout:
