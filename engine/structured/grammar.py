@@ -8,6 +8,7 @@ pool and gives up after a timeout (ValueError naming the field), so an expensive
 loop: `AsyncLLM.generate` awaits it before the request is queued, and the worker then finds it in the cache.
 """
 
+import functools
 import json
 import re
 import threading
@@ -74,7 +75,8 @@ class GrammarCompiler:
         self.xgr, self.vocab_size = xgr, vocab_size
         # special and reserved ids decode to nothing here: no grammar's text can be made of them
         vocab = [b"" if tokenizer.is_special(i) else tokenizer.decode_bytes([i]) for i in range(vocab_size)]
-        self.stop_token_ids = list(tokenizer.stop_token_ids)
+        self.stop_token_ids = [t for t in tokenizer.stop_token_ids if t < vocab_size]  # harmony's ends (of a real
+        #                                          vocabulary): cleared from every row, each body sets its own ends
         info = xgr.TokenizerInfo(vocab, xgr.VocabType.RAW, vocab_size=vocab_size,
                                  stop_token_ids=self.stop_token_ids)
         self.compiler = xgr.GrammarCompiler(info, max_threads=2, cache_enabled=True,
@@ -96,6 +98,11 @@ class GrammarCompiler:
     def matcher(self, grammar: Grammar):
         """A fresh matcher for one request (the compiled grammar comes from the cache)."""
         return self.xgr.GrammarMatcher(self.compile(grammar))
+
+    @functools.cached_property
+    def batch_matcher(self):
+        """xgrammar's batched bitmask filler (its own threads, up to 4)."""
+        return self.xgr.BatchGrammarMatcher(4)
 
 
 def compiler_for(tokenizer, vocab_size: int) -> GrammarCompiler:

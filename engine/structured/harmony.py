@@ -82,6 +82,19 @@ def set_bits(row: np.ndarray, ids) -> None:
         row[t >> 5] |= np.uint32(1 << (t & 31))
 
 
+def fill_rows(constraints: list["HarmonyConstraint"], rows: list[int], mask: np.ndarray, batch_matcher) -> None:
+    """Fill `mask` ([S, W] uint32) at `rows`, one per constraint: the grammar rows by xgrammar's batched fill (its
+    threads, without the GIL), then every row's own adjustments."""
+    grammar = [(i, c.grammar_matcher) for i, c in zip(rows, constraints) if c.grammar_matcher is not None]
+    if grammar:
+        import torch  # noqa: PLC0415
+
+        batch_matcher.batch_fill_next_token_bitmask([m for _, m in grammar], torch.from_numpy(mask.view(np.int32)),
+                                                    [i for i, _ in grammar])
+    for i, c in zip(rows, constraints):
+        c.fill(mask[i])
+
+
 class HarmonyConstraint:
     """The state of one request's constraint; see the module docstring."""
 
@@ -119,8 +132,14 @@ class HarmonyConstraint:
         self.matcher = None if alt.grammar is None or alt.grammar.free else self.compiler.matcher(alt.grammar)
 
     # ---- per step ----
+    @property
+    def grammar_matcher(self):
+        """The xgrammar matcher that fills this row next (`fill_rows` runs them batched), or None."""
+        return self.matcher if self.active and self.body is not None else None
+
     def fill(self, row: np.ndarray) -> None:
-        """Write the allowed next tokens into `row` ([W] uint32, a view of the step's bitmask)."""
+        """Write the allowed next tokens into `row` ([W] uint32, a view of the step's bitmask); a row with a grammar
+        matcher has been filled by it already (fill_rows) and is only adjusted here."""
         if not self.active:
             row[:] = 0xFFFFFFFF
         elif self.body is None:
@@ -136,14 +155,9 @@ class HarmonyConstraint:
             self._fill_grammar(row)
 
     def _fill_grammar(self, row: np.ndarray) -> None:
-        import torch  # noqa: PLC0415
-
-        self.matcher.fill_next_token_bitmask(torch.from_numpy(row.view(np.int32)).unsqueeze(0), 0)
-        stops = self.compiler.stop_token_ids
-        can_end = any(row[t >> 5] >> np.uint32(t & 31) & np.uint32(1) for t in stops)
-        for t in stops:  # xgrammar allows every stop id once the grammar can end: keep only this body's
-            row[t >> 5] &= ~np.uint32(1 << (t & 31))
-        if can_end:
+        for t in self.compiler.stop_token_ids:  # xgrammar allows its stop ids once the grammar can end: this
+            row[t >> 5] &= ~np.uint32(1 << (t & 31))  # body's own end ids instead
+        if self.matcher.is_completed():
             set_bits(row, self.body.end)
 
     def accept(self, token: int) -> None:
