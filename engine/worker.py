@@ -40,7 +40,7 @@ from engine.parallel.loading import load_shard, tensor_bytes
 from engine.parallel.tp import RankLayout, kv_heads
 from engine.sampler import Sampler, SamplerOutput, SamplingBatch, SamplingRow, SamplingTable, seeded_generator
 from engine.scheduler_output import PENDING, NewRequestData, SchedulerOutput
-from engine.structured.harmony import HarmonyConstraint, fill_rows
+from engine.structured.harmony import HarmonyConstraint, accept_rows, fill_rows
 from engine.structured.params import StructuredOutputs
 from engine.utils import resolve_dtype
 from engine.weights.checkpoint import load_weights
@@ -277,8 +277,8 @@ class Worker:
             batch.bitmask, batch.bitmask_rows = mask.to(self.device, non_blocking=True), constrained
         out = self.sampler(logits, batch)
         if constrained:
-            for i, token in zip(constrained, out.token_ids[constrained].tolist()):
-                states[i].constraint.accept(token)
+            constraints = [states[i].constraint for i in constrained]
+            accept_rows(constraints, out.token_ids[constrained].tolist(), constraints[0].compiler.batch_matcher)
         special = self.table[1].special
         if special:
             for i, token in zip(special, out.token_ids[special].tolist()):

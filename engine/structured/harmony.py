@@ -95,6 +95,20 @@ def fill_rows(constraints: list["HarmonyConstraint"], rows: list[int], mask: np.
         c.fill(mask[i])
 
 
+def accept_rows(constraints: list["HarmonyConstraint"], tokens: list[int], batch_matcher) -> None:
+    """`accept` for each (constraint, sampled token), the tokens inside grammars through one batched call."""
+    grammar = [(c, t) for c, t in zip(constraints, tokens) if c.grammar_matcher is not None and t not in c.body.end]
+    if grammar:
+        accepted = batch_matcher.batch_accept_token([c.matcher for c, _ in grammar], [t for _, t in grammar])
+        for (c, t), ok in zip(grammar, accepted):
+            if not ok:
+                c._fail(t)
+    inside = {id(c) for c, _ in grammar}
+    for c, t in zip(constraints, tokens):
+        if id(c) not in inside:
+            c.accept(t)
+
+
 class HarmonyConstraint:
     """The state of one request's constraint; see the module docstring."""
 
