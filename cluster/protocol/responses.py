@@ -10,6 +10,7 @@ and run in the background is the front door's business (cluster/responses/servic
 stateless shortcut.
 """
 
+import dataclasses
 import secrets
 from typing import Annotated, Any, Literal
 
@@ -46,6 +47,7 @@ from cluster.protocol.response_items import (
 )
 from engine.structured.params import Grammar
 
+BROWSER_RECIPIENTS = ("browser.search", "browser.open", "browser.find")  # harmony's browser tool's functions
 UNSUPPORTED = {
     "top_logprobs": "logprobs are not supported on /v1/responses yet; use /v1/completions",
     "prompt": "stored prompts are not supported; send input and instructions",
@@ -241,6 +243,10 @@ def to_generate(req: ResponsesRequest, created: int, history: list[dict] | None 
     messages = input_to_messages(req.input, req.instructions, history=history)
     response_id = response_id or "resp_" + secrets.token_hex(16)
     builtin = builtin_of(req.tools) if req.tool_choice != "none" else {}
+    if spec is not None and (builtin.get("python") or builtin.get("browser")):
+        spec = dataclasses.replace(spec, builtins=BROWSER_RECIPIENTS * bool(builtin["browser"])
+                                   + ("python",) * bool(builtin["python"]))
+        sampling["structured_outputs"] = spec
     for server in builtin.get("mcp", []):
         server["tools"] = (listings or {}).get(server["server_label"])
     return GenerateRequest("response", req.model, response_id, sampling, bool(req.stream), include_usage(req),

@@ -13,6 +13,7 @@ the special ids (a grammar over text could spell `<|end|>` out of plain tokens):
         budget is spent) -> a header again, analysis no longer offered
     `<|channel|>final<|message|>` -> the `final` grammar -> `<|return|>`
     `<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>` -> NAME's grammar -> `<|call|>`
+    `<|channel|>analysis to=python code<|message|>` (a built-in tool offered) -> free text -> `<|call|>`
   every header after the first starts with `<|start|>assistant`. Without harmony the whole output is the `final`
   grammar, ended by one of the request's stop ids.
 """
@@ -60,6 +61,9 @@ class HarmonyVocab:
         for name, grammar in spec.functions:
             text = f"<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>"
             alts.append(Alternative(self.header(text, first), grammar, (V.CALL,)))
+        for recipient in spec.builtins:  # harmony's built-in tools: analysis channel, "code" content
+            text = f"<|channel|>analysis to={recipient} code<|message|>"
+            alts.append(Alternative(self.header(text, first), Grammar("text"), (V.CALL,)))
         return alts
 
 

@@ -9,7 +9,7 @@ request's tokens with a `HarmonyConstraint` (engine.structured.harmony) and mask
 With `harmony` on (chat and Responses), the output is one assistant turn: the analysis message stays free text
 (up to `SamplingParams.max_reasoning_tokens`), then either the final message, whose content matches `final`, or a
 call to one of `functions`, whose arguments match that function's grammar. With `harmony` off the whole output
-matches `final`.
+matches `final`. Built-in tools the server runs (`builtins`) stay callable from the analysis channel.
 """
 
 import json
@@ -66,15 +66,18 @@ class StructuredOutputs:
     #                                           answer may come (harmony only: a call to one of `functions` must)
     functions: tuple[tuple[str, Grammar], ...] = ()  # harmony: (function name, its arguments' grammar) it may call
     harmony: bool = True  # the output is a harmony assistant turn (see the module docstring)
+    builtins: tuple[str, ...] = ()  # harmony: built-in tool recipients it may address on the analysis channel
+    #                                 (`python`, `browser.search`, ...), their content free text ended by <|call|>
 
     def __post_init__(self):
         object.__setattr__(self, "functions", tuple((n, g) for n, g in self.functions))
+        object.__setattr__(self, "builtins", tuple(self.builtins))
         if len(self.functions) > MAX_FUNCTIONS:
             raise ValueError(f"tools has {len(self.functions)} functions; at most {MAX_FUNCTIONS} can be constrained")
         if not self.harmony and (self.final is None or self.functions):
             raise ValueError("structured_outputs without harmony constrains the whole output: give final and no "
                              "functions")
-        if self.final is None and not self.functions:
+        if self.final is None and not self.functions and not self.builtins:
             raise ValueError("tool_choice requires a tool call, but no function can be called")
 
     @property

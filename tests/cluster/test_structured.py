@@ -158,3 +158,25 @@ def test_json_object_gives_an_object(client):
                                          temperature=0, max_tokens=160, extra_body={"max_reasoning_tokens": 4})
     if out.choices[0].finish_reason == "stop":  # unbounded language: a random model may run out of tokens
         assert isinstance(json.loads(out.choices[0].message.content), dict)
+
+
+def test_constraint_rules_per_tool_choice():
+    """cluster.protocol.structured.constraint: what each tool_choice enforces (no cluster needed)."""
+    from cluster.protocol.chat import parse_chat  # noqa: PLC0415
+
+    def spec(**body):
+        return parse_chat({"model": "tiny", "messages": MESSAGES, **body}, 0).sampling.get("structured_outputs")
+
+    assert spec() is None and spec(tools=TOOLS) is None and spec(tools=TOOLS, tool_choice="auto") is None
+    required = spec(tools=TOOLS, tool_choice="required")
+    assert required.final is None and [n for n, _ in required.functions] == ["get_weather", "lookup"]
+    assert all(g.kind == "json_schema" for _, g in required.functions)
+    named = spec(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "lookup"}})
+    assert named.final is None and [n for n, _ in named.functions] == ["lookup"]
+    none = spec(tools=TOOLS, tool_choice="none")
+    assert none.final.free and none.functions == ()
+    strict = spec(tools=[{**TOOLS[0], "function": {**TOOLS[0]["function"], "strict": True}}, TOOLS[1]])
+    assert strict.final.free and [g.kind for _, g in strict.functions] == ["json_schema", "text"]
+    answer = spec(response_format=fmt(0), tools=TOOLS)
+    assert answer.final.kind == "json_schema" and [g.kind for _, g in answer.functions] == ["text", "text"]
+    assert spec(response_format={"type": "json_object"}).final.kind == "json_object"

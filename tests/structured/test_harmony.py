@@ -138,3 +138,20 @@ def test_bad_schemas_are_value_errors_naming_the_field(tiny_model, llm, schema, 
     with pytest.raises(ValueError, match="^" + field.replace(".", r"\.").replace("[", r"\[") + ".*" + words):
         llm.generate(chat_prompt(tiny_model, 0), answer_params(schema, 0))
     assert llm.generate(chat_prompt(tiny_model, 0), answer_params(SCHEMAS[1], 0))  # the engine goes on
+
+
+def test_builtin_tools_stay_callable_beside_the_constraint(tiny_model, llm):
+    """A built-in recipient offered: each turn is a call to it (free code, ended by <|call|>) or the valid answer."""
+    spec = StructuredOutputs(final=Grammar.json_schema(SCHEMAS[2], "text.format.schema"), builtins=("python",))
+    params = [SamplingParams(temperature=1.0, seed=i, max_tokens=80, structured_outputs=spec, max_reasoning_tokens=4,
+                             stop_token_ids=[V.RETURN, V.CALL], skip_special_tokens=False) for i in range(12)]
+    kinds = set()
+    for out in llm.generate([chat_prompt(tiny_model, i) for i in range(12)], params):
+        ids = out.outputs[0].token_ids
+        if ids[-1] == V.CALL:
+            assert "to=python code" in llm.tokenizer.decode(ids)
+            kinds.add("python")
+        elif out.outputs[0].finish_reason == "stop":
+            jsonschema.validate(json.loads(llm.tokenizer.parse_completion(ids).final), SCHEMAS[2])
+            kinds.add("final")
+    assert kinds == {"python", "final"}
