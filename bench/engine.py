@@ -14,6 +14,9 @@ vocabulary (device work).
 (c) The host overhead a step exposes, with a stand-in device whose forward takes a fixed 20 ms (bench/standin_device):
 step wall time minus device time at 64 and 256 running requests, synchronous scheduling next to async scheduling
 (step N+1 scheduled and prepared, step N-1's outputs processed, while step N runs).
+(d) Constrained decoding on the same stand-in device: decode step time with every request held to a grammar next to
+none (same run, 64 and 256 running): the mask's cost as a share of the constrained step (target <= 10% at 256).
+`--mask-only` runs (d) alone and writes bench/results/engine_mask.json.
 Writes bench/results/engine.json.
 """
 
@@ -136,13 +139,36 @@ def standin_rows(model_dir: Path) -> list:
     return rows
 
 
+def mask_rows(model_dir: Path, steps: int = 60) -> list[dict]:
+    """(d): per running count, the stand-in's decode step with every request constrained vs none, interleaved."""
+    if not (model_dir / "config.json").is_file():
+        make_tiny_model(model_dir, STANDIN_SPEC)
+    rows = []
+    for n in (64, 256):
+        plain, constrained = (exposed_overhead(model_dir, n, False, steps=steps, constrained=c) for c in (False, True))
+        rows.append({"running": n, "plain_step_ms": plain.step_ms, "constrained_step_ms": constrained.step_ms,
+                     "plain_device_ms": plain.device_ms, "constrained_device_ms": constrained.device_ms,
+                     "mask_share": (constrained.step_ms - plain.step_ms) / constrained.step_ms})
+    print("\nconstrained decoding, stand-in device (forward 20 ms), ms per decode step (median)")
+    print(f"{'':16}{'none':>10}{'all constrained':>17}{'mask share':>12}")
+    for r in rows:
+        label = f"{r['running']} running"
+        print(f"{label:16}{r['plain_step_ms']:10.3f}{r['constrained_step_ms']:17.3f}"
+              f"{r['mask_share']:12.1%}")
+    print("mask share = (constrained step - plain step) / constrained step; target <= 10% at 256")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path(".cache/tiny-model"))
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each in (a), best kept (a shared machine)")
+    parser.add_argument("--mask-only", action="store_true", help="only (d): constrained vs unconstrained steps")
     args = parser.parse_args()
+    if args.mask_only:
+        return write_mask_only(mask_rows(args.model.parent / "standin-model"))
     if not (args.model / "config.json").is_file():
         make_tiny_model(args.model)
     torch.manual_seed(args.seed)
@@ -169,6 +195,7 @@ def main() -> None:
     print("overhead = schedule + prepare + worker_host + update (host work, incl. detokenization); excluded: model "
           "and sample_math (the sampler's tensor math over the 201k vocabulary, device work)")
     exposed = standin_rows(args.model.parent / "standin-model")
+    masks = mask_rows(args.model.parent / "standin-model")
     result = {
         "benchmark": "engine", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}",
@@ -183,9 +210,20 @@ def main() -> None:
         "decode_step_ms": {str(n): ms for n, ms in overhead.items()},
         "standin_device": {"forward_ms": 20.0, "vocab": STANDIN_SPEC.vocab,
                            "rows": [dataclasses.asdict(e) for e in exposed]},
+        "structured_mask": masks,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "engine.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def write_mask_only(rows: list[dict]) -> None:
+    result = {"benchmark": "engine --mask-only", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}",
+              "load_average_1min": os.getloadavg()[0], "standin_device": {"forward_ms": 20.0,
+                                                                         "vocab": STANDIN_SPEC.vocab},
+              "structured_mask": rows}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "engine_mask.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from engine.executor import InProcExecutor
 from engine.parallel.tp import RankLayout
 from engine.sampler import Sampler
 from engine.sampling_params import SamplingParams
+from engine.structured.params import Grammar, StructuredOutputs
 from engine.weights.tiny_model import TinyModelSpec
 from engine.worker import Worker
 
@@ -101,16 +102,23 @@ class Exposed:
     mean_exposed_ms: float
 
 
+# a JSON-like language that never has to end, so every request stays constrained through the measured steps
+ENDLESS_RECORDS = r'\[(\{"id":[0-9]{1,4},"name":"[a-z ]{1,12}","ok":(true|false)\},)+'
+
+
 def exposed_overhead(model_dir, running: int, async_scheduling: bool, seconds: float = 0.020,
-                     steps: int = 60) -> Exposed:
-    """Steady decode with `running` requests (prompts of 24 tokens, top-p sampling, detokenized)."""
+                     steps: int = 60, constrained: bool = False) -> Exposed:
+    """Steady decode with `running` requests (prompts of 24 tokens, greedy, detokenized); `constrained`: each held
+    to a grammar (ENDLESS_RECORDS), so every step fills and applies a bitmask row per request."""
     config = EngineConfig.from_kwargs(model=str(model_dir), dtype="float32", device="cpu", max_num_seqs=running,
                                       max_num_batched_tokens=max(2048, running), async_scheduling=async_scheduling)
     worker = StandInWorker(config, seconds)
     core = EngineCore(config, executor=InProcExecutor(worker))
     try:
         rng = random.Random(0)
-        params = SamplingParams(temperature=0, max_tokens=steps + 40, ignore_eos=True)
+        spec = (StructuredOutputs(final=Grammar("regex", ENDLESS_RECORDS), harmony=False) if constrained
+                else None)
+        params = SamplingParams(temperature=0, max_tokens=steps + 40, ignore_eos=True, structured_outputs=spec)
         for i in range(running):
             prompt = {"prompt_token_ids": [rng.randrange(1, SPEC.vocab) for _ in range(24)]}
             core.add(core.make_requests(prompt, params, request_id=f"d{i}"))
@@ -121,6 +129,8 @@ def exposed_overhead(model_dir, running: int, async_scheduling: bool, seconds: f
             core.step()
         t1 = time.perf_counter()
         assert len(core.scheduler.requests) == running
+        if constrained:  # every row stayed under its grammar
+            assert all(s.constraint.active for s in worker.sampling.values())
         wall, busy = per_step(worker.model.forwards, worker.log, t0, t1)
         exposed = [w - b for w, b in zip(wall, busy)]
         return Exposed(running, async_scheduling, statistics.median(wall) * 1e3, statistics.median(busy) * 1e3,

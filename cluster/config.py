@@ -26,7 +26,7 @@ from cluster.quota import QuotasConfig
 from cluster.responses.config import ResponsesConfig
 from cluster.sections import ConfigError, Section, doc
 from cluster.tools.config import ToolsConfig
-from engine.config import DTYPES, CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from engine.config import DTYPES, CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, StructuredConfig
 from engine.config import ParallelConfig as EngineParallel
 
 REASONING_EFFORTS = ("low", "medium", "high")
@@ -229,7 +229,8 @@ EngineSettings = create_model(
     "EngineSettings", __base__=_Engine, __module__=__name__,
     **engine_fields(ModelConfig, ("max_model_len", "backend", "enforce_eager")),
     **engine_fields(CacheConfig),
-    **engine_fields(SchedulerConfig))
+    **engine_fields(SchedulerConfig),
+    **engine_fields(StructuredConfig))
 EngineSettings.__doc__ = _Engine.__doc__
 
 

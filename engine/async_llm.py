@@ -24,6 +24,7 @@ from engine.engine_core import EngineCore, PromptType, engine_config
 from engine.request import Request, merge_outputs
 from engine.sampling_params import SamplingParams
 from engine.scheduler import QueueFullError, SchedulerStats
+from engine.structured import grammar
 
 log = logging.getLogger(__name__)
 EngineStats = SchedulerStats
@@ -80,7 +81,9 @@ class AsyncLLM:
         and a full waiting queue QueueFullError, both before the first output."""
         if not self.healthy:
             raise EngineDeadError(f"the engine is not running: {self._error!r}")
-        children = self.core.make_requests(prompt, sampling_params or SamplingParams(), request_id)
+        params = sampling_params or SamplingParams()
+        await self._compile(params)
+        children = self.core.make_requests(prompt, params, request_id)
         rid = children[0].parent_id
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue(), children)
         admitted = stream.loop.create_future()
@@ -97,6 +100,20 @@ class AsyncLLM:
         finally:
             if not finished:
                 self._commands.put(("abort", rid, None, None))
+
+    async def _compile(self, params: SamplingParams) -> None:
+        """The request's grammars compiled (or found cached) on the grammar pool, within the configured time: the
+        event loop and the engine loop go on meanwhile. A grammar past its time is a ValueError naming its field."""
+        grammars = params.structured_outputs.grammars if params.structured_outputs is not None else []
+        if not grammars:
+            return
+        timeout = self.config.structured.grammar_compile_timeout_s
+        compiler = await asyncio.wrap_future(grammar.prepare(self.tokenizer, self.core.arch.vocab_size))
+        future = grammar.submit(compiler, grammars)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError:
+            raise grammar.timeout_error(grammars, timeout) from None
 
     async def abort(self, request_id: str) -> None:
         """Stop a request; its stream ends with finish_reason "abort"."""

@@ -5,6 +5,7 @@
       cache: CacheConfig          the paged KV cache: block size, memory budget, prefix caching
       scheduler: SchedulerConfig  continuous batching: seats, token budget, waiting queue, policy, async scheduling
       parallel: ParallelConfig    ranks (TP x DP, EP), their launcher, placement and timeouts
+      structured: StructuredConfig  constrained decoding: grammar compile timeout, the default reasoning budget
 
 Flow: `LLM(model, **kwargs)`, `AsyncLLM(model, **kwargs)` and the `gptoss generate` flags use the flat field names;
 `EngineConfig.from_kwargs` routes each to the part that declares it (every name is in exactly one part). A cluster
@@ -213,6 +214,29 @@ class ParallelConfig:
 
 
 @dataclass
+class StructuredConfig:
+    """Constrained decoding (engine.structured): requests with a grammar or a reasoning budget."""
+
+    grammar_compile_timeout_s: float = setting(10.0, "a request's schema or pattern must compile within this long, "
+                                                     "else a 400 naming the field (compiled off the engine loop, "
+                                                     "then cached)", gt=0)
+    max_reasoning_tokens: int | None = setting(None, "constrained answers (response_format, text.format, tool_choice "
+                                                     "required/named, strict tools): tokens the reasoning may take "
+                                                     "before the answer starts, unless the request sets "
+                                                     "max_reasoning_tokens (None: half of the request's max_tokens)",
+                                               ge=0)
+
+    def __post_init__(self):
+        check_fields(self)
+
+    def reasoning_budget(self, requested: int | None, max_tokens: int) -> int:
+        """The analysis message's budget for a constrained request."""
+        if requested is not None:
+            return requested
+        return self.max_reasoning_tokens if self.max_reasoning_tokens is not None else max_tokens // 2
+
+
+@dataclass
 class EngineConfig:
     """Every setting of one engine, by area."""
 
@@ -220,6 +244,7 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)  # the paged KV cache
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # continuous batching
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # ranks
+    structured: StructuredConfig = field(default_factory=StructuredConfig)  # constrained decoding
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "EngineConfig":

@@ -11,6 +11,7 @@ the device; the scheduler counts step N's tokens as computed before they come ba
 `step()` schedules, runs and processes one step at a time.
 """
 
+import dataclasses
 import itertools
 import logging
 from pathlib import Path
@@ -23,6 +24,7 @@ from engine.parallel.dp_scheduler import DataParallelScheduler
 from engine.request import Request
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledStep, Scheduler, SchedulerStats
+from engine.structured import grammar
 from engine.text.detokenizer import IncrementalDetokenizer
 from engine.text.tokenizer import Tokenizer
 from engine.utils import generation_eos_ids, resolve_device
@@ -105,6 +107,10 @@ class EngineCore:
         """One validated request per sample (ids `RID` for n == 1, `RID#i` for n > 1)."""
         text, ids = self.prompt_ids(prompt)
         params.validate_for_model(self.arch.vocab_size, self.max_model_len, len(ids))
+        params = self.with_reasoning_budget(params)
+        if params.structured_outputs is not None:  # already compiled by AsyncLLM (off its loop): a cache hit
+            grammar.compile_within(self.tokenizer, self.arch.vocab_size, params.structured_outputs.grammars,
+                                   self.config.structured.grammar_compile_timeout_s)
         needed = self._blocks_for_sequence(len(ids) + params.max_tokens)
         if needed > self.kv.pool.num_blocks - 1:
             raise ValueError(f"prompt ({len(ids)} tokens) plus max_tokens ({params.max_tokens}) needs {needed} KV "
@@ -115,6 +121,15 @@ class EngineCore:
                         detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop, params.skip_special_tokens),
                         index=i, parent_id=rid)
                 for i in range(params.n)]
+
+    def with_reasoning_budget(self, params: SamplingParams) -> SamplingParams:
+        """A harmony-constrained request's analysis budget filled in from the config (so its answer always fits in
+        max_tokens)."""
+        spec = params.structured_outputs
+        if spec is None or not spec.harmony or params.max_reasoning_tokens is not None:
+            return params
+        budget = self.config.structured.reasoning_budget(None, params.max_tokens)
+        return dataclasses.replace(params, max_reasoning_tokens=budget)
 
     def add(self, requests: list[Request]) -> None:
         for r in requests:

@@ -3,7 +3,7 @@
 Flow: the worker builds a `SamplingBatch` from the step's `SamplingParams` and token histories
 (`SamplingBatch.build`; a worker keeps each request's `SamplingRow` and the batch's `SamplingTable` across steps and
 calls `from_table`), calls `Sampler()(logits, batch)`, and gets a `SamplerOutput` back.
-Order per row: logit_bias -> min_tokens ban -> penalties -> greedy argmax, or temperature -> top-k -> top-p ->
+Order per row: the grammar's token bitmask (constrained rows only) -> logit_bias -> min_tokens ban -> penalties -> greedy argmax, or temperature -> top-k -> top-p ->
 min-p -> exponential-race sample. Logprobs come from the raw logits, before any of that (vLLM's "raw logprobs").
 Everything runs batched on the logits' device; the only Python loop is over the rows that carry their own seed.
 """
@@ -52,6 +52,9 @@ class SamplingBatch:
     needs_min_p: bool
     needs_frequency: bool  # some row has a presence or frequency penalty
     needs_repetition: bool
+    bitmask: torch.Tensor | None = None  # [B, W] int32, W = ceil(V / 32): bit t % 32 of word t // 32 allows token t
+    #                                      (xgrammar's layout); None: no row is constrained this step
+    bitmask_rows: list[int] | None = None  # the rows the bitmask applies to (the others are left as they are)
 
     @classmethod
     def build(
@@ -215,10 +218,11 @@ class Sampler:
         # about as much as the unembedding at small hidden sizes, so stages nobody asked for are skipped.
         raw = logits.float()
         edits = len(batch.bias_rows) or len(batch.ban_rows) or batch.needs_frequency or batch.needs_repetition
-        if edits:  # on a copy: `raw` stays the model's distribution for the logprobs
-            logits = apply_penalties(apply_bans(raw.clone(), batch), batch)
-        else:
-            logits = raw
+        logits = raw.clone() if edits or batch.bitmask is not None else raw  # `raw` stays the model's distribution
+        if batch.bitmask is not None:  # for the logprobs
+            apply_bitmask(logits, batch.bitmask, batch.bitmask_rows)
+        if edits:
+            logits = apply_penalties(apply_bans(logits, batch), batch)
         token_ids = self._choose(logits, batch)
         if not batch.any_logprobs:  # rows without logprobs never read them (engine.model_runner.sampled_entries)
             empty = torch.empty(len(token_ids), 0, device=raw.device)
@@ -239,6 +243,20 @@ class Sampler:
         if not batch.any_greedy:
             return sampled
         return torch.where(batch.greedy, logits.argmax(dim=-1), sampled)
+
+
+def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
+    """In place: the tokens a row's bitmask does not allow get -inf (xgrammar's kernel: CPU, CUDA or Triton)."""
+    import xgrammar as xgr  # noqa: PLC0415 - only when a constrained request runs
+
+    xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=logits.shape[-1], indices=rows)
+
+
+def apply_bitmask_ref(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
+    """apply_bitmask in plain torch (the oracle of its test)."""
+    shifts = torch.arange(32, device=bitmask.device, dtype=torch.int32)
+    allowed = ((bitmask[rows, :, None] >> shifts) & 1).bool().flatten(1)[:, :logits.shape[-1]]  # [M, V]
+    logits[rows] = logits[rows].masked_fill(~allowed, -torch.inf)
 
 
 def apply_bans(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:

@@ -8,6 +8,8 @@ params into per-row tensors (`engine.sampler.SamplingBatch`). Field names and me
 import math
 from dataclasses import dataclass
 
+from engine.structured.params import StructuredOutputs
+
 MAX_LOGPROBS = 20  # most top-n logprobs one generated token may ask for (OpenAI's cap)
 MAX_N = 16  # most completions one request may ask for
 GREEDY_EPS = 1e-5  # a temperature below this samples greedily (argmax), as in vLLM
@@ -47,12 +49,20 @@ class SamplingParams:
     ignore_eos: bool = False  # keep generating past eos (until max_tokens or a stop)
     skip_special_tokens: bool = True  # leave special tokens out of the detokenized text
     priority: int = 0  # scheduling priority; lower runs first
+    structured_outputs: StructuredOutputs | None = None  # what the output must match (engine.structured); None: free
+    max_reasoning_tokens: int | None = None  # harmony: tokens the analysis message may take before the engine ends it
+    #                                          and opens the answer; None: the engine's default (constrained requests)
 
     def __post_init__(self) -> None:
         self._check_counts()
         self._check_sampling()
         self._check_penalties()
         self._check_stops()
+
+    @property
+    def constrained(self) -> bool:
+        """The sampling rank follows this request with a HarmonyConstraint (engine.structured.harmony)."""
+        return self.structured_outputs is not None or self.max_reasoning_tokens is not None
 
     @property
     def is_greedy(self) -> bool:
@@ -85,6 +95,13 @@ class SamplingParams:
                 _fail("logprobs", f"in [0, {MAX_LOGPROBS}] or None", self.logprobs)
         if self.seed is not None:
             _check_int("seed", self.seed)
+        if self.max_reasoning_tokens is not None:
+            _check_int("max_reasoning_tokens", self.max_reasoning_tokens)
+            if self.max_reasoning_tokens < 0:
+                _fail("max_reasoning_tokens", ">= 0 (0: no analysis message) or None", self.max_reasoning_tokens)
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputs):
+            _fail("structured_outputs", "an engine.structured.params.StructuredOutputs or None",
+                  self.structured_outputs)
 
     def _check_sampling(self) -> None:
         for field in ("temperature", "top_p", "min_p"):

@@ -11,14 +11,17 @@ Flow of a step, split where the host work ends and the device work begins:
 The in-process executor calls `prepare` on the engine thread and the rest on a device thread, so the host prepares
 step N+1 while step N runs; `prepare` touches only the block tables, the device half only the device state,
 sampling state included. Sampling state that lives across steps (each seeded request's generator, its sampled
-tokens for the penalties and min_tokens) is kept here, on the sampling rank, from the request's first step until
-the scheduler lists it as finished. A per-request constraint on the next token (a grammar's token bitmask) belongs
-there too: state in `SamplingState`, applied to the logits in `_sample` before the sampler's own processing.
+tokens for the penalties and min_tokens, its grammar constraint) is kept here, on the sampling rank, from the
+request's first step until the scheduler lists it as finished. A constrained request's `HarmonyConstraint`
+(engine.structured.harmony) fills its row of the step's token bitmask on a host thread started in `begin`, so it
+runs while the forward pass does; `finish` waits for it, the sampler applies it before any other logit processing,
+and the sampled token moves the constraint on (before the next step's `begin` starts the next fill).
 """
 
 import dataclasses
 import os
 import socket
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +40,8 @@ from engine.parallel.loading import load_shard, tensor_bytes
 from engine.parallel.tp import RankLayout, kv_heads
 from engine.sampler import Sampler, SamplerOutput, SamplingBatch, SamplingRow, SamplingTable, seeded_generator
 from engine.scheduler_output import PENDING, NewRequestData, SchedulerOutput
+from engine.structured.harmony import HarmonyConstraint, accept_rows, fill_rows
+from engine.structured.params import StructuredOutputs
 from engine.utils import resolve_dtype
 from engine.weights.checkpoint import load_weights
 
@@ -64,6 +69,7 @@ class SamplingState:
     prompt_token_ids: list[int]  # for the repetition penalty (empty without one)
     output_token_ids: list[int]  # the tokens sampled for it here, when it has penalties or min_tokens
     stop_ids: list[int]  # banned until min_tokens outputs
+    constraint: HarmonyConstraint | None = None  # its grammar / reasoning budget, moved on by each sampled token
 
 
 @dataclass
@@ -90,6 +96,9 @@ class Worker:
         self.last_sampled: tuple[torch.Tensor, list[str]] | None = None  # the last step's tokens [S], their requests
         self.table: tuple[tuple[str, ...], SamplingTable] | None = None  # the last batch's rows (run)
         self.sampler = Sampler()
+        self.tokenizer = None  # loaded when the first constrained request comes (its grammars need the vocabulary)
+        self.masker: ThreadPoolExecutor | None = None  # the thread that fills bitmasks during the forward pass
+        self.mask_job: Future | None = None  # this step's bitmask: [S, W] int32 and its rows, or None
         self.comm = self.model = self.runner = self.moe_dispatch = None
 
     # ---- start-up ----
@@ -196,8 +205,10 @@ class Worker:
 
     @torch.inference_mode()
     def begin(self, step: PreparedStep) -> StepInputs:
-        """Sampling state installed / dropped, the inputs on the device with PENDING ids filled in."""
+        """Sampling state installed / dropped, the constrained rows' bitmask started, the inputs on the device with
+        PENDING ids filled in."""
         self._update_sampling_state(step)
+        self.mask_job = self._start_mask(step.inputs.sampled) if self.samples else None
         inputs = step.inputs if self.device.type == "cpu" else _to_device(step.inputs, self.device)
         if step.pending_from:
             tokens, ids = self.last_sampled
@@ -236,7 +247,20 @@ class Worker:
         for new in step.new_requests:
             self.sampling[new.request_id] = SamplingState(SamplingRow.of(new.params, self.vocab_size),
                                                           seeded_generator(new.seed, self.device),
-                                                          new.prompt_token_ids, [], new.stop_ids)
+                                                          new.prompt_token_ids, [], new.stop_ids,
+                                                          self._constraint(new))
+
+    def _constraint(self, new: NewRequestData) -> HarmonyConstraint | None:
+        """The request's constraint (its grammars were compiled, or checked, before it was queued)."""
+        params = new.params
+        if not params.constrained:
+            return None
+        if self.tokenizer is None:
+            from engine.text.tokenizer import Tokenizer  # noqa: PLC0415
+
+            self.tokenizer = Tokenizer.load(self.config.model.model)
+        return HarmonyConstraint.of(params.structured_outputs or StructuredOutputs(), self.tokenizer,
+                                    self.vocab_size, params.max_reasoning_tokens, new.stop_ids)
 
     def _sample(self, logits: torch.Tensor, request_ids: list[str]) -> "SampledRows":
         """logits [S, V] float32 -> the sampled tokens (with their logprobs); appended to the token history of the
@@ -248,12 +272,29 @@ class Worker:
         batch = SamplingBatch.from_table(self.table[1], [s.prompt_token_ids for s in states],
                                          [s.output_token_ids for s in states], [s.generator for s in states],
                                          [s.stop_ids for s in states], self.device)
+        mask, constrained = self.mask_job.result() if self.mask_job is not None else (None, [])
+        if constrained:
+            batch.bitmask, batch.bitmask_rows = mask.to(self.device, non_blocking=True), constrained
         out = self.sampler(logits, batch)
+        if constrained:
+            constraints = [states[i].constraint for i in constrained]
+            accept_rows(constraints, out.token_ids[constrained].tolist(), constraints[0].compiler.batch_matcher)
         special = self.table[1].special
         if special:
             for i, token in zip(special, out.token_ids[special].tolist()):
                 states[i].output_token_ids.append(token)
         return SampledRows(request_ids, out, [s.row.params.logprobs for s in states])
+
+    def _start_mask(self, request_ids: list[str]) -> Future | None:
+        """Fill the bitmask of this step's constrained rows on the mask thread (None: no row is constrained)."""
+        rows = [i for i, rid in enumerate(request_ids)
+                if (c := self.sampling[rid].constraint) is not None and c.active]
+        if not rows:
+            return None
+        if self.masker is None:
+            self.masker = ThreadPoolExecutor(1, thread_name_prefix="gptoss-mask")
+        constraints = [self.sampling[request_ids[i]].constraint for i in rows]
+        return self.masker.submit(_fill_mask, constraints, rows, len(request_ids), self.vocab_size)
 
     def _keep(self, tokens: torch.Tensor | None, request_ids: list[str]) -> None:
         """Keep this step's sampled tokens on the device for the next step's PENDING ids; the other ranks of the
@@ -298,6 +339,14 @@ def sampled_entries(result: SamplerOutput, request_ids: list[str], num_logprobs:
             entry[tokens[i]] = chosen[i]
         sampled[rid] = (tokens[i], entry)
     return sampled
+
+
+def _fill_mask(constraints: list[HarmonyConstraint], rows: list[int], num_rows: int, vocab_size: int
+               ) -> tuple[torch.Tensor, list[int]]:
+    """[S, W] int32 (host) with the constrained rows filled (the others are never read), and those rows."""
+    mask = np.empty((num_rows, (vocab_size + 31) // 32), dtype=np.uint32)
+    fill_rows(constraints, rows, mask, constraints[0].compiler.batch_matcher)
+    return torch.from_numpy(mask.view(np.int32)), rows
 
 
 def dummy_inputs(num_kv_groups: int) -> StepInputs:

@@ -17,11 +17,14 @@ from cluster.errors import ApiError, bad_request, from_value_error
 from cluster.output.deltas import SampleDelta, StreamEnd
 from cluster.output.openai import Usage
 from cluster.protocol import GenerateRequest
+from cluster.protocol.chat import NamedFunction, apply_tool_choice
 from cluster.protocol.common import json_schema_of
+from cluster.protocol.structured import answer_grammar, constraint
 from engine.sampling_params import SamplingParams
+from engine.structured.params import Grammar, StructuredOutputs
 
 OPTIONAL_SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
-                     "frequency_penalty", "repetition_penalty", "logprobs", "n", "min_tokens")
+                     "frequency_penalty", "repetition_penalty", "logprobs", "n", "min_tokens", "max_reasoning_tokens")
 SAMPLING_RENAMES = {name: f"sampling.{name}" for name in
                     OPTIONAL_SAMPLING + ("stop", "stop_token_ids", "ignore_eos", "logit_bias")}
 ROLES = {1: "system", 2: "developer", 3: "user", 4: "assistant", 5: "tool"}
@@ -77,14 +80,56 @@ def to_generate(msg) -> GenerateRequest:
         raise bad_request("exactly one of prompt and prompt_token_ids must be set", "prompt")
     prompt = msg.prompt or list(msg.prompt_token_ids)
     field = "prompt" if msg.prompt else "prompt_token_ids"
-    return _base(msg, "completion", "gen-", sampling(msg.sampling, msg.HasField("sampling")),
+    sampling_dict = sampling(msg.sampling, msg.HasField("sampling"))
+    answer = _answer(msg)
+    if not answer.free:
+        sampling_dict["structured_outputs"] = StructuredOutputs(final=answer, harmony=msg.parse_harmony)
+    return _base(msg, "completion", "gen-", sampling_dict,
                  {"prompt": field, "prompt_token_ids": field}, prompt=prompt, parse_harmony=msg.parse_harmony)
 
 
 def to_chat(msg) -> GenerateRequest:
     messages, tools = chat_messages(msg.messages, "messages"), chat_tools(msg.tools, "tools")
-    return _base(msg, "chat", "chat-", sampling(msg.sampling, msg.HasField("sampling")), {"prompt": "messages"},
-                 messages=messages, tools=tools, reasoning_effort=_effort(msg.reasoning_effort))
+    sampling_dict = sampling(msg.sampling, msg.HasField("sampling"))
+    choice = _tool_choice(msg)
+    offered = apply_tool_choice(tools, choice)
+    spec = constraint(_answer(msg), offered, choice if tools else None, {t.name for t in msg.tools if t.strict},
+                      {t.name: f"tools[{i}].parameters_json" for i, t in enumerate(msg.tools)})
+    if spec is not None:
+        sampling_dict["structured_outputs"] = spec
+    return _base(msg, "chat", "chat-", sampling_dict, {"prompt": "messages"},
+                 messages=messages, tools=offered, reasoning_effort=_effort(msg.reasoning_effort))
+
+
+def _answer(msg) -> Grammar:
+    """The request's response_format as the answer's grammar (400s name response_format.*)."""
+    if not msg.HasField("response_format"):
+        return Grammar("text")
+    fmt = msg.response_format
+    kind = fmt.WhichOneof("format")
+    if kind == "json_schema":
+        try:
+            schema = json.loads(fmt.json_schema)
+        except ValueError as err:
+            raise bad_request(f"response_format.json_schema is not valid JSON: {err}",
+                              "response_format.json_schema") from None
+        return answer_grammar("json_schema", schema, "response_format", "response_format.json_schema")
+    if kind == "regex":
+        try:
+            return Grammar("regex", fmt.regex, "response_format.regex")
+        except ValueError as err:
+            raise bad_request(str(err), "response_format.regex") from None
+    return Grammar("json_object", field="response_format") if kind == "json_object" else Grammar("text")
+
+
+def _tool_choice(msg):
+    """"auto" / "none" / "required", or a named choice (as the chat protocol's `NamedToolChoice` reads)."""
+    if not msg.HasField("tool_choice"):
+        return None
+    tc = msg.tool_choice
+    if tc.WhichOneof("choice") == "function":
+        return NamedFunction(name=tc.function)
+    return {0: None, 1: "auto", 2: "none", 3: "required"}.get(tc.mode, "auto")
 
 
 def to_tokenize(msg) -> GenerateRequest:

@@ -2,7 +2,7 @@
 
 Flow: the replica feeds each `RequestOutput` delta to `formatter.feed` (chat: every sample's new token ids go
 through its own harmony stream parser, so analysis text becomes `reasoning_content`, final text `content`, and
-commentary addressed to `functions.*` becomes `tool_calls`) -> streaming returns SSE frames at once, otherwise
+commentary addressed to `functions.*` becomes `tool_calls`; with `logprobs`, each token of `content` gets its entry) -> streaming returns SSE frames at once, otherwise
 the formatter accumulates -> `formatter.finish()` returns the closing frames (usage chunk, `[DONE]`) or the body.
 """
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from engine.outputs import RequestOutput
 from engine.text.harmony_stream import Delta
+from engine.text.vocab import FIRST_SPECIAL
 
 
 def sse(payload: dict, event: str | None = None) -> str:
@@ -63,6 +64,7 @@ class ChoiceState:
     num_tokens: int = 0
     reasoning_tokens: int = 0
     role_sent: bool = False
+    logprobs: list[dict] = field(default_factory=list)  # chat logprobs entries of the content tokens so far
 
 
 class ChatFormatter:
@@ -74,25 +76,38 @@ class ChatFormatter:
         self.choices = [ChoiceState(tokenizer.stream_parser()) for _ in range(n)]
         self.usage = Usage()
         self.fresh = watched_text(req)  # text shown since take_text (content, reasoning, tool-call arguments)
+        self.top_logprobs = req.sampling.get("logprobs")  # None: no logprobs asked
 
     def feed(self, out: RequestOutput) -> list[str]:
         self.usage.prompt_tokens, self.usage.cached_tokens = len(out.prompt_token_ids), out.num_cached_tokens
         frames = []
         for sample in out.outputs:
             state = self.choices[sample.index]
-            deltas = []
-            for token in sample.token_ids:
+            deltas, logprobs = [], []
+            for i, token in enumerate(sample.token_ids):
+                if self.top_logprobs is not None and _in_content(state.parser, token):
+                    logprobs.append(self._logprob(token, sample.logprobs[i]))
                 new = state.parser.feed(int(token))
                 state.reasoning_tokens += any(d.channel == "analysis" and d.recipient is None for d in new)
                 deltas += new
+            state.logprobs += logprobs
             state.num_tokens += len(sample.token_ids)
             if sample.finish_reason is not None:
                 deltas += state.parser.finish()
                 state.finish_reason = sample.finish_reason
-            frames += self._apply(sample.index, state, deltas)
+            frames += self._apply(sample.index, state, deltas, logprobs)
         return frames if self.req.stream else []
 
-    def _apply(self, index: int, state: ChoiceState, deltas: list[Delta]) -> list[str]:
+    def _logprob(self, token: int, entry: dict[int, float]) -> dict:
+        """OpenAI's chat logprobs entry of one token: its logprob, and the top_logprobs most likely tokens."""
+        top = sorted(entry.items(), key=lambda kv: -kv[1])[: self.top_logprobs]
+        return {**self._token(token, entry[token]), "top_logprobs": [self._token(t, lp) for t, lp in top]}
+
+    def _token(self, token: int, logprob: float) -> dict:
+        data = self.tokenizer.decode_bytes([token])
+        return {"token": data.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(data)}
+
+    def _apply(self, index: int, state: ChoiceState, deltas: list[Delta], logprobs: list[dict]) -> list[str]:
         delta: dict = {}
         if not state.role_sent:
             delta["role"], state.role_sent = "assistant", True
@@ -108,9 +123,10 @@ class ChatFormatter:
                 state.content.append(d.text)
                 delta["content"] = delta.get("content", "") + d.text
         finish = _chat_finish(state) if state.finish_reason is not None else None
-        if not self.req.stream or (not delta and finish is None):
+        if not self.req.stream or (not delta and finish is None and not logprobs):
             return []
-        return [sse(self._chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]))]
+        lp = {"content": logprobs, "refusal": None} if logprobs else None
+        return [sse(self._chunk([{"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}]))]
 
     def _tool_delta(self, state: ChoiceState, d: Delta, delta: dict) -> None:
         if d.tool_call_id not in state.call_index:
@@ -155,7 +171,8 @@ class ChatFormatter:
                        "reasoning_content": "".join(c.reasoning) or None}
             if c.tool_calls:
                 message["tool_calls"] = [{**t, "function": dict(t["function"])} for t in c.tool_calls]
-            choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": finish_of(c)})
+            logprobs = {"content": c.logprobs, "refusal": None} if self.top_logprobs is not None else None
+            choices.append({"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish_of(c)})
         return {"id": self.req.request_id, "object": "chat.completion", "created": self.req.created,
                 "model": self.model, "choices": choices, "usage": usage}
 
@@ -180,6 +197,12 @@ class ChatFormatter:
 
     def finish_reason_now(self) -> str | None:
         return _chat_finish(self.choices[0]) if self.choices[0].finish_reason else None
+
+
+def _in_content(parser, token: int) -> bool:
+    """The token is text of the answer (a final or user-facing message), not reasoning, a header or a tool call."""
+    message = parser.open_message
+    return message is not None and message[0] != "analysis" and message[1] is None and token < FIRST_SPECIAL
 
 
 def _chat_finish(state: ChoiceState) -> str:

@@ -15,7 +15,6 @@ from cluster.protocol.common import (
     ApiModel,
     MaxTokens,
     Metadata,
-    Off,
     SamplingFields,
     check_sampling,
     include_usage,
@@ -24,6 +23,9 @@ from cluster.protocol.common import (
     validate,
 )
 from cluster.protocol.request import GenerateRequest
+from cluster.protocol.structured import answer_grammar, constraint
+from engine.sampling_params import MAX_LOGPROBS
+from engine.structured.params import Grammar
 
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "n", "seed", "stop", "presence_penalty", "frequency_penalty",
             "repetition_penalty", "ignore_eos", "min_tokens")
@@ -35,8 +37,6 @@ UNSUPPORTED = {
     "function_call": "deprecated by OpenAI; send tool_choice instead",
     "verbosity": "gpt-oss has no verbosity control; use reasoning_effort",
     "store": "chat completions are not stored; use /v1/responses",
-    "logprobs": "chat logprobs are not supported yet; use /v1/completions with logprobs",
-    "top_logprobs": "chat logprobs are not supported yet; use /v1/completions with logprobs",
 }
 
 
@@ -106,8 +106,7 @@ class FunctionDefinition(ApiModel):
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = Field(None, description="a JSON Schema (Draft 2020-12) of an object")
-    strict: Off | None = Field(None, description="only false or null for now: arguments are not "
-                                                             "constrained yet")
+    strict: bool | None = Field(None, description="true: the call's arguments are constrained to `parameters`")
 
 
 class FunctionTool(ApiModel):
@@ -124,8 +123,28 @@ class NamedToolChoice(ApiModel):
     function: NamedFunction
 
 
-class ResponseFormat(ApiModel):
-    type: Literal["text"] = Field(description="only text for now")
+class ResponseFormatText(ApiModel):
+    type: Literal["text"]
+
+
+class ResponseFormatJsonObject(ApiModel):
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(ApiModel):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="a JSON Schema (Draft 2020-12)")
+    strict: bool | None = Field(None, description="the answer is constrained to the schema either way")
+
+
+class ResponseFormatJsonSchema(ApiModel):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema,
+                           Field(discriminator="type")]
 
 
 class ChatRequest(SamplingFields):
@@ -136,7 +155,13 @@ class ChatRequest(SamplingFields):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = Field(None, description="gpt-oss calls one tool per turn either way")
     reasoning_effort: Literal["low", "medium", "high"] | None = None
-    response_format: ResponseFormat | None = Field(None, description="only {'type': 'text'} for now")
+    response_format: ResponseFormat | None = Field(None, description="text, json_object or json_schema: the final "
+                                                                    "answer is constrained to it")
+    logprobs: bool | None = Field(None, description="log probabilities of the answer's tokens")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="most likely tokens per position "
+                                                                             "(needs logprobs: true)")
+    max_reasoning_tokens: int | None = Field(None, ge=0, description="extension: tokens the reasoning (analysis) may "
+                                                                     "take before the answer is started")
     metadata: Metadata = None
     safety_identifier: str | None = None
     prompt_cache_key: str | None = Field(None, description="accepted; prefix caching is automatic")
@@ -147,19 +172,41 @@ class ChatRequest(SamplingFields):
 def parse_chat(data: dict, created: int) -> GenerateRequest:
     req = validate(ChatRequest, data, UNSUPPORTED)
     max_tokens, max_name = _first(req, "max_completion_tokens", "max_tokens")
-    sampling = sampling_of(req, SAMPLING)
+    sampling = sampling_of(req, SAMPLING + ("max_reasoning_tokens",))
     if max_tokens is not None:
         sampling["max_tokens"] = max_tokens
+    sampling.update(_logprobs(req))
     check_sampling(sampling, {"max_tokens": max_name})
     tools = apply_tool_choice(function_tools(req.tools), req.tool_choice)
+    spec = constraint(_answer(req.response_format), tools, req.tool_choice if req.tools else None,
+                      {t.function.name for t in req.tools or [] if t.function.strict},
+                      {t.function.name: f"tools[{i}].function.parameters" for i, t in enumerate(req.tools or [])})
+    if spec is not None:
+        sampling["structured_outputs"] = spec
     messages = [_as_dict(m) for m in req.messages]
     return GenerateRequest("chat", req.model, "chatcmpl-" + secrets.token_hex(12), sampling, bool(req.stream),
                            include_usage(req), messages=messages, tools=tools, reasoning_effort=req.reasoning_effort,
                            renames={"max_tokens": max_name, "prompt": "messages"}, created=created)
 
 
+def _answer(fmt) -> Grammar:
+    if fmt is None:
+        return Grammar("text")
+    if fmt.type == "json_schema":
+        return answer_grammar(fmt.type, fmt.json_schema.schema_, "response_format",
+                              "response_format.json_schema.schema")
+    return answer_grammar(fmt.type, None, "response_format", "response_format")
+
+
+def _logprobs(req: ChatRequest) -> dict:
+    """Chat's logprobs (a bool) and top_logprobs as the engine's logprobs (the top-n count)."""
+    if req.top_logprobs is not None and not req.logprobs:
+        raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
+    return {"logprobs": req.top_logprobs or 0} if req.logprobs else {}
+
+
 def function_tools(tools: list[FunctionTool] | None, where: str = "tools") -> list[dict] | None:
-    """Chat-style function tools, each schema checked; `strict` is refused until arguments are constrained."""
+    """Chat-style function tools, each schema checked (`strict` is read by cluster.protocol.structured)."""
     if tools is None:
         return None
     out = []
@@ -172,10 +219,8 @@ def function_tools(tools: list[FunctionTool] | None, where: str = "tools") -> li
 
 
 def apply_tool_choice(tools: list[dict] | None, choice) -> list[dict] | None:
-    """The tools the prompt offers: none for "none", the named one for a named choice, else all.
-
-    "required" and a named choice are honoured by what the prompt offers, not enforced by constrained decoding.
-    """
+    """The tools the prompt offers: none for "none", the named one for a named choice, else all ("required" and a
+    named choice are then enforced by constrained decoding: cluster.protocol.structured)."""
     if choice is None or choice in ("auto", "required"):
         if choice == "required" and not tools:
             raise bad_request("tool_choice 'required' needs at least one tool in tools", "tool_choice")

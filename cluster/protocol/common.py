@@ -24,6 +24,8 @@ _TAGS = {"system", "developer", "user", "assistant", "tool", "message", "reasoni
          "function_call_output", "code_interpreter_call", "web_search_call", "mcp_call", "mcp_list_tools", "function_tool",
          "code_interpreter", "web_search", "mcp"}
 
+_FORMAT_TAGS = {"text", "json_object", "json_schema"}  # chat response_format's and Responses text.format's tags
+
 
 def _false(value: bool) -> bool:
     if value:
@@ -135,11 +137,12 @@ def _message(error: dict) -> str:
 def _clean(loc: tuple) -> tuple:
     """The field path of an error location, without the union members and tags pydantic adds."""
     out = []
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(part, int):
             out.append(part)
         elif re.fullmatch(r"[a-z_][a-z0-9_]*", part) and part not in _TYPES \
-                and not (out and isinstance(out[-1], int) and part in _TAGS):
+                and not (out and isinstance(out[-1], int) and part in _TAGS) \
+                and not (i and loc[i - 1] in ("response_format", "format") and part in _FORMAT_TAGS):
             out.append(part)
     return tuple(out)
 

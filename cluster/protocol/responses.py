@@ -10,6 +10,7 @@ and run in the background is the front door's business (cluster/responses/servic
 stateless shortcut.
 """
 
+import dataclasses
 import secrets
 from typing import Annotated, Any, Literal
 
@@ -21,7 +22,6 @@ from cluster.protocol.common import (
     ApiModel,
     MaxTokens,
     Metadata,
-    Off,
     StreamOptions,
     Temperature,
     TopP,
@@ -30,6 +30,7 @@ from cluster.protocol.common import (
     validate,
 )
 from cluster.protocol.request import GenerateRequest
+from cluster.protocol.structured import answer_grammar, constraint
 from cluster.protocol.response_items import (
     BUILTIN_ITEM_TYPES,
     INCLUDABLE,
@@ -44,7 +45,9 @@ from cluster.protocol.response_items import (
     builtin_of,
     call_messages,
 )
+from engine.structured.params import Grammar
 
+BROWSER_RECIPIENTS = ("browser.search", "browser.open", "browser.find")  # harmony's browser tool's functions
 UNSUPPORTED = {
     "top_logprobs": "logprobs are not supported on /v1/responses yet; use /v1/completions",
     "prompt": "stored prompts are not supported; send input and instructions",
@@ -121,7 +124,7 @@ class ResponseFunctionTool(ApiModel):
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    strict: Off | None = Field(None, description="only false or null for now")
+    strict: bool | None = Field(None, description="true: the call's arguments are constrained to `parameters`")
 
 
 def _tool_tag(value) -> str | None:
@@ -147,8 +150,23 @@ class Reasoning(ApiModel):
     summary: None = Field(None, description="reasoning summaries are not produced (only null)")
 
 
-class TextFormat(ApiModel):
-    type: Literal["text"] = Field(description="only text for now")
+class TextFormatText(ApiModel):
+    type: Literal["text"]
+
+
+class TextFormatJsonObject(ApiModel):
+    type: Literal["json_object"]
+
+
+class TextFormatJsonSchema(ApiModel):
+    type: Literal["json_schema"]
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    schema_: dict[str, Any] = Field(alias="schema", description="a JSON Schema (Draft 2020-12)")
+    description: str | None = None
+    strict: bool | None = Field(None, description="the answer is constrained to the schema either way")
+
+
+TextFormat = Annotated[TextFormatText | TextFormatJsonObject | TextFormatJsonSchema, Field(discriminator="type")]
 
 
 class Text(ApiModel):
@@ -214,10 +232,21 @@ def to_generate(req: ResponsesRequest, created: int, history: list[dict] | None 
     if req.max_output_tokens is not None:
         sampling["max_tokens"] = req.max_output_tokens
     check_sampling(sampling, {"max_tokens": "max_output_tokens"})
+    functions = [t for t in req.tools or [] if isinstance(t, ResponseFunctionTool)]
+    spec = constraint(_answer(req.text), offered, req.tool_choice if functions else None,
+                      {t.name for t in functions if t.strict},
+                      {t.name: f"tools[{i}].parameters" for i, t in enumerate(req.tools or [])
+                       if isinstance(t, ResponseFunctionTool)})
+    if spec is not None:
+        sampling["structured_outputs"] = spec
     effort = req.reasoning.effort if req.reasoning is not None else None
     messages = input_to_messages(req.input, req.instructions, history=history)
     response_id = response_id or "resp_" + secrets.token_hex(16)
     builtin = builtin_of(req.tools) if req.tool_choice != "none" else {}
+    if spec is not None and (builtin.get("python") or builtin.get("browser")):
+        spec = dataclasses.replace(spec, builtins=BROWSER_RECIPIENTS * bool(builtin["browser"])
+                                   + ("python",) * bool(builtin["python"]))
+        sampling["structured_outputs"] = spec
     for server in builtin.get("mcp", []):
         server["tools"] = (listings or {}).get(server["server_label"])
     return GenerateRequest("response", req.model, response_id, sampling, bool(req.stream), include_usage(req),
@@ -248,11 +277,25 @@ def _echo(req: ResponsesRequest, store: bool = False) -> dict:
         "top_p": 1.0 if req.top_p is None else req.top_p,
         "tool_choice": _dump(req.tool_choice) if req.tool_choice is not None else "auto",
         "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
-        "text": {"format": {"type": "text"}, "verbosity": "medium"},
+        "text": {"format": _format_echo(req.text), "verbosity": "medium"},
         "truncation": "disabled", "user": req.user, "safety_identifier": req.safety_identifier,
         "prompt_cache_key": req.prompt_cache_key, "service_tier": "default",
         "store": store, "background": bool(req.background), "previous_response_id": req.previous_response_id,
     }
+
+
+def _answer(text: Text | None) -> Grammar:
+    fmt = text.format if text is not None else None
+    if fmt is None:
+        return Grammar("text")
+    schema = fmt.schema_ if fmt.type == "json_schema" else None
+    return answer_grammar(fmt.type, schema, "text.format", "text.format.schema")
+
+
+def _format_echo(text: Text | None) -> dict:
+    if text is None or text.format is None:
+        return {"type": "text"}
+    return text.format.model_dump(by_alias=True, exclude_none=True)
 
 
 def _dump(value):

@@ -82,10 +82,25 @@ class ChatMessage(Out):
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]  # content_filter: an output filter ended it
 
 
+class TopLogprob(Out):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(Out):
+    content: list[TokenLogprob] | None = Field(description="the answer's tokens (not the reasoning's)")
+    refusal: None
+
+
 class ChatChoice(Out):
     index: int
     message: ChatMessage
-    logprobs: None
+    logprobs: ChatLogprobs | None
     finish_reason: FinishReason
 
 

@@ -125,6 +125,11 @@ class HarmonyStreamParser:
             return self._on_header(token_id)
         return self._on_expect_start(token_id)
 
+    @property
+    def open_message(self) -> tuple[str | None, str | None] | None:
+        """(channel, recipient) of the message whose content the next token belongs to; None between messages."""
+        return (self._msg.channel, self._msg.recipient) if self._state is _State.CONTENT and self._msg else None
+
     def finish(self) -> list[Delta]:
         """End of stream: closes a message cut short (e.g. by max_tokens) and releases held-back text."""
         if self._state is _State.CONTENT:

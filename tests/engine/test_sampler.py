@@ -261,3 +261,45 @@ def sample_counts_cuda(params: SamplingParams) -> torch.Tensor:
     logits = torch.tensor([ROW] * SAMPLES, device="cuda")
     out = Sampler()(logits, build([params] * SAMPLES, len(ROW), device="cuda"))
     return torch.bincount(out.token_ids, minlength=len(ROW))
+
+
+def random_bitmask(rows: int, vocab: int, seed: int) -> torch.Tensor:
+    """[rows, ceil(V/32)] int32 with about one token in eight allowed."""
+    allowed = torch.rand(rows, (vocab + 31) // 32 * 32, generator=torch.Generator().manual_seed(seed)) < 0.125
+    weights = (1 << torch.arange(32, dtype=torch.int64))
+    return (allowed.view(rows, -1, 32).long() * weights).sum(-1).to(torch.int64).sub(
+        (allowed.view(rows, -1, 32)[..., 31].long() << 32)).to(torch.int32)
+
+
+def test_bitmask_kernel_matches_reference():
+    from engine.sampler import apply_bitmask, apply_bitmask_ref  # noqa: PLC0415
+
+    logits = torch.randn(8, 1000, generator=torch.Generator().manual_seed(2))
+    mask, rows = random_bitmask(8, 1000, 3), [1, 4, 5]
+    a, b = logits.clone(), logits.clone()
+    apply_bitmask(a, mask, rows)
+    apply_bitmask_ref(b, mask, rows)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert torch.equal(a[[0, 2, 3, 6, 7]], logits[[0, 2, 3, 6, 7]])
+
+
+@pytest.mark.parametrize("temperature", [0, 1.0])
+def test_bitmask_rows_sample_allowed_tokens_and_leave_others_bit_identical(temperature):
+    from engine.sampler import apply_bitmask_ref  # noqa: PLC0415
+
+    logits = torch.randn(6, 500, generator=torch.Generator().manual_seed(4))
+    params = [SamplingParams(temperature=temperature, seed=i, logprobs=2, top_p=0.9) for i in range(6)]
+    def gens():
+        return [seeded_generator(i, "cpu") for i in range(6)]
+
+    plain = Sampler()(logits, build(params, 500, generators=gens()))
+    batch = build(params, 500, generators=gens())
+    batch.bitmask, batch.bitmask_rows = random_bitmask(6, 500, 5), [0, 3]
+    masked = Sampler()(logits, batch)
+    other = [1, 2, 4, 5]
+    assert torch.equal(masked.token_ids[other], plain.token_ids[other])
+    assert torch.equal(masked.logprobs[other], plain.logprobs[other])
+    assert torch.equal(masked.topn_logprobs, plain.topn_logprobs)  # raw: before the mask, as every other edit
+    check = logits.clone()
+    apply_bitmask_ref(check, batch.bitmask, [0, 3])
+    assert torch.isfinite(check[[0, 3]].gather(1, masked.token_ids[[0, 3], None])).all()

@@ -223,3 +223,36 @@ def test_a_dead_or_hung_rank_fails_every_request_within_the_timeout(parallel_mod
         for pid in pids:  # a stopped rank the executor could not reach
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_constrained_outputs_under_tp2_ep2_equal_one_process_and_validate(parallel_model):
+    """Grammar-constrained requests (each a JSON schema, the whole output; this checkpoint's vocabulary has no
+    harmony tokens) under TP 2 + EP 2 with async scheduling and preemption: the sampling rank applies the masks,
+    and the tokens equal the single-process engine's."""
+    import json  # noqa: PLC0415
+
+    import jsonschema  # noqa: PLC0415
+
+    from engine.structured.params import Grammar, StructuredOutputs  # noqa: PLC0415
+    from tests.structured.schemas import SCHEMAS  # noqa: PLC0415
+
+    prompts, _ = workload()
+    params = [SamplingParams(temperature=0, max_tokens=60, structured_outputs=StructuredOutputs(
+        final=Grammar.json_schema(SCHEMAS[i], "schema"), harmony=False)) for i in range(len(prompts))]
+    want = LLM(parallel_model, dtype="float32", device="cpu").generate(prompts, params)
+    engine = async_engine(parallel_model, "mp", **CASES["tp2-ep2"])
+    try:
+        async def tokens(prompt, sp, rid):
+            return [t async for out in engine.generate(prompt, sp, request_id=rid) for t in out.outputs[0].token_ids]
+
+        async def main():
+            return await asyncio.gather(*(tokens(p, sp, f"c{i}") for i, (p, sp) in enumerate(zip(prompts, params))))
+
+        got = asyncio.run(main())
+        assert settled_stats(engine).num_preemptions > 0
+    finally:
+        engine.shutdown()
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g == w.outputs[0].token_ids
+        jsonschema.validate(json.loads(w.outputs[0].text), SCHEMAS[i])
