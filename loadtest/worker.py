@@ -8,9 +8,11 @@ that falls behind shows up as send lag). Closed loop: N workers each start a ses
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 
+from loadtest.accounting import classify
 from loadtest.arrivals import arrival_times, worker_starts
 from loadtest.config import LoadPoint, RunConfig
 from loadtest.metrics import MetricSet, RequestRecord, StreamTally
@@ -141,12 +143,14 @@ class Worker:
                     tally.add(event)
         except TargetError as exc:
             rec.status, rec.http_status, rec.error = exc.kind, exc.status or 0, exc.message[:200]
+            rec.retry_after_s = math.nan if exc.retry_after_s is None else exc.retry_after_s
         except TimeoutError:
             rec.status, rec.error = "timeout", f"no end of stream after {self.config.request_timeout_s} s"
         except Exception as exc:  # a target bug must not stop the run; it is counted and reported
             rec.status, rec.error = "stream_error", f"{type(exc).__name__}: {exc}"[:200]
 
     def _record(self, rec: RequestRecord) -> None:
+        rec.outcome = classify(rec)
         rec.good = self.config.slo.meets(rec)
         if not rec.warmup:
             self.metrics.add(rec)
