@@ -66,8 +66,9 @@ def good(rec) -> bool:
 
 
 def in_flight_at(records, t: float) -> list:
-    """Requests sent before t that had not ended by t."""
-    return [r for r in records if r.sent < t < r.done]
+    """Requests due before t (their scheduled time: a request the generator was late to send counts) that had not
+    ended by t."""
+    return [r for r in records if r.scheduled < t < r.done]
 
 
 def baseline_fraction(records, start: float, end: float, ended_by: float = math.inf) -> float:
@@ -112,6 +113,8 @@ def fault_report(records, marks: list[FaultMark], end: float, window_s: float = 
         out.append(mark.to_dict() | {
             "window": [mark.start, stop], "requests": len(touched), "in_flight_at_start": len(flying),
             "in_flight_outcomes": counts(flying), "outcomes": counts(touched),
+            "outcomes_by_target": {t: counts([r for r in touched if r.target == t])
+                                   for t in sorted({r.target for r in touched})},
             "baseline_good_fraction": baseline,
             "recovery_s": recovery_s(records, mark.start, stop, baseline, window_s),
             "failed_in_flight_ended_within_s": max(failed_ends) if failed_ends else None,

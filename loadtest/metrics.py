@@ -87,6 +87,7 @@ class RequestRecord:
     finish_reason: str = ""               # the server's finish reason; "" when the stream gave none
     retry_after_s: float = NAN            # the retry hint of a refusal (Retry-After / retry-after-ms); NaN: none
     outcome: str = ""                     # accounting.classify: completed, rejected, failed or lost
+    target: str = ""                      # the target that sent it (http-chat, grpc-chat, ...)
     input_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0

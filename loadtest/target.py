@@ -36,6 +36,7 @@ class TargetRequest:
     messages: list[dict]      # chat history ending with this turn's user message
     prompt: str               # the same conversation flattened, for the completions API
     max_tokens: int
+    target: str = ""          # the target that sent it (RoundRobin fills it in; recorded per request)
 
 
 @dataclass
@@ -87,3 +88,27 @@ class Target(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class RoundRobin:
+    """Several targets (e.g. the HTTP API and the gRPC gateway of one cluster), each request to the next in turn;
+    the request's `target` names the one that sent it."""
+
+    def __init__(self, targets: list) -> None:
+        self.targets, self.sent = targets, 0
+        self.name = "+".join(t.name for t in targets)
+
+    def stream(self, request: TargetRequest):
+        target = self.targets[self.sent % len(self.targets)]
+        self.sent += 1
+        request.target = target.name
+        return target.stream(request)
+
+    async def warm(self) -> None:
+        for t in self.targets:
+            if getattr(t, "warm", None) is not None:
+                await t.warm()
+
+    async def aclose(self) -> None:
+        for t in self.targets:
+            await t.aclose()
