@@ -69,6 +69,7 @@ class LocalCluster:
 
     def __init__(self, num_cpus: int = 2):
         os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="/tmp/gptc")
+        os.makedirs(Path(os.environ["RAY_TMPDIR"]) / "ray")
         import ray  # noqa: PLC0415
         from ray import serve  # noqa: PLC0415
         from ray.cluster_utils import Cluster  # noqa: PLC0415
@@ -76,7 +77,7 @@ class LocalCluster:
         from tests.cluster.conftest import free_port  # noqa: PLC0415
 
         self.cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": num_cpus, "include_dashboard": False, "temp_dir": os.environ["RAY_TMPDIR"]})
+            "num_cpus": num_cpus, "include_dashboard": False, "temp_dir": str(Path(os.environ["RAY_TMPDIR"]) / "ray")})
         ray.init(address=self.cluster.address, log_to_driver=False, configure_logging=False)
         self.http_port, self.grpc_port = free_port(), free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": self.http_port}, proxy_location="HeadOnly")

@@ -9,9 +9,10 @@ The outcomes (the promise an API makes: an accepted request finishes or fails cl
   completed  the stream ended with the server's finish reason
   rejected   refused before acceptance: 429 / 503 (gRPC RESOURCE_EXHAUSTED / UNAVAILABLE), with or without a retry
              hint (`retry_after_s`), or a connection the server never took
-  failed     a clear error: an error status other than 429/503, or an error object / gRPC status mid-stream
-  lost       accepted (or sent), then the stream ended without a finish reason and without an error (a clean end
-             without one, a dropped connection), or it hung past the request timeout
+  failed     a clear error: an error status other than 429/503, an error object / gRPC status mid-stream, or a
+             connection that broke (reset, closed mid-body) after the request was sent: the client sees it fail
+  lost       accepted, then the stream ended cleanly without a finish reason and without an error (a silent
+             truncation), or it hung past the request timeout
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def classify(rec) -> str:
     """The outcome of one finished request record (loadtest.metrics.RequestRecord)."""
     if rec.status == "ok":
         return COMPLETED if rec.finish_reason else LOST
-    if rec.status in ("timeout", "stream_broken"):
+    if rec.status in ("timeout", "stream_broken"):   # silent truncation, or a hang
         return LOST
     if rec.status in REFUSALS and rec.accepted != rec.accepted:   # NaN: never accepted
         return REJECTED

@@ -43,6 +43,7 @@ class Reply:
     block_s: float = 0.0      # time.sleep before replying: the whole server stalls (accepts included)
     error_after: int | None = None   # send an SSE error object after this many chunks (as vLLM does mid-stream)
     finish: str | None = "stop"      # the last chunk's finish_reason; None: [DONE] without one (a silent drop)
+    done_marker: bool = True         # send data: [DONE]; False: the body ends cleanly without it
     hang_after: int | None = None    # after this many chunks send nothing more, keeping the connection open
     retry_after: str | None = None   # Retry-After header of an error status
 
@@ -147,7 +148,8 @@ class FakeServer:
             events.append((0.0, sse(finish_json(reply.finish, chat))))
         if reply.usage and (req.get("stream_options") or {}).get("include_usage"):
             events.append((0.0, sse(usage_json(reply, req))))
-        events.append((0.0, b"data: [DONE]\n\n"))
+        if reply.done_marker:
+            events.append((0.0, b"data: [DONE]\n\n"))
         await write_events(writer, events)
         writer.write(b"0\r\n\r\n")
         await writer.drain()

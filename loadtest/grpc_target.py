@@ -5,7 +5,7 @@ content is a Delta per channel (analysis -> reasoning, final -> final; commentar
 finish_reason -> Finish and its usage -> Usage. Statuses: RESOURCE_EXHAUSTED -> http_429, UNAVAILABLE -> http_503
 (both with the `retry-after-ms` trailing metadata as the retry hint), DEADLINE_EXCEEDED -> http_408, any other ->
 http_other before acceptance and stream_error after it (a status is a clear error), except grpc core's own
-UNAVAILABLE for a connection that went away mid-stream (stream_broken, as HTTP's); a stream that ends without a
+UNAVAILABLE for a connection that went away mid-stream (stream_reset, as HTTP's); a stream that ends without a
 finish reason yields none, which the accounting counts as lost.
 """
 
@@ -84,7 +84,7 @@ class GrpcTarget:
         if code == codes.DEADLINE_EXCEEDED:
             return TargetError("http_408", text, 408)
         if code == codes.UNAVAILABLE and any(s in (err.details() or "") for s in TRANSPORT):
-            return TargetError("stream_broken", text)   # the connection went away: no status from the server
+            return TargetError("stream_reset", text)   # the connection went away: no status from the server
         return TargetError("stream_error" if accepted else "http_other", text, 500)
 
     async def warm(self) -> None:

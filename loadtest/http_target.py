@@ -4,9 +4,9 @@ stream_options.include_usage, read as server-sent events.
 Chat deltas carry reasoning in `reasoning_content` (or `reasoning`, newer vLLM) and the answer in `content`;
 completions carry `text` (counted as final). The usage chunk's completion_tokens_details.reasoning_tokens is taken
 when present; a choice's `finish_reason` becomes a `Finish`. A 200 status is the server's acceptance (`Accepted`);
-an error status carries its Retry-After header as the retry hint. A stream must end with `data: [DONE]`; ending
-without it counts as stream_broken, and so does a connection dropped after the request was sent but before any
-status (connect is only a connection never made).
+an error status carries its Retry-After header as the retry hint. A stream must end with `data: [DONE]`; a body
+that ends cleanly without it counts as stream_broken; a connection that breaks (reset, or closed before the body
+ended) after the request was sent counts as stream_reset (connect is only a connection never made).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class HttpTarget:
         except httpx.ConnectError as exc:
             raise TargetError("connect", str(exc) or type(exc).__name__) from exc
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-            raise TargetError("stream_broken", str(exc) or type(exc).__name__) from exc
+            raise TargetError("stream_reset", str(exc) or type(exc).__name__) from exc
         except httpx.TransportError as exc:
             raise TargetError("connect", str(exc) or type(exc).__name__) from exc
 

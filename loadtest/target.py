@@ -6,7 +6,8 @@ headers, gRPC initial metadata), a `Delta` per streamed message (stamped with ti
 channel 'reasoning' or 'final'), a `Finish` with the finish reason the server gave, a `Usage` if the server reports
 counts, and raises `TargetError` with one of ERROR_KINDS on failure, with the server's retry hint when it sent one
 (HTTP 429 -> http_429, 503 -> http_503; gRPC RESOURCE_EXHAUSTED -> http_429, UNAVAILABLE -> http_503,
-DEADLINE_EXCEEDED -> http_408; a stream that ends without its end marker -> stream_broken). loadtest/accounting.py
+DEADLINE_EXCEEDED -> http_408; a stream that ends cleanly without its end marker -> stream_broken; a connection that
+breaks mid-stream -> stream_reset). loadtest/accounting.py
 classifies each request from these (completed, rejected, failed, lost).
 """
 
@@ -22,7 +23,8 @@ ERROR_KINDS = (
     "http_503",       # unavailable (overloaded, or a harmony parse error surfaced as 503)
     "http_408",       # the server's own request timeout
     "http_other",     # any other non-2xx status
-    "stream_broken",  # the connection closed before the stream's end marker
+    "stream_broken",  # the stream ended cleanly but without its end marker (no [DONE]): a silent truncation
+    "stream_reset",   # the connection broke mid-stream (reset, or closed before the body ended): the client sees it
     "stream_error",   # the stream carried an error object instead of tokens
     "timeout",        # the load tester's --request-timeout expired
     "connect",        # could not connect or send

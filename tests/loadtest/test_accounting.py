@@ -15,13 +15,14 @@ OK = [(0.01, 1, "final"), (0.01, 1, "final"), (0.01, 1, "final")]
 SCRIPT = {  # request index -> (reply, expected outcome)
     0: (reply(*OK), "completed"),
     1: (reply(*OK, finish=None), "lost"),              # [DONE] and a clean end, but no finish reason: dropped silently
-    2: (reply(*OK, cut_after=2), "lost"),              # the connection closed mid-stream
+    2: (reply(*OK, done_marker=False, finish=None), "lost"),   # the body ends cleanly, no [DONE], no finish
     3: (reply(*OK, hang_after=1), "lost"),             # accepted, one token, then nothing until the timeout
     4: (Reply(status=429, retry_after="2"), "rejected"),
     5: (Reply(status=503), "rejected"),                # rejected, but with no retry hint
     6: (reply(*OK, error_after=1), "failed"),          # a clear error mid-stream
     7: (Reply(status=500), "failed"),
     8: (Reply(status=408), "failed"),
+    9: (reply(*OK, cut_after=2), "failed"),            # the connection broke mid-stream: the client sees it fail
 }
 
 
@@ -36,7 +37,8 @@ def test_each_ending_gets_its_outcome(fake_server):
     assert by_index[3].status == "timeout" and by_index[3].accepted == by_index[3].accepted
     assert by_index[4].retry_after_s == 2.0 and math.isnan(by_index[5].retry_after_s)
     outcomes = point.summary["outcomes"]
-    assert outcomes == {"completed": 1, "rejected": 2, "failed": 3, "lost": 3, "rejected_without_retry_hint": 1}
+    assert by_index[2].status == "stream_broken" and by_index[9].status == "stream_reset"
+    assert outcomes == {"completed": 1, "rejected": 2, "failed": 4, "lost": 3, "rejected_without_retry_hint": 1}
     assert point.summary["good_fraction"] == 1 / len(SCRIPT)                 # a lost stream is never good
 
 
