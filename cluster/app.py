@@ -132,7 +132,8 @@ def build_from_config(config: AppConfig):
     gateway = None
     if config.grpc.enabled:
         gateway = serve.deployment(ServeGrpcGateway, name="GrpcGateway", num_replicas=config.grpc.replicas,
-                                   max_replicas_per_node=1, ray_actor_options=gateway_actor_options(config),
+                                   max_replicas_per_node=config.grpc.replicas_per_node,
+                                   ray_actor_options=gateway_actor_options(config),
                                    graceful_shutdown_timeout_s=grace).bind(config.to_dict(), handles, hub)
     ingress = serve.deployment(serve.ingress()(ServeIngress), name="Ingress", num_replicas=config.ingress_replicas,
                                max_ongoing_requests=config.ingress_max_ongoing(),

@@ -100,7 +100,10 @@ class GrpcConfig(Section):
     host: str = doc("127.0.0.1", "address the gateway binds; 0.0.0.0 exposes it (set it in a pod, with TLS)",
                     min_length=1)
     port: int = doc(50051, "gRPC port", ge=1, le=65535)
-    replicas: int = doc(1, "gateway replicas, at most one per node (each binds host:port on its node)", ge=1)
+    replicas: int = doc(1, "gateway replicas (each binds host:port on its node)", ge=1)
+    replicas_per_node: int = doc(1, "most gateway replicas on one node; above 1 they share host:port through "
+                                    "SO_REUSEPORT (the kernel spreads new connections; when one dies the others keep "
+                                    "taking them); 1: SO_REUSEPORT off, a taken port fails", ge=1)
     tls_cert_file: str | None = doc(None, "PEM certificate chain of the server: TLS when set (with tls_key_file)")
     tls_key_file: str | None = doc(None, "PEM private key of tls_cert_file")
     tls_client_ca_file: str | None = doc(None, "PEM CA bundle: clients must present a certificate it signed (mTLS)")

@@ -99,17 +99,18 @@ def recovery_s(records, start: float, stop: float, baseline: float, window_s: fl
 
 def fault_report(records, marks: list[FaultMark], end: float, window_s: float = 5.0,
                  warmup_s: float = 0.0) -> list[dict]:
-    """Per fault: requests in flight at its start, the outcomes of the requests it touched (in flight at its start,
-    or scheduled before the next fault / the run's end), the time to full goodput, the clear errors' latest end."""
+    """Per fault: requests in flight at its start, the outcomes of the requests it touched (each request belongs to
+    the last fault that began before it ended), the time to full goodput, the clear errors' latest end."""
     marks = sorted(marks, key=lambda m: m.start)
     first = marks[0].start if marks else end
     baseline = baseline_fraction(records, warmup_s, first, ended_by=first)   # untouched by any fault
+    starts = [m.start for m in marks]
+    owner = {id(r): max((i for i, s in enumerate(starts) if s < r.done), default=None) for r in records}
     out = []
     for i, mark in enumerate(marks):
-        stop = marks[i + 1].start if i + 1 < len(marks) else end
+        stop = starts[i + 1] if i + 1 < len(marks) else end
         flying = in_flight_at(records, mark.start)
-        touched = {id(r): r for r in flying} | {id(r): r for r in records if mark.start <= r.scheduled < stop}
-        touched = list(touched.values())
+        touched = [r for r in records if owner[id(r)] == i]
         failed_ends = [r.done - mark.start for r in flying if (r.outcome or classify(r)) == FAILED]
         out.append(mark.to_dict() | {
             "window": [mark.start, stop], "requests": len(touched), "in_flight_at_start": len(flying),

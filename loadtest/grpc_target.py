@@ -29,7 +29,11 @@ class GrpcTarget:
 
         stubs = codegen.stubs()
         self.grpc, self.pb, self.name, self.model = grpc, stubs.pb, "grpc-chat", model
-        self.channel = grpc.aio.insecure_channel(address.removeprefix("grpc://"))
+        # reconnect within a second once the server is back (grpc's default backoff grows to 120 s, which would
+        # measure the client's patience instead of the server's recovery)
+        self.channel = grpc.aio.insecure_channel(address.removeprefix("grpc://"), options=[
+            ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1000)])
         self.stub = stubs.grpc.InferenceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.timeout_s, self.ignore_eos = timeout_s, ignore_eos

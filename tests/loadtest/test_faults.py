@@ -77,7 +77,8 @@ def test_a_fault_under_load_is_marked_and_counted(fake_server, tmp_path):
     assert 0.95 < mark.start < 1.2 and 0.55 < mark.end - mark.start < 0.9
     (fault,) = point.summary["faults"]
     lost = [r for r in point.records if r.outcome == "lost"]
-    # every request the server answered while broken is lost (about 40/s x 0.6 s), the rest completed
+    # every request the server answered while broken is lost (about 40/s x 0.6 s), the rest completed; the fault
+    # owns every request that ended after it began
     assert 15 <= len(lost) <= 35 and fault["outcomes"]["lost"] == len(lost)
     assert all(mark.start - 0.1 <= r.sent <= mark.end + 0.1 for r in lost)
     assert fault["outcomes"]["completed"] + len(lost) == fault["requests"]
