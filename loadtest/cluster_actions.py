@@ -334,10 +334,15 @@ def app_running(ctx: FaultContext) -> bool:
     from ray import serve  # noqa: PLC0415
 
     app = serve.status().applications.get(ctx.app_name)
-    if app is None or str(app.status) != "RUNNING":
+    if app is None or _name(app.status) != "RUNNING":
         return False
-    return all(str(d.status) == "HEALTHY" and set(map(str, d.replica_states)) <= {"RUNNING"}
+    return all(_name(d.status) == "HEALTHY" and {_name(s) for s in d.replica_states} <= {"RUNNING"}
                for d in app.deployments.values())
+
+
+def _name(status) -> str:
+    """A Serve status enum's value ("RUNNING"), whatever str() of the enum says."""
+    return str(getattr(status, "value", status))
 
 
 def _replicas_on(ctx: FaultContext, node_id: str) -> list[str]:
