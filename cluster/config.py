@@ -272,6 +272,11 @@ class ModelSpec(Section):
     default_reasoning_effort: Literal["low", "medium", "high"] = doc("medium",
                                                                      "reasoning_effort when a request gives none")
     default_max_tokens: int | None = doc(None, "max_tokens when a request gives none (None: up to the context)", ge=1)
+    max_queue_wait_s: float | None = doc(None, "admission control: a replica refuses new requests (429 with "
+                                               "Retry-After; the front door tries another replica once) while its "
+                                               "oldest request without a first token has waited longer than this, so "
+                                               "under overload the admitted keep their time to first token and the "
+                                               "rest are told to retry (None: every request queues)", gt=0)
 
     @model_validator(mode="after")
     def _resources(self) -> "ModelSpec":

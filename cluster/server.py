@@ -1,6 +1,7 @@
 """LLMServer: one replica's engine. A plain class (tests drive it in-process); `cluster.app` makes it a deployment.
 
-Flow: `generate(GenerateRequest)` renders the prompt (harmony for chat and responses), fills the model-dependent
+Flow: `generate(GenerateRequest)` is refused (429) while the replica's oldest request without a first token has
+waited past `max_queue_wait_s` (admission control, `Waiting`), else renders the prompt (harmony for chat and responses), fills the model-dependent
 defaults and checks (context length, max_tokens), starts `AsyncLLM.generate`, and yields: first a head item (a
 `StreamHead` once the first token is out, or an `ApiError` for bad input, a full engine queue or a passed deadline),
 then what the request's formatter (cluster/output/) makes of each engine output: SSE frames, one body, or deltas for
@@ -12,6 +13,8 @@ replica's load (`record_routing_stats`: queue, KV usage) every `routing.stats_pe
 """
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import os
 import time
@@ -50,14 +53,26 @@ class LLMServer:
         self.metrics = ReplicaMetrics(self.spec.name, self.replica, self.engine.stats)
         self.pusher = MetricsPusher(hub, f"{self.spec.name}/{self.replica}", self.metrics.snapshot, push_interval_s)
         self._max_new = self.engine.max_tokens_per_sequence
+        self.waiting = Waiting()  # requests without a first token yet: admission control (spec.max_queue_wait_s)
 
     # ---- requests ----
     async def generate(self, req: GenerateRequest):
         """Head item (StreamHead or ApiError), then the formatter's items (an ApiError last if the deadline passed)."""
         self.pusher.start()
+        refusal = self.waiting.refusal(self.spec.max_queue_wait_s)
+        if refusal is not None:
+            yield refusal
+            return
+        with self.waiting.entered() as entry:
+            async with contextlib.aclosing(self._generate(req, entry)) as items:  # closed early: the engine aborts
+                async for item in items:
+                    yield item
+
+    async def _generate(self, req: GenerateRequest, entry: "_Entry"):
         times = RequestTimes(arrival=_arrival(req))
         deadline = _Deadline(self.engine, req)
         if uses_tools(req):
+            entry.leave()  # a response with tools runs several engine requests; only its admission is checked
             async for item in run_with_tools(self, req, times, deadline):
                 yield item
             return
@@ -67,6 +82,7 @@ class LLMServer:
             prompt_ids, params = self._prepare(req)
             stream = self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id=req.request_id)
             first = await anext(stream)
+            entry.leave()
             if deadline.fired:  # aborted at the deadline before its first token
                 await stream.aclose()
                 raise deadline.error()
@@ -181,6 +197,45 @@ class LLMServer:
         await self.pusher.stop()  # a final push: a planned stop, not a lost replica
         await self.tools.close()
         self.engine.shutdown()
+
+
+class _Entry:
+    """One request in `Waiting` until its first token (or its end)."""
+
+    def __init__(self, waiting: "Waiting", key: int):
+        self.waiting, self.key = waiting, key
+
+    def leave(self) -> None:
+        self.waiting.since.pop(self.key, None)
+
+
+class Waiting:
+    """The replica's requests that have no first token yet, with when each came in: the oldest one's wait is what a
+    new request would wait at least, the signal admission control acts on."""
+
+    def __init__(self):
+        self.since: dict[int, float] = {}  # entry key -> time.monotonic() when the request reached the replica
+        self._keys = itertools.count()
+
+    @contextlib.contextmanager
+    def entered(self):
+        entry = _Entry(self, next(self._keys))
+        self.since[entry.key] = time.monotonic()
+        try:
+            yield entry
+        finally:
+            entry.leave()
+
+    def oldest_wait_s(self) -> float:
+        return time.monotonic() - min(self.since.values()) if self.since else 0.0
+
+    def refusal(self, limit_s: float | None) -> ApiError | None:
+        """429 (Retry-After) when the oldest waiting request has waited longer than `limit_s`; None to admit."""
+        wait = self.oldest_wait_s()
+        if limit_s is None or wait <= limit_s:
+            return None
+        return overloaded(429, f"requests on this replica wait {wait:.1f} s for their first token, over "
+                               f"max_queue_wait_s {limit_s:g} s")
 
 
 class _Deadline:
