@@ -85,6 +85,7 @@ def llm_deployment_options(spec: ModelSpec, config: AppConfig) -> dict:
         "max_queued_requests": config.limits.max_queued_requests,
         "graceful_shutdown_timeout_s": spec.graceful_shutdown_timeout_s,
         "health_check_period_s": spec.health_check_period_s,
+        "max_surge_percent": spec.max_surge_percent,
     }
     bundles = spec.placement_group_bundles()
     if bundles is not None:  # the ranks are Ray actors in the replica's placement group (the replica in bundle 0)

@@ -268,6 +268,10 @@ class ModelSpec(Section):
     graceful_shutdown_timeout_s: float = doc(30.0, "a stopping replica (downscale, redeploy, Ctrl-C) takes no new "
                                                    "requests and lets its in-flight ones finish this long", ge=0)
     health_check_period_s: float = doc(10.0, "how often Serve checks the engine's health", gt=0)
+    max_surge_percent: int = doc(0, "rolling upgrade: extra replicas (percent of the target count) Serve starts "
+                                    "before it stops old ones, so capacity does not dip while new replicas load "
+                                    "(needs room for them on the cluster); 0: an old replica stops as a new one "
+                                    "starts", ge=0, le=100)
     routing: RoutingConfig = doc(RoutingConfig, "routing across this model's replicas")
     default_reasoning_effort: Literal["low", "medium", "high"] = doc("medium",
                                                                      "reasoning_effort when a request gives none")
