@@ -62,10 +62,9 @@ Security defaults: the API binds 127.0.0.1 unless `http.host` says otherwise; `g
 dashboard (Ray's own GCS/raylet/agent ports keep Ray's defaults and its token authentication, on by default in
 Ray 2.60); API keys are compared with hmac.compare_digest against every configured key; clients get JSON only.
 Graceful shutdown: a stopping replica (downscale, redeploy) takes no new requests and Serve waits up to
-`graceful_shutdown_timeout_s` for its in-flight ones before the engine is stopped. A redeploy that changes only a
-model's replica settings (engine, replicas, resources) rolls only its LLMServer replicas: the front doors are built
-from `app.front_door_config`, which leaves those out; `max_surge_percent` starts the new replicas before the old ones
-stop. Admission control (`max_queue_wait_s`): a replica whose oldest request without a first token has waited past
+`graceful_shutdown_timeout_s` for its in-flight ones before the engine is stopped. A redeploy rolls every deployment
+(Serve versions a serve.run as a whole): `max_surge_percent` starts new LLM replicas before the old ones stop, and
+two or more front doors of each kind keep one serving while another restarts. Admission control (`max_queue_wait_s`): a replica whose oldest request without a first token has waited past
 it refuses new requests with 429 + Retry-After (the front door tries another replica once). Several gRPC gateway
 replicas may share a node's port (`grpc.replicas_per_node`, SO_REUSEPORT), so one dying leaves the others serving.
 Fault campaigns under load: `gptoss loadtest run --faults` and `make chaos` (loadtest/README.md). Ctrl-C (SIGINT/SIGTERM) on

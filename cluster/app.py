@@ -5,9 +5,9 @@ Deployments (made here, at build time, from plain classes; every concurrency lim
     GrpcGateway (when grpc.enabled; a grpc.aio server on grpc.host:grpc.port)  --handle, same router-->  LLMServer
     MetricsHub (one replica; replicas and front doors push snapshots, GET /metrics renders them; the drain flag)
 Both front doors (Ingress, GrpcGateway) share cluster/frontdoor.py; the Ingress takes as many requests at once as
-every model's replicas and router queues can hold (`AppConfig.ingress_max_ongoing`), so it never queues first. The
-front doors are built from `front_door_config` (no replica-only model settings), so that redeploying a changed
-engine setting or replica count rolls only the LLMServer replicas.
+every model's replicas and router queues can hold (`AppConfig.ingress_max_ongoing`), so it never queues first. A redeploy
+through serve.run gives every deployment a new version, so Serve rolls the front doors too: with 2 or more of each
+(`ingress_replicas`, `grpc.replicas` with `grpc.replicas_per_node`) one keeps serving while the other restarts.
 """
 
 from pathlib import Path
@@ -115,19 +115,6 @@ def _source(kind: str) -> str:
     return f"{kind}/{serve.get_replica_context().replica_id.unique_id}"
 
 
-FRONT_DOOR_MODEL_FIELDS = ("name", "path", "routing", "graceful_shutdown_timeout_s")  # what front doors read of a model
-
-
-def front_door_config(config: AppConfig) -> dict:
-    """The config the front doors (Ingress, GrpcGateway) are built with: everything but the models' replica-only
-    settings (engine, parallel, resources, replica counts, defaults the replica applies). Serve restarts a
-    deployment whose arguments changed, so a rolling upgrade of a model's engine settings, or a scale-down, leaves
-    the front doors (and every HTTP and gRPC connection on them) alone."""
-    data = config.to_dict()
-    data["models"] = [{k: m[k] for k in FRONT_DOOR_MODEL_FIELDS if k in m} for m in data["models"]]
-    return data
-
-
 def gateway_actor_options(config: AppConfig) -> dict:
     """No CPUs (it waits on sockets); pinned by grpc.node_resource to the nodes whose port clients can reach."""
     options = {"num_cpus": 0}
@@ -150,12 +137,12 @@ def build_from_config(config: AppConfig):
         gateway = serve.deployment(ServeGrpcGateway, name="GrpcGateway", num_replicas=config.grpc.replicas,
                                    max_replicas_per_node=config.grpc.replicas_per_node,
                                    ray_actor_options=gateway_actor_options(config),
-                                   graceful_shutdown_timeout_s=grace).bind(front_door_config(config), handles, hub)
+                                   graceful_shutdown_timeout_s=grace).bind(config.to_dict(), handles, hub)
     ingress = serve.deployment(serve.ingress()(ServeIngress), name="Ingress", num_replicas=config.ingress_replicas,
                                max_ongoing_requests=config.ingress_max_ongoing(),
                                max_queued_requests=config.limits.max_queued_requests,
                                graceful_shutdown_timeout_s=grace, ray_actor_options={"num_cpus": 0})
-    return ingress.bind(front_door_config(config), handles, hub, gateway)
+    return ingress.bind(config.to_dict(), handles, hub, gateway)
 
 
 def build_app(args: dict):
