@@ -29,7 +29,8 @@ def _phase(p: dict) -> list[str]:
     if p["faults"]:
         lines += ["| fault | planned | at s | took s | in flight | " + " | ".join(OUTCOMES)
                   + " | no hint | recovery s | by protocol (c/r/f/l) | targets missed |",
-                  "| --- | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in OUTCOMES) + " | ---: | ---: | --- | --- |"]
+                  "| --- | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in OUTCOMES)
+                  + " | ---: | ---: | --- | --- |"]
         for f in p["faults"]:
             oc = f["outcomes"]
             missed = [k for k, ok in targets(f).items() if not ok] + ([f"action failed: {f['error']}"] if f["error"]

@@ -5,9 +5,10 @@ Deployments (made here, at build time, from plain classes; every concurrency lim
     GrpcGateway (when grpc.enabled; a grpc.aio server on grpc.host:grpc.port)  --handle, same router-->  LLMServer
     MetricsHub (one replica; replicas and front doors push snapshots, GET /metrics renders them; the drain flag)
 Both front doors (Ingress, GrpcGateway) share cluster/frontdoor.py; the Ingress takes as many requests at once as
-every model's replicas and router queues can hold (`AppConfig.ingress_max_ongoing`), so it never queues first. A redeploy
-through serve.run gives every deployment a new version, so Serve rolls the front doors too: with 2 or more of each
-(`ingress_replicas`, `grpc.replicas` with `grpc.replicas_per_node`) one keeps serving while the other restarts.
+every model's replicas and router queues can hold (`AppConfig.ingress_max_ongoing`), so it never queues first. A
+redeploy through serve.run gives every deployment a new version, so Serve rolls the front doors too: with 2 or more
+of each (`ingress_replicas`, `grpc.replicas` with `grpc.replicas_per_node`) one keeps serving while the other
+restarts.
 """
 
 from pathlib import Path

@@ -1,15 +1,16 @@
 """LLMServer: one replica's engine. A plain class (tests drive it in-process); `cluster.app` makes it a deployment.
 
 Flow: `generate(GenerateRequest)` is refused (429) while the replica's oldest request without a first token has
-waited past `max_queue_wait_s` (admission control, `Waiting`), else renders the prompt (harmony for chat and responses), fills the model-dependent
-defaults and checks (context length, max_tokens), starts `AsyncLLM.generate`, and yields: first a head item (a
-`StreamHead` once the first token is out, or an `ApiError` for bad input, a full engine queue or a passed deadline),
-then what the request's formatter (cluster/output/) makes of each engine output: SSE frames, one body, or deltas for
-the gRPC gateway. Closing the generator early (client gone) aborts the engine request, which frees its KV blocks;
-the request's `deadline` (stamped by the front door) aborts it in the engine when it passes, and the stream ends
-with an `ApiError` item (408). Metrics count from `req.received` (the front door's arrival), so any queue on the
-way shows in TTFT and queue time; they are pushed to the hub every `metrics_push_interval_s`. The routers read the
-replica's load (`record_routing_stats`: queue, KV usage) every `routing.stats_period_s`.
+waited past `max_queue_wait_s` (admission control, `Waiting`), else renders the prompt (harmony for chat and
+responses), fills the model-dependent defaults and checks (context length, max_tokens), starts `AsyncLLM.generate`,
+and yields: first a head item (a `StreamHead` once the first token is out, or an `ApiError` for bad input, a full
+engine queue or a passed deadline), then what the request's formatter (cluster/output/) makes of each engine output:
+SSE frames, one body, or deltas for the gRPC gateway. Closing the generator early (client gone) aborts the engine
+request, which frees its KV blocks; the request's `deadline` (stamped by the front door) aborts it in the engine
+when it passes, and the stream ends with an `ApiError` item (408). Metrics count from `req.received` (the front
+door's arrival), so any queue on the way shows in TTFT and queue time; they are pushed to the hub every
+`metrics_push_interval_s`. The routers read the replica's load (`record_routing_stats`: queue, KV usage) every
+`routing.stats_period_s`.
 """
 
 import asyncio

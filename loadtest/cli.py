@@ -36,7 +36,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 def _add_run(run: argparse.ArgumentParser) -> None:
     a = run.add_argument
     a("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000, or grpc://HOST:PORT (the gRPC "
-                                    "gateway); several, comma-separated, take requests in turn; the only hosts contacted")
+                                    "gateway); several, comma-separated, take requests in turn; the only hosts "
+                                    "contacted")
     a("--model", required=True)
     a("--api", choices=["chat", "completions"], default="chat")
     a("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer token (default: $OPENAI_API_KEY)")

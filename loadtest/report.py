@@ -32,7 +32,8 @@ def build_result(run: RunResult) -> dict:
         "best_load": {"mode": run.best.mode, "value": run.best.value} if run.best else None,
         "warnings": warnings,
         "points": [{"load": {"mode": p.point.mode, "value": p.point.value}, "summary": p.summary,
-                    "histograms": p.metrics.to_dict(), "series": series(p.records), "timeline": [{"t": t, **v} for t, v in p.timeline],
+                    "histograms": p.metrics.to_dict(), "series": series(p.records),
+                    "timeline": [{"t": t, **v} for t, v in p.timeline],
                     "warnings": p.warnings, "faults": [m.to_dict() for m in p.faults]} for p in run.points],
     })
 

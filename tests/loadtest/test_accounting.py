@@ -83,7 +83,8 @@ def test_fault_report_counts_in_flight_and_recovery():
     assert report["outcomes"]["lost"] == 5 and report["outcomes"]["completed"] == 200
     assert report["baseline_good_fraction"] == 1.0
     assert 2.6 <= report["recovery_s"] <= 3.0 + 1e-9      # a window 90% good counts as recovered
-    assert targets(report) == {"0 lost": False, "recovered within 60 s": True}
+    assert report["in_flight_without_first_token"] == 0
+    assert targets(report) == {"0 lost": False, "no first token yet: completed": True, "recovered within 60 s": True}
 
 
 def test_recovery_is_none_while_goodput_stays_low():
