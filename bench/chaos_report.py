@@ -27,21 +27,25 @@ def _phase(p: dict) -> list[str]:
              + f" ({o['rejected_without_retry_hint']} rejections without a retry hint); TTFT p50 "
              f"{_ms(s['ttft_ms']['p50'])}, p99 {_ms(s['ttft_ms']['p99'])}; good fraction {s['good_fraction']:.2f}.", ""]
     if p["faults"]:
-        lines += ["| fault | planned | at s | took s | in flight | " + " | ".join(OUTCOMES)
-                  + " | no hint | recovery s | by protocol (c/r/f/l) | targets missed |",
+        lines += ["| fault | planned | at s | took s | in flight (no 1st token: completed) | " + " | ".join(OUTCOMES)
+                  + " | no hint | failed streams ended within s | recovery s | by protocol (c/r/f/l) | targets missed |",
                   "| --- | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in OUTCOMES)
-                  + " | ---: | ---: | --- | --- |"]
+                  + " | ---: | ---: | ---: | --- | --- |"]
         for f in p["faults"]:
             oc = f["outcomes"]
             missed = [k for k, ok in targets(f).items() if not ok] + ([f"action failed: {f['error']}"] if f["error"]
                                                                        else [])
             by = "; ".join(f"{t}: " + "/".join(str(c[k]) for k in OUTCOMES) for t, c in f["outcomes_by_target"].items())
             rec = "-" if f["recovery_s"] is None else f"{f['recovery_s']:.1f}"
+            ended = f["failed_in_flight_ended_within_s"]
             lines.append(f"| {f['label']} | {'yes' if f['planned'] else 'no'} | {f['start']:.1f} | "
-                         f"{f['end'] - f['start']:.1f} | {f['in_flight_at_start']} | "
-                         + " | ".join(str(oc[k]) for k in OUTCOMES)
-                         + f" | {oc['rejected_without_retry_hint']} | {rec} | {by} | {', '.join(missed) or 'none'} |")
+                         f"{f['end'] - f['start']:.1f} | {f['in_flight_at_start']} ({f['in_flight_without_first_token']}"
+                         f": {f['of_which_completed']}) | " + " | ".join(str(oc[k]) for k in OUTCOMES)
+                         + f" | {oc['rejected_without_retry_hint']} | {'-' if ended is None else f'{ended:.1f}'} | "
+                         f"{rec} | {by} | {', '.join(missed) or 'none'} |")
         lines.append("")
+    if p.get("targets"):
+        lines += ["Targets: " + "; ".join(f"{k}: {'met' if ok else 'MISSED'}" for k, ok in p["targets"].items()), ""]
     lines += [f"- warning: {w}" for w in p["warnings"]]
     return lines + [""]
 
