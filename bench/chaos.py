@@ -1,6 +1,6 @@
 """The standard fault campaign (`make chaos`): faults under open-loop load on a local cluster, every request counted.
 
-    python -m bench.chaos [--phases planned,unplanned,ranks,overload] [--spacing 60] [--load 0.7]
+    python -m bench.chaos [--phases planned,unplanned,ranks,nodes,overload] [--spacing 60] [--load 0.7]
 
 One local Ray cluster of its own (its own temp dir and ports; nothing else on the machine is touched), running
 `make serve`'s config (cluster/configs/local.yaml: the tiny model, HTTP and gRPC) with 2 fixed replicas. Per phase:
@@ -9,6 +9,8 @@ the requests over HTTP and half over gRPC and a fault schedule (loadtest/faults.
   planned    redeploy with a changed engine setting (a rolling upgrade), then scale 2 -> 1
   unplanned  SIGKILL an LLM replica, the HTTP ingress replica, the gRPC gateway replica
   ranks      the same model with tensor parallel 2 on the mp backend: SIGKILL one rank, SIGSTOP one rank
+  nodes      two more local Ray nodes (`ray start`-style raylets on this machine, 1 CPU each): drain the one that
+             runs an LLM replica (planned: Serve moves it first), then SIGKILL the raylet of one that runs one
   overload   3x capacity for `--overload-s` (no faults): every rejection must carry a retry hint, the admitted
              requests keep p99 TTFT within the SLO
 Writes bench/results/chaos.json (every phase's summary and per-fault report) and chaos.md (the tables), and each
@@ -47,8 +49,10 @@ def schedule(phase: str, spacing: float) -> list[dict]:
                       {"action": "kill_gateway", "name": "gateway SIGKILL"}],
         "ranks": [{"action": "kill_rank", "rank": 1, "name": "rank SIGKILL"},
                   {"action": "stop_rank", "rank": 1, "name": "rank SIGSTOP"}],
+        "nodes": [{"action": "drain_node", "name": "node drain"},
+                  {"action": "kill_raylet", "name": "raylet SIGKILL"}],
     }.get(phase, [])
-    gap = spacing * 2 / 3 if phase == "planned" else spacing
+    gap = spacing * 2 / 3 if phase == "planned" else spacing  # (nodes: the drain's replacement needs the time)
     return [f | {"at": gap * (i + 1)} for i, f in enumerate(faults)]
 
 
@@ -89,6 +93,11 @@ class LocalCluster:
         self.http_port, self.grpc_port = free_port(), free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": self.http_port}, proxy_location="HeadOnly")
 
+    def add_workers(self, count: int) -> None:
+        """`count` more nodes of 1 CPU each on this machine (their own raylets), once."""
+        while len(self.cluster.worker_nodes) < count:
+            self.cluster.add_node(num_cpus=1, resources={f"chaos_node_{len(self.cluster.worker_nodes)}": 1})
+
     def deploy(self, config: dict) -> None:
         from ray import serve  # noqa: PLC0415
 
@@ -107,7 +116,7 @@ class LocalCluster:
             serve.shutdown()
         finally:
             ray.shutdown()
-            self.cluster.shutdown()
+            self.cluster.shutdown()   # every node's processes, a killed raylet's node included
 
 
 def run_config(urls: str, rate: float | None, duration: float, slo_ttft_ms: float, faults: list, context,
@@ -142,6 +151,8 @@ def run_phase(phase: str, cluster: LocalCluster, args, store: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "app.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     print(f"[{phase}] deploying ...", flush=True)
+    if phase == "nodes":
+        cluster.add_workers(2)
     cluster.deploy(config)
     urls = f"http://127.0.0.1:{cluster.http_port},grpc://127.0.0.1:{cluster.grpc_port}"
     capacity = measure_capacity(urls, args.capacity_s, args.capacity_concurrency)
@@ -181,7 +192,7 @@ def _summary(s: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--phases", default="planned,unplanned,ranks,overload")
+    parser.add_argument("--phases", default="planned,unplanned,ranks,nodes,overload")
     parser.add_argument("--spacing", type=float, default=60.0, help="seconds between unplanned faults (and before the "
                                                                     "first, and after the last): the recovery window")
     parser.add_argument("--load", type=float, default=0.7, help="offered load as a fraction of measured capacity")

@@ -95,8 +95,9 @@ def _cmdline(proc) -> list[str]:
         return []
 
 
-def worker_node(node: str | None) -> dict:
-    """A live non-head Ray node: by id or resource name when given, else the first one."""
+def worker_node(ctx: FaultContext, node: str | None) -> dict:
+    """A live non-head Ray node: by id or custom resource name when given, else the first that runs an LLM replica
+    of the application (else the first)."""
     import ray  # noqa: PLC0415
 
     nodes = [n for n in ray.nodes() if n["Alive"] and not n["Resources"].get("node:__internal_head__")]
@@ -105,7 +106,8 @@ def worker_node(node: str | None) -> dict:
     if not nodes:
         raise RuntimeError("no live worker node" + (f" matching {node!r}" if node else "") +
                            " (start one: ray start --address GCS_ADDRESS --resources ...)")
-    return nodes[0]
+    serving = set(_replica_nodes(ctx, "LLMServer"))
+    return next((n for n in nodes if n["NodeID"] in serving), nodes[0])
 
 
 def raylet_pid(node: dict) -> int:
@@ -206,7 +208,7 @@ class KillRaylet(Action):
 
     def run(self) -> dict:
         connect(self.ctx)
-        node = worker_node(self.node)
+        node = worker_node(self.ctx, self.node)
         pid = raylet_pid(node)
         send(pid, "SIGKILL")
         return {"node_id": node["NodeID"], "raylet_pid": pid}
@@ -266,14 +268,14 @@ class DrainNode(Action):
         from ray.core.generated import autoscaler_pb2  # noqa: PLC0415
 
         connect(self.ctx)
-        node = worker_node(self.node)
+        node = worker_node(self.ctx, self.node)
         gcs = ray._raylet.GcsClient(address=ray.get_runtime_context().gcs_address)
         deadline_ms = time.time_ns() // 1_000_000 + self.deadline_s * 1000
         accepted, why = gcs.drain_node(node["NodeID"], autoscaler_pb2.DrainNodeReason.Value(
             "DRAIN_NODE_REASON_PREEMPTION"), "gptoss loadtest drain_node", deadline_ms)
         if not accepted:
             raise RuntimeError(f"the GCS refused to drain node {node['NodeID']}: {why}")
-        moved = wait_until(lambda: not _replicas_on(self.ctx, node["NodeID"]) and app_running(self.ctx),
+        moved = wait_until(lambda: node["NodeID"] not in _replica_nodes(self.ctx, "") and app_running(self.ctx),
                            self.timeout_s, f"the replicas to leave node {node['NodeID']}")
         return {"node_id": node["NodeID"], "waited_s": moved}
 
@@ -345,12 +347,12 @@ def _name(status) -> str:
     return str(getattr(status, "value", status))
 
 
-def _replicas_on(ctx: FaultContext, node_id: str) -> list[str]:
+def _replica_nodes(ctx: FaultContext, deployment: str) -> list[str]:
+    """The node of every live replica of `deployment` ("" for all) in the application."""
     out = []
-    for name in replica_names(ctx.app_name, ""):
+    for name in replica_names(ctx.app_name, deployment):
         try:
-            if replica_info(name)["node_id"] == node_id:
-                out.append(name)
+            out.append(replica_info(name)["node_id"])
         except Exception:  # noqa: BLE001 - stopping or gone
             continue
     return out
