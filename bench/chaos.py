@@ -125,7 +125,8 @@ def run_config(urls: str, rate: float | None, duration: float, slo_ttft_ms: floa
     from loadtest.metrics import Slo  # noqa: PLC0415
     from loadtest.workload import WorkloadSpec  # noqa: PLC0415
 
-    return RunConfig(url=urls, model="tiny", rate=rate, concurrency=concurrency, duration_s=duration,
+    return RunConfig(url=urls, model="tiny", api="completions", rate=rate, concurrency=concurrency,
+                     duration_s=duration,
                      workload=WorkloadSpec(**WORKLOAD), slo=Slo(ttft_ms=slo_ttft_ms), request_timeout_s=120,
                      ignore_eos=True, faults=faults, fault_context=context, progress=False, tokenizer="auto",
                      recovery_window_s=5.0)

@@ -10,7 +10,9 @@ def markdown(result: dict) -> str:
              f"Machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}, load average (1 min) "
              f"{m['load_average_1m_before_after'][0]} before, {m['load_average_1m_before_after'][1]} after. "
              f"Workload: input {result['workload']['input_len']} tokens, output {result['workload']['output_len']} "
-             "tokens (ignore_eos), open loop (Poisson), half over HTTP and half over gRPC.", ""]
+             "tokens (ignore_eos), open loop (Poisson), half over HTTP (/v1/completions) and half over gRPC "
+             "(Generate): the raw prompt, so the first token is the first text (the tiny random model's chat output "
+             "only becomes text once harmony's channel markers arrive, often at the end).", ""]
     for phase in result["phases"]:
         lines += _phase(phase)
     return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
-"""The gRPC target: gptoss.v1.Inference/Chat (streaming) on the gateway, with the generated stubs (cluster/grpc).
+"""The gRPC target: gptoss.v1.Inference/Chat (--api chat) or Generate (--api completions: the raw prompt), streaming,
+on the gateway, with the generated stubs (cluster/grpc).
 
 Accepted = the call's initial metadata (the gateway sends it once a replica has the request); each message's
 content is a Delta per channel (analysis -> reasoning, final -> final; commentary is not counted); the last message's
@@ -22,13 +23,13 @@ TRANSPORT = ("Socket closed", "Connection reset", "Broken pipe", "failed to conn
 
 class GrpcTarget:
     def __init__(self, address: str, model: str, api_key: str | None = None, timeout_s: float = 300.0,
-                 ignore_eos: bool = False) -> None:
+                 ignore_eos: bool = False, api: str = "chat") -> None:
         import grpc  # noqa: PLC0415 - only for gRPC runs
 
         from cluster.grpc import codegen  # noqa: PLC0415 - the generated stubs
 
         stubs = codegen.stubs()
-        self.grpc, self.pb, self.name, self.model = grpc, stubs.pb, "grpc-chat", model
+        self.grpc, self.pb, self.name, self.model, self.api = grpc, stubs.pb, f"grpc-{api}", model, api
         # reconnect within a second once the server is back (grpc's default backoff grows to 120 s, which would
         # measure the client's patience instead of the server's recovery)
         self.channel = grpc.aio.insecure_channel(address.removeprefix("grpc://"), options=[
@@ -42,12 +43,15 @@ class GrpcTarget:
                        self.pb.FINISH_REASON_ABORT: "abort", self.pb.FINISH_REASON_TOOL_CALLS: "tool_calls"}
 
     def request(self, req: TargetRequest):
-        messages = [self.pb.Message(role=self.roles[m["role"]], content=m["content"]) for m in req.messages]
         sampling = self.pb.SamplingParams(max_tokens=req.max_tokens, ignore_eos=self.ignore_eos)
+        if self.api == "completions":
+            return self.pb.GenerateRequest(model=self.model, prompt=req.prompt, sampling=sampling)
+        messages = [self.pb.Message(role=self.roles[m["role"]], content=m["content"]) for m in req.messages]
         return self.pb.ChatRequest(model=self.model, messages=messages, sampling=sampling)
 
     async def stream(self, req: TargetRequest) -> AsyncIterator[Event]:
-        call = self.stub.Chat(self.request(req), metadata=self.metadata, timeout=self.timeout_s)
+        rpc = self.stub.Generate if self.api == "completions" else self.stub.Chat
+        call = rpc(self.request(req), metadata=self.metadata, timeout=self.timeout_s)
         accepted = False
         try:
             await call.initial_metadata()
@@ -66,7 +70,9 @@ class GrpcTarget:
 
     def events(self, message, t: float) -> list[Event]:
         out: list[Event] = []
-        for part in message.content:
+        if self.api == "completions" and message.text:     # GenerateResponse: the raw text, counted as final
+            out.append(Delta(t, "final", message.text))
+        for part in getattr(message, "content", ()):
             if part.text and part.channel in (self.pb.CHANNEL_ANALYSIS, self.pb.CHANNEL_FINAL):
                 out.append(Delta(t, "reasoning" if part.channel == self.pb.CHANNEL_ANALYSIS else "final", part.text))
         if message.finish_reason:

@@ -39,7 +39,7 @@ def make_target(config: RunConfig, url: str | None = None) -> Target:
     if url.startswith("grpc://"):
         from loadtest.grpc_target import GrpcTarget
 
-        return GrpcTarget(url, config.model, config.api_key, config.request_timeout_s, config.ignore_eos)
+        return GrpcTarget(url, config.model, config.api_key, config.request_timeout_s, config.ignore_eos, config.api)
     from loadtest.http_target import HttpTarget
 
     return HttpTarget(url, config.model, config.api, config.api_key, config.request_timeout_s,

@@ -32,8 +32,8 @@ def app(serve_app, tiny_model, tmp_path_factory):
     return f"{base},grpc://127.0.0.1:{grpc_port}", FaultContext(app_name="faults", serve_config=str(path))
 
 
-def run(urls: str, ctx: FaultContext, faults: list, seconds: float = 24.0):
-    config = RunConfig(url=urls, model="tiny", rate=1.5, duration_s=seconds, arrival="constant",
+def run(urls: str, ctx: FaultContext, faults: list, seconds: float = 24.0, api: str = "chat"):
+    config = RunConfig(url=urls, model="tiny", api=api, rate=1.5, duration_s=seconds, arrival="constant",
                        workload=WorkloadSpec(input_len="16", output_len="24"), ignore_eos=True, tokenizer="words",
                        progress=False, request_timeout_s=90, faults=faults, fault_context=ctx, slo=Slo())
     return runner.run(config).points[0]
@@ -55,10 +55,10 @@ def test_a_killed_replica_loses_nothing(app):
 def test_a_rolling_upgrade_costs_nothing(app):
     urls, ctx = app
     point = run(urls, ctx, [{"at": 4, "action": "redeploy", "set": {"models.0.engine.max_num_seqs": 12},
-                             "name": "upgrade"}], seconds=30)
+                             "name": "upgrade"}], seconds=30, api="completions")
     (fault,) = point.summary["faults"]
     assert not fault["error"], fault["error"]
     assert point.summary["outcomes"] | {"completed": 0} == {"completed": 0, "rejected": 0, "failed": 0, "lost": 0,
                                                             "rejected_without_retry_hint": 0}, \
         [(r.target, round(r.scheduled, 1), r.error) for r in point.records if r.outcome != "completed"]
-    assert {r.target for r in point.records} == {"http-chat", "grpc-chat"}
+    assert {r.target for r in point.records} == {"http-completions", "grpc-completions"}
