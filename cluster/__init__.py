@@ -65,9 +65,9 @@ Graceful shutdown: a stopping replica (downscale, redeploy) takes no new request
 `graceful_shutdown_timeout_s` for its in-flight ones before the engine is stopped. A redeploy rolls every deployment
 (Serve versions a serve.run as a whole): `max_surge_percent` starts new LLM replicas before the old ones stop, and
 two or more front doors of each kind keep one serving while another restarts. Admission control
-(`max_queue_wait_s`): a replica whose oldest request without a first token has waited past it refuses new requests
-with 429 + Retry-After (the front door tries another replica once). Several gRPC gateway replicas may share a node's
-port (`grpc.replicas_per_node`, SO_REUSEPORT), so one dying leaves the others serving. Fault campaigns under load:
+(`max_queue_wait_s`): a replica where a new request would wait past it for its first token refuses new requests with
+429 + Retry-After (the front door tries another replica once). Several gRPC gateway replicas may share a node's port
+(`grpc.replicas_per_node`, SO_REUSEPORT), so one dying leaves the others serving. Fault campaigns under load:
 `gptoss loadtest run --faults` and `make chaos` (loadtest/README.md). Ctrl-C (SIGINT/SIGTERM) on `gptoss serve`
 drains the whole cluster: the hub's drain flag reaches every front door at its next push, they answer new requests
 with 503 + Retry-After (gRPC UNAVAILABLE, health NOT_SERVING), and `gptoss serve` waits until every front door has

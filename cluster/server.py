@@ -1,19 +1,19 @@
 """LLMServer: one replica's engine. A plain class (tests drive it in-process); `cluster.app` makes it a deployment.
 
-Flow: `generate(GenerateRequest)` is refused (429) while the replica's oldest request without a first token has
-waited past `max_queue_wait_s` (admission control, `Waiting`), else renders the prompt (harmony for chat and
-responses), fills the model-dependent defaults and checks (context length, max_tokens), starts `AsyncLLM.generate`,
-and yields: first a head item (a `StreamHead` once the first token is out, or an `ApiError` for bad input, a full
-engine queue or a passed deadline), then what the request's formatter (cluster/output/) makes of each engine output:
-SSE frames, one body, or deltas for the gRPC gateway. Closing the generator early (client gone) aborts the engine
-request, which frees its KV blocks; the request's `deadline` (stamped by the front door) aborts it in the engine
-when it passes, and the stream ends with an `ApiError` item (408). Metrics count from `req.received` (the front
-door's arrival), so any queue on the way shows in TTFT and queue time; they are pushed to the hub every
-`metrics_push_interval_s`. The routers read the replica's load (`record_routing_stats`: queue, KV usage) every
-`routing.stats_period_s`.
+Flow: `generate(GenerateRequest)` is refused (429) while a new request would wait past `max_queue_wait_s` for its
+first token (admission control, `Waiting`), else renders the prompt (harmony for chat and responses), fills the
+model-dependent defaults and checks (context length, max_tokens), starts `AsyncLLM.generate`, and yields: first a
+head item (a `StreamHead` once the first token is out, or an `ApiError` for bad input, a full engine queue or a
+passed deadline), then what the request's formatter (cluster/output/) makes of each engine output: SSE frames, one
+body, or deltas for the gRPC gateway. Closing the generator early (client gone) aborts the engine request, which
+frees its KV blocks; the request's `deadline` (stamped by the front door) aborts it in the engine when it passes,
+and the stream ends with an `ApiError` item (408). Metrics count from `req.received` (the front door's arrival), so
+any queue on the way shows in TTFT and queue time; they are pushed to the hub every `metrics_push_interval_s`. The
+routers read the replica's load (`record_routing_stats`: queue, KV usage) every `routing.stats_period_s`.
 """
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -207,15 +207,21 @@ class _Entry:
         self.waiting, self.key = waiting, key
 
     def leave(self) -> None:
-        self.waiting.since.pop(self.key, None)
+        """The request has its first token (or ended): it waits no more."""
+        if self.waiting.since.pop(self.key, None) is not None:
+            self.waiting.served.append(time.monotonic())
 
 
 class Waiting:
-    """The replica's requests that have no first token yet, with when each came in: the oldest one's wait is what a
-    new request would wait at least, the signal admission control acts on."""
+    """The replica's requests that have no first token yet, with when each came in, and when recent ones got theirs:
+    a new request would wait at least as long as the oldest has, and about as long as the queue ahead of it takes
+    at the recent rate of first tokens. Admission control acts on the larger of the two."""
+
+    RATE_WINDOW_S = 10.0  # first tokens counted over this many seconds for the rate
 
     def __init__(self):
         self.since: dict[int, float] = {}  # entry key -> time.monotonic() when the request reached the replica
+        self.served: collections.deque[float] = collections.deque(maxlen=256)  # monotonic times of first tokens
         self._keys = itertools.count()
 
     @contextlib.contextmanager
@@ -227,15 +233,25 @@ class Waiting:
         finally:
             entry.leave()
 
-    def oldest_wait_s(self) -> float:
-        return time.monotonic() - min(self.since.values()) if self.since else 0.0
+    def expected_wait_s(self) -> float:
+        """max(the oldest waiting request's wait, requests waiting / first tokens per second lately)."""
+        now = time.monotonic()
+        oldest = now - min(self.since.values()) if self.since else 0.0
+        recent = [t for t in self.served if t > now - self.RATE_WINDOW_S]
+        if not self.since or not recent:
+            return oldest
+        span = max(now - recent[0], 1.0)
+        return max(oldest, len(self.since) * span / len(recent))
 
     def refusal(self, limit_s: float | None) -> ApiError | None:
-        """429 (Retry-After) when the oldest waiting request has waited longer than `limit_s`; None to admit."""
-        wait = self.oldest_wait_s()
-        if limit_s is None or wait <= limit_s:
+        """429 (Retry-After) when a new request would wait longer than `limit_s` for its first token; None to
+        admit."""
+        if limit_s is None:
             return None
-        return overloaded(429, f"requests on this replica wait {wait:.1f} s for their first token, over "
+        wait = self.expected_wait_s()
+        if wait <= limit_s:
+            return None
+        return overloaded(429, f"a request on this replica would wait about {wait:.1f} s for its first token, over "
                                f"max_queue_wait_s {limit_s:g} s")
 
 
