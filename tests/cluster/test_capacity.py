@@ -97,3 +97,27 @@ def test_overload_is_refused_with_a_retry_hint_instead_of_queued(admission_base)
     assert all(r in (("admitted", "length"), ("refused", "2")) for r in early + late), early + late
     assert early.count(("admitted", "length")) >= 2       # the first to arrive had nobody waiting before them
     assert ("refused", "2") in late                       # 429 with Retry-After while the queue is too slow
+
+
+def test_the_expected_wait_is_the_queue_at_the_recent_rate(monkeypatch):
+    from cluster import server
+
+    now = [100.0]
+    monkeypatch.setattr(server.time, "monotonic", lambda: now[0])
+    waiting = server.Waiting()
+    assert waiting.refusal(1.0) is None and waiting.expected_wait_s() == 0.0
+    for _ in range(4):                        # 4 first tokens over the last 4 s: 1 per second
+        with waiting.entered():
+            now[0] += 1.0
+    assert waiting.expected_wait_s() == 0.0
+    queued = [waiting.entered() for _ in range(6)]
+    for entry in queued:
+        entry.__enter__()
+    now[0] += 0.5                             # the oldest has waited 0.5 s, but 6 wait at about 1 per second
+    assert 5.0 <= waiting.expected_wait_s() <= 6.5
+    refusal = waiting.refusal(3.0)
+    assert refusal.status == 429 and "max_queue_wait_s 3" in refusal.message
+    assert waiting.refusal(None) is None      # admission control off
+    for entry in queued:
+        entry.__exit__(None, None, None)
+    assert waiting.expected_wait_s() == 0.0
