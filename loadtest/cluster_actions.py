@@ -210,8 +210,9 @@ class KillRaylet(Action):
         connect(self.ctx)
         node = worker_node(self.ctx, self.node)
         pid = raylet_pid(node)
+        running = _replicas_on(self.ctx, node["NodeID"])
         send(pid, "SIGKILL")
-        return {"node_id": node["NodeID"], "raylet_pid": pid}
+        return {"node_id": node["NodeID"], "raylet_pid": pid, "replicas": running}
 
 
 # ---- planned -----------------------------------------------------------------------------------------------------
@@ -269,6 +270,7 @@ class DrainNode(Action):
 
         connect(self.ctx)
         node = worker_node(self.ctx, self.node)
+        running = _replicas_on(self.ctx, node["NodeID"])
         gcs = ray._raylet.GcsClient(address=ray.get_runtime_context().gcs_address)
         deadline_ms = time.time_ns() // 1_000_000 + self.deadline_s * 1000
         accepted, why = gcs.drain_node(node["NodeID"], autoscaler_pb2.DrainNodeReason.Value(
@@ -277,7 +279,7 @@ class DrainNode(Action):
             raise RuntimeError(f"the GCS refused to drain node {node['NodeID']}: {why}")
         moved = wait_until(lambda: node["NodeID"] not in _replica_nodes(self.ctx, "") and app_running(self.ctx),
                            self.timeout_s, f"the replicas to leave node {node['NodeID']}")
-        return {"node_id": node["NodeID"], "waited_s": moved}
+        return {"node_id": node["NodeID"], "replicas": running, "waited_s": moved}
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------------
@@ -345,6 +347,18 @@ def app_running(ctx: FaultContext) -> bool:
 def _name(status) -> str:
     """A Serve status enum's value ("RUNNING"), whatever str() of the enum says."""
     return str(getattr(status, "value", status))
+
+
+def _replicas_on(ctx: FaultContext, node_id: str) -> list[str]:
+    """The application's live replicas on `node_id` (deployment#id, without the app prefix)."""
+    out = []
+    for name in replica_names(ctx.app_name, ""):
+        try:
+            if replica_info(name)["node_id"] == node_id:
+                out.append(name.split("#", 1)[1])
+        except Exception:  # noqa: BLE001 - stopping or gone
+            continue
+    return out
 
 
 def _replica_nodes(ctx: FaultContext, deployment: str) -> list[str]:
