@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 TINY    := .cache/tiny-model
 
 .PHONY: install proto test test-slow test-kernels test-gpu kernels-aot bench bench-gpu tiny-model serve chart-schema \
-	clean
+	chaos clean
 
 install: $(STAMP) proto
 
@@ -62,6 +62,12 @@ bench: $(STAMP) tiny-model proto
 	$(PY) -m bench.engine
 	$(PY) -m bench.loadtest_ceiling
 	$(PY) -m bench.gateway
+
+# The standard fault campaign: make serve's config with 2 replicas on a local Ray cluster of its own, open-loop load
+# at 70% of measured capacity over HTTP and gRPC, planned operations, killed replicas / front doors / ranks, then 3x
+# overload; every request accounted -> bench/results/chaos.{json,md} and bench/results/chaos/<phase>/ (~15 min here).
+chaos: $(STAMP) tiny-model proto
+	$(PY) -m bench.chaos
 
 # On a CUDA machine: kernel checks and timings at gpt-oss-120b shapes, whole-model decode (bench/results/<date>-<gpu>.*)
 bench-gpu: $(STAMP)

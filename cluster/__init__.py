@@ -74,9 +74,15 @@ Security defaults: the API binds 127.0.0.1 unless `http.host` says otherwise; `g
 dashboard (Ray's own GCS/raylet/agent ports keep Ray's defaults and its token authentication, on by default in
 Ray 2.60); API keys are compared with hmac.compare_digest against every configured key; clients get JSON only.
 Graceful shutdown: a stopping replica (downscale, redeploy) takes no new requests and Serve waits up to
-`graceful_shutdown_timeout_s` for its in-flight ones before the engine is stopped. Ctrl-C (SIGINT/SIGTERM) on
-`gptoss serve` drains the whole cluster: the hub's drain flag reaches every front door at its next push, they answer
-new requests with 503 + Retry-After (gRPC UNAVAILABLE, health NOT_SERVING), and `gptoss serve` waits until every
-front door has confirmed and holds nothing in flight (or the grace period passed), then deletes the application
-and stops Ray; a second signal skips the wait.
+`graceful_shutdown_timeout_s` for its in-flight ones before the engine is stopped. A redeploy rolls every deployment
+(Serve versions a serve.run as a whole): `max_surge_percent` starts new LLM replicas before the old ones stop, and
+two or more front doors of each kind keep one serving while another restarts. Admission control
+(`max_queue_wait_s`): a replica where a new request would wait past it for its first token refuses new requests with
+429 + Retry-After (the front door tries another replica once). Several gRPC gateway replicas may share a node's port
+(`grpc.replicas_per_node`, SO_REUSEPORT), so one dying leaves the others serving. Fault campaigns under load:
+`gptoss loadtest run --faults` and `make chaos` (loadtest/README.md). Ctrl-C (SIGINT/SIGTERM) on `gptoss serve`
+drains the whole cluster: the hub's drain flag reaches every front door at its next push, they answer new requests
+with 503 + Retry-After (gRPC UNAVAILABLE, health NOT_SERVING), and `gptoss serve` waits until every front door has
+confirmed and holds nothing in flight (or the grace period passed), then deletes the application and stops Ray; a
+second signal skips the wait.
 """

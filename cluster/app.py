@@ -6,7 +6,10 @@ Deployments (made here, at build time, from plain classes; every concurrency lim
     MetricsHub (one replica; replicas and front doors push snapshots, GET /metrics renders them; the drain flag)
     QuotaLedger (one replica; every front door's quota reservations and charges: cluster/quota.py)
 Both front doors (Ingress, GrpcGateway) share cluster/frontdoor.py; the Ingress takes as many requests at once as
-every model's replicas and router queues can hold (`AppConfig.ingress_max_ongoing`), so it never queues first.
+every model's replicas and router queues can hold (`AppConfig.ingress_max_ongoing`), so it never queues first. A
+redeploy through serve.run gives every deployment a new version, so Serve rolls the front doors too: with 2 or more
+of each (`ingress_replicas`, `grpc.replicas` with `grpc.replicas_per_node`) one keeps serving while the other
+restarts.
 """
 
 from pathlib import Path
@@ -89,6 +92,7 @@ def llm_deployment_options(spec: ModelSpec, config: AppConfig) -> dict:
         "max_queued_requests": config.limits.max_queued_requests,
         "graceful_shutdown_timeout_s": spec.graceful_shutdown_timeout_s,
         "health_check_period_s": spec.health_check_period_s,
+        "max_surge_percent": spec.max_surge_percent,
     }
     bundles = spec.placement_group_bundles()
     if bundles is not None:  # the ranks are Ray actors in the replica's placement group (the replica in bundle 0)
@@ -141,7 +145,8 @@ def build_from_config(config: AppConfig):
     gateway = None
     if config.grpc.enabled:
         gateway = serve.deployment(ServeGrpcGateway, name="GrpcGateway", num_replicas=config.grpc.replicas,
-                                   max_replicas_per_node=1, ray_actor_options=gateway_actor_options(config),
+                                   max_replicas_per_node=config.grpc.replicas_per_node,
+                                   ray_actor_options=gateway_actor_options(config),
                                    graceful_shutdown_timeout_s=grace).bind(config.to_dict(), handles, hub, ledger)
     ingress = serve.deployment(serve.ingress()(ServeIngress), name="Ingress", num_replicas=config.ingress_replicas,
                                max_ongoing_requests=config.ingress_max_ongoing(),

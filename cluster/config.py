@@ -123,7 +123,10 @@ class GrpcConfig(Section):
     host: str = doc("127.0.0.1", "address the gateway binds; 0.0.0.0 exposes it (set it in a pod, with TLS)",
                     min_length=1)
     port: int = doc(50051, "gRPC port", ge=1, le=65535)
-    replicas: int = doc(1, "gateway replicas, at most one per node (each binds host:port on its node)", ge=1)
+    replicas: int = doc(1, "gateway replicas (each binds host:port on its node)", ge=1)
+    replicas_per_node: int = doc(1, "most gateway replicas on one node; above 1 they share host:port through "
+                                    "SO_REUSEPORT (the kernel spreads new connections; when one dies the others keep "
+                                    "taking them); 1: SO_REUSEPORT off, a taken port fails", ge=1)
     tls_cert_file: str | None = doc(None, "PEM certificate chain of the server: TLS when set (with tls_key_file)")
     tls_key_file: str | None = doc(None, "PEM private key of tls_cert_file")
     tls_client_ca_file: str | None = doc(None, "PEM CA bundle: clients must present a certificate it signed (mTLS)")
@@ -293,10 +296,20 @@ class ModelSpec(Section):
     graceful_shutdown_timeout_s: float = doc(30.0, "a stopping replica (downscale, redeploy, Ctrl-C) takes no new "
                                                    "requests and lets its in-flight ones finish this long", ge=0)
     health_check_period_s: float = doc(10.0, "how often Serve checks the engine's health", gt=0)
+    max_surge_percent: int = doc(0, "rolling upgrade: extra replicas (percent of the target count) Serve starts "
+                                    "before it stops old ones, so capacity does not dip while new replicas load "
+                                    "(needs room for them on the cluster); 0: an old replica stops as a new one "
+                                    "starts", ge=0, le=100)
     routing: RoutingConfig = doc(RoutingConfig, "routing across this model's replicas")
     default_reasoning_effort: Literal["low", "medium", "high"] = doc("medium",
                                                                      "reasoning_effort when a request gives none")
     default_max_tokens: int | None = doc(None, "max_tokens when a request gives none (None: up to the context)", ge=1)
+    max_queue_wait_s: float | None = doc(None, "admission control: a replica refuses new requests (429 with "
+                                               "Retry-After; the front door tries another replica once) while a new "
+                                               "one would wait longer than this for its first token (the longer of "
+                                               "the oldest waiting request's wait and the queue at the recent rate of "
+                                               "first tokens), so under overload the admitted keep their time to "
+                                               "first token and the rest are told to retry (None: all queue)", gt=0)
 
     @model_validator(mode="after")
     def _resources(self) -> "ModelSpec":

@@ -1,19 +1,23 @@
 """LLMServer: one replica's engine. A plain class (tests drive it in-process); `cluster.app` makes it a deployment.
 
-Flow: `generate(GenerateRequest)` renders the prompt (harmony for chat and responses), fills the model-dependent
-defaults and checks (context length, max_tokens), starts `AsyncLLM.generate`, and yields: first a head item (a
-`StreamHead` once the first token is out, or an `ApiError` for bad input, a full engine queue or a passed deadline),
-then what the request's formatter (cluster/output/) makes of each engine output: SSE frames, one body, or deltas for
-the gRPC gateway (grouped into windows for the front door's output filters when it asks, and closed by a tally of
-usage and tool calls: cluster/output/window.py). Closing the generator early (client gone) aborts the engine request,
-which frees its KV blocks; the request's `deadline` (stamped by the front door) aborts it in the engine when it
-passes, and the stream ends with an `ApiError` item (408). Metrics count from `req.received` (the front door's
-arrival), so any queue on the way shows in TTFT and queue time; they are pushed to the hub every
-`metrics_push_interval_s`. The routers read the replica's load (`record_routing_stats`: queue, KV usage) every
-`routing.stats_period_s`.
+Flow: `generate(GenerateRequest)` is refused (429) while a new request would wait past `max_queue_wait_s` for its
+first token (admission control, `Waiting`), else renders the prompt (harmony for chat and responses), fills the
+model-dependent defaults and checks (context length, max_tokens), starts `AsyncLLM.generate`, and yields: first a
+head item (a `StreamHead` once the first token is out, or an `ApiError` for bad input, a full engine queue or a
+passed deadline), then what the request's formatter (cluster/output/) makes of each engine output: SSE frames, one
+body, or deltas for the gRPC gateway (grouped into windows for the front door's output filters when it asks, and
+closed by a tally of usage and tool calls: cluster/output/window.py). Closing the generator early (client gone)
+aborts the engine request, which frees its KV blocks; the request's `deadline` (stamped by the front door) aborts
+it in the engine when it passes, and the stream ends with an `ApiError` item (408). Metrics count from
+`req.received` (the front door's arrival), so any queue on the way shows in TTFT and queue time; they are pushed to
+the hub every `metrics_push_interval_s`. The routers read the replica's load (`record_routing_stats`: queue, KV
+usage) every `routing.stats_period_s`.
 """
 
 import asyncio
+import collections
+import contextlib
+import itertools
 import logging
 import os
 import time
@@ -53,14 +57,26 @@ class LLMServer:
         self.metrics = ReplicaMetrics(self.spec.name, self.replica, self.engine.stats)
         self.pusher = MetricsPusher(hub, f"{self.spec.name}/{self.replica}", self.metrics.snapshot, push_interval_s)
         self._max_new = self.engine.max_tokens_per_sequence
+        self.waiting = Waiting()  # requests without a first token yet: admission control (spec.max_queue_wait_s)
 
     # ---- requests ----
     async def generate(self, req: GenerateRequest):
         """Head item (StreamHead or ApiError), then the formatter's items (an ApiError last if the deadline passed)."""
         self.pusher.start()
+        refusal = self.waiting.refusal(self.spec.max_queue_wait_s)
+        if refusal is not None:
+            yield refusal
+            return
+        with self.waiting.entered() as entry:
+            async with contextlib.aclosing(self._generate(req, entry)) as items:  # closed early: the engine aborts
+                async for item in items:
+                    yield item
+
+    async def _generate(self, req: GenerateRequest, entry: "_Entry"):
         times = RequestTimes(arrival=_arrival(req))
         deadline = _Deadline(self.engine, req)
         if uses_tools(req):
+            entry.leave()  # a response with tools runs several engine requests; only its admission is checked
             async for item in run_with_tools(self, req, times, deadline):
                 yield item
             return
@@ -70,6 +86,7 @@ class LLMServer:
             prompt_ids, params = self._prepare(req)
             stream = self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id=req.request_id)
             first = await _first(stream)
+            entry.leave()
             if deadline.fired:  # aborted at the deadline before its first token
                 await stream.aclose()
                 raise deadline.error()
@@ -187,6 +204,61 @@ class LLMServer:
         await self.pusher.stop()  # a final push: a planned stop, not a lost replica
         await self.tools.close()
         self.engine.shutdown()
+
+
+class _Entry:
+    """One request in `Waiting` until its first token (or its end)."""
+
+    def __init__(self, waiting: "Waiting", key: int):
+        self.waiting, self.key = waiting, key
+
+    def leave(self) -> None:
+        """The request has its first token (or ended): it waits no more."""
+        if self.waiting.since.pop(self.key, None) is not None:
+            self.waiting.served.append(time.monotonic())
+
+
+class Waiting:
+    """The replica's requests that have no first token yet, with when each came in, and when recent ones got theirs:
+    a new request would wait at least as long as the oldest has, and about as long as the queue ahead of it takes
+    at the recent rate of first tokens. Admission control acts on the larger of the two."""
+
+    RATE_WINDOW_S = 10.0  # first tokens counted over this many seconds for the rate
+
+    def __init__(self):
+        self.since: dict[int, float] = {}  # entry key -> time.monotonic() when the request reached the replica
+        self.served: collections.deque[float] = collections.deque(maxlen=256)  # monotonic times of first tokens
+        self._keys = itertools.count()
+
+    @contextlib.contextmanager
+    def entered(self):
+        entry = _Entry(self, next(self._keys))
+        self.since[entry.key] = time.monotonic()
+        try:
+            yield entry
+        finally:
+            entry.leave()
+
+    def expected_wait_s(self) -> float:
+        """max(the oldest waiting request's wait, requests waiting / first tokens per second lately)."""
+        now = time.monotonic()
+        oldest = now - min(self.since.values()) if self.since else 0.0
+        recent = [t for t in self.served if t > now - self.RATE_WINDOW_S]
+        if not self.since or not recent:
+            return oldest
+        span = max(now - recent[0], 1.0)
+        return max(oldest, len(self.since) * span / len(recent))
+
+    def refusal(self, limit_s: float | None) -> ApiError | None:
+        """429 (Retry-After) when a new request would wait longer than `limit_s` for its first token; None to
+        admit."""
+        if limit_s is None:
+            return None
+        wait = self.expected_wait_s()
+        if wait <= limit_s:
+            return None
+        return overloaded(429, f"a request on this replica would wait about {wait:.1f} s for its first token, over "
+                               f"max_queue_wait_s {limit_s:g} s")
 
 
 class _Deadline:

@@ -35,7 +35,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def _add_run(run: argparse.ArgumentParser) -> None:
     a = run.add_argument
-    a("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000; the only host contacted")
+    a("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000, or grpc://HOST:PORT (the gRPC "
+                                    "gateway); several, comma-separated, take requests in turn; the only hosts "
+                                    "contacted")
     a("--model", required=True)
     a("--api", choices=["chat", "completions"], default="chat")
     a("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer token (default: $OPENAI_API_KEY)")
@@ -74,6 +76,12 @@ def _add_run(run: argparse.ArgumentParser) -> None:
     a("--metric-kv", default=DEFAULT_METRIC_NAMES["kv_cache_usage"], help="KV-cache usage metric name")
     a("--lag-warn-ms", type=float, default=10.0, help="warn when p99 send lag exceeds this")
     a("--seed", type=int, default=0)
+    a("--faults", default=None, metavar="SCHEDULE", help="YAML list of {at: 30s, action: NAME, ...}: fault actions "
+                                                         "run during the run (loadtest/faults.py; one load point)")
+    a("--ray-address", default="auto", help="the Ray cluster the fault actions act on (GCS address)")
+    a("--app-name", default="gptoss", help="the Serve application the fault actions act on")
+    a("--serve-config", default=None, help="the application's config file (for redeploy and scale actions)")
+    a("--recovery-window", type=float, default=5.0, help="seconds of the goodput window per-fault recovery uses")
     a("--no-progress", action="store_true")
     a("--no-plots", action="store_true")
     a("--out", default=None, help="output folder (default loadtest-results/<time>)")
@@ -90,10 +98,18 @@ def _ints(s: str) -> list[int]:
 
 def config_from_args(args: argparse.Namespace):
     from loadtest.config import RunConfig
+    from loadtest.faults import FaultContext, load_schedule
     from loadtest.metrics import Slo
     from loadtest.workload import WorkloadSpec
 
     metrics_url = args.metrics_url or (args.url.rstrip("/") + "/metrics" if args.scrape_metrics else None)
+    context = FaultContext(args.ray_address, args.app_name, args.serve_config)
+    faults = []
+    if args.faults:
+        import yaml
+
+        faults = yaml.safe_load(Path(args.faults).read_text())
+        load_schedule(faults, context)  # unknown actions and bad parameters fail here, before any load
     return RunConfig(
         url=args.url, model=args.model, api=args.api, api_key=args.api_key, concurrency=args.concurrency,
         rate=args.rate, arrival=args.arrival, burstiness=args.burstiness, sweep_rates=args.sweep_rates or [],
@@ -105,7 +121,8 @@ def config_from_args(args: argparse.Namespace):
         processes=args.processes, request_timeout_s=args.request_timeout, ignore_eos=args.ignore_eos,
         extra_body=args.extra_body, tokenizer=args.tokenizer, metrics_url=metrics_url,
         metric_names={"queue_depth": args.metric_queue, "kv_cache_usage": args.metric_kv},
-        lag_warn_ms=args.lag_warn_ms, progress=not args.no_progress, seed=args.seed)
+        lag_warn_ms=args.lag_warn_ms, progress=not args.no_progress, seed=args.seed, faults=faults,
+        fault_context=context, recovery_window_s=args.recovery_window)
 
 
 def _run_run(args: argparse.Namespace) -> int:
@@ -113,7 +130,7 @@ def _run_run(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"gptoss loadtest: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out or f"loadtest-results/{time.strftime('%Y%m%d-%H%M%S')}")

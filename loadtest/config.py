@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from loadtest.arrivals import ARRIVALS
+from loadtest.faults import FaultContext
 from loadtest.metrics import Slo
 from loadtest.workload import WorkloadSpec
 
@@ -55,6 +56,9 @@ class RunConfig:
     lag_warn_ms: float = 10.0                  # warn when p99 send lag exceeds this (open loop)
     progress: bool = True                      # live status line on stderr
     seed: int = 0
+    faults: list = field(default_factory=list)    # the fault schedule's entries (loadtest/faults.py), one point only
+    fault_context: FaultContext = field(default_factory=FaultContext)   # where the fault actions find the cluster
+    recovery_window_s: float = 5.0             # goodput window of the per-fault recovery time (accounting.py)
 
     def __post_init__(self) -> None:
         loads = [x for x in (self.concurrency, self.rate, self.sweep_rates or None, self.sweep_concurrency or None)
@@ -69,6 +73,8 @@ class RunConfig:
             raise ValueError(f"--arrival must be one of {', '.join(ARRIVALS)}, got {self.arrival!r}")
         if self.processes < 1:
             raise ValueError(f"--processes must be >= 1, got {self.processes}")
+        if self.faults and len(self.points()) != 1:
+            raise ValueError("--faults runs with one load point (--rate or --concurrency), not a sweep")
         for p in self.points():
             if p.value <= 0:
                 raise ValueError(f"load must be > 0, got {p}")

@@ -1,7 +1,8 @@
 """A deterministic fake OpenAI-compatible server for tests, demos and the generator-ceiling benchmark.
 
 Stdlib asyncio only: HTTP/1.1 keep-alive, SSE over chunked transfer encoding, bound to 127.0.0.1. A `script`
-callable decides each reply (status, timed chunks per channel, a cut mid-stream, a stall of the whole server);
+callable decides each reply (status and retry hint, timed chunks per channel, the finish reason or a stream that ends
+cleanly without one, a cut mid-stream, a stream that hangs, a stall of the whole server);
 token counts are words (one token per word, as loadtest.tokenizer.WordTokenizer counts). GET /metrics reports
 gptoss_num_requests_waiting (requests in flight) and gptoss_kv_cache_usage_perc (1% per request in flight).
 """
@@ -41,6 +42,10 @@ class Reply:
     cut_after: int | None = None   # close the connection after this many chunks (no [DONE], no end chunk)
     block_s: float = 0.0      # time.sleep before replying: the whole server stalls (accepts included)
     error_after: int | None = None   # send an SSE error object after this many chunks (as vLLM does mid-stream)
+    finish: str | None = "stop"      # the last chunk's finish_reason; None: [DONE] without one (a silent drop)
+    done_marker: bool = True         # send data: [DONE]; False: the body ends cleanly without it
+    hang_after: int | None = None    # after this many chunks send nothing more, keeping the connection open
+    retry_after: str | None = None   # Retry-After header of an error status
 
 
 Script = Callable[[int, dict], Reply]    # (request index from 0, request body) -> reply
@@ -126,7 +131,8 @@ class FakeServer:
     async def _reply(self, reply: Reply, req: dict, chat: bool, writer: asyncio.StreamWriter) -> bool:
         if reply.status != 200:
             await send_full(writer, reply.status, json.dumps({"error": {"message": "scripted",
-                                                                        "code": reply.status}}).encode())
+                                                                        "code": reply.status}}).encode(),
+                            headers={"Retry-After": reply.retry_after} if reply.retry_after else None)
             return True
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
         events = [(c.delay_s, sse(chunk_json(c, chat))) for c in reply.chunks]
@@ -135,9 +141,15 @@ class FakeServer:
         if reply.cut_after is not None:
             await write_events(writer, events[:reply.cut_after])
             return False
+        if reply.hang_after is not None:
+            await write_events(writer, events[:reply.hang_after])
+            await asyncio.Event().wait()          # until the client gives up (the task is cancelled on close)
+        if reply.finish and reply.error_after is None:
+            events.append((0.0, sse(finish_json(reply.finish, chat))))
         if reply.usage and (req.get("stream_options") or {}).get("include_usage"):
             events.append((0.0, sse(usage_json(reply, req))))
-        events.append((0.0, b"data: [DONE]\n\n"))
+        if reply.done_marker:
+            events.append((0.0, b"data: [DONE]\n\n"))
         await write_events(writer, events)
         writer.write(b"0\r\n\r\n")
         await writer.drain()
@@ -149,6 +161,12 @@ def chunk_json(c: Chunk, chat: bool) -> dict:
         return {"object": "text_completion", "choices": [{"index": 0, "text": c.text, "finish_reason": None}]}
     delta = {"reasoning_content": c.text} if c.channel == "reasoning" else {"content": c.text}
     return {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+
+
+def finish_json(reason: str, chat: bool) -> dict:
+    if not chat:
+        return {"object": "text_completion", "choices": [{"index": 0, "text": "", "finish_reason": reason}]}
+    return {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}
 
 
 def usage_json(reply: Reply, req: dict) -> dict:
@@ -180,8 +198,9 @@ async def write_events(writer: asyncio.StreamWriter, events: list[tuple[float, b
 
 
 async def send_full(writer: asyncio.StreamWriter, status: int, body: bytes,
-                    content_type: str = "application/json") -> None:
-    head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\nContent-Type: {content_type}\r\n"
+                    content_type: str = "application/json", headers: dict | None = None) -> None:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\nContent-Type: {content_type}\r\n{extra}"
             f"Content-Length: {len(body)}\r\n\r\n")
     writer.write(head.encode() + body)
     await writer.drain()

@@ -3,7 +3,10 @@ stream_options.include_usage, read as server-sent events.
 
 Chat deltas carry reasoning in `reasoning_content` (or `reasoning`, newer vLLM) and the answer in `content`;
 completions carry `text` (counted as final). The usage chunk's completion_tokens_details.reasoning_tokens is taken
-when present. A stream must end with `data: [DONE]`; ending without it counts as stream_broken.
+when present; a choice's `finish_reason` becomes a `Finish`. A 200 status is the server's acceptance (`Accepted`);
+an error status carries its Retry-After header as the retry hint. A stream must end with `data: [DONE]`; a body
+that ends cleanly without it counts as stream_broken; a connection that breaks (reset, or closed before the body
+ended) after the request was sent counts as stream_reset (connect is only a connection never made).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from loadtest.target import Delta, TargetError, TargetRequest, Usage, kind_of_status
+from loadtest.target import Accepted, Delta, Event, Finish, TargetError, TargetRequest, Usage, kind_of_status
 
 PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
@@ -38,25 +41,27 @@ class HttpTarget:
         body |= {"messages": req.messages} if self.api == "chat" else {"prompt": req.prompt}
         return body | self.extra_body
 
-    async def stream(self, req: TargetRequest) -> AsyncIterator[Delta | Usage]:
-        responded = False
+    async def stream(self, req: TargetRequest) -> AsyncIterator[Event]:
         try:
             async with self.client.stream("POST", PATHS[self.api], json=self.body(req)) as resp:
-                responded = True
                 if resp.status_code >= 400:
                     detail = (await resp.aread())[:200].decode(errors="replace")
                     raise TargetError(kind_of_status(resp.status_code), f"HTTP {resp.status_code} {detail}",
-                                      resp.status_code)
+                                      resp.status_code, retry_after(resp.headers.get("retry-after")))
+                yield Accepted(time.perf_counter())
                 async for event in self._events(resp):
                     yield event
         except httpx.TimeoutException as exc:
-            raise TargetError("timeout", f"httpx {type(exc).__name__}") from exc
-        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-            raise TargetError("stream_broken" if responded else "connect", str(exc) or type(exc).__name__) from exc
+            kind = "connect" if isinstance(exc, httpx.ConnectTimeout) else "timeout"
+            raise TargetError(kind, f"httpx {type(exc).__name__}") from exc
+        except httpx.ConnectError as exc:
+            raise TargetError("connect", str(exc) or type(exc).__name__) from exc
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            raise TargetError("stream_reset", str(exc) or type(exc).__name__) from exc
         except httpx.TransportError as exc:
             raise TargetError("connect", str(exc) or type(exc).__name__) from exc
 
-    async def _events(self, resp: httpx.Response) -> AsyncIterator[Delta | Usage]:
+    async def _events(self, resp: httpx.Response) -> AsyncIterator[Event]:
         """Parsed events until `data: [DONE]`; the body is then read to its end so the connection is reused."""
         done = False
         async for line in resp.aiter_lines():
@@ -91,20 +96,30 @@ class HttpTarget:
         await self.client.aclose()
 
 
-def parse_chunk(chunk: dict, t: float) -> list[Delta | Usage]:
-    """The deltas and usage in one parsed SSE chunk of either API."""
-    events: list[Delta | Usage] = []
+def retry_after(value: str | None) -> float | None:
+    """A Retry-After header in seconds (the delay form; an HTTP date counts as no hint)."""
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def parse_chunk(chunk: dict, t: float) -> list[Event]:
+    """The deltas, finish reason and usage in one parsed SSE chunk of either API."""
+    events: list[Event] = []
     for choice in chunk.get("choices") or []:
         delta = choice.get("delta")
         if delta is None:                     # completions API
             if choice.get("text"):
                 events.append(Delta(t, "final", choice["text"]))
-            continue
-        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-        if reasoning:
-            events.append(Delta(t, "reasoning", reasoning))
-        if delta.get("content"):
-            events.append(Delta(t, "final", delta["content"]))
+        else:
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if reasoning:
+                events.append(Delta(t, "reasoning", reasoning))
+            if delta.get("content"):
+                events.append(Delta(t, "final", delta["content"]))
+        if choice.get("finish_reason"):
+            events.append(Finish(choice["finish_reason"]))
     usage = chunk.get("usage")
     if usage:
         details = usage.get("completion_tokens_details") or {}

@@ -11,8 +11,9 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field, fields
 
+from loadtest.accounting import counts
 from loadtest.histogram import Histogram
-from loadtest.target import Delta, Usage
+from loadtest.target import Accepted, Event, Finish, Usage
 
 NAN = math.nan
 
@@ -35,6 +36,9 @@ FORMULAS = {
     "input_tok_s, output_tok_s, reasoning_tok_s": "sum over successful requests / window_s",
     "goodput_rps": "successful requests meeting every set SLO (ttft, ttft_final, tpot, e2e) / window_s",
     "good_fraction": "requests meeting every SLO / all measured requests (errors count as not meeting)",
+    "outcomes": "completed (ended with a finish reason), rejected (429/503 or no connection, before acceptance), "
+                "failed (a clear error status or error mid-stream), lost (accepted or sent, then ended without a "
+                "finish reason or an error, or hung past the request timeout); see loadtest/accounting.py",
     "percentiles": "nearest rank over 1%-wide log buckets (merged exactly across generator processes)",
 }
 
@@ -50,7 +54,7 @@ class Slo:
     attainment: float = 0.9               # a load point passes when good_fraction >= this
 
     def meets(self, rec: RequestRecord) -> bool:
-        if rec.status != "ok":
+        if rec.status != "ok" or rec.outcome not in ("", "completed"):   # a stream without its finish is lost
             return False
         for name in ("ttft_ms", "ttft_final_ms", "tpot_ms", "e2e_ms"):
             bound, value = getattr(self, name), getattr(rec, name)
@@ -79,6 +83,11 @@ class RequestRecord:
     status: str = "ok"                    # 'ok' or one of target.ERROR_KINDS
     http_status: int = 0
     error: str = ""
+    accepted: float = NAN                 # when the server accepted it (200 headers / gRPC metadata); NaN: never
+    finish_reason: str = ""               # the server's finish reason; "" when the stream gave none
+    retry_after_s: float = NAN            # the retry hint of a refusal (Retry-After / retry-after-ms); NaN: none
+    outcome: str = ""                     # accounting.classify: completed, rejected, failed or lost
+    target: str = ""                      # the target that sent it (http-chat, grpc-chat, ...)
     input_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
@@ -120,9 +129,15 @@ class StreamTally:
         self.reasoning_counted = 0
         self.usage: Usage | None = None
 
-    def add(self, event: Delta | Usage) -> None:
+    def add(self, event: Event) -> None:
         if isinstance(event, Usage):
             self.usage = event
+            return
+        if isinstance(event, Accepted):
+            self.rec.accepted = event.t - self.t0
+            return
+        if isinstance(event, Finish):
+            self.rec.finish_reason = event.reason
             return
         rec, t, n = self.rec, event.t - self.t0, self.count_tokens(event.text)
         if rec.chunk_times and rec.chunk_times[-1] == t:
@@ -196,6 +211,7 @@ def summarize(metrics: MetricSet, records: list[RequestRecord], slo: Slo) -> dic
     out = {
         "requests": len(measured), "completed": len(ok), "failed": len(measured) - len(ok),
         "errors": dict(sorted(Counter(r.status for r in measured if r.status != "ok").items())),
+        "outcomes": counts(measured),
         "window_s": window,
         "request_throughput_rps": per_s(len(ok)),
         "input_tok_s": per_s(sum(r.input_tokens for r in ok)),

@@ -72,13 +72,18 @@ def _versus_load(result: dict, path: Path) -> Path:
 
 
 def _timeline(result: dict, path: Path) -> Path:
-    """Three rows sharing the time axis, one line per load point: completions/s, queue depth, KV-cache usage."""
+    """Three rows sharing the time axis, one line per load point: completions/s (with the requests rejected, failed
+    or lost per second when there were any), queue depth, KV-cache usage; every fault shaded and labelled."""
     rows = (("completed", "completed req/s"), ("queue_depth", "queue depth (waiting requests)"),
             ("kv_cache_usage", "KV-cache usage"))
     fig, axes = plt.subplots(len(rows), 1, figsize=(10, 8), sharex=True)
     for p in result["points"]:
         series = p.get("series") or {}
         axes[0].step(series.get("t", []), series.get("completed", []), where="post", label=_label(p))
+        for name, color in (("rejected", "orange"), ("failed", "red"), ("lost", "black")):
+            if any(series.get(name) or ()):
+                axes[0].step(series["t"], series[name], where="post", color=color, label=f"{name}/s {_label(p)}")
+        _mark_faults(axes, p.get("faults") or [])
         for ax, (name, _) in zip(axes[1:], rows[1:]):
             samples = [(s["t"], s[name]) for s in p.get("timeline", []) if s.get(name) is not None]
             if samples:
@@ -92,6 +97,16 @@ def _timeline(result: dict, path: Path) -> Path:
             ax.text(0.5, 0.5, "not scraped (--scrape-metrics)", ha="center", transform=ax.transAxes)
     axes[-1].set_xlabel("s from the start of each load point")
     return _save(fig, path)
+
+
+def _mark_faults(axes, faults: list[dict]) -> None:
+    """Each fault action as a shaded span (at least a line) on every row, labelled on the top row."""
+    for f in faults:
+        color = "tab:green" if f["planned"] else "tab:red"
+        for ax in axes:
+            ax.axvspan(f["start"], max(f["end"], f["start"] + 0.2), color=color, alpha=0.15)
+        axes[0].annotate(f["label"], (f["start"], 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                         va="top", ha="right", fontsize=7, color=color)
 
 
 def _save(fig, path: Path) -> Path:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from loadtest.accounting import FAILED, LOST, OUTCOMES, REJECTED, targets
 from loadtest.metrics import FORMULAS, RequestRecord
 from loadtest.runner import RunResult
 
@@ -31,23 +32,28 @@ def build_result(run: RunResult) -> dict:
         "best_load": {"mode": run.best.mode, "value": run.best.value} if run.best else None,
         "warnings": warnings,
         "points": [{"load": {"mode": p.point.mode, "value": p.point.value}, "summary": p.summary,
-                    "histograms": p.metrics.to_dict(), "series": series(p.records), "timeline": [{"t": t, **v} for t, v in p.timeline],
-                    "warnings": p.warnings} for p in run.points],
+                    "histograms": p.metrics.to_dict(), "series": series(p.records),
+                    "timeline": [{"t": t, **v} for t, v in p.timeline],
+                    "warnings": p.warnings, "faults": [m.to_dict() for m in p.faults]} for p in run.points],
     })
 
 
 def series(records: list[RequestRecord]) -> dict:
     """Successful completions and their output tokens per second, binned by completion time (warm-up included)
-    into about 40 bins of 0.1 s to 10 s."""
+    into about 40 bins of 0.1 s to 10 s; and the requests per second that were rejected, failed or lost, binned
+    by when they ended."""
     ok = [r for r in records if r.status == "ok" and r.done == r.done]
-    end = max((r.done for r in ok), default=0.0)
+    end = max((r.done for r in records if r.done == r.done), default=0.0)
     bin_s = min(10.0, max(0.1, round(end / 40, 1)))
     n = int(end // bin_s) + 1
-    completed, tokens = [0.0] * n, [0.0] * n
+    out = {name: [0.0] * n for name in ("completed", "output_tok_s", REJECTED, FAILED, LOST)}
     for r in ok:
-        completed[int(r.done // bin_s)] += 1 / bin_s
-        tokens[int(r.done // bin_s)] += r.output_tokens / bin_s
-    return {"bin_s": bin_s, "t": [i * bin_s for i in range(n)], "completed": completed, "output_tok_s": tokens}
+        out["completed"][int(r.done // bin_s)] += 1 / bin_s
+        out["output_tok_s"][int(r.done // bin_s)] += r.output_tokens / bin_s
+    for r in records:
+        if r.outcome in (REJECTED, FAILED, LOST) and r.done == r.done:
+            out[r.outcome][int(r.done // bin_s)] += 1 / bin_s
+    return {"bin_s": bin_s, "t": [i * bin_s for i in range(n)]} | out
 
 
 def clean(obj):
@@ -126,7 +132,26 @@ def table(result: dict) -> str:
     best = result.get("best_load")
     lines.append("best load meeting the SLOs: " + (f"{best['value']:g} ({best['mode']})" if best else "none"))
     lines += [f"warning: {w}" for w in result.get("warnings", [])]
+    for p in result["points"]:
+        if p["summary"].get("faults"):
+            lines += ["", fault_table(p["summary"]["faults"])]
     return "\n".join(lines)
+
+
+def fault_table(faults: list[dict]) -> str:
+    """One row per fault: when, in flight at its start, each outcome of the requests it touched, the time to full
+    goodput, and the targets it missed."""
+    head = ["fault", "planned", "at s", "took s", "in flight", *OUTCOMES, "no hint", "recovery s", "missed"]
+    rows = [head]
+    for f in faults:
+        o = f["outcomes"]
+        missed = [name for name, ok in targets(f).items() if not ok] + (["action failed"] if f["error"] else [])
+        rows.append([f["label"], "yes" if f["planned"] else "no", f"{f['start']:.1f}", f"{f['end'] - f['start']:.1f}",
+                     str(f["in_flight_at_start"]), *(str(o[k]) for k in OUTCOMES),
+                     str(o["rejected_without_retry_hint"]),
+                     "-" if f["recovery_s"] is None else f"{f['recovery_s']:.1f}", ", ".join(missed) or "none"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
 def _cell(summary: dict, key: str, stat: str | None, fmt: str) -> str:

@@ -1,6 +1,7 @@
 """Runs a load test: for each load point, start the generator processes together, show progress, scrape metrics,
 then merge their records and histograms into one summary; over a sweep, find the highest load meeting the SLOs.
 
+faults:    parent runs the fault schedule (faults.py) beside the workers; its marks + the records -> accounting.py
 processes: parent --(config, point, index)--> P workers (spawned; each builds its workload, says ready)
            parent --(shared start time)--> workers run --(records, MetricSet)--> parent merges (exact)
 With one process the worker runs in the parent's event loop.
@@ -15,7 +16,9 @@ import queue
 import time
 from dataclasses import dataclass, field
 
+from loadtest.accounting import FaultMark, fault_report
 from loadtest.config import LoadPoint, RunConfig
+from loadtest.faults import FaultRunner, load_schedule
 from loadtest.metrics import MetricSet, RequestRecord, summarize
 from loadtest.progress import FIELDS, Counters, show_progress
 from loadtest.prometheus import Scraper
@@ -32,6 +35,7 @@ class PointResult:
     summary: dict
     timeline: list[tuple[float, dict]] = field(default_factory=list)   # Prometheus samples
     warnings: list[str] = field(default_factory=list)
+    faults: list[FaultMark] = field(default_factory=list)   # the fault actions that ran, on the records' clock
 
 
 @dataclass
@@ -53,35 +57,42 @@ async def run_point(config: RunConfig, point: LoadPoint, target_factory=None) ->
     stop = asyncio.Event()
     scraper = Scraper(config.metrics_url, config.metric_names, config.scrape_interval_s) if config.metrics_url \
         else None
+    faults = FaultRunner(load_schedule(config.faults, config.fault_context)) if config.faults else None
     if config.processes == 1:
         worker = Worker(config, point, 0, Counters(counters, 0), target_factory(config) if target_factory else None)
         freeze_heap()
         t0_wall = time.time() + START_DELAY_S
-        side = _side_tasks(config, point, counters, scraper, t0_wall, stop)
+        side = _side_tasks(config, point, counters, scraper, faults, t0_wall, stop)
         results = [await worker.run(t0_wall)]
     else:
         if target_factory is not None:
             raise ValueError("a custom target runs in one process only; use processes=1")
-        results, side = await _run_processes(config, point, counters, scraper, stop)
+        results, side = await _run_processes(config, point, counters, scraper, faults, stop)
     stop.set()
     await asyncio.gather(*side)
     gc.unfreeze()
-    return merge(config, point, results, scraper.samples if scraper else [])
+    result = merge(config, point, results, scraper.samples if scraper else [], faults.marks if faults else [])
+    if faults and faults.skipped:
+        result.warnings.append(f"faults not run (the load ended first): {', '.join(faults.skipped)}")
+    return result
 
 
-def _side_tasks(config: RunConfig, point: LoadPoint, counters, scraper: Scraper | None, t0_wall: float,
-                stop: asyncio.Event) -> list[asyncio.Task]:
-    """The progress display and the metrics scraper, running beside the workers until `stop`."""
+def _side_tasks(config: RunConfig, point: LoadPoint, counters, scraper: Scraper | None,
+                faults: FaultRunner | None, t0_wall: float, stop: asyncio.Event) -> list[asyncio.Task]:
+    """The progress display, the metrics scraper and the fault schedule, running beside the workers until `stop`."""
     tasks = []
+    t0_perf = time.perf_counter() + (t0_wall - time.time())
     if config.progress:
         tasks.append(asyncio.create_task(show_progress(counters, config.processes, str(point), stop)))
     if scraper:
-        tasks.append(asyncio.create_task(scraper.run(time.perf_counter() + (t0_wall - time.time()), stop)))
+        tasks.append(asyncio.create_task(scraper.run(t0_perf, stop)))
+    if faults:
+        tasks.append(asyncio.create_task(faults.run(t0_perf, stop)))
     return tasks
 
 
 async def _run_processes(config: RunConfig, point: LoadPoint, counters, scraper: Scraper | None,
-                         stop: asyncio.Event):
+                         faults: FaultRunner | None, stop: asyncio.Event):
     ctx = mp.get_context("spawn")
     ready, results, start = ctx.Queue(), ctx.Queue(), ctx.Value("d", 0.0)
     go = ctx.Event()
@@ -94,7 +105,7 @@ async def _run_processes(config: RunConfig, point: LoadPoint, counters, scraper:
         await loop.run_in_executor(None, _get_alive, ready, procs)
     start.value = time.time() + START_DELAY_S
     go.set()
-    side = _side_tasks(config, point, counters, scraper, start.value, stop)
+    side = _side_tasks(config, point, counters, scraper, faults, start.value, stop)
     out = [await loop.run_in_executor(None, _get_alive, results, procs) for _ in procs]
     for p in procs:
         p.join(timeout=5)
@@ -127,8 +138,10 @@ def _worker_main(config, point, index, counters, ready, go, start, results) -> N
     results.put(asyncio.run(worker.run(start.value)))
 
 
-def merge(config: RunConfig, point: LoadPoint, results: list[WorkerResult], timeline: list) -> PointResult:
-    """One PointResult from the workers': records concatenated, histograms merged exactly, warnings derived."""
+def merge(config: RunConfig, point: LoadPoint, results: list[WorkerResult], timeline: list,
+          marks: list[FaultMark] = ()) -> PointResult:
+    """One PointResult from the workers': records concatenated, histograms merged exactly, warnings derived, and
+    with faults, the per-fault report (accounting.fault_report) in the summary."""
     results = sorted(results, key=lambda r: r.index)
     metrics = MetricSet()
     for r in results:
@@ -137,7 +150,10 @@ def merge(config: RunConfig, point: LoadPoint, results: list[WorkerResult], time
     summary = summarize(metrics, records, config.slo)
     summary["offered_load"] = {"mode": point.mode, "value": point.value}
     summary["tokenizer"] = results[0].tokenizer
-    return PointResult(point, records, metrics, summary, timeline, warnings(config, point, summary))
+    if marks:
+        end = max((r.done for r in records if r.done == r.done), default=0.0)
+        summary["faults"] = fault_report(records, list(marks), end, config.recovery_window_s, config.warmup_s)
+    return PointResult(point, records, metrics, summary, timeline, warnings(config, point, summary), list(marks))
 
 
 def warnings(config: RunConfig, point: LoadPoint, summary: dict) -> list[str]:
@@ -151,4 +167,7 @@ def warnings(config: RunConfig, point: LoadPoint, summary: dict) -> list[str]:
         out.append(f"{point}: {summary['failed']} of {summary['requests']} requests failed: {summary['errors']}")
     if not summary["requests"]:
         out.append(f"{point}: no measured requests (is --warmup longer than --duration?)")
+    for fault in summary.get("faults", []):
+        if fault["error"]:
+            out.append(f"{point}: fault {fault['label']} did not run as scheduled: {fault['error']}")
     return out

@@ -8,14 +8,16 @@ that falls behind shows up as send lag). Closed loop: N workers each start a ses
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 
+from loadtest.accounting import classify
 from loadtest.arrivals import arrival_times, worker_starts
 from loadtest.config import LoadPoint, RunConfig
 from loadtest.metrics import MetricSet, RequestRecord, StreamTally
 from loadtest.progress import Counters
-from loadtest.target import Target, TargetError, TargetRequest
+from loadtest.target import RoundRobin, Target, TargetError, TargetRequest
 from loadtest.tokenizer import load_tokenizer, tokenizer_name
 from loadtest.workload import History, Session, Turn, Workload
 
@@ -28,10 +30,19 @@ class WorkerResult:
     tokenizer: str                   # which tokenizer counted tokens
 
 
-def make_target(config: RunConfig) -> Target:
+def make_target(config: RunConfig, url: str | None = None) -> Target:
+    """HTTP for http(s):// URLs, the gRPC gateway's Chat for grpc://HOST:PORT; several URLs (comma-separated) take
+    requests in turn."""
+    url = url or config.url
+    if "," in url:
+        return RoundRobin([make_target(config, u.strip()) for u in url.split(",") if u.strip()])
+    if url.startswith("grpc://"):
+        from loadtest.grpc_target import GrpcTarget
+
+        return GrpcTarget(url, config.model, config.api_key, config.request_timeout_s, config.ignore_eos, config.api)
     from loadtest.http_target import HttpTarget
 
-    return HttpTarget(config.url, config.model, config.api, config.api_key, config.request_timeout_s,
+    return HttpTarget(url, config.model, config.api, config.api_key, config.request_timeout_s,
                       config.extra_body, config.ignore_eos)
 
 
@@ -129,6 +140,7 @@ class Worker:
         req = TargetRequest(rec.request_id, self.config.model, messages, history.prompt_text(turn), turn.max_tokens)
         tally = StreamTally(rec, self.t0, self.count_tokens)
         await self._stream(req, rec, tally)
+        rec.target = req.target or self.target.name
         tally.finish(time.perf_counter())
         history.add(messages, tally.answer_text)
         self._record(rec)
@@ -141,12 +153,14 @@ class Worker:
                     tally.add(event)
         except TargetError as exc:
             rec.status, rec.http_status, rec.error = exc.kind, exc.status or 0, exc.message[:200]
+            rec.retry_after_s = math.nan if exc.retry_after_s is None else exc.retry_after_s
         except TimeoutError:
             rec.status, rec.error = "timeout", f"no end of stream after {self.config.request_timeout_s} s"
         except Exception as exc:  # a target bug must not stop the run; it is counted and reported
             rec.status, rec.error = "stream_error", f"{type(exc).__name__}: {exc}"[:200]
 
     def _record(self, rec: RequestRecord) -> None:
+        rec.outcome = classify(rec)
         rec.good = self.config.slo.meets(rec)
         if not rec.warmup:
             self.metrics.add(rec)

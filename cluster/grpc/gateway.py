@@ -1,7 +1,8 @@
 """The gRPC gateway: a grpc.aio server with the Inference servicer, grpc.health.v1, reflection, auth, TLS and limits.
 
 Flow: `Gateway(config, models)` -> `start()` binds `grpc.host:grpc.port` (127.0.0.1 unless configured; TLS or mTLS
-when certificate files are configured; SO_REUSEPORT off, so a taken port fails instead of being shared) with the
+when certificate files are configured; SO_REUSEPORT off, so a taken port fails instead of being shared, unless
+`grpc.replicas_per_node` > 1 lets the gateway's replicas on one node share it) with the
 message-size limits and the `AuthInterceptor`, marks health SERVING -> calls run in `InferenceServicer` ->
 `stop(grace)` marks health NOT_SERVING, refuses new calls and lets calls in flight finish for `grace` seconds.
 While the cluster drains (the front door learns it from the hub) health says NOT_SERVING and new calls get
@@ -31,7 +32,7 @@ def server_options(config: AppConfig) -> list[tuple[str, int]]:
     g = config.grpc
     return [("grpc.max_receive_message_length", g.max_message_bytes),
             ("grpc.max_send_message_length", g.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(g.replicas_per_node > 1)),
             ("grpc.keepalive_time_ms", 60_000),  # notice dead clients on idle connections
             ("grpc.http2.max_pings_without_data", 0)]
 

@@ -243,7 +243,9 @@ class MPExecutor(RankExecutor):
         return f"rank {rank} (pid {proc.pid}) exited with code {proc.exitcode} during {method!r}"
 
     def _alive(self) -> bool:
-        return all(p.is_alive() for p in self.procs)
+        """Every rank running: none exited, none stopped (SIGSTOP: it would hang the next collective until
+        collective_timeout_s; the health check says so at once, even while the engine is idle)."""
+        return all(p.is_alive() and not _stopped(p.pid) for p in self.procs)
 
     def _stop(self) -> None:
         procs, self.procs = self.procs, []
@@ -364,6 +366,15 @@ class RayExecutor(RankExecutor):
         if self.pg is not None and self._own_pg:
             remove_placement_group(self.pg)
             self.pg = None
+
+
+def _stopped(pid: int) -> bool:
+    """Whether a process is stopped by a signal or a tracer (state T or t in /proc/PID/stat; False off Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
 
 
 def _last_line(traceback_text: str) -> str:

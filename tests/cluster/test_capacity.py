@@ -65,3 +65,59 @@ def test_32_streams_are_admitted_at_once(base):
     # the server counts from the front door's receipt; a client also counts its own request setup and the HTTP
     # proxy (the bug this guards against had the server see under 1% of what clients waited)
     assert 0.25 * sum(firsts) <= server_sum <= sum(firsts), (server_sum, sum(firsts))
+
+
+@pytest.fixture(scope="module")
+def admission_base(serve_app, tiny_model):
+    """Two requests at a time per replica, and admission control: refuse while a request waits over 1 s."""
+    entry = model_entry("tiny", tiny_model, engine={"kv_cache_memory": 32 << 20, "max_model_len": 512,
+                                                    "max_num_seqs": 2}, max_queue_wait_s=1.0)
+    return serve_app({"models": [entry], "limits": {"retry_after_s": 2}}, "admission")
+
+
+async def _admitted_or_refused(client, i: int):
+    try:
+        first, end, finish = await _stream(client, i, time.monotonic())
+        return "admitted", finish
+    except openai.RateLimitError as err:
+        return "refused", err.response.headers.get("retry-after")
+
+
+def test_overload_is_refused_with_a_retry_hint_instead_of_queued(admission_base):
+    async def run():
+        client = openai.AsyncOpenAI(base_url=f"{admission_base}/v1", api_key="unused", max_retries=0, timeout=120)
+        early = [asyncio.create_task(_admitted_or_refused(client, i)) for i in range(6)]
+        await asyncio.sleep(2.5)  # 2 run, 4 have waited over max_queue_wait_s by now
+        late = [asyncio.create_task(_admitted_or_refused(client, i)) for i in range(6, 12)]
+        return await asyncio.gather(*early), await asyncio.gather(*late)
+
+    early, late = asyncio.run(run())
+    # every request either ran to its end or was refused at once with the retry hint: none queued past the limit
+    # and failed, none cut short
+    assert all(r in (("admitted", "length"), ("refused", "2")) for r in early + late), early + late
+    assert early.count(("admitted", "length")) >= 2       # the first to arrive had nobody waiting before them
+    assert ("refused", "2") in late                       # 429 with Retry-After while the queue is too slow
+
+
+def test_the_expected_wait_is_the_queue_at_the_recent_rate(monkeypatch):
+    from cluster import server
+
+    now = [100.0]
+    monkeypatch.setattr(server.time, "monotonic", lambda: now[0])
+    waiting = server.Waiting()
+    assert waiting.refusal(1.0) is None and waiting.expected_wait_s() == 0.0
+    for _ in range(4):                        # 4 first tokens over the last 4 s: 1 per second
+        with waiting.entered():
+            now[0] += 1.0
+    assert waiting.expected_wait_s() == 0.0
+    queued = [waiting.entered() for _ in range(6)]
+    for entry in queued:
+        entry.__enter__()
+    now[0] += 0.5                             # the oldest has waited 0.5 s, but 6 wait at about 1 per second
+    assert 5.0 <= waiting.expected_wait_s() <= 6.5
+    refusal = waiting.refusal(3.0)
+    assert refusal.status == 429 and "max_queue_wait_s 3" in refusal.message
+    assert waiting.refusal(None) is None      # admission control off
+    for entry in queued:
+        entry.__exit__(None, None, None)
+    assert waiting.expected_wait_s() == 0.0

@@ -21,12 +21,12 @@ def test_each_error_kind_is_counted(fake_server):
     cfg = make_config(server.url, concurrency=1, num_requests=7, request_timeout_s=0.5)
     point = runner.run(cfg).points[0]
     s = point.summary
-    assert s["errors"] == {"http_429": 1, "http_503": 1, "http_408": 1, "http_other": 1, "stream_broken": 1,
+    assert s["errors"] == {"http_429": 1, "http_503": 1, "http_408": 1, "http_other": 1, "stream_reset": 1,
                            "timeout": 1}
     assert (s["requests"], s["completed"], s["failed"]) == (7, 1, 6)
     by_kind = {r.status: r for r in point.records}
     assert by_kind["http_429"].http_status == 429 and by_kind["http_other"].http_status == 500
-    assert by_kind["stream_broken"].chunks == 2          # what arrived before the cut is kept on the record
+    assert by_kind["stream_reset"].chunks == 2          # what arrived before the cut is kept on the record
     assert s["ttft_ms"]["count"] == 1                     # latency histograms hold successful requests only
     assert any("6 of 7 requests failed" in w for w in point.warnings)
 

@@ -196,6 +196,31 @@ def fail_a_rank_mid_generation(engine: AsyncLLM, sig: int, rank: int = 1) -> lis
     return asyncio.run(main())
 
 
+def test_a_stopped_rank_is_unhealthy_while_idle(parallel_model):
+    """SIGSTOP on a rank of an idle engine: nothing waits on it yet, but the health check (what Serve asks) says
+    so at once; SIGCONT and it serves again."""
+    engine = async_engine(parallel_model, "mp", kv_blocks=64, tensor_parallel_size=2, enable_expert_parallel=True)
+    pid = engine.core.executor.pids()[1]
+    try:
+        assert engine.healthy
+        os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while engine.healthy and time.monotonic() < deadline:  # the kernel marks it stopped asynchronously
+            time.sleep(0.05)
+        assert not engine.healthy
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.2)
+        assert engine.healthy
+
+        async def one():
+            return [o async for o in engine.generate({"prompt_token_ids": [1, 2, 3]}, GREEDY)]
+
+        assert asyncio.run(one())[-1].finished
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        engine.shutdown()
+
+
 @pytest.mark.parametrize("backend, sig, what", [
     ("mp", signal.SIGKILL, "exited with code -9"),
     ("mp", signal.SIGSTOP, "rank 0 failed in 'execute'.*Timed out"),  # a hung rank: the collective times out
