@@ -47,8 +47,9 @@ class ModelConfig:
     dtype: str = "bfloat16"  # weights and activations: "float32" or "bfloat16"
     device: str | None = None  # "cpu", "cuda", "cuda:N", or None for cuda when available
     max_model_len: int | None = None  # context limit in tokens; None: the checkpoint's max_position_embeddings
-    backend: str = "auto"  # "reference" (dense experts, torch), "kernels" (packed MXFP4 experts, Triton on CUDA),
-    #                        or "auto": kernels on CUDA or with GPTOSS_FORCE_TRITON=1, reference otherwise
+    backend: str = "auto"  # "kernels" (packed MXFP4 experts: Triton on CUDA, engine.kernels' torch CPU ops on
+    #                        CPU), "reference" (experts dequantized at load, the torch oracle; needs ~4x the expert
+    #                        memory) or "auto" = kernels
     enforce_eager: bool = False  # never capture CUDA graphs (always so on CPU, with the reference backend, or ranks)
     cuda_graph_batch_sizes: tuple[int, ...] | None = None  # decode batch sizes captured; None: engine.cuda_graphs'
     #                                                        defaults up to max_num_seqs

@@ -8,7 +8,8 @@ function of the same name here dispatches between them with `use_triton(device)`
     write_kv           KV-cache write (attention.py)          router_topk        top-k + softmax (router.py)
 
 `yarn_cos_sin_cache` is plain torch. Off the Triton path, paged attention runs `paged_attention_cpu` (the ref's
-math, decode rows batched) rather than the ref's per-sequence loop. Kernels take tensors and ints only and know
+math, batched over sequences) rather than the ref's per-sequence loop, and the MoE `moe_mxfp4_cpu` (experts decoded
+a tile at a time into the activations' dtype, tokens grouped by expert) rather than the ref's fp32 one. Kernels take tensors and ints only and know
 nothing of requests. Each Triton op is `plan_<op>` (its outputs and the `Launch`es that fill them, decided from shapes
 alone: launch.py) then a run of those launches; bench.kernel_resources and bench.gpu read the same plans.
 """
@@ -60,7 +61,7 @@ def _dispatch(module, name: str, off_triton: str | None = None):
     return op
 
 
-moe_mxfp4 = _dispatch(moe, "moe_mxfp4")
+moe_mxfp4 = _dispatch(moe, "moe_mxfp4", "moe_mxfp4_cpu")
 paged_attention = _dispatch(attention, "paged_attention", "paged_attention_cpu")
 write_kv = _dispatch(attention, "write_kv")
 rms_norm = _dispatch(norm, "rms_norm")

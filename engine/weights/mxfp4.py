@@ -44,8 +44,9 @@ def dequantize_mxfp4(
     step = max(1, chunk_bytes // max(1, rows.shape[1]))
     for start in range(0, rows.shape[0], step):
         chunk = rows[start : start + step]
-        values = pairs[chunk.reshape(-1).int()].view(torch.bfloat16).view(chunk.shape[0], groups, BLOCK_SIZE)
-        factor = scale_values[row_scales[start : start + step].int()].unsqueeze(-1)  # [rows, G, 1] fp32
+        # int64 indices: torch's CPU gather runs several times faster with them than with int32 ones
+        values = pairs.take(chunk.long()).view(torch.bfloat16).view(chunk.shape[0], groups, BLOCK_SIZE)
+        factor = scale_values.take(row_scales[start : start + step].long()).unsqueeze(-1)  # [rows, G, 1] fp32
         if exact_in_bf16:
             decoded = values * factor.to(torch.bfloat16)
         else:
