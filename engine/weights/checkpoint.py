@@ -87,12 +87,12 @@ _ORIGINAL_LAYER = {
 }
 _ORIGINAL_GLOBAL = {"embed.weight": "embedding.weight", "norm.weight": "norm.scale",
                     "unembed.weight": "unembedding.weight"}
-_LAYER_NAME = re.compile(r"^layers\.(\d+)\.(.+)$")
+LAYER_NAME = re.compile(r"^layers\.(\d+)\.(.+)$")
 
 
 def source_name(canonical: str, config: GptOssConfig) -> tuple[str, slice | None]:
     """The checkpoint tensor holding `canonical`, and the row range of it (original q/k/v live in one qkv)."""
-    m = _LAYER_NAME.match(canonical)
+    m = LAYER_NAME.match(canonical)
     if config.layout == "hf":
         return (f"model.layers.{m[1]}.{_HF_LAYER[m[2]]}" if m else _HF_GLOBAL[canonical]), None
     if not m:
