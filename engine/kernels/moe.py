@@ -14,7 +14,6 @@ No dequantized copy of the experts is ever made: bf16 activations meet the packe
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from engine.weights.mxfp4 import dequantize_mxfp4
 
@@ -59,60 +58,6 @@ def moe_mxfp4_ref(
         y = act @ w2.T + b2[e].float()
         out.index_add_(0, token, y * topk_weights[token, slot, None].float())
     return out.to(x.dtype)
-
-
-def moe_mxfp4_cpu(
-    x: torch.Tensor,
-    topk_ids: torch.Tensor,
-    topk_weights: torch.Tensor,
-    w1_blocks: torch.Tensor,
-    w1_scales: torch.Tensor,
-    b1: torch.Tensor,
-    w2_blocks: torch.Tensor,
-    w2_scales: torch.Tensor,
-    b2: torch.Tensor,
-    swiglu_limit: float = 7.0,
-    alpha: float = 1.702,
-) -> torch.Tensor:
-    """The torch path used off Triton (same arguments and result as the ref), computing in x's dtype (bf16 or
-    fp32) rather than all in fp32: assignments grouped by expert with one sort, then per active expert one pass over
-    its packed weights, decoded `TILE_BYTES` of packed rows at a time (exact in bf16 and fp32) and multiplied with
-    all of the expert's tokens at once. No dense copy of an expert, let alone of all of them, is ever made."""
-    T, K = topk_ids.shape
-    flat = topk_ids.reshape(-1)
-    order = flat.argsort(stable=True)  # assignment t * K + k, grouped by expert, the -1 ids first
-    counts = torch.bincount(flat + 1, minlength=w1_blocks.shape[0] + 1).tolist()  # [E + 1], index 0: id -1
-    weights = topk_weights.reshape(-1).float()
-    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-    start = counts[0]
-    for e, n in enumerate(counts[1:]):
-        if n == 0:
-            continue
-        rows = order[start : start + n]
-        tokens = rows // K
-        start += n
-        h = linear_mxfp4(x[tokens], w1_blocks[e], w1_scales[e], b1[e])  # [n, 2I]
-        y = linear_mxfp4(_swiglu_ref(h, swiglu_limit, alpha), w2_blocks[e], w2_scales[e], b2[e])  # [n, H]
-        out.index_add_(0, tokens, y.float() * weights[rows, None])
-    return out.to(x.dtype)
-
-
-TILE_BYTES = 1 << 19  # packed bytes decoded at a time: big enough that the per-tile torch calls cost little next
-#                       to the decode (gpt-oss-20b: 6 tiles per expert matrix), small enough to stay in the L3 cache
-
-
-def linear_mxfp4(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """x [n, K] @ W.T + bias with W [R, K] as MXFP4 blocks [R, K/32, 16] and scales [R, K/32]  ->  [n, R] in x's
-    dtype, W decoded into x's dtype a tile of output rows at a time (each output is one whole dot product)."""
-    R = blocks.shape[0]
-    tile = max(1, TILE_BYTES // (blocks.shape[1] * blocks.shape[2]))
-    if tile >= R:
-        return F.linear(x, dequantize_mxfp4(blocks, scales, x.dtype), bias.to(x.dtype))
-    out = torch.empty(x.shape[0], R, dtype=x.dtype, device=x.device)
-    for r in range(0, R, tile):
-        w = dequantize_mxfp4(blocks[r : r + tile], scales[r : r + tile], x.dtype)
-        out[:, r : r + tile] = F.linear(x, w, bias[r : r + tile].to(x.dtype))
-    return out
 
 
 # ------------------------------------------------------------------------------------------------------ routing
