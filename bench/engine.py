@@ -14,6 +14,12 @@ vocabulary (device work).
 (c) The host overhead a step exposes, with a stand-in device whose forward takes a fixed 20 ms (bench/standin_device):
 step wall time minus device time at 64 and 256 running requests, synchronous scheduling next to async scheduling
 (step N+1 scheduled and prepared, step N-1's outputs processed, while step N runs).
+(d) The CPU path against main's (before issue 20) in the same run, --cpu-dtype (bf16 by default), on the tiny model
+and on a larger one where the forward pass dominates (4 layers, hidden 1024, 8 experts, head_dim 64: made on first
+use): main's = dense experts decoded at load (backend="reference") + main's CPU attention (prefill chunks through
+the ref's per-sequence loop, `main_attention` below); this branch = packed MXFP4 experts (moe_cpu) + batched flash
+attention. Mixed-workload throughput (--cpu-requests requests of the same mix), batch-1 decode tok/s, load time.
+`--only cpu-path` runs (d) alone (writes bench/results/engine_cpu_path.json).
 Writes bench/results/engine.json.
 """
 
@@ -30,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from bench.cpu_path import cpu_path_rows, ensure_larger_model
 from bench.standin_device import SPEC as STANDIN_SPEC
 from bench.standin_device import BusyLog, TimedSampler, exposed_overhead
 from engine import LLM, SamplingParams
@@ -43,8 +50,10 @@ def workload(n: int, vocab: int, seed: int) -> list[tuple[list[int], int]]:
     return [([rng.randrange(vocab) for _ in range(rng.randint(32, 512))], rng.randint(16, 256)) for _ in range(n)]
 
 
-def run_engine(model: Path, requests, async_scheduling: bool | None = None) -> tuple[float, int]:
-    llm = LLM(model, dtype="float32", device="cpu", max_num_batched_tokens=2048, async_scheduling=async_scheduling)
+def run_engine(model: Path, requests, async_scheduling: bool | None = None, dtype: str = "float32",
+               **engine_args) -> tuple[float, int]:
+    llm = LLM(model, dtype=dtype, device="cpu", max_num_batched_tokens=2048, async_scheduling=async_scheduling,
+              **engine_args)
     prompts = [{"prompt_token_ids": p} for p, _ in requests]
     params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for _, m in requests]
     llm.generate(prompts[:2], params[:2])  # warm-up
@@ -142,9 +151,17 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each in (a), best kept (a shared machine)")
+    parser.add_argument("--cpu-requests", type=int, default=16, help="requests of the mixed workload in (d)")
+    parser.add_argument("--cpu-dtype", default="bfloat16", help="dtype of (d)")
+    parser.add_argument("--only", choices=["cpu-path"], help="run (d) alone")
     args = parser.parse_args()
     if not (args.model / "config.json").is_file():
         make_tiny_model(args.model)
+    cpu_models = [args.model, ensure_larger_model(args.model.parent / "cpu-larger-model")]
+    if args.only == "cpu-path":
+        cpu = cpu_path_rows(cpu_models, args.cpu_requests, args.seed, args.cpu_dtype, args.repeat)
+        write("engine_cpu_path.json", {"benchmark": "engine_cpu_path", **header(), "cpu_path": cpu})
+        return
     torch.manual_seed(args.seed)
     requests = workload(args.requests, 201088, args.seed)
     load_before = os.getloadavg()[0]
@@ -169,9 +186,9 @@ def main() -> None:
     print("overhead = schedule + prepare + worker_host + update (host work, incl. detokenization); excluded: model "
           "and sample_math (the sampler's tensor math over the 201k vocabulary, device work)")
     exposed = standin_rows(args.model.parent / "standin-model")
+    cpu = cpu_path_rows(cpu_models, args.cpu_requests, args.seed, args.cpu_dtype, args.repeat)
     result = {
-        "benchmark": "engine", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}",
+        "benchmark": "engine", **header(),
         "load_average_1min": [load_before, os.getloadavg()[0]],  # at the start and the end (a shared machine)
         "workload": {"requests": args.requests, "prompt_len": [32, 512], "output_len": [16, 256],
                      "seed": args.seed, "dtype": "float32", "model": str(args.model), "repeat": args.repeat},
@@ -183,9 +200,19 @@ def main() -> None:
         "decode_step_ms": {str(n): ms for n, ms in overhead.items()},
         "standin_device": {"forward_ms": 20.0, "vocab": STANDIN_SPEC.vocab,
                            "rows": [dataclasses.asdict(e) for e in exposed]},
+        "cpu_path": cpu,
     }
+    write("engine.json", result)
+
+
+def header() -> dict:
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}"}
+
+
+def write(name: str, result: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "engine.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

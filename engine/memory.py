@@ -53,5 +53,6 @@ def rss_bytes() -> tuple[int, int]:
     """(current, peak) resident set of this process (Linux: /proc/self/statm; peak from getrusage, in KiB there)."""
     with open("/proc/self/statm") as f:
         resident_pages = int(f.read().split()[1])
-    page = resource.getpagesize()
-    return resident_pages * page, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss = resident_pages * resource.getpagesize()
+    return rss, max(rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # the kernel updates the
+    #                                                                                   peak lazily
