@@ -40,9 +40,9 @@ def moe_mxfp4_cpu(
 ) -> torch.Tensor:
     """The torch path used off Triton (same arguments and result as the ref), computing in x's dtype (bf16 or
     fp32) rather than all in fp32: assignments grouped by expert with one sort, then per active expert one pass over
-    its packed weights, decoded `TILE_BYTES` of packed rows at a time (exact in bf16 and fp32) and multiplied with
-    all of the expert's tokens at once. No dense copy of an expert, let alone of all of them, is ever made."""
-    T, K = topk_ids.shape
+    its packed weights for all of the expert's tokens at once (`linear_mxfp4`; the decode is exact in bf16 and
+    fp32). No dense copy of an expert, let alone of all of them, is ever made."""
+    K = topk_ids.shape[1]
     flat = topk_ids.reshape(-1)
     order = flat.argsort(stable=True)  # assignment t * K + k, grouped by expert, the -1 ids first
     counts = torch.bincount(flat + 1, minlength=w1_blocks.shape[0] + 1).tolist()  # [E + 1], index 0: id -1
