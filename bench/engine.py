@@ -17,6 +17,12 @@ step wall time minus device time at 64 and 256 running requests, synchronous sch
 (d) Constrained decoding on the same stand-in device: decode step time with every request held to a grammar next to
 none (same run, 64 and 256 running): the mask's cost as a share of the constrained step (target <= 10% at 256).
 `--mask-only` runs (d) alone and writes bench/results/engine_mask.json.
+(e) The CPU path against main's (before issue 20) in the same run, --cpu-dtype (bf16 by default), on the tiny model
+and on a larger one where the forward pass dominates (4 layers, hidden 1024, 8 experts, head_dim 64: made on first
+use): main's = dense experts decoded at load (backend="reference") + main's CPU attention (prefill chunks through
+the ref's per-sequence loop, `main_attention` below); this branch = packed MXFP4 experts (moe_cpu) + batched flash
+attention. Mixed-workload throughput (--cpu-requests requests of the same mix), batch-1 decode tok/s, load time.
+`--only cpu-path` runs (e) alone (writes bench/results/engine_cpu_path.json).
 Writes bench/results/engine.json.
 """
 
@@ -33,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from bench.cpu_path import cpu_path_rows, ensure_larger_model
 from bench.standin_device import SPEC as STANDIN_SPEC
 from bench.standin_device import BusyLog, TimedSampler, exposed_overhead
 from engine import LLM, SamplingParams
@@ -46,8 +53,10 @@ def workload(n: int, vocab: int, seed: int) -> list[tuple[list[int], int]]:
     return [([rng.randrange(vocab) for _ in range(rng.randint(32, 512))], rng.randint(16, 256)) for _ in range(n)]
 
 
-def run_engine(model: Path, requests, async_scheduling: bool | None = None) -> tuple[float, int]:
-    llm = LLM(model, dtype="float32", device="cpu", max_num_batched_tokens=2048, async_scheduling=async_scheduling)
+def run_engine(model: Path, requests, async_scheduling: bool | None = None, dtype: str = "float32",
+               **engine_args) -> tuple[float, int]:
+    llm = LLM(model, dtype=dtype, device="cpu", max_num_batched_tokens=2048, async_scheduling=async_scheduling,
+              **engine_args)
     prompts = [{"prompt_token_ids": p} for p, _ in requests]
     params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for _, m in requests]
     llm.generate(prompts[:2], params[:2])  # warm-up
@@ -166,11 +175,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each in (a), best kept (a shared machine)")
     parser.add_argument("--mask-only", action="store_true", help="only (d): constrained vs unconstrained steps")
+    parser.add_argument("--cpu-requests", type=int, default=16, help="requests of the mixed workload in (e)")
+    parser.add_argument("--cpu-dtype", default="bfloat16", help="dtype of (e)")
+    parser.add_argument("--only", choices=["cpu-path"], help="run (e) alone")
     args = parser.parse_args()
     if args.mask_only:
         return write_mask_only(mask_rows(args.model.parent / "standin-model"))
     if not (args.model / "config.json").is_file():
         make_tiny_model(args.model)
+    cpu_models = [args.model, ensure_larger_model(args.model.parent / "cpu-larger-model")]
+    if args.only == "cpu-path":
+        cpu = cpu_path_rows(cpu_models, args.cpu_requests, args.seed, args.cpu_dtype, args.repeat)
+        write("engine_cpu_path.json", {"benchmark": "engine_cpu_path", **header(), "cpu_path": cpu})
+        return
     torch.manual_seed(args.seed)
     requests = workload(args.requests, 201088, args.seed)
     load_before = os.getloadavg()[0]
@@ -196,9 +213,9 @@ def main() -> None:
           "and sample_math (the sampler's tensor math over the 201k vocabulary, device work)")
     exposed = standin_rows(args.model.parent / "standin-model")
     masks = mask_rows(args.model.parent / "standin-model")
+    cpu = cpu_path_rows(cpu_models, args.cpu_requests, args.seed, args.cpu_dtype, args.repeat)
     result = {
-        "benchmark": "engine", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}",
+        "benchmark": "engine", **header(),
         "load_average_1min": [load_before, os.getloadavg()[0]],  # at the start and the end (a shared machine)
         "workload": {"requests": args.requests, "prompt_len": [32, 512], "output_len": [16, 256],
                      "seed": args.seed, "dtype": "float32", "model": str(args.model), "repeat": args.repeat},
@@ -211,19 +228,25 @@ def main() -> None:
         "standin_device": {"forward_ms": 20.0, "vocab": STANDIN_SPEC.vocab,
                            "rows": [dataclasses.asdict(e) for e in exposed]},
         "structured_mask": masks,
+        "cpu_path": cpu,
     }
+    write("engine.json", result)
+
+
+def header() -> dict:
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}"}
+
+
+def write(name: str, result: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "engine.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def write_mask_only(rows: list[dict]) -> None:
-    result = {"benchmark": "engine --mask-only", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform()}",
-              "load_average_1min": os.getloadavg()[0], "standin_device": {"forward_ms": 20.0,
-                                                                         "vocab": STANDIN_SPEC.vocab},
-              "structured_mask": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "engine_mask.json").write_text(json.dumps(result, indent=2) + "\n")
+    write("engine_mask.json", {"benchmark": "engine --mask-only", **header(), "load_average_1min": os.getloadavg()[0],
+                               "standin_device": {"forward_ms": 20.0, "vocab": STANDIN_SPEC.vocab},
+                               "structured_mask": rows})
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         logprobs=args.logprobs,
     )
     llm = LLM(model=args.model, dtype=args.dtype, device=args.device, **engine_kwargs(args))
+    print(llm.engine.memory.line(), file=sys.stderr)  # the start-up report: weights, KV cache, activations, RSS
     try:
         result = llm.generate([prompt], params)[0]
     finally:

@@ -83,9 +83,9 @@ class ModelConfig:
     device: str | None = setting(None, "cpu, cuda or cuda:N; None: cuda when available")
     max_model_len: int | None = setting(None, "context limit in tokens (None: the checkpoint's "
                                               "max_position_embeddings)", ge=1)
-    backend: str = setting("auto", "reference (dense experts, torch), kernels (packed MXFP4 experts, Triton on "
-                                   "CUDA) or auto (kernels on CUDA or with GPTOSS_FORCE_TRITON=1, else reference)",
-                           choices=BACKENDS)
+    backend: str = setting("auto", "kernels (packed MXFP4 experts: Triton on CUDA, engine.kernels' torch CPU ops on "
+                                   "CPU), reference (experts dequantized at load, the torch oracle; ~4x the expert "
+                                   "memory) or auto (= kernels)", choices=BACKENDS)
     enforce_eager: bool = setting(False, "never capture CUDA graphs for decode steps (they are captured on CUDA at "
                                          "start-up, single-rank engines only)")
     cuda_graph_batch_sizes: tuple[int, ...] | None = setting(None, "decode batch sizes captured as CUDA graphs "

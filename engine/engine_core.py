@@ -19,6 +19,7 @@ from pathlib import Path
 from engine.config import EngineConfig
 from engine.executor import Executor, StepResult, make_executor
 from engine.kv_cache_manager import KVCacheLayout, KVCacheManager, blocks_for_sequence
+from engine.memory import MemoryReport, activation_bytes, rss_bytes
 from engine.model.config import load_config
 from engine.parallel.dp_scheduler import DataParallelScheduler
 from engine.request import Request
@@ -27,7 +28,7 @@ from engine.scheduler import ScheduledStep, Scheduler, SchedulerStats
 from engine.structured import grammar
 from engine.text.detokenizer import IncrementalDetokenizer
 from engine.text.tokenizer import Tokenizer
-from engine.utils import generation_eos_ids, resolve_device
+from engine.utils import generation_eos_ids, resolve_device, resolve_dtype
 from engine.worker import LoadReport
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,14 @@ class EngineCore:
         self._ids = itertools.count()
         log.info("KV cache: %d blocks of %d tokens; one sequence can hold up to %d tokens", num_blocks,
                  config.cache.block_size, self.max_tokens_per_sequence)
+        self.memory = self._memory_report(num_blocks)
+        log.info(self.memory.line())
+
+    def _memory_report(self, num_blocks: int) -> MemoryReport:
+        report, seq_tokens = self.executor.reports[0], self.max_tokens_per_sequence
+        itemsize = resolve_dtype(self.config.model.dtype).itemsize
+        return MemoryReport(report.tensor_bytes, num_blocks * report.bytes_per_block, seq_tokens,
+                            activation_bytes(self.arch, self.config, seq_tokens, itemsize), *rss_bytes())
 
     def _blocks_for_sequence(self, num_tokens: int) -> int:
         return blocks_for_sequence(self.layout, num_tokens, self.config.scheduler.max_num_batched_tokens)

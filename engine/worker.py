@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine import kernels
 from engine.block_pool import NULL_BLOCK
 from engine.config import EngineConfig
 from engine.kv_cache_manager import KVCacheLayout
@@ -110,9 +109,8 @@ class Worker:
 
     @property
     def packed(self) -> bool:
-        """Experts kept packed in MXFP4 for the Triton kernels (else dequantized for the reference MoE)."""
-        backend = self.config.model.backend
-        return backend == "kernels" or (backend == "auto" and kernels.use_triton(self.device))
+        """Experts kept packed in MXFP4 for engine.kernels' MoE (else dequantized for the reference MoE)."""
+        return self.config.model.backend != "reference"
 
     def load(self, init_method: str | None = None) -> LoadReport:
         """Join the process group (several ranks) and load the weights: the whole checkpoint, or this rank's shard."""

@@ -8,7 +8,8 @@ function of the same name here dispatches between them with `use_triton(device)`
     write_kv           KV-cache write (attention.py)          router_topk        top-k + softmax (router.py)
 
 `yarn_cos_sin_cache` is plain torch. Off the Triton path, paged attention runs `paged_attention_cpu` (the ref's
-math, decode rows batched) rather than the ref's per-sequence loop. Kernels take tensors and ints only and know
+math, batched over sequences) rather than the ref's per-sequence loop, and the MoE `moe_cpu.moe_mxfp4_cpu` (experts
+decoded a tile at a time into the activations' dtype, tokens grouped by expert) rather than the ref's fp32 one. Kernels take tensors and ints only and know
 nothing of requests. Each Triton op is `plan_<op>` (its outputs and the `Launch`es that fill them, decided from shapes
 alone: launch.py) then a run of those launches; bench.kernel_resources and bench.gpu read the same plans.
 """
@@ -18,7 +19,7 @@ import os
 
 import torch
 
-from . import attention, moe, norm, rope, router
+from . import attention, moe, moe_cpu, norm, rope, router
 from ._triton import HAS_TRITON
 from .rope import yarn_cos_sin_cache
 
@@ -44,23 +45,27 @@ def use_triton(device: torch.device | str) -> bool:
     return os.environ.get("GPTOSS_FORCE_TRITON", "0") == "1"
 
 
-def _dispatch(module, name: str, off_triton: str | None = None):
+def _dispatch(module, name: str, off_triton: str | None = None, off_module=None):
     """The op `name` of `module`: its Triton kernel when use_triton(<first argument's device>), else `off_triton`
-    (default `name`_ref, the oracle). All are looked up at call time, so a test can swap any of them."""
+    of `off_module` (default `name`_ref of `module`, the oracle). All are looked up at call time, so a test can
+    swap any of them."""
     ref = getattr(module, name + "_ref")
-    fallback = off_triton or name + "_ref"
+    fallback, fallback_module = off_triton or name + "_ref", off_module or module
 
     @functools.wraps(ref)
     def op(*args, **kwargs):
-        return getattr(module, name if use_triton(args[0].device) else fallback)(*args, **kwargs)
+        if use_triton(args[0].device):
+            return getattr(module, name)(*args, **kwargs)
+        return getattr(fallback_module, fallback)(*args, **kwargs)
 
     op.__name__ = op.__qualname__ = name
     op.__module__ = __name__
-    op.__doc__ = f"Dispatches to {module.__name__}.{name} (Triton) or {fallback} (torch).\n\n{ref.__doc__}"
+    op.__doc__ = (f"Dispatches to {module.__name__}.{name} (Triton) or {fallback_module.__name__}.{fallback} "
+                  f"(torch).\n\n{ref.__doc__}")
     return op
 
 
-moe_mxfp4 = _dispatch(moe, "moe_mxfp4")
+moe_mxfp4 = _dispatch(moe, "moe_mxfp4", "moe_mxfp4_cpu", moe_cpu)
 paged_attention = _dispatch(attention, "paged_attention", "paged_attention_cpu")
 write_kv = _dispatch(attention, "write_kv")
 rms_norm = _dispatch(norm, "rms_norm")

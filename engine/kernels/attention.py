@@ -122,47 +122,55 @@ def paged_attention_cpu(
     sliding_window: int | None,
     scale: float,
 ) -> torch.Tensor:
-    """The torch path used on CPU (same signature as the ref): every single-query (decode) sequence in one padded
-    batched product, the multi-query ones (prefill chunks) through the ref's per-sequence loop. Same math."""
-    q_lens = query_start_loc[1:] - query_start_loc[:-1]
-    is_decode = q_lens == 1
-    decode = is_decode.nonzero().squeeze(-1)
-    if decode.numel() == q_lens.numel():
-        return _decode_batched(q, kv_cache, block_table, seq_lens, sinks, sliding_window, scale)
-    window = (sliding_window, scale)
+    """The torch path used on CPU (same signature and math as the ref): the decode sequences (one query each) in one
+    batched call and the prefill chunks in another, each padded to its longest, through torch's CPU flash attention
+    (no [queries, keys] score matrix is ever made, so an 8k-token prefill needs no gigabytes of scores). The sink
+    joins the softmax denominator through the logsumexp: out * sigmoid(lse - sink) = sum_n p_n v_n with
+    p_n = exp(s_n) / (sum_m exp(s_m) + exp(sink))."""
     out = torch.empty_like(q)
-    if decode.numel():
-        rows = query_start_loc[decode].long()
-        out[rows] = _decode_batched(q[rows], kv_cache, block_table[decode], seq_lens[decode], sinks, *window)
-    prefill = (~is_decode).nonzero().squeeze(-1)
-    lens = q_lens[prefill].long()
-    starts = torch.cat([lens.new_zeros(1), lens.cumsum(0)])
-    rows = (torch.arange(int(starts[-1]), device=q.device) - starts[:-1].repeat_interleave(lens)
-            + query_start_loc[prefill].long().repeat_interleave(lens))  # the prefill sequences' rows of q, in order
-    out[rows] = paged_attention_ref(q[rows], kv_cache, block_table[prefill], seq_lens[prefill], starts.int(), sinks,
-                                    *window)
+    q_lens = query_start_loc[1:] - query_start_loc[:-1]
+    for kind in (q_lens == 1, q_lens > 1):  # two kinds of sequence, each one batched call
+        seqs = kind.nonzero().squeeze(-1)
+        if seqs.numel():
+            _attend_padded(out, q, kv_cache, block_table[seqs], seq_lens[seqs].long(), query_start_loc[seqs].long(),
+                           q_lens[seqs].long(), sinks, sliding_window, scale)
     return out
 
 
-def _decode_batched(q, kv_cache, block_table, seq_lens, sinks, sliding_window, scale):
-    """q [B, Hq, D], one query per sequence at position seq_len - 1  ->  [B, Hq, D]."""
-    B, Hq, D = q.shape
-    KV, block_size = kv_cache.shape[3], kv_cache.shape[2]
-    last = seq_lens.long() - 1  # [B] query positions
-    first = torch.zeros_like(last) if sliding_window is None else (last - sliding_window + 1).clamp_min(0)
-    width = int((last - first).max()) + 1
-    k_pos = first[:, None] + torch.arange(width, device=q.device)[None, :]  # [B, L]
-    valid = k_pos <= last[:, None]
-    k_pos = torch.where(valid, k_pos, 0)
+def _attend_padded(out, q, kv_cache, block_table, seq_lens, q_starts, q_lens, sinks, sliding_window, scale):
+    """Writes the attention of B sequences' queries into out's rows. Shapes: B sequences, Q = longest query count,
+    N = widest key range (the keys inside some query's window), Hq = KV * G heads, D head dim."""
+    B, Q = q_lens.shape[0], int(q_lens.max())
+    KV, G, D, block_size = kv_cache.shape[3], q.shape[1] // kv_cache.shape[3], q.shape[2], kv_cache.shape[2]
+    q_first = seq_lens - q_lens  # [B] position of each sequence's first query
+    k_first = torch.zeros_like(q_first) if sliding_window is None else (q_first - sliding_window + 1).clamp_min(0)
+    N = int((seq_lens - k_first).max())
+    k_pos = k_first[:, None] + torch.arange(N, device=q.device)  # [B, N]
+    k_ok = k_pos < seq_lens[:, None]
+    k_pos = torch.where(k_ok, k_pos, 0)
     slots = block_table.long().gather(1, k_pos // block_size) * block_size + k_pos % block_size
     flat = kv_cache.view(2, -1, KV, D)
-    k, v = flat[0, slots].float(), flat[1, slots].float()  # [B, L, KV, D]
-    qg = q.float().view(B, KV, Hq // KV, D)
-    scores = torch.einsum("bkgd,blkd->bkgl", qg, k) * scale
-    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
-    sink = sinks.float().view(1, KV, Hq // KV, 1).expand(B, -1, -1, 1)
-    probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
-    return torch.einsum("bkgl,blkd->bkgd", probs, v).reshape(B, Hq, D).to(q.dtype)
+    k, v = (flat[i, slots].to(q.dtype).transpose(1, 2) for i in (0, 1))  # [B, KV, N, D]
+    q_idx = torch.arange(Q, device=q.device)
+    q_ok = q_idx < q_lens[:, None]  # [B, Q]
+    rows = torch.where(q_ok, q_starts[:, None] + q_idx, 0)  # [B, Q] rows of q (padding: row 0, dropped)
+    q_pos = q_first[:, None] + q_idx  # [B, Q]
+    visible = k_ok[:, None, :] & (k_pos[:, None, :] <= q_pos[:, :, None])  # [B, Q, N]
+    if sliding_window is not None:
+        visible &= k_pos[:, None, :] > q_pos[:, :, None] - sliding_window
+    visible |= ~q_ok[:, :, None]  # padding queries see everything (no all-masked rows); their output is dropped
+    if Q == 1:  # decode: each KV head's G query heads as G rows, so k and v stay [B, KV, N, D]
+        qb = q[rows[:, 0]].view(B, KV, G, D)
+        mask = torch.zeros(B, 1, 1, N, dtype=q.dtype, device=q.device).masked_fill(~visible[:, None], float("-inf"))
+    else:  # prefill: k and v repeated per query head, the [Q, N] mask shared by the heads
+        qb = q[rows].transpose(1, 2)  # [B, Hq, Q, D]
+        k, v = (t.repeat_interleave(G, dim=1) for t in (k, v))
+        mask = torch.zeros(B, 1, Q, N, dtype=q.dtype, device=q.device).masked_fill(~visible[:, None], float("-inf"))
+    o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qb, k, v, attn_mask=mask, scale=scale)
+    o, lse = o.reshape(B, -1, Q, D), lse.reshape(B, -1, Q)  # [B, Hq, Q, D], [B, Hq, Q]
+    keep = torch.sigmoid(lse - sinks.float()[None, :, None])  # [B, Hq, Q] the sink's share taken out
+    o = (o.float() * keep[..., None]).transpose(1, 2)  # [B, Q, Hq, D]
+    out[rows[q_ok]] = o[q_ok].to(out.dtype)
 
 
 # -------------------------------------------------------------------------------------------- attention kernel

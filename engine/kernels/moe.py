@@ -46,7 +46,8 @@ def moe_mxfp4_ref(
     """x [T, H]; topk_ids [T, K] int (-1 = skip); topk_weights [T, K]; w1 [E, 2I, H/32, 16] + [E, 2I, H/32] + b1
     [E, 2I]; w2 [E, H, I/32, 16] + [E, H, I/32] + b2 [E, H]  ->  [T, H] in x's dtype, all math in fp32.
 
-    Loops over the experts that have tokens, dequantizing one expert at a time (this is also the CPU path)."""
+    Loops over the experts that have tokens, dequantizing one expert at a time (the oracle; off Triton the engine
+    runs moe_mxfp4_cpu)."""
     xf = x.float()
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     for e in topk_ids[topk_ids >= 0].unique().tolist():

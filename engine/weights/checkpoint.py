@@ -87,12 +87,12 @@ _ORIGINAL_LAYER = {
 }
 _ORIGINAL_GLOBAL = {"embed.weight": "embedding.weight", "norm.weight": "norm.scale",
                     "unembed.weight": "unembedding.weight"}
-_LAYER_NAME = re.compile(r"^layers\.(\d+)\.(.+)$")
+LAYER_NAME = re.compile(r"^layers\.(\d+)\.(.+)$")
 
 
 def source_name(canonical: str, config: GptOssConfig) -> tuple[str, slice | None]:
     """The checkpoint tensor holding `canonical`, and the row range of it (original q/k/v live in one qkv)."""
-    m = _LAYER_NAME.match(canonical)
+    m = LAYER_NAME.match(canonical)
     if config.layout == "hf":
         return (f"model.layers.{m[1]}.{_HF_LAYER[m[2]]}" if m else _HF_GLOBAL[canonical]), None
     if not m:
@@ -209,6 +209,10 @@ def load_weights(
 
     With `dequantize_experts` the MXFP4 pairs become dense `layers.N.mlp.w1` [E, 2I, D] and `.w2` [E, D, I];
     without, the packed `*_blocks` / `*_scales` stay uint8 for the kernels that decode them on the fly.
+    On CPU a tensor that needs no cast stays the zero-copy view of the memory map: its pages are the page cache's
+    (read on first use, counted in RSS once touched, droppable under memory pressure), so the weights never exist
+    twice; a copy would count them twice while the map is open. Replace a checkpoint by writing new files, never
+    by rewriting one in place while an engine has it open.
     """
     ckpt = Checkpoint(model_dir)
     specs = expected_tensors(ckpt.config)
@@ -222,5 +226,5 @@ def load_weights(
             weights[name.replace("_blocks", "")] = dequantize_mxfp4(blocks, scales, dtype).to(device)
             continue
         tensor = ckpt.read(name, spec)
-        weights[name] = tensor.to(device=device, dtype=dtype if spec.kind == FLOAT else tensor.dtype, copy=True)
+        weights[name] = tensor.to(device=device, dtype=dtype if spec.kind == FLOAT else tensor.dtype)
     return ckpt.config, weights

@@ -1,4 +1,5 @@
-"""The CPU attention path (decode rows batched) equals the ref on decode-only and mixed batches."""
+"""The CPU attention path (decode rows and prefill chunks each batched, torch's flash attention) equals the ref on
+decode-only and mixed batches."""
 
 import pytest
 import torch
@@ -29,3 +30,13 @@ def make_case(q_lens, seq_lens, window, kv=2, hq=8, d=16, block_size=4, seed=0):
 def test_cpu_path_equals_ref(q_lens, seq_lens, window):
     args = make_case(q_lens, seq_lens, window)
     torch.testing.assert_close(paged_attention_cpu(*args), paged_attention_ref(*args), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kv, hq", [(1, 8), (8, 8), (2, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_path_equals_ref_across_head_ratios_and_dtypes(kv, hq, dtype):
+    """MQA, MHA and GQA; bf16 q and cache (the ref computes in fp32, the CPU path in bf16 with fp32 softmax)."""
+    q, cache, *rest = make_case([1, 6, 1, 12], [12, 6, 40, 30], 8, kv=kv, hq=hq)
+    args = (q.to(dtype), cache.to(dtype), *rest)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(paged_attention_cpu(*args).float(), paged_attention_ref(*args).float(), **tol)

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 import engine.kernels as kernels
-from engine.kernels import attention, moe, norm, rope, router
+from engine.kernels import attention, moe, moe_cpu, norm, rope, router
 
 OPS = [(moe, "moe_mxfp4"), (attention, "paged_attention"), (attention, "write_kv"), (norm, "rms_norm"),
        (rope, "rope_and_write_kv"), (router, "router_topk")]
-OFF_TRITON = {"paged_attention": "paged_attention_cpu"}  # the ref's math, decode rows batched; else the ref
+# off Triton: the CPU paths (the ref's math, batched; the MoE in its own module), else the ref
+OFF_TRITON = {"paged_attention": (attention, "paged_attention_cpu"), "moe_mxfp4": (moe_cpu, "moe_mxfp4_cpu")}
 
 
 def test_use_triton_on_cpu_needs_the_override(monkeypatch):
@@ -23,7 +24,7 @@ def test_use_triton_on_cpu_needs_the_override(monkeypatch):
 def test_ops_dispatch_on_device(module, name, force, monkeypatch):
     calls = []
     monkeypatch.setattr(module, name, lambda *a, **k: calls.append("triton"))
-    monkeypatch.setattr(module, OFF_TRITON.get(name, name + "_ref"), lambda *a, **k: calls.append("ref"))
+    monkeypatch.setattr(*OFF_TRITON.get(name, (module, name + "_ref")), lambda *a, **k: calls.append("ref"))
     monkeypatch.setenv("GPTOSS_FORCE_TRITON", force)
     getattr(kernels, name)(torch.zeros(1), 2)
     assert calls == ["triton" if force == "1" and kernels.HAS_TRITON else "ref"]

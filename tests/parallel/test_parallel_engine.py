@@ -26,8 +26,8 @@ KV_BLOCKS = 24  # per attention group: 12 requests of up to 50 tokens need ~5 bl
 DP_KV_BLOCKS = 12  # per group when two groups share the 12 requests
 GREEDY = SamplingParams(temperature=0, max_tokens=10, logprobs=3, ignore_eos=True)
 ASYNC = dict(async_scheduling=True)  # step N+1 sent before step N is read, PENDING ids broadcast in the TP group
-CASES = {  # name -> engine arguments (async scheduling is off by default on CPU)
-    "tp2": dict(tensor_parallel_size=2),  # experts sliced along I
+CASES = {  # name -> engine arguments (async scheduling is off by default on CPU; experts packed unless "reference")
+    "tp2": dict(tensor_parallel_size=2, backend="reference"),  # dense experts sliced along I
     "tp2-ep2": dict(tensor_parallel_size=2, enable_expert_parallel=True, **ASYNC),
     "tp2-dp2-ep4": dict(tensor_parallel_size=2, data_parallel_size=2, enable_expert_parallel=True, **ASYNC),
     "tp4-ep4-packed": dict(tensor_parallel_size=4, enable_expert_parallel=True, backend="kernels",  # KV replicated
@@ -102,7 +102,7 @@ def settled_stats(engine: AsyncLLM):
 def check_memory(engine: AsyncLLM, model, args: dict):
     """Each rank's weights: experts / ranks (EP) or / ranks plus the b2 copy (I-sliced), attention and vocab / TP;
     norms and routers replicated. Prints the table (pytest -s)."""
-    _, full = load_weights(model, torch.float32, dequantize_experts=args.get("backend") != "kernels")
+    _, full = load_weights(model, torch.float32, dequantize_experts=args.get("backend") == "reference")
     whole = tensor_bytes(full)
     tp, world = args["tensor_parallel_size"], args["tensor_parallel_size"] * args.get("data_parallel_size", 1)
     print(f"\n{args}: one process {whole}")
