@@ -21,8 +21,8 @@ from openai_harmony import Author, Message, Role
 
 EFFORTS = ("low", "medium", "high")
 OPS = {"+": ("plus", lambda a, b: a + b), "-": ("minus", lambda a, b: a - b), "*": ("times", lambda a, b: a * b)}
-SMALL_MAX = 20  # operands of head arithmetic (sums, differences): 0..SMALL_MAX; products: 2..PRODUCT_MAX
-PRODUCT_MAX = 12
+SMALL_MAX = 12  # operands of head arithmetic (sums, differences): 0..SMALL_MAX; products: 2..PRODUCT_MAX
+PRODUCT_MAX = 9
 LARGE_RANGE = (100, 999)  # operands of the products the model hands to python
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 CITIES = (
@@ -106,8 +106,7 @@ def arithmetic_question(rng: random.Random) -> tuple[int, str, int, int]:
 
 def ask_arithmetic(rng: random.Random, a: int, op: str, b: int) -> str:
     word = OPS[op][0]
-    return rng.choice((f"What is {a} {op} {b}?", f"Compute {a} {op} {b}.", f"What's {a} {word} {b}?",
-                       f"Calculate {a} {op} {b}", f"{a} {op} {b} = ?"))
+    return rng.choice((f"What is {a} {op} {b}?", f"Compute {a} {op} {b}.", f"What's {a} {word} {b}?"))
 
 
 def think_arithmetic(effort: str, a: int, op: str, b: int, c: int) -> str:
@@ -134,11 +133,12 @@ def arithmetic(rng: random.Random, effort: str) -> Dialogue:
 
 
 def letters(rng: random.Random, low: int, high: int) -> list[str]:
-    return [rng.choice(LETTERS) for _ in range(rng.randint(low, high))]
+    """Distinct letters, so each one says where it stands."""
+    return rng.sample(LETTERS, rng.randint(low, high))
 
 
 def reverse(rng: random.Random, effort: str) -> Dialogue:
-    chars = letters(rng, 3, 6)
+    chars = letters(rng, 3, 5)
     s, r = " ".join(chars), " ".join(reversed(chars))
     question = rng.choice((f"Reverse the letters: {s}", f"Reverse this sequence: {s}", f"Write {s} backwards."))
     think = {"low": f"Backwards: {r}.",
@@ -162,7 +162,7 @@ def ask_count(rng: random.Random, s: str) -> str:
 
 
 def count(rng: random.Random, effort: str) -> Dialogue:
-    chars = letters(rng, 2, 8)
+    chars = letters(rng, 2, 6)
     answer = str(len(chars))
     return Dialogue("count", effort, [user(ask_count(rng, " ".join(chars)))],
                     [analysis(count_think(effort, chars)), final(answer)], final=answer)
@@ -312,7 +312,7 @@ def json_answer(rng: random.Random, effort: str) -> Dialogue:
         a, op, b, value = arithmetic_question(rng)
         question, think = ask_arithmetic(rng, a, op, b), think_arithmetic(effort, a, op, b, value)
     else:
-        chars = letters(rng, 2, 8)
+        chars = letters(rng, 2, 6)
         question, think, value = ask_count(rng, " ".join(chars)), count_think(effort, chars), len(chars)
     answer = json.dumps({key: value})
     think += f" Reply with JSON: {key} = {value}." if effort != "low" else ""
@@ -337,7 +337,7 @@ MIX = {"arithmetic": 0.26, "reverse": 0.08, "count": 0.08, "greeting": 0.03, "we
 def draw(rng: random.Random, task: str) -> Dialogue:
     """One dialogue of `task`; some get a leading system prompt (it becomes the developer instructions)."""
     dialogue = TASKS[task](rng, rng.choice(EFFORTS))
-    if task != "json" and rng.random() < 0.15:
+    if task != "json" and rng.random() < 0.1:
         dialogue.messages.insert(0, {"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
     return dialogue
 

@@ -97,8 +97,32 @@ class RowAttention:
         return out[..., :Dh].transpose(1, 2).reshape(B * T, Hq, Dh)
 
 
+class TiedUnembedding(nn.Module):
+    """The unembedding as the embedding / sqrt(D) plus a learned difference (zero at the start).
+
+    The checkpoint stores the sum, untied, as gpt-oss's format wants. Through the shared part, a head that copies
+    a token's embedding into the residual stream raises that token's logit for every token at once, so copying
+    numbers, letters and names from the context is not learned one unembedding row at a time (most occur a few
+    dozen times in the whole corpus); the difference lets frequent tokens move apart from their embedding.
+    """
+
+    def __init__(self, embed: nn.Embedding):
+        super().__init__()
+        self.source = [embed]  # a list: not a submodule (its parameter is the embedding's, owned there)
+        self.scale = 1 / math.sqrt(embed.weight.shape[1])  # a power of two for D = 64: exact in bf16
+        self.delta = nn.Parameter(torch.zeros_like(embed.weight))  # [S, D]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """[S, D], rounded to bf16 as the checkpoint stores it (straight-through)."""
+        return BF16RoundTrip()(self.source[0].weight * self.scale + self.delta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
 class TrainableModel(nn.Module):
-    def __init__(self, config: ModelConfig, vocab_ids: list[int], seed: int):
+    def __init__(self, config: ModelConfig, vocab_ids: list[int], seed: int, tie_embeddings: bool = True):
         super().__init__()
         self.config = config  # the architecture of the checkpoint (full vocabulary)
         self.register_buffer("vocab_ids", torch.tensor(vocab_ids), persistent=False)  # compact id -> real id [S]
@@ -107,6 +131,8 @@ class TrainableModel(nn.Module):
             torch.manual_seed(seed)
             self.net = Transformer(replace(config, vocab_size=len(vocab_ids)))
             init_weights(self.net)
+            if tie_embeddings:
+                self.net.unembed = TiedUnembedding(self.net.embed)
         for name, module, attr in float_parameters(self.net):
             rounding = MXFP4RoundTrip() if attr in EXPERT_WEIGHTS else BF16RoundTrip()
             parametrize.register_parametrization(module, attr, rounding, unsafe=True)
