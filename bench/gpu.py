@@ -3,7 +3,9 @@
 Flow: measure the card (copy GB/s, bf16 matmul TFLOP/s) -> check every Triton kernel against its torch ref on
 random data at real shapes -> time kernels, refs and the torch MoE baseline (median of CUDA-event timings, L2
 flushed before each run) -> write bench/results/<date>-<device>.json and .md.
-Then whole-model decode at gpt-oss-120b shapes with random weights (MXFP4 experts, ~65 GB): tokens/s at batch 1, 8,
+Then every launch of one layer, at decode T = 1..256 and prefill chunks, timed alone next to its roofline prediction
+(bench.gpu_launches: the launches come from the ops' own plans, the predictions from bench.roofline). Then
+whole-model decode at gpt-oss-120b shapes with random weights (MXFP4 experts, ~65 GB): tokens/s at batch 1, 8,
 64 and 256, eager and with CUDA graphs, next to the bandwidth floor (`bench_model_decode`).
 """
 
@@ -21,8 +23,9 @@ from typing import Callable
 
 import torch
 
+from bench import gpu_launches
 from engine.kernels import attention, moe, norm, rope, router
-from engine.mxfp4 import dequantize_mxfp4
+from engine.weights.mxfp4 import dequantize_mxfp4
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEVICE = "cuda"  # tests/kernels/test_bench_gpu.py swaps in "cpu" to dry-run this script at tiny shapes
@@ -94,6 +97,7 @@ class Report:
     checks: list[Check] = field(default_factory=list)
     timings: list[Timing] = field(default_factory=list)
     decode: list["DecodeResult"] = field(default_factory=list)
+    launches: list[gpu_launches.LaunchTiming] = field(default_factory=list)  # each launch vs its roofline
 
 
 # ------------------------------------------------------------------------------------------------------- timing
@@ -316,9 +320,9 @@ def bench_small_ops(report: Report, timer: Timer, s: Shapes, gen, token_counts=(
 
 
 def model_config(s: Shapes):
-    from engine.config import FULL, SLIDING, ModelConfig  # noqa: PLC0415
+    from engine.model.config import FULL, SLIDING, GptOssConfig  # noqa: PLC0415
 
-    return ModelConfig(
+    return GptOssConfig(
         num_hidden_layers=s.layers, num_experts=s.experts, experts_per_token=s.top_k, hidden_size=s.hidden,
         intermediate_size=s.intermediate, num_attention_heads=s.q_heads, num_key_value_heads=s.kv_heads,
         head_dim=s.head_dim, vocab_size=s.vocab, sliding_window=s.window,
@@ -465,6 +469,7 @@ def write_results(report: Report, out_dir: Path) -> Path:
         *(f"| {t.name} | {t.impl} | {t.shape} | {t.ms:.4f} | {t.gbps:.0f} | {100 * t.bw_fraction:.1f} | "
           f"{t.tflops:.2f} | {100 * t.flop_fraction:.1f} |" for t in report.timings),
         "",
+        *gpu_launches.markdown(report),
         "## Whole-model decode (random weights, forward + logits + argmax per step)",
         "",
         "| batch | context | eager tok/s | CUDA graphs tok/s | graphs = eager tokens | bandwidth floor tok/s |",
@@ -488,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8, 64, 256],
                         help="batch sizes of the whole-model decode timing (empty list: skip it)")
     parser.add_argument("--decode-context", type=int, default=256, help="tokens in each sequence's KV cache")
+    parser.add_argument("--launch-steps", type=int, nargs="*", default=[t for t, _ in gpu_launches.STEPS],
+                        help="tokens per step of the per-launch roofline timings: up to 256 a decode step of that many "
+                        "sequences, more one prefill chunk (empty list: skip them)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench.gpu needs a CUDA device and none is visible (torch.cuda.is_available() is False); "
@@ -506,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     bench_small_ops(report, timer, shapes, gen)
     bench_attention(report, timer, shapes, gen)
     bench_moe(report, timer, shapes, args.moe_tokens, gen)
+    if args.launch_steps:
+        steps = [(t, t > 256) for t in args.launch_steps]
+        gpu_launches.bench_launches(report, timer, shapes, random_experts(shapes, gen), DEVICE, gen, steps)
     if args.decode_batches:
         torch.cuda.empty_cache()
         bench_model_decode(report, timer, shapes, args.decode_batches, args.decode_context)

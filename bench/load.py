@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoint import load_weights
-from engine.tiny_model import TinyModelSpec, make_tiny_model
+from engine.weights.checkpoint import load_weights
+from engine.weights.tiny_model import TinyModelSpec, make_tiny_model
 
 SPEC = TinyModelSpec(seed=0, layers=4, experts=64, experts_per_token=4, hidden=1024, heads=16, kv_heads=4,
                      head_dim=64, sliding_window=128, max_shard_bytes=512 << 20)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from engine.tiny_model import make_tiny_model
+from engine.weights.tiny_model import make_tiny_model
 from engine.train import evaluation
 from engine.train.trainer import TrainSpec, train
 

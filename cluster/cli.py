@@ -1,6 +1,6 @@
 """`gptoss serve`: run the application on a local Ray cluster, or print its Ray Serve / default config.
 
-    gptoss serve --config FILE                        # local Ray cluster on this machine; Ctrl-C stops it
+    gptoss serve --config FILE                        # local Ray cluster on this machine; Ctrl-C drains and stops it
     gptoss serve --config FILE --ray-address auto     # deploy onto a running Ray cluster instead
     gptoss serve --print-serve-config FILE            # Serve config YAML (serve deploy, KubeRay serveConfigV2)
     gptoss serve --print-default-config               # every config field, documented
@@ -10,11 +10,13 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import yaml
 
 from cluster.config import AppConfig, ConfigError, default_config_yaml, load_config, serve_config
+
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     serve_cmd = commands.add_parser("serve", help="serve the OpenAI-compatible API on Ray Serve")
@@ -58,35 +60,87 @@ def _load(path: str) -> AppConfig:
 
 
 def serve_forever(config: AppConfig, ray_address: str | None, num_cpus: int | None) -> int:
+    """Run until SIGINT/SIGTERM; then drain: the front doors refuse new requests (503 / UNAVAILABLE) while every
+    request in flight finishes, for up to the models' graceful_shutdown_timeout_s; a second signal stops at once."""
     import ray  # noqa: PLC0415 - heavy; only when serving
     from ray import serve  # noqa: PLC0415
 
     from cluster.app import build_from_config  # noqa: PLC0415
 
     config.auth.resolve()  # fail now, not in a replica, when a key source is missing
+    signals = _Signals()
     ray.init(address=ray_address or "local", num_cpus=num_cpus if ray_address is None else None,
-             include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+             include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": config.http.host, "port": config.http.port}, proxy_location="HeadOnly")
         print(f"starting {len(config.models)} model(s); the first start loads weights ...", flush=True)
         serve.run(build_from_config(config), name=config.name, route_prefix=config.http.route_prefix)
         print(banner(config), flush=True)
-        stop.wait()
-        print("\nstopping: draining in-flight requests ...", flush=True)
+        signals.first.wait()
+        grace = config.graceful_shutdown_timeout_s
+        print(f"\nstopping: draining in-flight requests (up to {grace:g} s; Ctrl-C again stops at once) ...",
+              flush=True)
+        left = drain(config, signals.second, grace)
+        print("drained: every request in flight finished" if left == 0 else
+              f"stopping with {left} request(s) still in flight", flush=True)
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        _stop(config.name)
+    print("gptoss-serve stopped", flush=True)
     return 0
+
+
+def _stop(app_name: str) -> None:
+    """Delete the application (Serve stops its replicas: engines shut down, final metrics pushed), then the local
+    Ray cluster. (serve.shutdown() would also kill Serve's controller while its own shutdown call is pending,
+    which the raylet logs as a failed task.)"""
+    import ray  # noqa: PLC0415
+    from ray import serve  # noqa: PLC0415
+
+    try:
+        serve.delete(app_name)
+    except Exception as err:  # noqa: BLE001 - not deployed (a failed start) or Serve already gone
+        print(f"stopping: {err!r}", file=sys.stderr, flush=True)
+    ray.shutdown()
+
+
+class _Signals:
+    """SIGINT / SIGTERM: the first sets `first`, the second `second` (stop at once)."""
+
+    def __init__(self):
+        self.first, self.second = threading.Event(), threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, *_):
+        (self.second if self.first.is_set() else self.first).set()
+
+
+def drain(config: AppConfig, stop_now: threading.Event, grace_s: float) -> int:
+    """Tell the front doors to refuse new requests, wait until every one of them has confirmed it and holds no
+    request in flight (or `grace_s` passed, or `stop_now`); returns the requests still in flight (-1: unknown)."""
+    from ray import serve  # noqa: PLC0415
+
+    from cluster.app import HUB_NAME  # noqa: PLC0415
+
+    end = time.monotonic() + grace_s
+    try:
+        hub = serve.get_deployment_handle(HUB_NAME, app_name=config.name)
+        hub.drain.remote().result(timeout_s=10)
+        while True:
+            status = hub.drain_status.remote().result(timeout_s=10)
+            if not status["pending"] and status["in_flight"] == 0:
+                return 0
+            if stop_now.wait(0.2) or time.monotonic() > end:
+                return status["in_flight"]
+    except Exception as err:  # noqa: BLE001 - the hub is gone: nothing to wait for
+        print(f"drain: the cluster's hub did not answer ({err!r})", file=sys.stderr, flush=True)
+        return -1
 
 
 def banner(config: AppConfig) -> str:
     host = config.http.host if config.http.host not in ("0.0.0.0", "::") else "127.0.0.1"
     base = f"http://{host}:{config.http.port}{config.http.route_prefix.rstrip('/')}"
-    auth = ' -H "Authorization: Bearer $GPTOSS_API_KEY"' if _has_auth(config) else ""
+    auth = ' -H "Authorization: Bearer $GPTOSS_API_KEY"' if config.auth.enabled else ""
     model = config.models[0].name
     return "\n".join([
         "",
@@ -113,7 +167,3 @@ def grpc_endpoint(config: AppConfig) -> str:
     host = g.host if g.host not in ("0.0.0.0", "::") else "127.0.0.1"
     security = "TLS" + (" + client certificates" if g.tls_client_ca_file else "") if g.tls else "plaintext"
     return f"{host}:{g.port}  (gptoss.v1.Inference, {security}; health and reflection; stubs: proto/)"
-
-
-def _has_auth(config: AppConfig) -> bool:
-    return bool(config.auth.api_keys or config.auth.api_keys_env or config.auth.api_keys_file)

@@ -1,66 +1,59 @@
 """The application config: one typed, validated file that drives `gptoss serve`, `serve run`/`serve deploy` and KubeRay.
 
-Flow: YAML or JSON file -> `load_config` -> `AppConfig` (every field checked where it is made; errors name the
-field path, the value and what to change) -> `cluster.app.build_app` makes the Serve application, and
-`serve_config` emits the Ray Serve config (`applications: [...]`) that KubeRay's `serveConfigV2` holds.
-Each field's `doc` metadata is its documentation; `gptoss serve --print-default-config` prints them all.
+Flow: YAML or JSON file -> `load_config` -> `AppConfig` (pydantic models, strict: every field typed and ranged;
+all problems reported at once, each named by its YAML path, e.g. `models[0].engine.max_num_seqs`) ->
+`cluster.app.build_app` makes the Serve application, and `serve_config` emits the Ray Serve config
+(`applications: [...]`) that KubeRay's `serveConfigV2` holds. Each field's `description` is its documentation:
+`gptoss serve --print-default-config` prints them all, and `chart_config_schema()` is the JSON schema of the Helm
+chart's `config` block (helm/gptoss-serve/values.schema.json; a test keeps the two equal).
 """
 
-import dataclasses
 import json
+import math
 import os
-import types
-import typing
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
+from typing import Literal
 
 import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from cluster.responses.config import ResponsesConfig
+from cluster.sections import ConfigError, Section, doc
+from cluster.tools.config import ToolsConfig
 
 REASONING_EFFORTS = ("low", "medium", "high")
 IMPORT_PATH = "cluster.app:build_app"  # what `serve run` / serveConfigV2 import
-
-
-class ConfigError(ValueError):
-    """A config value that is missing, of the wrong type or out of range; the message names the field."""
-
-
-def doc(default, text: str, **kwargs):
-    """A dataclass field with its documentation (a list or dict default becomes a factory)."""
-    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        factory = (lambda d=default: type(d)(d)) if not dataclasses.is_dataclass(default) else type(default)
-        return field(default_factory=factory, metadata={"doc": text}, **kwargs)
-    return field(default=default, metadata={"doc": text}, **kwargs)
-
-
-def _check(ok: bool, path: str, value, want: str) -> None:
-    if not ok:
-        raise ConfigError(f"{path} must be {want}, got {value!r}")
+CHART_OWNED = ("http", "auth", "grpc", "models")  # config keys the Helm chart writes from its own values
+SERVE_CHART_OWNED = ("name", "path", "dtype", "device", "num_gpus", "num_cpus", "parallel", "num_replicas")
+GRPC_CHART_OWNED = ("enabled", "host", "port", "replicas", "node_resource", "tls_cert_file", "tls_key_file",
+                    "tls_client_ca_file")
+_LEAD = re.compile(r"^([a-z_]+)\b")  # the field a validator's message starts with
+CONTROL_ROUTE_HEADROOM = 32  # ingress slots beyond the generation capacity: /v1/models, /health, /metrics
 
 
 # -- per-area sections ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class HttpConfig:
-    host: str = doc("127.0.0.1", "address the HTTP proxy binds; 0.0.0.0 exposes it (set it in a pod)")
-    port: int = doc(8000, "HTTP port of the OpenAI-compatible API")
-    route_prefix: str = doc("/", "path prefix of the application (the API lives under PREFIX/v1/...)")
-
-    def validate(self, path: str) -> None:
-        _check(0 < self.port < 65536, f"{path}.port", self.port, "in [1, 65535]")
-        _check(self.route_prefix.startswith("/"), f"{path}.route_prefix", self.route_prefix, "a path starting with /")
+class HttpConfig(Section):
+    host: str = doc("127.0.0.1", "address the HTTP proxy binds; 0.0.0.0 exposes it (set it in a pod)", min_length=1)
+    port: int = doc(8000, "HTTP port of the OpenAI-compatible API", ge=1, le=65535)
+    route_prefix: str = doc("/", "path prefix of the application (the API lives under PREFIX/v1/...)",
+                            pattern=r"^/")
 
 
-@dataclass
-class AuthConfig:
+class AuthConfig(Section):
     api_keys: list[str] = doc([], "literal API keys (prefer api_keys_env or api_keys_file: a config file leaks)")
     api_keys_env: str | None = doc(None, "environment variable holding comma-separated API keys (read on the node)")
     api_keys_file: str | None = doc(None, "file with one API key per line (read on the node, e.g. a mounted secret)")
 
-    def validate(self, path: str) -> None:
-        for i, key in enumerate(self.api_keys):
-            _check(len(key) >= 8 and key == key.strip(), f"{path}.api_keys[{i}]", "<hidden>",
-                   "at least 8 characters without surrounding spaces")
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_long_enough(cls, keys: list[str]) -> list[str]:
+        for i, key in enumerate(keys):
+            if len(key) < 8 or key != key.strip():
+                raise ValueError(f"[{i}] (hidden) must be at least 8 characters without surrounding spaces")
+        return keys
 
     def resolve(self) -> list[str]:
         """Every configured key; a named env var or file that is missing is an error (never 'no auth')."""
@@ -78,64 +71,61 @@ class AuthConfig:
             raise ConfigError("auth names a key source but it holds no keys; refusing to serve without auth")
         return keys
 
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_keys or self.api_keys_env or self.api_keys_file)
 
-@dataclass
-class LimitsConfig:
-    max_body_bytes: int = doc(4 << 20, "largest request body accepted; larger gets 413")
-    request_timeout_s: float = doc(600.0, "deadline of one request from arrival to its last byte; past it: 408")
+
+class LimitsConfig(Section):
+    max_body_bytes: int = doc(4 << 20, "largest request body accepted; larger gets 413", ge=1024)
+    request_timeout_s: float = doc(600.0, "deadline of one request from its arrival at the front door to its last "
+                                          "byte; past it: 408 (HTTP) or DEADLINE_EXCEEDED (gRPC)", gt=0)
     max_queued_requests: int = doc(
         256, "requests per model that may wait at the router for a replica slot; past it: 503 with Retry-After "
-             "(-1 = unbounded)")
-    retry_after_s: int = doc(1, "Retry-After seconds sent with 429 and 503")
+             "(-1 = unbounded)", ge=-1)
+    retry_after_s: int = doc(1, "Retry-After seconds sent with 429 and 503", ge=0)
 
-    def validate(self, path: str) -> None:
-        _check(self.max_body_bytes >= 1024, f"{path}.max_body_bytes", self.max_body_bytes, ">= 1024")
-        _check(self.request_timeout_s > 0, f"{path}.request_timeout_s", self.request_timeout_s, "> 0")
-        _check(self.max_queued_requests == -1 or self.max_queued_requests >= 1, f"{path}.max_queued_requests",
-               self.max_queued_requests, ">= 1 or -1 (unbounded)")
-        _check(self.retry_after_s >= 0, f"{path}.retry_after_s", self.retry_after_s, ">= 0")
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("max_queued_requests must be >= 1 or -1 (unbounded)")
+        return value
 
 
-@dataclass
-class GrpcConfig:
+class GrpcConfig(Section):
     """The gRPC gateway (proto/gptoss/v1, cluster/grpc/): API keys are auth's, the longest deadline limits'."""
 
     enabled: bool = doc(False, "serve the gRPC API (gptoss.v1.Inference, health, reflection) from a gateway")
-    host: str = doc("127.0.0.1", "address the gateway binds; 0.0.0.0 exposes it (set it in a pod, with TLS)")
-    port: int = doc(50051, "gRPC port")
-    replicas: int = doc(1, "gateway replicas, at most one per node (each binds host:port on its node)")
+    host: str = doc("127.0.0.1", "address the gateway binds; 0.0.0.0 exposes it (set it in a pod, with TLS)",
+                    min_length=1)
+    port: int = doc(50051, "gRPC port", ge=1, le=65535)
+    replicas: int = doc(1, "gateway replicas, at most one per node (each binds host:port on its node)", ge=1)
     tls_cert_file: str | None = doc(None, "PEM certificate chain of the server: TLS when set (with tls_key_file)")
     tls_key_file: str | None = doc(None, "PEM private key of tls_cert_file")
     tls_client_ca_file: str | None = doc(None, "PEM CA bundle: clients must present a certificate it signed (mTLS)")
-    max_message_bytes: int = doc(4 << 20, "largest request or response message; larger fails RESOURCE_EXHAUSTED")
-    max_concurrent_streams: int = doc(256, "Generate/Chat calls in flight per gateway replica; past it: "
-                                           "RESOURCE_EXHAUSTED with trailing metadata retry-after-ms")
-    requests_per_s: float = doc(0.0, "per API key: calls per second (token bucket; 0 = unlimited)")
-    request_burst: int = doc(0, "per API key: calls allowed at once above the rate (0: one second's worth)")
+    max_message_bytes: int = doc(4 << 20, "largest request or response message; larger fails RESOURCE_EXHAUSTED",
+                                 ge=1024)
+    max_concurrent_streams: int = doc(1024, "Generate/Chat calls in flight per gateway replica; past it: "
+                                            "RESOURCE_EXHAUSTED with trailing metadata retry-after-ms", ge=1)
+    requests_per_s: float = doc(0.0, "per API key: calls per second (token bucket; 0 = unlimited)", ge=0)
+    request_burst: int = doc(0, "per API key: calls allowed at once above the rate (0: one second's worth)", ge=0)
     tokens_per_s: float = doc(0.0, "per API key: prompt + generated tokens per second (0 = unlimited); a call "
-                                   "is admitted while the key's bucket is not in debt")
-    token_burst: int = doc(0, "per API key: tokens allowed at once above the rate (0: one second's worth)")
-    retry_after_ms: int = doc(1000, "retry hint sent with RESOURCE_EXHAUSTED when no better one is known")
+                                   "is admitted while the key's bucket is not in debt", ge=0)
+    token_burst: int = doc(0, "per API key: tokens allowed at once above the rate (0: one second's worth)", ge=0)
+    retry_after_ms: int = doc(1000, "retry hint sent with RESOURCE_EXHAUSTED when no better one is known", ge=0)
     reflection: bool = doc(True, "serve gRPC server reflection (grpcurl, grpcui); needs the API key like the API")
     node_resource: str | None = doc(None, "a custom Ray resource each gateway replica takes 0.001 of, so gateways run "
                                           "only on nodes that have it (the Helm chart gives it to the head pod, which "
-                                          "its gRPC Service selects); None: any node")
+                                          "its gRPC Service selects); None: any node", min_length=1)
 
-    def validate(self, path: str) -> None:
-        _check(bool(self.host), f"{path}.host", self.host, "an address such as 127.0.0.1")
-        _check(self.node_resource is None or bool(self.node_resource), f"{path}.node_resource", self.node_resource,
-               "a Ray resource name or null")
-        _check(0 < self.port < 65536, f"{path}.port", self.port, "in [1, 65535]")
-        _check(self.replicas >= 1, f"{path}.replicas", self.replicas, ">= 1")
-        _check((self.tls_cert_file is None) == (self.tls_key_file is None), f"{path}.tls_key_file",
-               self.tls_key_file, "set together with tls_cert_file (both or neither)")
-        _check(self.tls_client_ca_file is None or self.tls_cert_file is not None, f"{path}.tls_client_ca_file",
-               self.tls_client_ca_file, "used with tls_cert_file and tls_key_file (mTLS needs server TLS)")
-        _check(self.max_message_bytes >= 1024, f"{path}.max_message_bytes", self.max_message_bytes, ">= 1024")
-        _check(self.max_concurrent_streams >= 1, f"{path}.max_concurrent_streams", self.max_concurrent_streams,
-               ">= 1")
-        for name in ("requests_per_s", "request_burst", "tokens_per_s", "token_burst", "retry_after_ms"):
-            _check(getattr(self, name) >= 0, f"{path}.{name}", getattr(self, name), ">= 0")
+    @model_validator(mode="after")
+    def _tls_files(self) -> "GrpcConfig":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_key_file and tls_cert_file must be set together (both or neither)")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file (server TLS)")
+        return self
 
     @property
     def tls(self) -> bool:
@@ -146,40 +136,35 @@ class GrpcConfig:
         return f"{self.host}:{self.port}"
 
 
-@dataclass
-class ParallelConfig:
+class ParallelSection(Section):
     """One replica's engine over several ranks (engine.parallel; docs/parallelism.md). With more than one rank the
     replica process only schedules; the ranks hold the weights."""
 
     tensor_parallel_size: int = doc(1, "ranks (GPUs) of one attention group: they split the attention heads, the "
-                                       "vocabulary and, without expert parallelism, every expert")
+                                       "vocabulary and, without expert parallelism, every expert", ge=1)
     data_parallel_size: int = doc(1, "attention groups per replica, each with its own requests and KV cache; the "
-                                     "MoE spans all of them")
+                                     "MoE spans all of them", ge=1)
     enable_expert_parallel: bool = doc(False, "partition the experts over all TP x DP ranks instead of slicing each "
                                               "one; no effect with one rank")
-    distributed_executor_backend: str = doc("mp", "with more than one rank: mp (rank processes beside the replica, "
-                                                  "on its node, using the GPUs it reserves: num_gpus = ranks) or ray "
-                                                  "(one Ray actor per rank in the replica's placement group, one "
-                                                  "bundle each with cpus_per_rank CPUs and, on cuda, one GPU; the "
-                                                  "ranks may span nodes; num_gpus = 0)")
-    placement_strategy: str = doc("PACK", "ray backend: the replica's placement group strategy (PACK: one node when "
-                                          "it fits; SPREAD, STRICT_PACK, STRICT_SPREAD)")
-    cpus_per_rank: float = doc(1.0, "ray backend: CPUs in each rank's bundle")
-    moe_dispatch: str = doc("allreduce", "MoE collectives: allreduce (every rank sees every token) or alltoall "
-                                         "(tokens go only to their experts' ranks; needs enable_expert_parallel)")
+    distributed_executor_backend: Literal["mp", "ray"] = doc(
+        "mp", "with more than one rank: mp (rank processes beside the replica, on its node, using the GPUs it "
+              "reserves: num_gpus = ranks) or ray (one Ray actor per rank in the replica's placement group, one "
+              "bundle each with cpus_per_rank CPUs and, on cuda, one GPU; the ranks may span nodes; num_gpus = 0)")
+    placement_strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] = doc(
+        "PACK", "ray backend: the replica's placement group strategy (PACK: one node when it fits)")
+    cpus_per_rank: float = doc(1.0, "ray backend: CPUs in each rank's bundle", gt=0)
+    moe_dispatch: Literal["allreduce", "alltoall"] = doc(
+        "allreduce", "MoE collectives: allreduce (every rank sees every token) or alltoall (tokens go only to their "
+                     "experts' ranks; needs enable_expert_parallel)")
     collective_timeout_s: float = doc(60.0, "a rank silent this long fails the engine (its requests end with an "
-                                            "error, the health check fails and Serve replaces the replica)")
+                                            "error, the health check fails and Serve replaces the replica)", gt=0)
 
-    def validate(self, path: str) -> None:
-        from engine.parallel.config import ParallelConfig as EngineParallel  # noqa: PLC0415
+    @model_validator(mode="after")
+    def _engine_accepts(self) -> "ParallelSection":
+        from engine.config import ParallelConfig as EngineParallel  # noqa: PLC0415
 
-        try:
-            EngineParallel(self.tensor_parallel_size, self.data_parallel_size, self.enable_expert_parallel,
-                           self.distributed_executor_backend, self.collective_timeout_s,
-                           placement_strategy=self.placement_strategy, moe_dispatch=self.moe_dispatch)
-        except ValueError as err:
-            raise ConfigError(f"{path}: {err}") from None
-        _check(self.cpus_per_rank > 0, f"{path}.cpus_per_rank", self.cpus_per_rank, "> 0")
+        EngineParallel(**self.engine_kwargs(always=True))  # its ValueError names the field
+        return self
 
     @property
     def world_size(self) -> int:
@@ -190,142 +175,137 @@ class ParallelConfig:
         """Whether the ranks are Ray actors in the replica's placement group."""
         return self.world_size > 1 and self.distributed_executor_backend == "ray"
 
-    def engine_kwargs(self) -> dict:
-        if self.world_size == 1:
+    def engine_kwargs(self, always: bool = False) -> dict:
+        if self.world_size == 1 and not always:
             return {}
-        fields = ("tensor_parallel_size", "data_parallel_size", "enable_expert_parallel",
-                  "distributed_executor_backend", "placement_strategy", "moe_dispatch", "collective_timeout_s")
-        return {name: getattr(self, name) for name in fields}
+        return self.model_dump(exclude={"cpus_per_rank"})
 
 
-@dataclass
-class EngineSettings:
-    """Passed to engine.async_llm.AsyncLLM as keyword arguments (names are engine.engine_core.EngineConfig's)."""
+class EngineSettings(Section):
+    """Passed to engine.async_llm.AsyncLLM as keyword arguments (names are engine.config.EngineConfig's fields)."""
 
-    max_num_seqs: int = doc(256, "requests running at once per replica")
-    max_num_batched_tokens: int = doc(2048, "tokens per engine step (prefill chunks + decodes)")
+    max_num_seqs: int = doc(256, "requests running at once per replica", ge=1)
+    max_num_batched_tokens: int = doc(2048, "tokens per engine step (prefill chunks + decodes)", ge=1)
     max_waiting_requests: int | None = doc(None, "engine waiting-queue limit per replica; past it: 429 "
-                                                 "(None = unbounded)")
-    block_size: int = doc(16, "tokens per KV-cache block (a power of two)")
+                                                 "(None = unbounded)", ge=0)
+    block_size: int = doc(16, "tokens per KV-cache block (a power of two)", ge=1)
     enable_prefix_caching: bool = doc(True, "reuse KV blocks of shared prompt prefixes")
     kv_cache_memory: int | None = doc(None, "bytes for the KV cache (None: gpu_memory_utilization on CUDA, "
-                                            "256 MiB on CPU)")
-    gpu_memory_utilization: float = doc(0.9, "fraction of free GPU memory after loading given to the KV cache")
-    max_model_len: int | None = doc(None, "context limit in tokens (None: the checkpoint's)")
+                                            "256 MiB on CPU)", gt=0)
+    gpu_memory_utilization: float = doc(0.9, "fraction of free GPU memory after loading given to the KV cache",
+                                        gt=0, le=1)
+    max_model_len: int | None = doc(None, "context limit in tokens (None: the checkpoint's)", ge=1)
     enforce_eager: bool = doc(False, "never capture CUDA graphs for decode steps (they are captured on CUDA at "
                                      "start-up, single-rank engines only)")
 
-    def validate(self, path: str) -> None:
-        from engine.engine_core import EngineConfig  # noqa: PLC0415 - imports torch; only when validating
+    @model_validator(mode="after")
+    def _engine_accepts(self) -> "EngineSettings":
+        from engine.config import EngineConfig  # noqa: PLC0415
 
-        try:
-            EngineConfig(model="-", **dataclasses.asdict(self))
-        except ValueError as err:
-            raise ConfigError(f"{path}: {err}") from None
+        EngineConfig.from_kwargs(model="-", **self.model_dump())  # its ValueError names the field
+        return self
 
 
-@dataclass
-class AutoscalingConfig:
+class AutoscalingConfig(Section):
     """Ray Serve's autoscaling_config, on the number of ongoing requests per replica."""
 
-    min_replicas: int = doc(1, "fewest replicas (>= 1: a cold start takes a model load)")
-    max_replicas: int = doc(1, "most replicas")
-    initial_replicas: int | None = doc(None, "replicas at deploy (None: min_replicas)")
-    target_ongoing_requests: float = doc(16.0, "ongoing requests per replica the autoscaler aims for")
-    upscale_delay_s: float = doc(30.0, "load must stay above target this long before adding replicas")
-    downscale_delay_s: float = doc(600.0, "load must stay below target this long before removing replicas")
-    metrics_interval_s: float = doc(10.0, "how often replicas report their load")
-    look_back_period_s: float = doc(30.0, "window the load is averaged over")
+    min_replicas: int = doc(1, "fewest replicas (>= 1: a cold start takes a model load)", ge=1)
+    max_replicas: int = doc(1, "most replicas", ge=1)
+    initial_replicas: int | None = doc(None, "replicas at deploy (None: min_replicas)", ge=1)
+    target_ongoing_requests: float = doc(16.0, "ongoing requests per replica the autoscaler aims for", gt=0)
+    upscale_delay_s: float = doc(30.0, "load must stay above target this long before adding replicas", ge=0)
+    downscale_delay_s: float = doc(600.0, "load must stay below target this long before removing replicas", ge=0)
+    metrics_interval_s: float = doc(10.0, "how often replicas report their load", gt=0)
+    look_back_period_s: float = doc(30.0, "window the load is averaged over", gt=0)
 
-    def validate(self, path: str) -> None:
-        _check(self.min_replicas >= 1, f"{path}.min_replicas", self.min_replicas, ">= 1")
-        _check(self.max_replicas >= self.min_replicas, f"{path}.max_replicas", self.max_replicas,
-               f">= min_replicas ({self.min_replicas})")
-        if self.initial_replicas is not None:
-            _check(self.min_replicas <= self.initial_replicas <= self.max_replicas, f"{path}.initial_replicas",
-                   self.initial_replicas, "in [min_replicas, max_replicas]")
-        for name in ("target_ongoing_requests", "metrics_interval_s", "look_back_period_s"):
-            _check(getattr(self, name) > 0, f"{path}.{name}", getattr(self, name), "> 0")
-        for name in ("upscale_delay_s", "downscale_delay_s"):
-            _check(getattr(self, name) >= 0, f"{path}.{name}", getattr(self, name), ">= 0")
+    @model_validator(mode="after")
+    def _ordered(self) -> "AutoscalingConfig":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
+        if self.initial_replicas is not None and not self.min_replicas <= self.initial_replicas <= self.max_replicas:
+            raise ValueError(f"initial_replicas ({self.initial_replicas}) must be in [min_replicas, max_replicas]")
+        return self
 
     def to_serve(self) -> dict:
-        out = dataclasses.asdict(self)
-        return {k: v for k, v in out.items() if v is not None}
+        return self.model_dump(exclude_none=True)
 
 
-@dataclass
-class RoutingConfig:
+class RoutingConfig(Section):
     prefix_affinity: bool = doc(True, "send a request to the replica that served its prompt prefix (else least "
                                       "loaded); False: Ray Serve's power-of-two-choices")
-    prefix_chunk_chars: int = doc(256, "prompt characters per prefix-index entry")
+    prefix_chunk_chars: int = doc(256, "prompt characters per prefix-index entry", ge=1)
     imbalance_threshold: int = doc(8, "prefer the prefix replica only while it has at most this many more ongoing "
-                                      "requests than the least loaded")
-    max_index_entries: int = doc(100_000, "prefix-index entries kept per router (least recently used go first)")
+                                      "requests than the least loaded", ge=0)
+    max_index_entries: int = doc(100_000, "prefix-index entries kept per router (least recently used go first)", ge=1)
     hash_chunks: int = doc(2, "leading prompt chunks the consistent-hash ring keys on: a prefix no router has seen "
-                              "goes to its ring replica, so every ingress and gateway agree")
+                              "goes to its ring replica, so every ingress and gateway agree", ge=1)
     max_kv_cache_usage: float = doc(0.95, "a replica reporting more KV-cache usage than this loses its affinity "
-                                          "preference (the least loaded takes the request)")
-    stats_period_s: float = doc(1.0, "how often each replica reports its load (queue, KV usage) to the routers")
-
-    def validate(self, path: str) -> None:
-        for name in ("prefix_chunk_chars", "max_index_entries", "hash_chunks"):
-            _check(getattr(self, name) >= 1, f"{path}.{name}", getattr(self, name), ">= 1")
-        _check(self.imbalance_threshold >= 0, f"{path}.imbalance_threshold", self.imbalance_threshold, ">= 0")
-        _check(0 < self.max_kv_cache_usage <= 1, f"{path}.max_kv_cache_usage", self.max_kv_cache_usage, "in (0, 1]")
-        _check(self.stats_period_s > 0, f"{path}.stats_period_s", self.stats_period_s, "> 0")
+                                          "preference (the least loaded takes the request)", gt=0, le=1)
+    stats_period_s: float = doc(1.0, "how often each replica reports its load (queue, KV usage) to the routers", gt=0)
 
 
-@dataclass
-class ModelSpec:
-    name: str = doc(None, "the model name clients send (`model` in the request)")
-    path: str = doc(None, "checkpoint directory (HF or original/ layout), readable on every node")
-    dtype: str = doc("bfloat16", "float32 or bfloat16")
-    device: str | None = doc(None, "cpu or cuda (None: cuda when the replica has a GPU)")
-    num_cpus: float = doc(1.0, "CPUs reserved per replica (also its torch threads on CPU)")
+class ModelSpec(Section):
+    name: str = Field(description="the model name clients send (`model` in the request)", min_length=1,
+                      pattern=r"^[^/#]+$")
+    path: str = Field(description="checkpoint directory (HF or original/ layout), readable on every node",
+                      min_length=1)
+    dtype: Literal["float32", "bfloat16"] = doc("bfloat16", "float32 or bfloat16")
+    device: Literal["cpu", "cuda"] | None = doc(None, "cpu or cuda (None: cuda when the replica has a GPU)")
+    num_cpus: float = doc(1.0, "CPUs reserved per replica (also its torch threads on CPU)", ge=0)
     num_gpus: float = doc(0.0, "GPUs reserved by the replica process (with the mp backend: its ranks' GPUs, "
-                               "tensor_parallel_size x data_parallel_size; with ray: 0)")
-    parallel: ParallelConfig = doc(ParallelConfig(), "per-replica parallelism")
-    engine: EngineSettings = doc(EngineSettings(), "engine settings, per replica")
-    num_replicas: int = doc(1, "fixed replica count (ignored when autoscaling is set)")
+                               "tensor_parallel_size x data_parallel_size; with ray: 0)", ge=0)
+    parallel: ParallelSection = doc(ParallelSection, "per-replica parallelism")
+    engine: EngineSettings = doc(EngineSettings, "engine settings, per replica")
+    num_replicas: int = doc(1, "fixed replica count (ignored when autoscaling is set)", ge=1)
     autoscaling: AutoscalingConfig | None = doc(None, "autoscale between min and max replicas (None: fixed)")
-    max_ongoing_requests: int = doc(64, "requests Ray Serve sends one replica at once (engine running + waiting)")
-    graceful_shutdown_timeout_s: float = doc(30.0, "a stopping replica drains in-flight requests this long")
-    health_check_period_s: float = doc(10.0, "how often Serve checks the engine's health")
-    routing: RoutingConfig = doc(RoutingConfig(), "routing across this model's replicas")
-    default_reasoning_effort: str = doc("medium", "reasoning_effort when a request gives none")
-    default_max_tokens: int | None = doc(None, "max_tokens when a request gives none (None: up to the context)")
+    max_ongoing_requests: int | None = doc(
+        None, "requests Ray Serve sends one replica at once (engine running + waiting); None: twice what the engine "
+              "batches (engine.max_num_seqs x data_parallel_size), so the engine's batch stays full. It may not be "
+              "set below what the engine batches (lower engine.max_num_seqs instead)", ge=1)
+    graceful_shutdown_timeout_s: float = doc(30.0, "a stopping replica (downscale, redeploy, Ctrl-C) takes no new "
+                                                   "requests and lets its in-flight ones finish this long", ge=0)
+    health_check_period_s: float = doc(10.0, "how often Serve checks the engine's health", gt=0)
+    routing: RoutingConfig = doc(RoutingConfig, "routing across this model's replicas")
+    default_reasoning_effort: Literal["low", "medium", "high"] = doc("medium",
+                                                                     "reasoning_effort when a request gives none")
+    default_max_tokens: int | None = doc(None, "max_tokens when a request gives none (None: up to the context)", ge=1)
 
-    def validate(self, path: str) -> None:
-        _check(isinstance(self.name, str) and bool(self.name) and "/" not in self.name and "#" not in self.name,
-               f"{path}.name", self.name, "a non-empty string without '/' or '#'")
-        _check(isinstance(self.path, str) and bool(self.path), f"{path}.path", self.path, "a checkpoint directory")
-        _check(self.dtype in ("float32", "bfloat16"), f"{path}.dtype", self.dtype, "float32 or bfloat16")
-        _check(self.device in (None, "cpu", "cuda"), f"{path}.device", self.device, "cpu, cuda or null")
-        _check(self.num_cpus >= 0 and self.num_gpus >= 0, f"{path}.num_cpus/num_gpus",
-               (self.num_cpus, self.num_gpus), ">= 0")
-        _check(self.num_replicas >= 1, f"{path}.num_replicas", self.num_replicas, ">= 1")
-        _check(self.max_ongoing_requests >= 1, f"{path}.max_ongoing_requests", self.max_ongoing_requests, ">= 1")
-        _check(self.graceful_shutdown_timeout_s >= 0, f"{path}.graceful_shutdown_timeout_s",
-               self.graceful_shutdown_timeout_s, ">= 0")
-        _check(self.health_check_period_s > 0, f"{path}.health_check_period_s", self.health_check_period_s, "> 0")
-        _check(self.default_reasoning_effort in REASONING_EFFORTS, f"{path}.default_reasoning_effort",
-               self.default_reasoning_effort, f"one of {list(REASONING_EFFORTS)}")
-        _check(self.default_max_tokens is None or self.default_max_tokens >= 1, f"{path}.default_max_tokens",
-               self.default_max_tokens, ">= 1 or null")
-        world, parallel = self.parallel.world_size, self.parallel
-        if parallel.ray_ranks:
-            _check(self.num_gpus == 0, f"{path}.num_gpus", self.num_gpus,
-                   "0 with distributed_executor_backend ray (each rank's bundle holds its GPU)")
-            _check(self.num_cpus > 0, f"{path}.num_cpus", self.num_cpus,
-                   "> 0 with distributed_executor_backend ray (the replica's own bundle cannot be empty)")
-        elif world > 1 and (self.device == "cuda" or self.num_gpus):
-            _check(self.num_gpus == world, f"{path}.num_gpus", self.num_gpus,
-                   f"{world} (tensor_parallel_size x data_parallel_size): mp ranks use the GPUs the replica reserves")
+    @model_validator(mode="after")
+    def _resources(self) -> "ModelSpec":
+        world = self.parallel.world_size
+        if self.parallel.ray_ranks:
+            if self.num_gpus != 0:
+                raise ValueError(f"num_gpus must be 0 with distributed_executor_backend ray (each rank's bundle "
+                                 f"holds its GPU), got {self.num_gpus}")
+            if self.num_cpus <= 0:
+                raise ValueError("num_cpus must be > 0 with distributed_executor_backend ray (the replica's own "
+                                 "bundle cannot be empty)")
+        elif world > 1 and (self.device == "cuda" or self.num_gpus) and self.num_gpus != world:
+            raise ValueError(f"num_gpus must be {world} (tensor_parallel_size x data_parallel_size): mp ranks use "
+                             f"the GPUs the replica reserves, got {self.num_gpus}")
+        if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.batch_capacity:
+            raise ValueError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= what the engine batches "
+                             f"({self.batch_capacity} = engine.max_num_seqs x data_parallel_size): a lower cap hides "
+                             "part of the batch; lower engine.max_num_seqs instead")
+        return self
+
+    @property
+    def batch_capacity(self) -> int:
+        """Requests one replica's engine runs at once."""
+        return self.engine.max_num_seqs * self.parallel.data_parallel_size
+
+    @property
+    def replica_capacity(self) -> int:
+        """Requests Serve sends one replica at once."""
+        return self.max_ongoing_requests or 2 * self.batch_capacity
+
+    @property
+    def max_replica_count(self) -> int:
+        return self.autoscaling.max_replicas if self.autoscaling is not None else self.num_replicas
 
     def engine_kwargs(self) -> dict:
         """Keyword arguments for AsyncLLM."""
-        return {"model": self.path, "dtype": self.dtype, "device": self.device, **dataclasses.asdict(self.engine),
+        return {"model": self.path, "dtype": self.dtype, "device": self.device, **self.engine.model_dump(),
                 **self.parallel.engine_kwargs()}
 
     def placement_group_bundles(self) -> list[dict] | None:
@@ -337,81 +317,71 @@ class ModelSpec:
         return [{"CPU": self.num_cpus}] + [dict(rank) for _ in range(self.parallel.world_size)]
 
 
-@dataclass
-class AppConfig:
-    models: list[ModelSpec] = doc([], "the models served; clients pick one by name")
-    name: str = doc("gptoss", "the Ray Serve application name")
-    http: HttpConfig = doc(HttpConfig(), "where the API listens")
-    auth: AuthConfig = doc(AuthConfig(), "API keys: when any is configured, every route but /health needs one")
-    limits: LimitsConfig = doc(LimitsConfig(), "request limits")
-    grpc: GrpcConfig = doc(GrpcConfig(), "the gRPC gateway (off unless enabled)")
-    ingress_replicas: int = doc(1, "replicas of the HTTP ingress (auth, validation, routing)")
-    metrics_push_interval_s: float = doc(1.0, "how often each replica pushes its metrics to the /metrics hub")
+class AppConfig(Section):
+    models: list[ModelSpec] = doc([], "the models served; clients pick one by name", min_length=1)
+    name: str = doc("gptoss", "the Ray Serve application name", min_length=1)
+    http: HttpConfig = doc(HttpConfig, "where the API listens")
+    auth: AuthConfig = doc(AuthConfig, "API keys: when any is configured, every route but /health needs one")
+    limits: LimitsConfig = doc(LimitsConfig, "request limits")
+    grpc: GrpcConfig = doc(GrpcConfig, "the gRPC gateway (off unless enabled)")
+    responses: ResponsesConfig = doc(ResponsesConfig, "stored responses (/v1/responses with store, "
+                                                      "previous_response_id, background)")
+    tools: ToolsConfig = doc(ToolsConfig, "built-in tools the replicas run for /v1/responses (python, browser, MCP)")
+    ingress_replicas: int = doc(1, "replicas of the HTTP ingress (auth, validation, routing)", ge=1)
+    ingress_max_ongoing_requests: int | None = doc(
+        None, "requests one ingress replica handles at once (streams included); None: enough for every model's "
+              "replicas at their most (max replicas x max_ongoing_requests) plus their router queues "
+              "(limits.max_queued_requests), shared by the ingress replicas. It may not be set lower than that: "
+              "the ingress would queue requests the replicas could already run", ge=1)
+    metrics_push_interval_s: float = doc(1.0, "how often each replica and front door pushes its metrics (and learns "
+                                              "whether the cluster is draining)", gt=0)
 
-    def validate(self, path: str = "") -> None:
-        _check(len(self.models) >= 1, "models", self.models, "a list of at least one model")
+    @model_validator(mode="after")
+    def _consistent(self) -> "AppConfig":
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
-        _check(not dupes, "models[].name", dupes, "unique")
-        _check(self.ingress_replicas >= 1, "ingress_replicas", self.ingress_replicas, ">= 1")
-        _check(self.metrics_push_interval_s > 0, "metrics_push_interval_s", self.metrics_push_interval_s, "> 0")
+        if dupes:
+            raise ValueError(f"models[].name must be unique, got {dupes} more than once")
+        given, needed = self.ingress_max_ongoing_requests, self.ingress_capacity_needed()
+        if given is not None and needed is not None and given < needed:
+            raise ValueError(f"ingress_max_ongoing_requests ({given}) must be >= {needed}: the models' replicas "
+                             "and router queues take that many requests per ingress replica at once")
+        return self
 
     def model(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)
 
+    def ingress_capacity_needed(self) -> int | None:
+        """Generation requests one ingress replica must hold at once so that it never queues before the
+        replicas do (None: unbounded, some router queue is unbounded)."""
+        if self.limits.max_queued_requests == -1:
+            return None
+        total = sum(m.max_replica_count * m.replica_capacity + self.limits.max_queued_requests for m in self.models)
+        return math.ceil(total / self.ingress_replicas)
+
+    def ingress_max_ongoing(self) -> int:
+        """The ingress deployment's max_ongoing_requests."""
+        if self.ingress_max_ongoing_requests is not None:
+            return self.ingress_max_ongoing_requests
+        needed = self.ingress_capacity_needed()
+        return (needed if needed is not None else 100_000) + CONTROL_ROUTE_HEADROOM
+
+    @property
+    def graceful_shutdown_timeout_s(self) -> float:
+        """The longest drain any model asks for (front doors wait that long for their streams)."""
+        return max(spec.graceful_shutdown_timeout_s for spec in self.models)
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self.model_dump(mode="json")
 
 
 # -- loading ---------------------------------------------------------------------------------------------------------
 
 
-def from_dict(cls, data, path: str = ""):
-    """Builds dataclass `cls` from plain data: unknown keys, wrong types and bad values fail naming the field."""
-    where = path or "config"
-    _check(isinstance(data, dict), where, type(data).__name__, "a mapping")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-    hints = typing.get_type_hints(cls)
-    values = {name: _convert(hints[name], data[name], f"{path}.{name}" if path else name)
-              for name in known if name in data}
-    required = [n for n, f in known.items() if f.default is None and n not in data and n in ("name", "path")]
-    if required:
-        raise ConfigError(f"{where}: missing required key(s) {required}")
-    obj = cls(**values)
-    obj.validate(where)
-    for name in known:  # defaults of nested sections are validated too
-        value = getattr(obj, name)
-        if dataclasses.is_dataclass(value) and name not in data:
-            value.validate(f"{path}.{name}" if path else name)
-    return obj
-
-
-def _convert(hint, value, path: str):
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        return _convert(next(a for a in args if a is not type(None)), value, path)
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, path)
-    if origin is list:
-        _check(isinstance(value, list), path, value, "a list")
-        return [_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if hint is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), path, value, "a number")
-        return float(value)
-    _check(isinstance(value, hint) and not (hint is int and isinstance(value, bool)), path, value,
-           f"of type {hint.__name__}")
-    return value
-
-
 def load_config(source: str | Path | dict) -> AppConfig:
     """An AppConfig from a YAML/JSON file path or an already-parsed mapping."""
     if isinstance(source, dict):
-        return from_dict(AppConfig, source)
+        return validate(AppConfig, source)
     path = Path(source)
     try:
         text = path.read_text()
@@ -421,7 +391,68 @@ def load_config(source: str | Path | dict) -> AppConfig:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as err:
         raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:] or 'YAML'}: {err}") from None
-    return from_dict(AppConfig, data or {})
+    return validate(AppConfig, data if data is not None else {})
+
+
+def validate(cls: type[Section], data, path: str = ""):
+    """`cls` built from plain data; every problem in one ConfigError, one line each, led by its YAML path."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError("\n".join(_problem(e, path, cls) for e in err.errors())) from None
+
+
+def _problem(error: dict, root: str, cls: type[Section]) -> str:
+    where = _path(error["loc"], root)
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key; known keys here: {_known_keys(cls, error['loc'][:-1])}"
+    if error["type"] == "missing":
+        return f"{where}: missing required key"
+    if error["type"] in ("value_error", "assertion_error"):
+        lead = _LEAD.match(message)
+        section = _section_at(cls, error["loc"])
+        if where and lead and section is not None and lead[1] in section.model_fields:
+            return f"{where}.{message}"  # a check of the section that names its field first
+        if message.startswith("["):
+            return f"{where}{message}"  # names an item of the list at `where`
+        return f"{where}: {message}" if where else message
+    return f"{where}: {message} (got {error.get('input')!r})"
+
+
+def _path(loc: tuple, root: str = "") -> str:
+    out = root
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _known_keys(cls: type[Section], loc: tuple) -> list[str]:
+    section = _section_at(cls, loc)
+    return sorted(section.model_fields) if section is not None else []
+
+
+def _section_at(cls: type[Section], loc: tuple) -> type[Section] | None:
+    """The Section class at `loc` below `cls` (None where loc leads to a plain value)."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = cls.model_fields.get(part)
+        cls = _section_of(field.annotation) if field is not None else None
+        if cls is None:
+            return None
+    return cls
+
+
+def _section_of(annotation) -> type[Section] | None:
+    """The Section class inside an annotation such as `X`, `X | None` or `list[X]`."""
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _section_of(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def serve_config(config: AppConfig) -> dict:
@@ -441,6 +472,9 @@ def serve_config(config: AppConfig) -> dict:
     }
 
 
+# -- documentation and schema ----------------------------------------------------------------------------------------
+
+
 def default_config_yaml() -> str:
     """Every field with its default and documentation, as a commented YAML file (one model shown)."""
     lines: list[str] = []
@@ -448,19 +482,75 @@ def default_config_yaml() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _document(cls, lines: list[str], indent: str) -> None:
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        lines.append(f"{indent}# {f.metadata.get('doc', '')}")
-        hint = hints[f.name]
-        inner = next((a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)), None)
-        if f.name == "models":
+def _document(cls: type[Section], lines: list[str], indent: str) -> None:
+    for name, field in cls.model_fields.items():
+        lines.append(f"{indent}# {field.description or ''}")
+        inner = _section_of(field.annotation)
+        if name == "models":
             lines.append(f"{indent}models:")
             lines.append(f"{indent}  -")
             _document(ModelSpec, lines, indent + "    ")
-        elif dataclasses.is_dataclass(hint) or inner is not None:
-            lines.append(f"{indent}{f.name}:")
-            _document(inner or hint, lines, indent + "  ")
+        elif inner is not None:
+            lines.append(f"{indent}{name}:")
+            _document(inner, lines, indent + "  ")
+        elif field.is_required():
+            lines.append(f"{indent}{name}:  # required")
         else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"{indent}{f.name}: {json.dumps(default)}")
+            default = field.get_default(call_default_factory=True)
+            lines.append(f"{indent}{name}: {json.dumps(default)}")
+
+
+def chart_schemas() -> tuple[dict[str, dict], dict]:
+    """The parts of the Helm chart's values that are this config, as JSON Schema (draft-07, as values.schema.json):
+    ({"config": AppConfig, "serve": ModelSpec, "grpc.settings": GrpcConfig}, their definitions, named
+    `config.<Section>` in the file's `definitions`). The keys the chart writes itself are left open here (the
+    chart's templates refuse them with a message saying where they come from)."""
+    parts, defs = {}, {}
+    for name, cls, owned in (("config", AppConfig, CHART_OWNED), ("serve", ModelSpec, SERVE_CHART_OWNED),
+                             ("grpc.settings", GrpcConfig, GRPC_CHART_OWNED)):
+        schema = cls.model_json_schema(ref_template="#/definitions/config.{model}")
+        defs.update({f"config.{k}": d for k, d in schema.pop("$defs", {}).items()})
+        for key in owned:
+            schema["properties"][key] = {"description": "written by the chart; setting it fails with a message "
+                                                        "that says where it comes from"}
+        schema.pop("required", None)
+        schema["title"] = f"{name}: cluster/config.py {cls.__name__}, less the keys the chart writes"
+        parts[name] = schema
+    used = _refs(parts, defs)
+    return parts, {name: d for name, d in sorted(defs.items()) if name in used}
+
+
+def write_chart_schema(path: str | Path) -> None:
+    """Put `chart_schemas()` into the chart's values.schema.json (`make chart-schema`)."""
+    path = Path(path)
+    values = json.loads(path.read_text())
+    parts, defs = chart_schemas()
+    values["properties"]["config"] = parts["config"]
+    values["definitions"]["model"]["properties"]["serve"] = parts["serve"]
+    values["properties"]["grpc"]["properties"]["settings"] = parts["grpc.settings"]
+    kept = {name: d for name, d in values["definitions"].items() if not name.startswith("config.")}
+    values["definitions"] = {**kept, **defs}
+    path.write_text(json.dumps(values, indent=2) + "\n")
+
+
+def _refs(node, defs: dict, seen: set | None = None) -> set:
+    """Names of the definitions reachable from `node`."""
+    seen = set() if seen is None else seen
+    if isinstance(node, dict):
+        ref = node.get("$ref", "")
+        name = ref.removeprefix("#/definitions/")
+        if name != ref and name not in seen:
+            seen.add(name)
+            _refs(defs[name], defs, seen)
+        for value in node.values():
+            _refs(value, defs, seen)
+    elif isinstance(node, list):
+        for value in node:
+            _refs(value, defs, seen)
+    return seen
+
+
+if __name__ == "__main__":  # python -m cluster.config values.schema.json
+    import sys
+
+    write_chart_schema(sys.argv[1])

@@ -62,6 +62,12 @@ def overloaded(status: int, detail: str) -> ApiError:
                     "rate_limit_error" if status == 429 else "server_error", None, kind)
 
 
+def draining(retry_after_s: int) -> ApiError:
+    return ApiError(503, f"The server is shutting down and takes no new requests; retry in {retry_after_s} s (another "
+                         "replica, or the server once restarted, will answer).", "server_error", None,
+                    "server_shutting_down")
+
+
 def timed_out(seconds: float) -> ApiError:
     return ApiError(408, f"The request did not finish within its deadline of {seconds:g} s.", "timeout_error", None,
                     "request_timeout")

@@ -1,53 +1,51 @@
-"""The HTTP ingress: auth, limits, parsing, model routing, SSE, deadlines. A plain class; `cluster.app` deploys it.
+"""The HTTP ingress: the OpenAI-compatible API over the front door. A plain class; `cluster.app` deploys it.
 
-Flow: request -> API key check (constant time; every route but /health) -> body size limit (413) -> JSON and
-field validation (`cluster.protocol`, 400) -> the model's replicas by name (404 for an unknown model) through a
-`ModelClient` (a Ray Serve handle in the cluster, an in-process LLMServer in unit tests) -> the first stream item
-decides the status (an `ApiError` from the replica, or "ok") -> JSON body or SSE frames. Leaving early (client
-disconnect, deadline) cancels the replica stream, which aborts the engine request. Overload: the engine's queue
-limit gives 429, Serve's `max_queued_requests` 503, both with Retry-After; nothing admitted is dropped.
+Flow: request -> API key check (cluster/auth.py, constant time; every route but /health; the caller's identity
+kept for the front door) -> body size limit (413) -> JSON and field validation (`cluster.protocol`, 400 naming the
+field) -> `FrontDoor.open` (drain, model, routing stamp, deadline, the replica's head, one retry before the first
+token; cluster/frontdoor.py) -> JSON body, or SSE frames as the replica makes them; a mid-stream error (the
+deadline) becomes an `error` frame. /v1/responses and its stored-response routes go through the Responses service
+(cluster/responses/: store, previous_response_id, background runs; routes in cluster/responses/http.py). Leaving
+early (client disconnect) closes the call, which aborts the engine request. Errors are `ApiError`s rendered as
+OpenAI error bodies; 429 and 503 carry Retry-After.
 """
 
-import asyncio
-import hmac
 import logging
+import os
 import time
-from typing import Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cluster.auth import ApiKeys, bearer
 from cluster.config import AppConfig
-from cluster.errors import ApiError, bad_request, not_found_model, overloaded, timed_out, unauthorized
+from cluster.errors import ApiError, bad_request, not_found_model, unauthorized
+from cluster.frontdoor import Call, FrontDoor, ModelClient
 from cluster.metrics import HttpMetrics
-from cluster.protocol import parse_chat, parse_completion, parse_json, parse_responses, prefix_hashes, routing_text
+from cluster.protocol import parse_chat, parse_completion, parse_json
+from cluster.responses.http import ResponsesRoutes
+from cluster.responses.service import ResponsesService
+from cluster.protocol.schemas import ROUTES, route_responses
 
 log = logging.getLogger(__name__)
-PARSERS = {"chat": parse_chat, "completion": parse_completion, "response": parse_responses}
+PARSERS = {"chat": parse_chat, "completion": parse_completion}
 TIMEOUT_HEADER = "x-request-timeout"  # seconds; may shorten (never extend) limits.request_timeout_s
-
-
-class ModelClient(Protocol):
-    """How the ingress reaches one model's replicas."""
-
-    def stream(self, req):  # -> async iterator: head item, then frames or a body
-        ...
-
-    async def health(self) -> bool: ...
+REPLICA_HEADER = "x-gptoss-replica"  # the replica that served the request (as the gRPC gateway's initial metadata)
+VERSION = "1.0.0"  # of the HTTP API as /openapi.json describes it
 
 
 class Ingress:
-    def __init__(self, config: AppConfig | dict, models: dict[str, ModelClient], hub=None):
+    def __init__(self, config: AppConfig | dict, models: dict[str, ModelClient], hub=None, source: str | None = None):
         from cluster.config import load_config  # noqa: PLC0415
 
         self.config = config if isinstance(config, AppConfig) else load_config(config)
-        self.models = models
-        self.hub = hub
-        self._keys = [k.encode() for k in self.config.auth.resolve()]
+        self.keys = ApiKeys(self.config.auth.resolve())
         self.http_metrics = HttpMetrics()
-        self._pusher: asyncio.Task | None = None
-        self.started = int(time.time())
+        self.door = FrontDoor(self.config, models, hub, source or f"ingress/{os.getpid()}-{id(self):x}",
+                              self.http_metrics.snapshot)
+        self.hub = hub
+        self.responses = ResponsesService(self.door, self.config)  # /v1/responses: stored, background, tools
         self.asgi_app = self._build_app()
 
     def __serve_build_asgi_app__(self):
@@ -55,32 +53,30 @@ class Ingress:
 
     # ---- app ----
     def _build_app(self) -> FastAPI:
-        app = FastAPI(title="gptoss-serve", docs_url=None, redoc_url=None, openapi_url=None)
+        app = FastAPI(title="gptoss-serve", version=VERSION, docs_url=None, redoc_url=None,
+                      openapi_url="/openapi.json")
         api = APIRouter(dependencies=[Depends(self._authorize)])
-        api.add_api_route("/v1/chat/completions", self._endpoint("chat"), methods=["POST"])
-        api.add_api_route("/v1/completions", self._endpoint("completion"), methods=["POST"])
-        api.add_api_route("/v1/responses", self._endpoint("response"), methods=["POST"])
-        api.add_api_route("/v1/models", self.list_models, methods=["GET"])
-        api.add_api_route("/v1/models/{model_id}", self.get_model, methods=["GET"])
-        api.add_api_route("/metrics", self.metrics, methods=["GET"])
+        for path, kind in (("/v1/chat/completions", "chat"), ("/v1/completions", "completion")):
+            api.add_api_route(path, self._endpoint(kind), methods=["POST"], responses=route_responses(path))
+        ResponsesRoutes(self, self.responses).add_to(api)
+        api.add_api_route("/v1/models", self.list_models, methods=["GET"], responses=route_responses("/v1/models"))
+        api.add_api_route("/v1/models/{model_id}", self.get_model, methods=["GET"],
+                          responses=route_responses("/v1/models/{model_id}"))
+        api.add_api_route("/metrics", self.metrics, methods=["GET"], include_in_schema=False)
         app.include_router(api)
-        app.add_api_route("/health", self.health, methods=["GET"])
+        app.openapi = lambda: openapi_schema(app, self.door.model_names())
+        app.add_api_route("/health", self.health, methods=["GET"], include_in_schema=False)
         app.add_exception_handler(ApiError, self._api_error)
         app.add_exception_handler(StarletteHTTPException, _http_error)
         app.add_exception_handler(Exception, _internal_error)
         return _CountStatus(app, self.http_metrics)
 
     async def _authorize(self, request: Request) -> None:
-        self._ensure_pusher()
-        if not self._keys:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        given_b = given.strip().encode() if scheme.lower() == "bearer" else b""
-        ok = False
-        for key in self._keys:  # every key compared, in constant time each: no early exit to time
-            ok |= hmac.compare_digest(key, given_b)
-        if not ok:
+        """The caller's identity (cluster/auth.py) on `request.state.caller`, or 401."""
+        caller = self.keys.caller(bearer(request.headers.get("authorization")))
+        if caller is None:
             raise unauthorized()
+        request.state.caller = caller
 
     def _api_error(self, request: Request, err: ApiError) -> JSONResponse:
         headers = {"Retry-After": str(self.config.limits.retry_after_s)} if err.status in (429, 503) else None
@@ -96,42 +92,18 @@ class Ingress:
 
     async def generate(self, kind: str, request: Request) -> Response:
         req = PARSERS[kind](parse_json(await self._read_body(request)), int(time.time()))
-        spec = self.config.model(req.model)
-        if spec is None:
-            raise not_found_model(req.model, [m.name for m in self.config.models])
-        if spec.routing.prefix_affinity:
-            req.prefix_hashes = prefix_hashes(routing_text(req), spec.routing.prefix_chunk_chars)
-        timeout = self._timeout(request)
-        deadline = time.monotonic() + timeout
-        stream = self.models[req.model].stream(req)
+        call = await self.door.open(req, self._timeout(request), request.state.caller)
+        headers = {REPLICA_HEADER: call.head.replica}
+        if req.stream:
+            headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(_frames(call), media_type="text/event-stream", headers=headers)
         try:
-            head = await _next_before(stream, deadline, timeout)
-            if isinstance(head, ApiError):
-                raise head
-            if req.stream:
-                return StreamingResponse(self._frames(stream, deadline, timeout), media_type="text/event-stream",
-                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-            body = await _next_before(stream, deadline, timeout)
-            async for _ in stream:  # nothing follows the body; let the replica's generator end on its own
+            body = await call.next_item()
+            async for _ in call:  # nothing follows the body; let the replica's generator end on its own
                 pass
-        except BaseException:
-            await _cancel(stream)
-            raise
-        return JSONResponse(body)
-
-    async def _frames(self, stream, deadline: float, timeout: float):
-        try:
-            while True:
-                try:
-                    frame = await _next_before(stream, deadline, timeout)
-                except StopAsyncIteration:
-                    return
-                except ApiError as err:  # past the deadline mid-stream: the status is sent; say it in the stream
-                    yield f"data: {_json(err.body())}\n\n"
-                    return
-                yield frame
-        finally:  # also on client disconnect (this generator is cancelled): abort the engine request
-            await _cancel(stream)
+        finally:
+            await call.close()
+        return JSONResponse(body, headers=headers)
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.config.limits.max_body_bytes
@@ -148,92 +120,89 @@ class Ingress:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _timeout(self, request: Request) -> float:
-        limit = self.config.limits.request_timeout_s
+    def _timeout(self, request: Request) -> float | None:
         given = request.headers.get(TIMEOUT_HEADER)
         if given is None:
-            return limit
+            return None
         try:
             value = float(given)
         except ValueError:
             value = -1.0
-        if not value > 0:
+        if not 0 < value < float("inf"):
             raise bad_request(f"the {TIMEOUT_HEADER} header must be a positive number of seconds, got {given!r}",
                               TIMEOUT_HEADER)
-        return min(value, limit)
+        return value
 
     # ---- other routes ----
     async def list_models(self) -> dict:
-        return {"object": "list", "data": [self._model_card(m.name) for m in self.config.models]}
+        return {"object": "list", "data": [self._model_card(name) for name in self.door.model_names()]}
 
     async def get_model(self, model_id: str) -> dict:
-        if self.config.model(model_id) is None:
-            raise not_found_model(model_id, [m.name for m in self.config.models])
+        if model_id not in self.door.model_names():
+            raise not_found_model(model_id, self.door.model_names())
         return self._model_card(model_id)
 
     def _model_card(self, name: str) -> dict:
-        return {"id": name, "object": "model", "created": self.started, "owned_by": "gptoss-serve"}
+        return {"id": name, "object": "model", "created": self.door.started, "owned_by": "gptoss-serve"}
 
     async def health(self) -> JSONResponse:
-        results = await asyncio.gather(*(_healthy(client) for client in self.models.values()))
-        models = {name: "ok" if ok else "unhealthy" for name, ok in zip(self.models, results)}
-        status = 200 if all(results) else 503
+        results = await self.door.health()
+        if self.door.draining:
+            return JSONResponse({"status": "draining", "models": {name: "draining" for name in results}},
+                                status_code=503, headers={"Retry-After": str(self.config.limits.retry_after_s)})
+        models = {name: "ok" if ok else "unhealthy" for name, ok in results.items()}
+        status = 200 if all(results.values()) else 503
         return JSONResponse({"status": "ok" if status == 200 else "unhealthy", "models": models}, status_code=status)
 
     async def metrics(self) -> Response:
         if self.hub is None:
             return Response(b"", media_type="text/plain; version=0.0.4")
-        await self.push_metrics()
+        await self.door.pusher.push()
         text = await self.hub.render.remote()
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    def _ensure_pusher(self) -> None:
-        if self.hub is not None and self._pusher is None:
-            self._pusher = asyncio.get_running_loop().create_task(self._push_loop())
-
-    async def _push_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.metrics_push_interval_s)
-            await self.push_metrics()
-
-    async def push_metrics(self) -> None:
-        try:
-            await self.hub.push.remote(f"ingress/{id(self):x}", self.http_metrics.snapshot())
-        except Exception as err:  # noqa: BLE001 - metrics must never fail a request
-            log.warning("metrics push failed: %r", err)
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------------
 
 
-async def _next_before(stream, deadline: float, timeout: float):
-    """The stream's next item, or 408 (ApiError) once the deadline passes; 503 when Serve's queue is full."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise timed_out(timeout)
+def openapi_schema(app: FastAPI, models: list[str]) -> dict:
+    """/openapi.json: FastAPI's routes and response bodies, plus the request bodies (parsed by hand in `generate`,
+    so FastAPI does not know them) from the endpoints' pydantic models, all under components/schemas; `model`
+    lists the served models."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi  # noqa: PLC0415
+
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                         description="The OpenAI-compatible API of gptoss-serve: its own request and response models")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for path, (request_model, *_) in ROUTES.items():
+        if request_model is None or not isinstance(path, str):
+            continue
+        body = request_model.model_json_schema(ref_template="#/components/schemas/{model}")
+        body["properties"]["model"] = {"type": "string", "enum": models, "description": "a served model"}
+        for name, definition in {**body.pop("$defs", {}), request_model.__name__: body}.items():
+            if components.setdefault(name, definition) != definition:
+                raise RuntimeError(f"two different schemas are named {name!r}; rename one of the models")
+        schema["paths"][path]["post"]["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{request_model.__name__}"}}}}
+    app.openapi_schema = schema
+    return schema
+
+
+
+async def _frames(call: Call):
+    """SSE frames of a streaming call; a mid-stream error (past the deadline, the replica gone) as an error frame."""
     try:
-        return await asyncio.wait_for(anext(stream), remaining)
-    except TimeoutError:
-        raise timed_out(timeout) from None
-    except Exception as err:
-        if type(err).__name__ == "BackPressureError":  # ray.serve.exceptions; not imported so tests need no Ray
-            raise overloaded(503, "the model's request queue is full") from None
-        raise
-
-
-async def _cancel(stream) -> None:
-    cancel = getattr(stream, "cancel", None)
-    if cancel is not None:  # a Ray Serve response generator: cancelling it cancels the replica's generator
-        cancel()
-    else:
-        await stream.aclose()
-
-
-async def _healthy(client) -> bool:
-    try:
-        return bool(await asyncio.wait_for(client.health(), 10))
-    except Exception:  # noqa: BLE001 - any failure to answer is unhealthy
-        return False
+        async for item in call:
+            if isinstance(item, ApiError):
+                yield f"data: {_json(item.body())}\n\n"
+                return
+            yield item
+    except ApiError as err:  # the status line is long sent: say it in the stream
+        yield f"data: {_json(err.body())}\n\n"
+    finally:  # also on client disconnect (this generator is cancelled): abort the engine request
+        await call.close()
 
 
 def _json(payload) -> str:

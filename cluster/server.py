@@ -1,12 +1,13 @@
 """LLMServer: one replica's engine. A plain class (tests drive it in-process); `cluster.app` makes it a deployment.
 
 Flow: `generate(GenerateRequest)` renders the prompt (harmony for chat and responses), fills the model-dependent
-defaults and checks (context length, max_tokens), starts `AsyncLLM.generate`, and yields: first a head item
-(`"ok"`, or an `ApiError` for bad input or a full engine queue), then what the endpoint's formatter makes of each
-engine output (SSE frames when streaming, else one body; for the gRPC gateway, `output="deltas"`: a `StreamHead`,
-then token/channel deltas, cluster/grpc/stream.py). Closing the generator early (client gone, deadline) aborts the
-engine request, which frees its KV blocks; a request's own `deadline` aborts it in the engine when it passes (408).
-Metrics are recorded as outputs stream and pushed to the hub every `metrics_push_interval_s`; the routers read the
+defaults and checks (context length, max_tokens), starts `AsyncLLM.generate`, and yields: first a head item (a
+`StreamHead` once the first token is out, or an `ApiError` for bad input, a full engine queue or a passed deadline),
+then what the request's formatter (cluster/output/) makes of each engine output: SSE frames, one body, or deltas for
+the gRPC gateway. Closing the generator early (client gone) aborts the engine request, which frees its KV blocks;
+the request's `deadline` (stamped by the front door) aborts it in the engine when it passes, and the stream ends
+with an `ApiError` item (408). Metrics count from `req.received` (the front door's arrival), so any queue on the
+way shows in TTFT and queue time; they are pushed to the hub every `metrics_push_interval_s`. The routers read the
 replica's load (`record_routing_stats`: queue, KV usage) every `routing.stats_period_s`.
 """
 
@@ -17,17 +18,18 @@ import time
 
 from cluster.config import ModelSpec
 from cluster.errors import ApiError, bad_request, from_value_error, overloaded, timed_out
-from cluster.grpc.stream import DeltaFormatter, StreamHead
+from cluster.hub import MetricsPusher
 from cluster.metrics import ReplicaMetrics, RequestTimes
-from cluster.openai_output import ChatFormatter, CompletionFormatter
+from cluster.output import formatter_for
+from cluster.output.deltas import StreamHead
 from cluster.protocol import GenerateRequest
-from cluster.responses_api import ResponsesFormatter
+from cluster.tools.harmony import render_prompt
+from cluster.tools.loop import run_with_tools, uses_tools
+from cluster.tools.toolset import ToolSet
 from engine.async_llm import QueueFullError
 from engine.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
-HEAD_OK = "ok"
-FORMATTERS = {"chat": ChatFormatter, "completion": CompletionFormatter, "response": ResponsesFormatter}
 
 
 def _default_engine(**kwargs):
@@ -38,29 +40,36 @@ def _default_engine(**kwargs):
 
 class LLMServer:
     def __init__(self, spec: ModelSpec | dict, hub=None, push_interval_s: float = 1.0, engine_factory=None,
-                 replica: str | None = None):
+                 replica: str | None = None, tools=None):
         self.spec = spec if isinstance(spec, ModelSpec) else _spec_from_dict(spec)
+        self.tools = ToolSet(_tools_config(tools))  # the built-in tools this replica runs for /v1/responses
         _limit_cpu_threads(self.spec)
         self.engine = (engine_factory or _default_engine)(**self.spec.engine_kwargs())
         self.tokenizer = self.engine.tokenizer
         self.replica = replica or _replica_tag()
         self.metrics = ReplicaMetrics(self.spec.name, self.replica, self.engine.stats)
-        self._hub, self._push_interval_s = hub, push_interval_s
-        self._pusher: asyncio.Task | None = None
-        self._max_new = _sequence_capacity(self.engine)
+        self.pusher = MetricsPusher(hub, f"{self.spec.name}/{self.replica}", self.metrics.snapshot, push_interval_s)
+        self._max_new = self.engine.max_tokens_per_sequence
 
     # ---- requests ----
     async def generate(self, req: GenerateRequest):
-        """Head item ("ok" or ApiError), then SSE frames (streaming) or one response body."""
-        self._ensure_pusher()
-        times = RequestTimes(arrival=time.monotonic())
+        """Head item (StreamHead or ApiError), then the formatter's items (an ApiError last if the deadline passed)."""
+        self.pusher.start()
+        times = RequestTimes(arrival=_arrival(req))
         deadline = _Deadline(self.engine, req)
+        if uses_tools(req):
+            async for item in run_with_tools(self, req, times, deadline):
+                yield item
+            return
         try:
             if deadline.expired:
                 raise deadline.error()
             prompt_ids, params = self._prepare(req)
             stream = self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id=req.request_id)
             first = await anext(stream)
+            if deadline.fired:  # aborted at the deadline before its first token
+                await stream.aclose()
+                raise deadline.error()
         except ApiError as err:
             deadline.cancel()
             yield err
@@ -74,15 +83,14 @@ class LLMServer:
             yield from_value_error(err, req.renames)
             return
         try:
-            yield StreamHead(self.replica, len(prompt_ids)) if req.output == "deltas" else HEAD_OK
+            yield StreamHead(self.replica, len(prompt_ids))
             async for item in self._stream(req, stream, first, len(prompt_ids), times, deadline):
                 yield item
         finally:
             deadline.cancel()
 
     async def _stream(self, req, stream, first, prompt_len: int, times: RequestTimes, deadline: "_Deadline"):
-        deltas = req.output == "deltas"
-        formatter = (DeltaFormatter if deltas else FORMATTERS[req.kind])(req, self.tokenizer, self.spec.name)
+        formatter = formatter_for(req)(req, self.tokenizer, self.spec.name)
         out, last, finish = first, None, "abort"
         try:
             while True:
@@ -97,7 +105,7 @@ class LLMServer:
                     _copy_times(times, out.metrics)
                     break
                 out = await anext(stream)
-            if deltas and deadline.fired:  # the engine aborted it at the deadline: say so, not "abort"
+            if deadline.fired:  # the engine aborted it at the deadline: say so, not "abort"
                 yield deadline.error()
                 return
             for item in formatter.finish():
@@ -109,13 +117,18 @@ class LLMServer:
     async def tokenize(self, req: GenerateRequest) -> dict | ApiError:
         """The prompt ids `generate` would run for `req` (chat rendered with its defaults), or the 400 it would give."""
         try:
-            ids = self._prompt_ids(req)
+            ids = self._prompt_ids(req, self.tools.namespaces(req))
         except ApiError as err:
             return err
         return {"token_ids": ids, "max_model_len": self.engine.max_model_len}
 
     def _prepare(self, req: GenerateRequest) -> tuple[list[int], SamplingParams]:
         ids = self._prompt_ids(req)
+        return ids, self.sampling_params(req, ids)
+
+    def sampling_params(self, req: GenerateRequest, ids: list[int], generated: int = 0) -> SamplingParams:
+        """The request's SamplingParams for a prompt of `ids` (`generated`: tokens earlier steps of the same response
+        made, which its max_tokens includes); 400 when the prompt leaves no room."""
         limit = self.engine.max_model_len
         field = req.renames.get("prompt", "prompt")
         if len(ids) >= limit:
@@ -124,22 +137,26 @@ class LLMServer:
         sampling = dict(req.sampling)
         if "max_tokens" not in sampling:
             room = min(limit, self._max_new) - len(ids)
-            sampling["max_tokens"] = max(1, min(room, self.spec.default_max_tokens or room))
+            sampling["max_tokens"] = max(1, min(room, (self.spec.default_max_tokens or room) - generated))
+        else:
+            sampling["max_tokens"] -= generated
         if req.kind != "completion" or req.parse_harmony:  # harmony: stop at the end of the turn or a tool call
             sampling["stop_token_ids"] = sorted(set(sampling.get("stop_token_ids") or ())
                                                 | set(self.tokenizer.stop_token_ids))
             sampling["skip_special_tokens"] = False
         try:
-            return ids, SamplingParams(**sampling)
+            return SamplingParams(**sampling)
         except ValueError as err:
             raise from_value_error(err, req.renames) from None
 
-    def _prompt_ids(self, req: GenerateRequest) -> list[int]:
+    def _prompt_ids(self, req: GenerateRequest, namespaces: tuple = ((), ())) -> list[int]:
+        """The prompt: a completion's text or ids, or the chat rendered with harmony (with the namespaces of the
+        tools the server runs, cluster/tools/harmony.py)."""
         try:
             if req.kind == "completion":
                 return self.tokenizer.encode(req.prompt) if isinstance(req.prompt, str) else list(req.prompt)
-            effort = req.reasoning_effort or self.spec.default_reasoning_effort
-            return self.tokenizer.render_chat(req.messages, reasoning_effort=effort, tools=req.tools)
+            effort = req.reasoning_effort = req.reasoning_effort or self.spec.default_reasoning_effort
+            return render_prompt(self.tokenizer, req.messages, effort, req.tools, *namespaces)
         except ValueError as err:
             renames = {"messages": "input"} if req.kind == "response" else {}
             raise from_value_error(err, renames) from None
@@ -155,30 +172,14 @@ class LLMServer:
 
     async def check_health(self) -> None:
         """Serve calls this every health_check_period_s; raising marks the replica unhealthy (it is replaced)."""
-        self._ensure_pusher()
+        self.pusher.start()
         if not self.engine.healthy:
             raise RuntimeError(f"engine of model {self.spec.name!r} on replica {self.replica} is not running")
 
-    def _ensure_pusher(self) -> None:
-        if self._hub is not None and self._pusher is None:
-            self._pusher = asyncio.get_running_loop().create_task(self._push_loop())
-
-    async def _push_loop(self) -> None:
-        while True:
-            await self.push_metrics()
-            await asyncio.sleep(self._push_interval_s)
-
-    async def push_metrics(self, final: bool = False) -> None:
-        try:
-            await self._hub.push.remote(f"{self.spec.name}/{self.replica}", self.metrics.snapshot(), final)
-        except Exception as err:  # noqa: BLE001 - metrics must never take a replica down
-            log.warning("metrics push failed: %r", err)
-
     async def __del__(self):
         """Serve calls this after draining (up to graceful_shutdown_timeout_s): last metrics, then stop the engine."""
-        if self._pusher is not None:
-            self._pusher.cancel()
-            await self.push_metrics(final=True)  # a planned stop: not a lost replica
+        await self.pusher.stop()  # a final push: a planned stop, not a lost replica
+        await self.tools.close()
         self.engine.shutdown()
 
 
@@ -187,17 +188,22 @@ class _Deadline:
 
     def __init__(self, engine, req: GenerateRequest):
         self.at, self.fired, self._timer = req.deadline, False, None
+        self.request_id = req.request_id  # the engine request running now (a response with tools runs several)
         if self.at is not None:
-            delay = self.seconds = max(0.0, self.at - time.time())
-            self._timer = asyncio.get_running_loop().call_later(delay, self._fire, engine, req.request_id)
+            delay = max(0.0, self.at - time.time())
+            self.seconds = self.at - req.received if req.received is not None else delay  # the request's timeout
+            self._timer = asyncio.get_running_loop().call_later(delay, self._fire, engine)
 
     @property
     def expired(self) -> bool:
         return self.fired or (self.at is not None and time.time() >= self.at)
 
-    def _fire(self, engine, request_id: str) -> None:
+    def remaining(self) -> float | None:
+        return None if self.at is None else max(0.0, self.at - time.time())
+
+    def _fire(self, engine) -> None:
         self.fired = True
-        asyncio.ensure_future(engine.abort(request_id))
+        asyncio.ensure_future(engine.abort(self.request_id))
 
     def error(self) -> ApiError:
         return timed_out(round(self.seconds, 3))
@@ -207,22 +213,31 @@ class _Deadline:
             self._timer.cancel()
 
 
+def _arrival(req: GenerateRequest) -> float:
+    """The front door's arrival time on this process's monotonic clock (now, for a request that has none)."""
+    now = time.monotonic()
+    return now if req.received is None else now - max(0.0, time.time() - req.received)
+
+
 def _copy_times(times: RequestTimes, metrics: dict) -> None:
-    times.arrival = metrics.get("arrival", times.arrival)
     times.scheduled, times.first_token = metrics.get("scheduled"), metrics.get("first_token")
     times.finished = metrics.get("finished")
 
 
+def _tools_config(tools):
+    from cluster.tools.config import ToolsConfig  # noqa: PLC0415
+
+    if tools is None or isinstance(tools, ToolsConfig):
+        return tools or ToolsConfig()
+    from cluster.config import validate  # noqa: PLC0415
+
+    return validate(ToolsConfig, tools, "tools")
+
+
 def _spec_from_dict(data: dict) -> ModelSpec:
-    from cluster.config import from_dict  # noqa: PLC0415
+    from cluster.config import validate  # noqa: PLC0415
 
-    return from_dict(ModelSpec, data, "model")
-
-
-def _sequence_capacity(engine) -> int:
-    """Most tokens one sequence can hold in this engine's KV cache (the context length if it cannot tell)."""
-    core = getattr(engine, "core", None)
-    return getattr(core, "max_tokens_per_sequence", None) or engine.max_model_len
+    return validate(ModelSpec, data, "model")
 
 
 def _limit_cpu_threads(spec: ModelSpec) -> None:

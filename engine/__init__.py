@@ -1,6 +1,6 @@
 """gptoss-serve's inference engine: checkpoint loading, the reference model, batching, sampling.
 
-    from engine import LLM, SamplingParams
+    from engine import LLM, AsyncLLM, EngineConfig, SamplingParams
 """
 
 import os
@@ -11,17 +11,21 @@ import os
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
 
 
+_EXPORTS = {  # name -> module; imported lazily so `import engine.<module>` stays light (the CLI and tools need
+    #            only parts of it, and engine.text.vocab must import without site-packages)
+    "LLM": "engine.llm",
+    "AsyncLLM": "engine.async_llm",
+    "EngineConfig": "engine.config",
+    "SamplingParams": "engine.sampling_params",
+}
+
+
 def __getattr__(name):
-    # Imported lazily so `import engine.<module>` stays light (the CLI and tools need only parts of it).
-    if name == "LLM":
-        from engine.llm import LLM
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    import importlib  # noqa: PLC0415
 
-        return LLM
-    if name == "SamplingParams":
-        from engine.sampling_params import SamplingParams
-
-        return SamplingParams
-    raise AttributeError(name)
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
 
 
-__all__ = ["LLM", "SamplingParams"]
+__all__ = list(_EXPORTS)

@@ -16,11 +16,12 @@ import asyncio
 import logging
 import queue
 import threading
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from pathlib import Path
 
-from engine.engine_core import EngineConfig, EngineCore, PromptType
-from engine.outputs import RequestOutput
-from engine.request import Request
+from engine.config import EngineConfig
+from engine.engine_core import EngineCore, PromptType, engine_config
+from engine.request import Request, merge_outputs
 from engine.sampling_params import SamplingParams
 from engine.scheduler import QueueFullError, SchedulerStats
 
@@ -44,14 +45,11 @@ class _Stream:
 
 
 class AsyncLLM:
-    def __init__(self, model, dtype: str = "bfloat16", device: str | None = None, **engine_args):
-        names = {f.name for f in fields(EngineConfig)}
-        unknown = sorted(set(engine_args) - names)
-        if unknown:
-            raise TypeError(f"unknown engine arguments {unknown}; known: {sorted(names - {'model'})}")
-        self.core = EngineCore(EngineConfig(model=model, dtype=dtype, device=device, **engine_args))
-        self.tokenizer, self.config = self.core.tokenizer, self.core.model_config
-        self.max_model_len = self.core.max_model_len
+    def __init__(self, model: str | Path | None = None, *, config: EngineConfig | None = None, **engine_args):
+        self.core = EngineCore(engine_config(model, config, **engine_args))
+        self.tokenizer, self.config = self.core.tokenizer, self.core.config
+        self.max_model_len = self.core.max_model_len  # context limit: prompt + generated tokens
+        self.max_tokens_per_sequence = self.core.max_tokens_per_sequence  # most tokens one sequence's KV fits
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}  # parent request id -> its caller's stream
         self._stats = self.core.stats()
@@ -153,10 +151,7 @@ class AsyncLLM:
             stream = self._streams.get(parent_id)
             if stream is None:
                 continue
-            out: RequestOutput = requests[0].to_output(delta=True)
-            out.request_id = parent_id
-            out.outputs += [r.take_output(delta=True) for r in requests[1:]]
-            out.finished = all(c.finished for c in stream.children)
+            out = merge_outputs(requests, stream.children, delta=True)
             stream.post(out)
             if out.finished:
                 del self._streams[parent_id]

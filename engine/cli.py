@@ -6,6 +6,8 @@ import json
 import sys
 from importlib.metadata import entry_points
 
+from engine.config import DTYPES, EXECUTOR_BACKENDS, MOE_DISPATCH, EngineConfig, ModelConfig
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gptoss", description="gpt-oss serving: engine, cluster, load tests")
@@ -18,8 +20,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """The engine's own subcommands: make-tiny-model, train-tiny-model and generate."""
-    from engine import tiny_model
     from engine.train import trainer
+    from engine.weights import tiny_model
 
     tiny_model.add_command(commands)
     trainer.add_command(commands)
@@ -33,32 +35,42 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("--top-p", type=float, default=1.0)
     generate.add_argument("--seed", type=int, default=None)
     generate.add_argument("--logprobs", type=int, default=None, help="return the top-N logprobs per token")
-    generate.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
-    generate.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    defaults = ModelConfig()
+    generate.add_argument("--dtype", default=defaults.dtype, choices=DTYPES)
+    generate.add_argument("--device", default=defaults.device, help="cpu or cuda (default: cuda when available)")
     generate.add_argument("--json", action="store_true", help="print one JSON object instead of the text")
-    add_parallel_args(generate)
+    add_engine_args(generate)
     generate.set_defaults(run=_run_generate)
 
 
-def add_parallel_args(parser: argparse.ArgumentParser) -> None:
-    """The engine's parallelism flags (engine.parallel), named as the EngineConfig fields they set."""
-    group = parser.add_argument_group("parallelism")
-    group.add_argument("--tensor-parallel-size", type=int, default=1,
-                       help="ranks splitting attention heads, vocabulary and (without EP) each expert")
-    group.add_argument("--data-parallel-size", type=int, default=1,
-                       help="attention groups, each with its own requests and KV cache; the MoE spans all ranks")
-    group.add_argument("--enable-expert-parallel", action="store_true",
-                       help="partition the experts over all ranks (EP = TP x DP) instead of slicing each one")
-    group.add_argument("--distributed-executor-backend", choices=["mp", "ray"], default="mp",
-                       help="local processes (mp) or Ray actors in a placement group (ray)")
-    group.add_argument("--moe-dispatch", choices=["allreduce", "alltoall"], default="allreduce",
-                       help="MoE collectives: every rank sees every token, or tokens go to their experts' ranks")
+# Engine flags: --flag-name sets the engine.config field flag_name; defaults and choices come from there.
+ENGINE_FLAGS = {
+    "tensor_parallel_size": "ranks splitting attention heads, vocabulary and (without EP) each expert",
+    "data_parallel_size": "attention groups, each with its own requests and KV cache; the MoE spans all ranks",
+    "enable_expert_parallel": "partition the experts over all ranks (EP = TP x DP) instead of slicing each one",
+    "distributed_executor_backend": "local processes (mp) or Ray actors in a placement group (ray)",
+    "moe_dispatch": "MoE collectives: every rank sees every token, or tokens go to their experts' ranks",
+    "async_scheduling": "schedule the next step while the device runs this one (default: on for CUDA, off on "
+                        "CPU)",
+}
+CHOICES = {"distributed_executor_backend": EXECUTOR_BACKENDS, "moe_dispatch": MOE_DISPATCH}
 
 
-def parallel_kwargs(args: argparse.Namespace) -> dict:
-    return {"tensor_parallel_size": args.tensor_parallel_size, "data_parallel_size": args.data_parallel_size,
-            "enable_expert_parallel": args.enable_expert_parallel,
-            "distributed_executor_backend": args.distributed_executor_backend, "moe_dispatch": args.moe_dispatch}
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """The engine flags of ENGINE_FLAGS, typed and defaulted as their EngineConfig fields."""
+    group = parser.add_argument_group("engine")
+    defaults = EngineConfig().to_kwargs()
+    for name, help_text in ENGINE_FLAGS.items():
+        flag, default = "--" + name.replace("_", "-"), defaults[name]
+        if isinstance(default, bool) or name == "async_scheduling":  # async_scheduling: None = on for CUDA
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        else:
+            group.add_argument(flag, type=type(default), default=default, choices=CHOICES.get(name), help=help_text)
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict:
+    """The engine arguments (LLM / AsyncLLM keyword arguments) the flags of `add_engine_args` set."""
+    return {name: getattr(args, name) for name in ENGINE_FLAGS}
 
 
 def _run_generate(args: argparse.Namespace) -> int:
@@ -76,7 +88,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed,
         logprobs=args.logprobs,
     )
-    llm = LLM(model=args.model, dtype=args.dtype, device=args.device, **parallel_kwargs(args))
+    llm = LLM(model=args.model, dtype=args.dtype, device=args.device, **engine_kwargs(args))
     try:
         result = llm.generate([prompt], params)[0]
     finally:

@@ -16,7 +16,7 @@ from array import array
 from dataclasses import dataclass
 
 from engine.block_pool import NULL_BLOCK, BlockPool
-from engine.config import ModelConfig
+from engine.model.config import GptOssConfig
 from engine.request import Request
 
 
@@ -28,7 +28,7 @@ class KVCacheLayout:
     num_slots: int  # physical per-layer caches (the largest group's layer count)
 
     @classmethod
-    def for_model(cls, config: ModelConfig, block_size: int) -> "KVCacheLayout":
+    def for_model(cls, config: GptOssConfig, block_size: int) -> "KVCacheLayout":
         windows = sorted({config.window_of(i) for i in range(config.num_hidden_layers)}, key=lambda w: w or 0)
         count = dict.fromkeys(range(len(windows)), 0)
         slots = []
@@ -37,6 +37,22 @@ class KVCacheLayout:
             slots.append((group, count[group]))
             count[group] += 1
         return cls(block_size, tuple(windows), tuple(slots), max(count.values()))
+
+    def release_bounds(self, num_computed: int) -> tuple[int, ...]:
+        """Per group, how many leading blocks no query from position `num_computed` on can see (0 for a full
+        group): the block-table entries a sliding group has handed back, which hold the null block."""
+        return tuple(0 if w is None else max(0, (num_computed - w + 1) // self.block_size) for w in self.windows)
+
+
+def blocks_for_sequence(layout: KVCacheLayout, num_tokens: int, max_chunk: int) -> int:
+    """Most blocks one sequence of `num_tokens` holds at once (the engine admits a request only if this fits the
+    cache). A full group holds all of its blocks; a sliding group holds the window before a chunk plus the chunk
+    itself (a prefill chunk is written before any of it can be released), chunks being at most `max_chunk`
+    (max_num_batched_tokens) long."""
+    bs = layout.block_size
+    chunk = min(num_tokens, max_chunk)
+    every = -(-num_tokens // bs)
+    return sum(every if w is None else min(every, -(-(w - 1 + chunk) // bs) + 1) for w in layout.windows)
 
 
 @dataclass
@@ -58,6 +74,7 @@ class KVCacheManager:
         self.hashes: dict[str, list[bytes]] = {}  # request id -> hashes of its full blocks so far
         self.num_cached_blocks: dict[str, int] = {}  # request id -> blocks already indexed
         self.released: dict[str, tuple[int, ...]] = {}  # request id -> window release bounds last applied
+        self.sent: dict[str, int] = {}  # request id -> length of its table the workers have been sent
         self.prefix_queries = 0  # tokens looked up in the prefix cache (cumulative)
         self.prefix_hits = 0  # of which found
 
@@ -141,13 +158,9 @@ class KVCacheManager:
         if end // bs != computed // bs or end % bs == 0:  # crosses or completes a block
             return False
         tables, released = self.tables[request.request_id], self.released.get(request.request_id)
-        if released is None or released != self._release_bounds(computed):
+        if released is None or released != self.layout.release_bounds(computed):
             return False
         return all(len(t) * bs >= end for t in tables)
-
-    def _release_bounds(self, computed: int) -> tuple[int, ...]:
-        """Per sliding group, how many leading blocks no query from position `computed` on can see."""
-        return tuple((computed - w + 1) // self.block_size for w in self.layout.windows if w is not None)
 
     def _blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -160,13 +173,9 @@ class KVCacheManager:
 
     def _release_out_of_window(self, request: Request) -> None:
         """Hand back sliding-group blocks whose every position is outside the window of the next query."""
-        self.released[request.request_id] = self._release_bounds(request.num_computed_tokens)
-        for group, window in enumerate(self.layout.windows):
-            if window is None:
-                continue
-            table = self.tables[request.request_id][group]
-            last_free = (request.num_computed_tokens - window + 1) // self.block_size  # blocks [0, last_free)
-            for i in range(min(last_free, len(table))):
+        bounds = self.released[request.request_id] = self.layout.release_bounds(request.num_computed_tokens)
+        for table, bound in zip(self.tables[request.request_id], bounds):
+            for i in range(min(bound, len(table))):  # blocks [0, bound); a full group's bound is 0
                 if table[i] != NULL_BLOCK:
                     self.pool.release([table[i]])
                     table[i] = NULL_BLOCK
@@ -189,6 +198,16 @@ class KVCacheManager:
         self.num_cached_blocks.pop(rid, None)
         self.hashes.pop(rid, None)
         self.released.pop(rid, None)
+        self.sent.pop(rid, None)
 
     def block_tables(self, request: Request) -> list[list[int]]:
         return self.tables[request.request_id]
+
+    def new_blocks(self, request: Request) -> tuple[int, list[list[int]]]:
+        """What the workers do not have of this request's tables: (start, per group the entries from `start` on).
+        start 0 means the whole table (first scheduled, or again after a preemption). Entries the workers already
+        hold change only by falling out of a sliding window, which they apply themselves (release_bounds)."""
+        rid = request.request_id
+        start, tables = self.sent.get(rid, 0), self.tables[rid]
+        self.sent[rid] = len(tables[0])
+        return start, [t[start:] for t in tables]

@@ -3,23 +3,19 @@
 A thin synchronous client of `EngineCore`: every prompt is queued at once and the engine batches them.
 """
 
-from dataclasses import fields
 from pathlib import Path
 
-from engine.engine_core import EngineConfig, EngineCore, PromptType
+from engine.config import EngineConfig
+from engine.engine_core import EngineCore, PromptType, engine_config
 from engine.outputs import ChatResult, RequestOutput
-from engine.request import Request
+from engine.request import merge_outputs
 from engine.sampling_params import SamplingParams
 
 
 class LLM:
-    def __init__(self, model: str | Path, dtype: str = "bfloat16", device: str | None = None, **engine_args):
-        names = {f.name for f in fields(EngineConfig)}
-        unknown = sorted(set(engine_args) - names)
-        if unknown:
-            raise TypeError(f"unknown engine arguments {unknown}; known: {sorted(names - {'model'})}")
-        self.engine = EngineCore(EngineConfig(model=model, dtype=dtype, device=device, **engine_args))
-        self.config, self.tokenizer = self.engine.model_config, self.engine.tokenizer
+    def __init__(self, model: str | Path | None = None, *, config: EngineConfig | None = None, **engine_args):
+        self.engine = EngineCore(engine_config(model, config, **engine_args))
+        self.config, self.tokenizer = self.engine.config, self.engine.tokenizer
 
     def generate(self, prompts: PromptType | list[PromptType],
                  sampling_params: SamplingParams | list[SamplingParams] | None = None) -> list[RequestOutput]:
@@ -35,7 +31,7 @@ class LLM:
         self.engine.add([r for group in groups for r in group])
         while self.engine.has_work:
             self.engine.step()
-        return [merge_outputs(group) for group in groups]
+        return [merge_outputs(group, group, delta=False) for group in groups]
 
     def chat(self, messages: list[dict], sampling_params: SamplingParams | None = None,
              reasoning_effort: str = "medium", tools: list[dict] | None = None) -> ChatResult:
@@ -47,12 +43,3 @@ class LLM:
         parsed = self.tokenizer.parse_completion(out.token_ids)
         return ChatResult(parsed.analysis, parsed.final, parsed.tool_calls, out.token_ids, out.finish_reason,
                           parsed.malformed)
-
-
-def merge_outputs(children: list[Request], delta: bool = False) -> RequestOutput:
-    """One RequestOutput for the samples of one prompt."""
-    first = children[0].to_output(delta)
-    first.request_id = children[0].parent_id
-    first.outputs += [c.take_output(delta) for c in children[1:]]
-    first.finished = all(c.finished for c in children)
-    return first

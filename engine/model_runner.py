@@ -1,10 +1,10 @@
-"""Turns a scheduled step into tensors, runs the model over the paged KV cache, and samples.
+"""The forward pass over the paged KV cache: one rank's KV tensors, a step's inputs as tensors, CUDA graphs.
 
-Flow of one step: `SchedulerOutput` (requests, tokens to compute) -> `StepInputs` (flat input ids and positions
-of every request's new tokens, per-group slot mappings and block tables, sequence lengths, query offsets) ->
-model forward, where each attention layer writes its k/v into the cache and attends through `PagedKVCache`
-(Triton kernels on CUDA, their torch refs on CPU) -> logits of each request's last token, when its prompt is
-complete -> `Sampler`.
+Flow of one step (engine.worker drives it): `ScheduledRequest`s (tokens, start positions) and the rank's block
+tables -> `prepare_inputs` -> `StepInputs` on the host (flat input ids and positions of every request's new tokens,
+per-group slot mappings and block tables, sequence lengths, query offsets, the rows to sample) -> `ModelRunner.
+forward`, where each attention layer writes its k/v into the cache and attends through `PagedKVCache` (Triton
+kernels on CUDA, their torch refs on CPU) -> final hidden states; the worker takes the logits of the sampled rows.
 """
 
 from dataclasses import dataclass
@@ -14,11 +14,9 @@ import torch
 
 from engine import kernels
 from engine.cuda_graphs import DecodeGraphs
-from engine.kv_cache_manager import KVCacheLayout, KVCacheManager
+from engine.kv_cache_manager import KVCacheLayout
 from engine.model.reference import Transformer
-from engine.request import Request
-from engine.sampler import Sampler, SamplerOutput, SamplingBatch
-from engine.scheduler import SchedulerOutput
+from engine.scheduler_output import ScheduledRequest
 
 
 @dataclass
@@ -31,13 +29,14 @@ class GroupInputs:
 
 @dataclass
 class StepInputs:
-    input_ids: torch.Tensor  # [T] token ids of every scheduled token, request after request
+    input_ids: torch.Tensor  # [T] token ids of every scheduled token, request after request (PENDING: filled in
+    #                          on the device from the step before, engine.worker)
     positions: torch.Tensor  # [T]
     seq_lens: torch.Tensor  # [B] int32: tokens in the cache after this step, per request
     query_start_loc: torch.Tensor  # [B + 1] int32: offsets of each request's tokens in input_ids
     groups: list[GroupInputs]  # per KV group
     logits_indices: torch.Tensor  # [S] rows of the hidden states to sample from
-    sampled: list[Request]  # [S] the requests those rows belong to
+    sampled: list[str]  # [S] the requests those rows belong to
 
 
 class PagedKVCache:
@@ -62,7 +61,6 @@ class ModelRunner:
         num_kv_heads = num_kv_heads or c.num_key_value_heads  # fewer on a tensor-parallel rank
         shape = (2, num_blocks, layout.block_size, num_kv_heads, c.head_dim)
         self.kv_caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layout.num_slots)]
-        self.sampler = Sampler()
         self.graphs: DecodeGraphs | None = None
 
     def capture_decode_graphs(self, max_blocks_per_seq: int, batch_sizes, capture: bool = True) -> None:
@@ -83,19 +81,6 @@ class ModelRunner:
         per_slot = 2 * block_size * (num_kv_heads or config.num_key_value_heads) * config.head_dim * dtype.itemsize
         return per_slot * layout.num_slots
 
-    def prepare(self, out: SchedulerOutput, kv: KVCacheManager) -> StepInputs:
-        return prepare_inputs(out, kv, self.layout, self.device)
-
-    @torch.inference_mode()
-    def execute(self, out: SchedulerOutput, kv: KVCacheManager, vocab_size: int) -> dict[str, tuple[int, dict | None]]:
-        """Run one step; returns request id -> (sampled token, logprobs entry or None) for requests that sample."""
-        inputs = self.prepare(out, kv)
-        hidden = self.forward(inputs)
-        if not inputs.sampled:
-            return {}
-        logits = self.model.compute_logits(hidden[inputs.logits_indices])
-        return self.sample(logits, inputs.sampled, vocab_size)
-
     def forward(self, inputs: StepInputs) -> torch.Tensor:
         """Final hidden states [T, D] of every scheduled token; writes this step's KV into the cache."""
         g = self.graphs
@@ -105,62 +90,30 @@ class ModelRunner:
                          [x.slot_mapping for x in inputs.groups], [x.block_table for x in inputs.groups])
         return self.model(inputs.input_ids, inputs.positions, PagedKVCache(self.kv_caches, self.layout, inputs))
 
-    def sampling_batch(self, requests: list[Request], vocab_size: int) -> SamplingBatch:
-        return sampling_batch(requests, vocab_size, self.device)
 
-    def sample(self, logits: torch.Tensor, requests: list[Request], vocab_size: int,
-               batch: SamplingBatch | None = None) -> dict:
-        result = self.sampler(logits, batch or self.sampling_batch(requests, vocab_size))
-        return sampled_entries(result, [r.request_id for r in requests], [r.params.logprobs for r in requests])
-
-
-def sampling_batch(requests: list[Request], vocab_size: int, device) -> SamplingBatch:
-    return SamplingBatch.build([r.params for r in requests], [r.prompt_token_ids for r in requests],
-                               [r.output_token_ids for r in requests], [r.generator for r in requests],
-                               [r.stop_ids for r in requests], vocab_size, device)
-
-
-def sampled_entries(result: SamplerOutput, request_ids: list[str], num_logprobs: list[int | None]) -> dict:
-    """request id -> (token, {token: logprob} of the top-n plus the chosen token, or None without logprobs)."""
-    tokens, chosen = result.token_ids.tolist(), result.logprobs.tolist()
-    topn_ids, topn_lp = result.topn_ids.tolist(), result.topn_logprobs.tolist()
-    sampled = {}
-    for i, rid in enumerate(request_ids):
-        entry = None
-        n = num_logprobs[i]
-        if n is not None:
-            entry = dict(zip(topn_ids[i][:n], topn_lp[i][:n]))
-            entry[tokens[i]] = chosen[i]
-        sampled[rid] = (tokens[i], entry)
-    return sampled
-
-
-def prepare_inputs(out: SchedulerOutput, kv: KVCacheManager, layout: KVCacheLayout, device) -> StepInputs:
-    """Flatten one scheduled step into tensors on `device` (the requests themselves stay on the host; a
-    multi-rank engine builds these on the host and sends them to every rank)."""
-    def tensor(values, dtype) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(values), dtype=dtype).to(device, non_blocking=True)
-
-    bs = layout.block_size
-    requests = [r for r, _ in out.scheduled]
-    counts = np.fromiter((n for _, n in out.scheduled), dtype=np.int64, count=len(requests))
-    begins = np.fromiter((r.num_computed_tokens for r in requests), dtype=np.int64, count=len(requests))
-    ends = begins + counts
+def prepare_inputs(requests: list[ScheduledRequest], tables: dict[str, list[list[int]]],
+                   layout: KVCacheLayout) -> StepInputs:
+    """Flatten one scheduled step into host tensors (the worker moves them to its device). `tables`: request id ->
+    per KV group its block table, as the rank holds it."""
+    bs, B = layout.block_size, len(requests)
+    counts = np.fromiter((len(r.token_ids) for r in requests), dtype=np.int64, count=B)
+    begins = np.fromiter((r.start for r in requests), dtype=np.int64, count=B)
+    samples = np.fromiter((r.sample for r in requests), dtype=bool, count=B)
     starts = np.concatenate([[0], np.cumsum(counts)])
-    row = np.repeat(np.arange(len(requests)), counts)  # [T] which request each token belongs to
+    row = np.repeat(np.arange(B), counts)  # [T] which request each token belongs to
     positions = np.arange(starts[-1]) - starts[row] + begins[row]  # [T]
-    ids = [t for (r, n), b in zip(out.scheduled, begins.tolist()) for t in r.token_ids_between(b, b + n)]
+    ids = np.fromiter((t for r in requests for t in r.token_ids), dtype=np.int64, count=int(starts[-1]))
     groups = []
     for g in range(len(layout.windows)):
-        table = _padded([kv.block_tables(r)[g] for r in requests])
+        table = _padded([tables[r.request_id][g] for r in requests])
         slots = table[row, positions // bs].astype(np.int64) * bs + positions % bs
-        groups.append(GroupInputs(tensor(slots, torch.long), tensor(table, torch.int32)))
-    done = ends == np.fromiter((r.num_tokens for r in requests), dtype=np.int64, count=len(requests))
+        groups.append(GroupInputs(torch.from_numpy(slots), torch.from_numpy(table)))
     return StepInputs(
-        input_ids=tensor(ids, torch.long), positions=tensor(positions, torch.long),
-        seq_lens=tensor(ends, torch.int32), query_start_loc=tensor(starts, torch.int32),
-        groups=groups, logits_indices=tensor(starts[1:][done] - 1, torch.long),
-        sampled=[r for r, d in zip(requests, done) if d])
+        input_ids=torch.from_numpy(ids), positions=torch.from_numpy(positions),
+        seq_lens=torch.from_numpy((begins + counts).astype(np.int32)),
+        query_start_loc=torch.from_numpy(starts.astype(np.int32)), groups=groups,
+        logits_indices=torch.from_numpy(starts[1:][samples] - 1),
+        sampled=[r.request_id for r in requests if r.sample])
 
 
 def _padded(tables: list[list[int]]) -> np.ndarray:

@@ -30,7 +30,7 @@ class ChatResult:
 
     analysis: str  # reasoning (analysis channel)
     final: str  # the answer (final channel)
-    tool_calls: list  # engine.tokenizer tool calls parsed from the commentary channel
+    tool_calls: list  # engine.text.tokenizer tool calls parsed from the commentary channel
     token_ids: list[int]
     finish_reason: str | None
     malformed: bool = False  # the model's output did not follow the harmony format

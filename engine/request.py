@@ -1,19 +1,18 @@
-"""One request's state from arrival to finish: its tokens, sampling state, detokenizer and stop conditions.
+"""One request's state from arrival to finish, on the host: its tokens, detokenizer and stop conditions.
 
-The scheduler reads and advances `num_computed_tokens`; the engine appends sampled tokens with `append`, which
-applies the stop rules (stop ids, stop strings, max_tokens) and returns the new text.
+The scheduler reads and advances `num_computed_tokens` (and `num_pending` under async scheduling); the engine
+appends sampled tokens with `append`, which applies the stop rules (stop ids, stop strings, max_tokens) and
+collects the new text. Sampling state that lives across steps (the seeded generator, the token history penalties
+read) is kept by the worker that samples (engine.worker), not here.
 """
 
 import enum
 import time
 from dataclasses import dataclass, field
 
-import torch
-
-from engine.detokenizer import IncrementalDetokenizer
 from engine.outputs import CompletionOutput, RequestOutput
-from engine.sampler import seeded_generator
 from engine.sampling_params import SamplingParams
+from engine.text.detokenizer import IncrementalDetokenizer
 
 
 class Status(enum.Enum):
@@ -30,7 +29,6 @@ class Request:
     eos_token_ids: frozenset[int]  # the model's end-of-sequence ids (ignored with params.ignore_eos)
     prompt: str | None = None
     detokenizer: IncrementalDetokenizer | None = None
-    device: str | torch.device = "cpu"
     index: int = 0  # which of a parent's n samples this is
     parent_id: str | None = None  # the id the caller gave (children of an n > 1 request share it)
     arrival_time: float = field(default_factory=time.monotonic)
@@ -40,7 +38,8 @@ class Request:
     status: Status = Status.WAITING
     finish_reason: str | None = None
     stop_reason: int | str | None = None
-    num_computed_tokens: int = 0  # tokens whose KV is in the cache (the scheduler advances it)
+    num_computed_tokens: int = 0  # tokens whose KV is in the cache, or being written by the step in flight
+    num_pending: int = 0  # tokens sampled by a step still running, not appended yet (async scheduling: 0 or 1)
     num_cached_tokens: int = 0  # prompt tokens that came from the prefix cache
     num_preemptions: int = 0
     metrics: dict = field(default_factory=dict)  # monotonic timestamps: scheduled, first_token, finished
@@ -49,8 +48,6 @@ class Request:
         self.parent_id = self.parent_id or self.request_id
         if self.params.logprobs is not None:
             self.logprobs = []
-        seed = None if self.params.seed is None else self.params.seed + self.index
-        self.generator = seeded_generator(seed, self.device)
         self.stop_ids = self._stop_ids()
         self._stop_set = frozenset(self.stop_ids)
         self._new_tokens_from = 0  # start of the tokens not yet reported by `take_output`
@@ -134,3 +131,14 @@ class Request:
             request_id=self.request_id, prompt=self.prompt, prompt_token_ids=self.prompt_token_ids,
             outputs=[self.take_output(delta)], finished=self.finished, num_cached_tokens=self.num_cached_tokens,
             metrics={"arrival": self.arrival_time, **self.metrics})
+
+
+def merge_outputs(requests: list[Request], siblings: list[Request], delta: bool) -> RequestOutput:
+    """One RequestOutput for the samples of one prompt (`LLM` and `AsyncLLM` both): `requests` are the samples with
+    something to report, in index order, out of all n `siblings`; it carries the caller's request id and is
+    finished once every sibling is. `delta`: only what is new since the last output."""
+    out = requests[0].to_output(delta)
+    out.request_id = requests[0].parent_id
+    out.outputs += [r.take_output(delta) for r in requests[1:]]
+    out.finished = all(s.finished for s in siblings)
+    return out

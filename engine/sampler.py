@@ -1,7 +1,8 @@
 """Sampler: one step's logits [B, V] -> one token per row, with the raw logprobs the request asked for.
 
-Flow: the engine builds a `SamplingBatch` from the step's `SamplingParams` and token histories
-(`SamplingBatch.build`), the model runner calls `Sampler()(logits, batch)`, and gets a `SamplerOutput` back.
+Flow: the worker builds a `SamplingBatch` from the step's `SamplingParams` and token histories
+(`SamplingBatch.build`; a worker keeps each request's `SamplingRow` and the batch's `SamplingTable` across steps and
+calls `from_table`), calls `Sampler()(logits, batch)`, and gets a `SamplerOutput` back.
 Order per row: logit_bias -> min_tokens ban -> penalties -> greedy argmax, or temperature -> top-k -> top-p ->
 min-p -> exponential-race sample. Logprobs come from the raw logits, before any of that (vLLM's "raw logprobs").
 Everything runs batched on the logits' device; the only Python loop is over the rows that carry their own seed.
@@ -68,42 +69,110 @@ class SamplingBatch:
         stop_ids[i]: token ids that end request i (eos ids + its stop_token_ids), banned while it has fewer than
         min_tokens outputs. With ignore_eos, eos does not end the request, so only its stop_token_ids are banned.
         """
-        if not len(params) == len(prompt_ids) == len(output_ids) == len(generators) == len(stop_ids):
+        table = SamplingTable.of([SamplingRow.of(p, vocab_size) for p in params], device)
+        return cls.from_table(table, prompt_ids, output_ids, generators, stop_ids, device)
+
+    @classmethod
+    def from_table(
+        cls,
+        table: "SamplingTable",
+        prompt_ids: list[list[int]],
+        output_ids: list[list[int]],
+        generators: list[torch.Generator | None],
+        stop_ids: list[list[int]],
+        device: torch.device | str,
+    ) -> "SamplingBatch":
+        """`build` from the rows' `SamplingTable` (what does not change between steps, reusable while the batch
+        holds the same requests); only the rows with a bias, min_tokens or a penalty are looked at per step."""
+        if not len(table.rows) == len(prompt_ids) == len(output_ids) == len(generators) == len(stop_ids):
             raise ValueError("params, prompt_ids, output_ids, generators and stop_ids need one entry per row")
-
-        def floats(values):
-            return torch.tensor(values, dtype=torch.float32, device=device)
-
-        greedy = [p.is_greedy for p in params]
-        sampled = [p for p in params if not p.is_greedy]
-        top_k = [vocab_size if p.top_k <= 0 else min(p.top_k, vocab_size) for p in params]
-        needs_freq = [p.presence_penalty != 0 or p.frequency_penalty != 0 for p in params]
-        needs_rep = [p.repetition_penalty != 1 for p in params]
-        bias = [p.logit_bias or {} for p in params]
-        banned = [_banned_ids(p, out, stops) for p, out, stops in zip(params, output_ids, stop_ids)]
-        seen = [prompt + out if rep else [] for prompt, out, rep in zip(prompt_ids, output_ids, needs_rep)]
+        v = table.values
         return cls(
-            temperature=floats([1.0 if g else p.temperature for p, g in zip(params, greedy)]),
-            greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
-            top_k=torch.tensor(top_k, dtype=torch.long, device=device),
-            top_p=floats([p.top_p for p in params]),
-            min_p=floats([p.min_p for p in params]),
-            presence_penalty=floats([p.presence_penalty for p in params]),
-            frequency_penalty=floats([p.frequency_penalty for p in params]),
-            repetition_penalty=floats([p.repetition_penalty for p in params]),
-            **_sparse("bias", [list(b) for b in bias], device, values=[list(b.values()) for b in bias]),
-            **_sparse("ban", banned, device),
-            **_sparse("output", [out if f else [] for out, f in zip(output_ids, needs_freq)], device),
-            **_sparse("seen", seen, device),
-            generators=list(generators),
-            num_logprobs=min(max((p.logprobs or 0 for p in params), default=0), vocab_size),
-            any_logprobs=any(p.logprobs is not None for p in params),
-            all_greedy=all(greedy),
-            any_greedy=any(greedy),
-            needs_sort=any(p.top_p < 1 or 0 < p.top_k < vocab_size for p in sampled),
-            needs_min_p=any(p.min_p > 0 for p in sampled),
-            needs_frequency=any(needs_freq),
-            needs_repetition=any(needs_rep),
+            temperature=v[:, 0], greedy=table.greedy, top_k=v[:, 1].long(), top_p=v[:, 2], min_p=v[:, 3],
+            presence_penalty=v[:, 4], frequency_penalty=v[:, 5], repetition_penalty=v[:, 6],
+            **_special_rows(table.rows, table.special, prompt_ids, output_ids, stop_ids, device),
+            generators=list(generators), num_logprobs=table.num_logprobs, any_logprobs=table.any_logprobs,
+            all_greedy=table.all_greedy, any_greedy=table.any_greedy, needs_sort=table.needs_sort,
+            needs_min_p=table.needs_min_p, needs_frequency=table.needs_frequency,
+            needs_repetition=table.needs_repetition,
+        )
+
+
+def _special_rows(rows: list["SamplingRow"], special: list[int], prompt_ids, output_ids, stop_ids, device) -> dict:
+    """The sparse (row, token) sets of the rows in `special`: logit_bias, min_tokens bans, the generated tokens of
+    rows with a presence/frequency penalty, prompt + generated tokens of rows with a repetition penalty."""
+    if not special:  # the usual batch: every set empty
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        return {f"{n}_{k}": empty for n in ("bias", "ban", "output", "seen") for k in ("rows", "ids")} | {
+            "bias_values": torch.empty(0, dtype=torch.float32, device=device)}
+    bias, banned, outputs, seen = {}, {}, {}, {}
+    for i in special:
+        params, out = rows[i].params, output_ids[i]
+        bias[i] = params.logit_bias or {}
+        banned[i] = _banned_ids(params, out, stop_ids[i])
+        outputs[i] = out if rows[i].frequency else []
+        seen[i] = prompt_ids[i] + out if rows[i].repetition else []
+    return {**_sparse("bias", {i: list(b) for i, b in bias.items()}, device,
+                      values={i: list(b.values()) for i, b in bias.items()}),
+            **_sparse("ban", banned, device), **_sparse("output", outputs, device), **_sparse("seen", seen, device)}
+
+
+@dataclass(frozen=True)
+class SamplingRow:
+    """One request's sampler settings as a row of the batch, computed once per request."""
+
+    params: SamplingParams
+    vocab_size: int  # V
+    values: tuple[float, ...]  # temperature (1 when greedy), top_k (V when off), top_p, min_p, presence, frequency,
+    #                            repetition: one row of the batch's float table
+    greedy: bool  # takes the argmax
+    sorts: bool  # top-k or top-p on
+    frequency: bool  # a presence or frequency penalty
+    repetition: bool  # a repetition penalty
+    special: bool  # a logit_bias, min_tokens or a penalty: per-step token sets to build
+
+    @classmethod
+    def of(cls, p: SamplingParams, vocab_size: int) -> "SamplingRow":
+        top_k = vocab_size if p.top_k <= 0 else min(p.top_k, vocab_size)
+        values = (1.0 if p.is_greedy else p.temperature, top_k, p.top_p, p.min_p, p.presence_penalty,
+                  p.frequency_penalty, p.repetition_penalty)
+        frequency, repetition = p.presence_penalty != 0 or p.frequency_penalty != 0, p.repetition_penalty != 1
+        return cls(p, vocab_size, values, p.is_greedy, p.top_p < 1 or 0 < p.top_k < vocab_size, frequency,
+                   repetition, bool(p.logit_bias) or p.min_tokens > 0 or frequency or repetition)
+
+
+@dataclass
+class SamplingTable:
+    """A batch's rows as tensors and flags: everything of a SamplingBatch that does not change between steps, so a
+    worker builds it once for a set of requests and reuses it while they decode together."""
+
+    rows: list[SamplingRow]  # [B]
+    values: torch.Tensor  # [B, 7] float32: SamplingRow.values
+    greedy: torch.Tensor  # [B] bool
+    special: list[int]  # rows with a logit_bias, min_tokens or a penalty (per-step token sets)
+    num_logprobs: int  # the most top-n logprobs any row asked for (0 if none), at most V
+    any_logprobs: bool
+    all_greedy: bool
+    any_greedy: bool
+    needs_sort: bool
+    needs_min_p: bool
+    needs_frequency: bool
+    needs_repetition: bool
+
+    @classmethod
+    def of(cls, rows: list[SamplingRow], device: torch.device | str) -> "SamplingTable":
+        values = torch.tensor([r.values for r in rows], dtype=torch.float32).reshape(len(rows), 7).to(device)
+        sampled = [r for r in rows if not r.greedy]
+        special = [i for i, r in enumerate(rows) if r.special]
+        vocab = rows[0].vocab_size if rows else 0
+        return cls(
+            rows, values, torch.tensor([r.greedy for r in rows], dtype=torch.bool).to(device), special,
+            num_logprobs=min(max((r.params.logprobs or 0 for r in rows), default=0), vocab),
+            any_logprobs=any(r.params.logprobs is not None for r in rows), all_greedy=not sampled,
+            any_greedy=len(sampled) < len(rows), needs_sort=any(r.sorts for r in sampled),
+            needs_min_p=any(r.params.min_p > 0 for r in sampled),
+            needs_frequency=any(rows[i].frequency for i in special),
+            needs_repetition=any(rows[i].repetition for i in special),
         )
 
 
@@ -117,15 +186,15 @@ def _banned_ids(params: SamplingParams, output: list[int], stop_ids: list[int]) 
     return list(stop_ids)
 
 
-def _sparse(name: str, ids: list[list[int]], device, values: list[list[float]] | None = None) -> dict:
-    """Per-row token lists -> flat {name}_rows / {name}_ids [K] (and {name}_values) tensors."""
-    rows = [r for r, row_ids in enumerate(ids) for _ in row_ids]
+def _sparse(name: str, ids: dict[int, list[int]], device, values: dict[int, list[float]] | None = None) -> dict:
+    """Token lists of some rows (row -> ids) -> flat {name}_rows / {name}_ids [K] (and {name}_values) tensors."""
+    rows = [r for r, row_ids in ids.items() for _ in row_ids]
     out = {
         f"{name}_rows": torch.tensor(rows, dtype=torch.long, device=device),
-        f"{name}_ids": torch.tensor([t for row_ids in ids for t in row_ids], dtype=torch.long, device=device),
+        f"{name}_ids": torch.tensor([t for row_ids in ids.values() for t in row_ids], dtype=torch.long, device=device),
     }
     if values is not None:
-        flat = [v for row_values in values for v in row_values]
+        flat = [v for row_values in values.values() for v in row_values]
         out[f"{name}_values"] = torch.tensor(flat, dtype=torch.float32, device=device)
     return out
 

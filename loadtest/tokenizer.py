@@ -55,20 +55,20 @@ class WordTokenizer:
 
 
 def load_tokenizer(name: str = "auto") -> Tokenizer:
-    """'auto': engine.tokenizer.Tokenizer.load() if it imports and loads, else WordTokenizer; 'words': the latter."""
+    """'auto': engine.text.tokenizer.Tokenizer.load() if it imports and loads, else WordTokenizer; 'words': the latter."""
     if name == "words":
         return WordTokenizer()
     if name not in ("auto", "o200k"):
         raise ValueError(f"unknown tokenizer {name!r}; use auto, o200k or words")
     try:
-        from engine.tokenizer import Tokenizer as EngineTokenizer
+        from engine.text.tokenizer import Tokenizer as EngineTokenizer
 
         tok = EngineTokenizer.load()
         tok.encode("probe")
         return tok
     except Exception as exc:  # the engine's tokenizer is optional here; say why it is not used
         if name == "o200k":
-            raise RuntimeError(f"engine.tokenizer could not be loaded: {exc}") from exc
+            raise RuntimeError(f"engine.text.tokenizer could not be loaded: {exc}") from exc
         return WordTokenizer()
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.tiny_model import TinyModelSpec, make_tiny_model
+from engine.weights.tiny_model import TinyModelSpec, make_tiny_model
 
 # Three shapes that differ in GQA ratio, experts, top-k and sliding window (prompts in tests exceed the window).
 CONFIGS = {

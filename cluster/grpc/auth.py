@@ -2,46 +2,28 @@
 
 Flow: every call except grpc.health.v1 passes `AuthInterceptor`, which reads `authorization: Bearer KEY` and
 compares it with every configured key in constant time (hmac.compare_digest; no early exit) -> no match:
-UNAUTHENTICATED before any handler runs. The servicer asks `ApiKeys.caller` for the key's identity (the key to
-rate-limit on: a short digest, never the key itself). With no keys configured every call is allowed, as the
+UNAUTHENTICATED before any handler runs. The servicer asks `ApiKeys.caller` (cluster/auth.py, shared with the HTTP
+ingress) for the key's identity (the key to rate-limit on and the owner of stored responses: a short digest, never
+the key itself). With no keys configured every call is allowed, as the
 HTTP API does. TLS: `server_credentials` reads the certificate chain and key (and for mTLS the client CA bundle,
 with client certificates required) from the files named in the config.
 """
 
-import hashlib
-import hmac
 from pathlib import Path
 
 import grpc
 
+from cluster.auth import ANONYMOUS, ApiKeys, bearer
 from cluster.config import ConfigError, GrpcConfig
 
 OPEN_METHODS = ("/grpc.health.v1.Health/",)  # probes need no key (as GET /health on the HTTP API)
-ANONYMOUS = "anonymous"  # the caller identity when no keys are configured
+__all__ = ["ANONYMOUS", "ApiKeys", "AuthInterceptor", "caller", "server_credentials"]
 
 
-class ApiKeys:
-    def __init__(self, keys: list[str]):
-        self._keys = [k.encode() for k in keys]
-        self.required = bool(self._keys)
-
-    def caller(self, metadata) -> str | None:
-        """The identity of the key in `metadata` ("key:<digest>"), ANONYMOUS when no keys are configured, or None."""
-        if not self.required:
-            return ANONYMOUS
-        given = _bearer(metadata)
-        ok = False
-        for key in self._keys:  # every key compared, in constant time each
-            ok |= hmac.compare_digest(key, given)
-        return "key:" + hashlib.sha256(given).hexdigest()[:16] if ok else None
-
-
-def _bearer(metadata) -> bytes:
-    for name, value in metadata or ():
-        if name == "authorization":
-            scheme, _, token = (value.decode() if isinstance(value, bytes) else value).partition(" ")
-            return token.strip().encode() if scheme.lower() == "bearer" else b""
-    return b""
+def caller(keys: ApiKeys, metadata) -> str | None:
+    """The identity of the key in a call's `authorization` metadata (None: no valid key)."""
+    token = next((value for name, value in metadata or () if name == "authorization"), None)
+    return keys.caller(bearer(token))
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -54,7 +36,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or not self.keys.required or details.method.startswith(OPEN_METHODS):
             return handler
-        if self.keys.caller(details.invocation_metadata) is not None:
+        if caller(self.keys, details.invocation_metadata) is not None:
             return handler
         return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED,
                         "incorrect or missing API key; send metadata 'authorization: Bearer <key>'")

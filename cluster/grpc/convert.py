@@ -5,7 +5,7 @@ Flow in: a `GenerateRequest` / `ChatRequest` / `TokenizeRequest` message -> `to_
 `engine.SamplingParams`) and build a `cluster.protocol.GenerateRequest` with `output="deltas"` and `renames` that
 map engine field names to proto paths (so a replica's 400 names `sampling.max_tokens`, not `max_tokens`); a
 problem raises `ApiError(400)` naming the field. Flow out: `GenerateOutput` / `ChatOutput` turn the replica's
-`SampleDelta`s and `StreamEnd` (cluster/grpc/stream.py) into `GenerateResponse` / `ChatResponse` messages.
+`SampleDelta`s and `StreamEnd` (cluster/output/deltas.py) into `GenerateResponse` / `ChatResponse` messages.
 """
 
 import json
@@ -14,9 +14,10 @@ import secrets
 import time
 
 from cluster.errors import ApiError, bad_request, from_value_error
-from cluster.grpc.stream import SampleDelta, StreamEnd
-from cluster.openai_output import Usage
+from cluster.output.deltas import SampleDelta, StreamEnd
+from cluster.output.openai import Usage
 from cluster.protocol import GenerateRequest
+from cluster.protocol.common import json_schema_of
 from engine.sampling_params import SamplingParams
 
 OPTIONAL_SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
@@ -138,6 +139,7 @@ def chat_tools(tools, path: str) -> list[dict] | None:
             except ValueError as err:
                 raise bad_request(f"{path}[{i}].parameters_json is not valid JSON: {err}",
                                   f"{path}[{i}].parameters_json") from None
+            json_schema_of(fn["parameters"], f"{path}[{i}].parameters_json")
         out.append({"type": "function", "function": fn})
     return out or None
 

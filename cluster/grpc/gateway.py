@@ -4,16 +4,21 @@ Flow: `Gateway(config, models)` -> `start()` binds `grpc.host:grpc.port` (127.0.
 when certificate files are configured; SO_REUSEPORT off, so a taken port fails instead of being shared) with the
 message-size limits and the `AuthInterceptor`, marks health SERVING -> calls run in `InferenceServicer` ->
 `stop(grace)` marks health NOT_SERVING, refuses new calls and lets calls in flight finish for `grace` seconds.
-`cluster.app.ServeGrpcGateway` runs one in a Serve replica, with a Serve handle per model as its ModelClients.
+While the cluster drains (the front door learns it from the hub) health says NOT_SERVING and new calls get
+UNAVAILABLE. `cluster.app.ServeGrpcGateway` runs one in a Serve replica, with a Serve handle per model as its
+ModelClients.
 """
 
+import asyncio
 import logging
+import os
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cluster.config import AppConfig
+from cluster.frontdoor import FrontDoor
 from cluster.grpc import codegen
 from cluster.grpc.auth import ApiKeys, AuthInterceptor, server_credentials
 from cluster.grpc.limits import Limits
@@ -32,12 +37,13 @@ def server_options(config: AppConfig) -> list[tuple[str, int]]:
 
 
 class Gateway:
-    def __init__(self, config: AppConfig, models: dict):
+    def __init__(self, config: AppConfig, models: dict, hub=None):
         self.config = config
         self.stubs = codegen.stubs()
         self.keys = ApiKeys(config.auth.resolve())
         self.limits = Limits(config.grpc)
-        self.servicer = InferenceServicer(config, models, self.stubs.pb, self.keys, self.limits)
+        self.door = FrontDoor(config, models, hub, f"gateway/{os.getpid()}-{id(self):x}")
+        self.servicer = InferenceServicer(self.door, self.stubs.pb, self.keys, self.limits)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
@@ -68,12 +74,23 @@ class Gateway:
         self.server, self.port = server, port
         for service in ("", self.stubs.service):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.door.pusher.start()
+        self._watch = asyncio.get_running_loop().create_task(self._watch_drain())
         log.info("gRPC gateway listening on %s (%s)", self.address, "TLS" if g.tls else "plaintext")
         return self.address
+
+    async def _watch_drain(self) -> None:
+        """Health NOT_SERVING once the cluster drains (clients and load balancers move away)."""
+        while not self.door.draining:
+            await asyncio.sleep(self.config.metrics_push_interval_s)
+        for service in ("", self.stubs.service):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def stop(self, grace: float = 5.0) -> None:
         if self.server is None:
             return
+        self._watch.cancel()
+        await self.door.pusher.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self.server = None

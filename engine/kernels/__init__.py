@@ -8,7 +8,9 @@ function of the same name here dispatches between them with `use_triton(device)`
     write_kv           KV-cache write (attention.py)          router_topk        top-k + softmax (router.py)
 
 `yarn_cos_sin_cache` is plain torch. Off the Triton path, paged attention runs `paged_attention_cpu` (the ref's
-math, decode rows batched) rather than the ref's per-sequence loop. Kernels take tensors and ints only and know nothing of requests.
+math, decode rows batched) rather than the ref's per-sequence loop. Kernels take tensors and ints only and know
+nothing of requests. Each Triton op is `plan_<op>` (its outputs and the `Launch`es that fill them, decided from shapes
+alone: launch.py) then a run of those launches; bench.kernel_resources and bench.gpu read the same plans.
 """
 
 import functools

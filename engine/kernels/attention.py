@@ -6,12 +6,12 @@ them through a block table. Each sequence's queries are the last q_len positions
 serves decode (q_len 1), chunked prefill and mixed batches.
 """
 
-import functools
 import math
 
 import torch
 
 from ._triton import INTERPRET, bf16_dots, next_pow2, tl, triton
+from .launch import Launch, multiprocessors, run
 
 # ---------------------------------------------------------------------------------------------------- write_kv
 
@@ -42,15 +42,19 @@ def _write_kv_kernel(
         tl.store(cache_ptr + cache_kv_stride + slot * ROW + cols, v.to(cache_ptr.dtype.element_ty), mask=mask)
 
 
-def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    """Triton twin of `write_kv_ref`: one program per token copies its KV x D keys and values."""
+def plan_write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> list[Launch]:
+    """The launch of `write_kv`: one program per token copies its KV x D keys and values."""
     T, KV, D = k.shape
     if T == 0:
-        return
+        return []
     assert kv_cache.is_contiguous()
-    _write_kv_kernel[(T,)](
-        k.contiguous(), v.contiguous(), kv_cache, slot_mapping, KV * D, kv_cache[0].numel(), BLOCK=next_pow2(KV * D)
-    )
+    return [Launch(_write_kv_kernel, (T,), (k.contiguous(), v.contiguous(), kv_cache, slot_mapping, KV * D,
+                                            kv_cache[0].numel()), dict(BLOCK=next_pow2(KV * D)))]
+
+
+def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Triton twin of `write_kv_ref`: one program per token copies its KV x D keys and values."""
+    run(plan_write_kv(kv_cache, k, v, slot_mapping))
 
 
 # ----------------------------------------------------------------------------------------------- attention ref
@@ -295,31 +299,72 @@ def _merge_splits_kernel(
     tl.store(out_ptr + row * D + dims, out.to(out_ptr.dtype.element_ty), mask=dims < D)
 
 
-def _tiles(num_tokens: int, num_seqs: int, group: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_Q, BLOCK_N). Pure decode packs 16 rows (tl.dot's minimum); prefill packs 64 rows."""
-    block_m = 16 if num_tokens == num_seqs else 64
-    block_m = max(block_m, next_pow2(group))
-    block_n = 16 if INTERPRET else 64  # small key tiles keep the interpreter fast and cross tile edges in tests
-    return block_m, block_m // group, block_n
+def _tiles(num_tokens: int, num_seqs: int, group: int, dot_bf16: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_Q, BLOCK_N, num_warps). Pure decode packs 16 rows (tl.dot's minimum) on 4 warps; prefill packs
+    64 rows on 8 warps against 64 keys at a time, 32 with fp32 dots (FMA, not tensor cores: more registers per key).
+    The interpreter takes 16 keys: fast tests that cross key-tile edges."""
+    decode = num_tokens == num_seqs
+    block_m = max(16 if decode else 64, next_pow2(group))
+    block_n = 16 if INTERPRET else 64 if decode or dot_bf16 else 32
+    return block_m, block_m // group, block_n, 4 if decode else 8
 
 
-@functools.lru_cache
-def _multiprocessors(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def _num_splits(q: torch.Tensor, programs: int, decode_only: bool, window: int | None, block_n: int) -> int:
-    """Split the keys (flash-decoding) when a decode batch has too few programs to fill the GPU: up to 16 splits,
-    aiming at two programs per SM; a window of W keys is never cut finer than W / BLOCK_N slices."""
-    if q.device.type != "cuda" or not decode_only:
+def _num_splits(programs: int, decode_only: bool, max_keys: int, block_n: int, sms: int | None) -> int:
+    """Split the keys (flash-decoding) when a decode batch has too few programs to fill the GPU: aim at two programs
+    per SM, at most 64 splits, and no more than the BLOCK_N tiles of the most keys a sequence can see (its window, or
+    the block table's width)."""
+    if sms is None or not decode_only or programs >= sms:
         return 1
-    sms = _multiprocessors(q.device.index if q.device.index is not None else torch.cuda.current_device())
-    if programs >= sms:
-        return 1
-    splits = min(16, -(-2 * sms // programs))
-    if window is not None:
-        splits = min(splits, -(-window // block_n))
-    return max(1, splits)
+    return max(1, min(64, -(-2 * sms // programs), -(-max_keys // block_n)))
+
+
+def plan_paged_attention(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    sinks: torch.Tensor,
+    sliding_window: int | None,
+    scale: float,
+    num_splits: int | None = None,
+    sms: int | None = None,
+) -> tuple[torch.Tensor, list[Launch]]:
+    """out of `paged_attention` and the launches that fill it. Key splits: `num_splits` if given (tests force them
+    on CPU), else as many as fill `sms` multiprocessors (default: q's device; none off CUDA).
+
+    Grid: (T // BLOCK_Q + B, KV, splits). Sequence b owns tiles [qsl[b] // BLOCK_Q + b, qsl[b + 1] // BLOCK_Q + b
+    + 1), at least cdiv(q_len_b, BLOCK_Q) of them; spare tiles exit at once. Split keys: each split writes partial
+    softmax state, a second launch merges them with the sink."""
+    T, HQ, D = q.shape
+    _, _, BS, KV, _ = kv_cache.shape
+    B = seq_lens.shape[0]
+    assert HQ % KV == 0 and kv_cache.is_contiguous()
+    out = torch.empty_like(q)
+    if T == 0:
+        return out, []
+    dot_bf16 = bf16_dots(q.dtype)
+    block_m, block_q, block_n, num_warps = _tiles(T, B, HQ // KV, dot_bf16)
+    if num_splits is None:
+        sms = multiprocessors(q.device) if sms is None else sms
+        max_keys = sliding_window or block_table.shape[1] * BS
+        num_splits = _num_splits((T // block_q + B) * KV, T == B, max_keys, block_n, sms)
+    m_part = l_part = acc_part = out  # unused unless split
+    if num_splits > 1:
+        m_part, l_part = (torch.empty(T, HQ, num_splits, dtype=torch.float32, device=q.device) for _ in range(2))
+        acc_part = torch.empty(T, HQ, num_splits, D, dtype=torch.float32, device=q.device)
+    launches = [Launch(_paged_attention_kernel, (T // block_q + B, KV, num_splits), (
+        q.contiguous(), kv_cache, out, m_part, l_part, acc_part, block_table, seq_lens, query_start_loc, sinks,
+        B, block_table.stride(0), kv_cache[0].numel(), scale * math.log2(math.e),
+    ), dict(
+        HQ=HQ, KV=KV, G=HQ // KV, D=D, BS=BS, WINDOW=sliding_window or 0, NUM_SPLITS=num_splits,
+        BLOCK_D=max(16, next_pow2(D)), BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n,
+        DOT_BF16=dot_bf16, num_warps=num_warps,
+    ))]
+    if num_splits > 1:
+        launches.append(Launch(_merge_splits_kernel, (T * HQ,), (m_part, l_part, acc_part, sinks, out, HQ), dict(
+            D=D, NUM_SPLITS=num_splits, BLOCK_S=next_pow2(num_splits), BLOCK_D=next_pow2(D))))
+    return out, launches
 
 
 def paged_attention(
@@ -333,40 +378,16 @@ def paged_attention(
     scale: float,
 ) -> torch.Tensor:
     """Triton twin of `paged_attention_ref`; no host sync (grid from shapes only), so it can be graph-captured.
-
-    Grid: (T // BLOCK_Q + B, KV, splits). Sequence b owns tiles [qsl[b] // BLOCK_Q + b, qsl[b + 1] // BLOCK_Q + b
-    + 1), at least cdiv(q_len_b, BLOCK_Q) of them; spare tiles exit at once. Small decode batches also split the
-    keys of each sequence across programs and merge the partial softmaxes in a second launch."""
-    args = (q, kv_cache, block_table, seq_lens, query_start_loc, sinks, sliding_window, scale)
-    block_m, block_q, block_n = _tiles(q.shape[0], seq_lens.shape[0], q.shape[1] // kv_cache.shape[3])
-    programs = (q.shape[0] // block_q + seq_lens.shape[0]) * kv_cache.shape[3]
-    return _paged_attention(*args, _num_splits(q, programs, q.shape[0] == seq_lens.shape[0], sliding_window, block_n))
+    Small decode batches also split the keys of each sequence across programs (see `plan_paged_attention`)."""
+    out, launches = plan_paged_attention(q, kv_cache, block_table, seq_lens, query_start_loc, sinks, sliding_window,
+                                         scale)
+    run(launches)
+    return out
 
 
 def _paged_attention(q, kv_cache, block_table, seq_lens, query_start_loc, sinks, sliding_window, scale, num_splits):
     """`paged_attention` with an explicit number of key splits (tests force splits on CPU)."""
-    T, HQ, D = q.shape
-    _, _, BS, KV, _ = kv_cache.shape
-    B = seq_lens.shape[0]
-    assert HQ % KV == 0 and kv_cache.is_contiguous()
-    out = torch.empty_like(q)
-    if T == 0:
-        return out
-    block_m, block_q, block_n = _tiles(T, B, HQ // KV)
-    m_part = l_part = acc_part = out  # unused unless split
-    if num_splits > 1:
-        m_part, l_part = (torch.empty(T, HQ, num_splits, dtype=torch.float32, device=q.device) for _ in range(2))
-        acc_part = torch.empty(T, HQ, num_splits, D, dtype=torch.float32, device=q.device)
-    _paged_attention_kernel[(T // block_q + B, KV, num_splits)](
-        q.contiguous(), kv_cache, out, m_part, l_part, acc_part, block_table, seq_lens, query_start_loc, sinks,
-        B, block_table.stride(0), kv_cache[0].numel(), scale * math.log2(math.e),
-        HQ=HQ, KV=KV, G=HQ // KV, D=D, BS=BS, WINDOW=sliding_window or 0, NUM_SPLITS=num_splits,
-        BLOCK_D=max(16, next_pow2(D)), BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n,
-        DOT_BF16=bf16_dots(q.dtype), num_warps=4,
-    )
-    if num_splits > 1:
-        _merge_splits_kernel[(T * HQ,)](
-            m_part, l_part, acc_part, sinks, out, HQ,
-            D=D, NUM_SPLITS=num_splits, BLOCK_S=next_pow2(num_splits), BLOCK_D=next_pow2(D),
-        )
+    out, launches = plan_paged_attention(q, kv_cache, block_table, seq_lens, query_start_loc, sinks, sliding_window,
+                                         scale, num_splits=num_splits)
+    run(launches)
     return out

@@ -2,19 +2,23 @@
 
 Triton path: four launches, no host sync (decode can be graph-captured). Expert ids are in [0, E) or -1.
   route   : (token, k) assignments sorted by expert; BLOCK_M tiles of sorted rows, each owned by one expert
-  gemm1   : act = swiglu(W1_e x + b1_e)            per tile, MXFP4 decoded in registers, SwiGLU in the epilogue
+  gemm1   : act = swiglu(W1_e x + b1_e)            per tile; gate and up rows in one accumulator, paired in the epilogue
   gemm2   : y   = (W2_e act + b2_e) * w_k           per tile, written to the assignment's own row
   combine : out[t] = sum_k y[t, k]                  skipping ids of -1 (experts on another rank)
-No dequantized copy of the experts is ever made; each tile reads its expert's packed bytes and scales.
+No dequantized copy of the experts is ever made: bf16 activations meet the packed bytes and scales in tl.dot_scaled
+(Triton upcasts each fp4 tile to bf16 in registers for a wgmma / tcgen05 dot); fp32 ones take a software decode
+(`_mxfp4_tile`) and ieee fp32 dots.
+`plan_moe_mxfp4` decides every launch (engine.kernels.launch).
 """
 
 from dataclasses import dataclass
 
 import torch
 
-from engine.mxfp4 import dequantize_mxfp4
+from engine.weights.mxfp4 import dequantize_mxfp4
 
-from ._triton import INTERPRET, bf16_dots, next_pow2, tl, triton
+from ._triton import next_pow2, tl, triton
+from .launch import Launch, multiprocessors, run
 
 # T = tokens, K = experts per token, E = experts, H = hidden, I = expert intermediate size, A = T * K assignments
 
@@ -143,31 +147,76 @@ def _route_kernel(
         tl.store(tile_end_ptr + t, tl.where(real, end, 0), mask=in_range)
 
 
-def route(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> Routing:
-    """Routing metadata in one single-program launch and without a host sync (decode can be graph-captured).
-
-    The tile count is the bound `_num_tiles`; tiles past the real count get expert -1."""
+def plan_route(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[Routing, list[Launch]]:
+    """Routing metadata of `route` and its single-program launch. The tile count is the bound `_num_tiles`;
+    tiles past the real count get expert -1."""
     A = topk_ids.numel()
     num_tiles = _num_tiles(A, num_experts, block_m)
     out = [torch.empty(n, dtype=torch.int32, device=topk_ids.device) for n in (A, num_tiles, num_tiles, num_tiles)]
-    _route_kernel[(1,)](
-        topk_ids.reshape(-1), *out, A, num_experts, num_tiles,
-        BLOCK_M=block_m, CHUNK=64, BLOCK_E=next_pow2(num_experts + 1), num_warps=8,
-    )
-    return Routing(*out, block_m)
+    launch = Launch(_route_kernel, (1,), (topk_ids.reshape(-1), *out, A, num_experts, num_tiles),
+                    dict(BLOCK_M=block_m, CHUNK=64, BLOCK_E=next_pow2(num_experts + 1), num_warps=8))
+    return Routing(*out, block_m), [launch]
+
+
+def route(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> Routing:
+    """Routing metadata in one single-program launch and without a host sync (decode can be graph-captured)."""
+    routing, launches = plan_route(topk_ids, num_experts, block_m)
+    run(launches)
+    return routing
 
 
 # ------------------------------------------------------------------------------------------------------ kernels
 
 
 @triton.jit
-def _mxfp4_tile(blocks_ptr, scales_ptr, row, byte, mask, ROW_BYTES, ROW_GROUPS):
-    """Decode a [BYTES, N] tile of one expert's packed weights: row [N] (int64 output rows), byte [BYTES] (byte
-    index along the reduction dim)  ->  (even, odd) fp32 [BYTES, N]: elements 2 * byte and 2 * byte + 1."""
-    packed = tl.load(blocks_ptr + row[None, :] * ROW_BYTES + byte[:, None], mask=mask, other=0).to(tl.int32)
-    exponent = tl.load(scales_ptr + row[None, :] * ROW_GROUPS + byte[:, None] // 16, mask=mask, other=127)
-    scale = (exponent.to(tl.int32) << 23).to(tl.float32, bitcast=True)  # 2 ** (e - 127), exact for e in 1..254
-    return _e2m1(packed & 0xF) * scale, _e2m1(packed >> 4) * scale
+def _scales(scales_ptr, rows, row_ok, k0, ROW_GROUPS, BLOCK_K: tl.constexpr):
+    """Scale exponents of elements [k0, k0 + BLOCK_K) of weight rows [BLOCK_N]  ->  uint8 [BLOCK_N, BLOCK_K / 32]
+    (127, a scale of 1, past the row's end). Too narrow for an async copy: the loops prefetch them a step ahead."""
+    group = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+    mask = row_ok[:, None] & (group < ROW_GROUPS)[None, :]
+    return tl.load(scales_ptr + rows[:, None] * ROW_GROUPS + group[None, :], mask=mask, other=127)
+
+
+@triton.jit
+def _cols(ptr, rows, row_ok, k0, K, BLOCK_K: tl.constexpr):
+    """Columns [k0, k0 + BLOCK_K) of rows [BLOCK_M] (int64) of a row-major [*, K] matrix (zeros past K)."""
+    k = k0 + tl.arange(0, BLOCK_K)
+    return tl.load(ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0.0)
+
+
+@triton.jit
+def _mxfp4_dot(a, w_ptr, exponent, rows, row_ok, k0, ROW_BYTES, acc,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALED_DOT: tl.constexpr):
+    """acc + a @ W[rows, k0:k0 + BLOCK_K]^T: a [BLOCK_M, BLOCK_K]; W one expert's MXFP4 rows (w_ptr at the expert,
+    rows [BLOCK_N] int32 within it, ROW_BYTES packed bytes per row); exponent [BLOCK_N, BLOCK_K / 32] (`_scales`).
+
+    SCALED_DOT (bf16 a): tl.dot_scaled takes the packed bytes and scales as they are (Triton's fp4 -> bf16 upcast,
+    then a wgmma on sm_90, tcgen05 on sm_100). Else (fp32 a): software decode in registers, ieee dots."""
+    if SCALED_DOT:
+        byte = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        mask = (byte < ROW_BYTES)[:, None] & row_ok[None, :]
+        packed = tl.load(w_ptr + rows[None, :] * ROW_BYTES + byte[:, None], mask=mask, other=0)  # [BLOCK_K/2, N]
+        return tl.dot_scaled(a, None, "bf16", packed, exponent, "e2m1", acc)
+    w_even, w_odd = _mxfp4_tile(w_ptr, tl.trans(exponent), rows, row_ok, k0, ROW_BYTES, BLOCK_K, BLOCK_N)
+    a_even, a_odd = tl.split(tl.reshape(a.to(tl.float32), [BLOCK_M, BLOCK_K // 2, 2]))
+    acc = tl.dot(a_even, w_even, acc, input_precision="ieee")
+    return tl.dot(a_odd, w_odd, acc, input_precision="ieee")
+
+
+@triton.jit
+def _mxfp4_tile(blocks_ptr, exponent, rows, row_ok, k0, ROW_BYTES, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Software decode of elements [k0, k0 + BLOCK_K) of weight rows [BLOCK_N]; exponent [BLOCK_K / 32, BLOCK_N]
+    ->  (even, odd) fp32 [BLOCK_K / 2, BLOCK_N]: elements k0 + 2b and k0 + 2b + 1 of each row. The bytes load as
+    [group, 16, row]: one 16-byte vector per group of 32 elements, which shares one scale."""
+    GROUPS: tl.constexpr = BLOCK_K // 32
+    group = k0 // 32 + tl.arange(0, GROUPS)
+    mask = ((group * 16 < ROW_BYTES)[:, None] & row_ok[None, :])[:, None, :]
+    byte = group[:, None, None] * 16 + tl.arange(0, 16)[None, :, None]  # [GROUPS, 16, 1]
+    packed = tl.load(blocks_ptr + rows[None, None, :] * ROW_BYTES + byte, mask=mask, other=0).to(tl.int32)
+    scale = (exponent.to(tl.int32) << 23).to(tl.float32, bitcast=True)[:, None, :]  # 2 ** (e - 127), e in 1..254
+    even = tl.reshape(_e2m1(packed & 0xF) * scale, [BLOCK_K // 2, BLOCK_N])
+    odd = tl.reshape(_e2m1(packed >> 4) * scale, [BLOCK_K // 2, BLOCK_N])
+    return even, odd
 
 
 @triton.jit
@@ -177,13 +226,6 @@ def _e2m1(code):
     man = (code & 1).to(tl.float32)
     mag = tl.where(exp == 0, 0.5 * man, (1.0 + 0.5 * man) * (1 << tl.maximum(exp - 1, 0)).to(tl.float32))
     return tl.where((code & 8) != 0, -mag, mag)
-
-
-@triton.jit
-def _dot(a, b, acc, DOT_BF16: tl.constexpr):
-    if DOT_BF16:
-        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
-    return tl.dot(a, b, acc, input_precision="ieee")
 
 
 @triton.jit
@@ -200,37 +242,34 @@ def _moe_gemm1_kernel(
     x_ptr, sorted_rows_ptr, tile_expert_ptr, tile_start_ptr, tile_end_ptr,  # x [T, H]
     w_ptr, s_ptr, b_ptr, act_ptr,  # w1 [E, 2I, H/2] u8, scales [E, 2I, H/32] u8, b1 [E, 2I]; act [A, I]
     H, I, TOPK, limit, alpha,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALED_DOT: tl.constexpr,
 ):
-    # Program (tile, n): act[rows, n:n+BLOCK_N] of the tile's expert; gate = W1 row 2j, up = row 2j + 1.
+    # Program (tile, n): W1 rows [n * BLOCK_N, (n + 1) * BLOCK_N) of the tile's expert, gate (even rows) and up (odd)
+    # in one accumulator; the epilogue pairs them into act columns [n * BLOCK_N / 2, (n + 1) * BLOCK_N / 2).
     expert, rows, row_ok = _tile_rows(tile_expert_ptr, tile_start_ptr, tile_end_ptr, BLOCK_M)
     if expert < 0:
         return
     token = (tl.load(sorted_rows_ptr + rows, mask=row_ok, other=0) // TOPK).to(tl.int64)
-    j = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # act columns
-    j_ok = j < I
-    gate_row = expert.to(tl.int64) * 2 * I + 2 * j  # [BLOCK_N] rows of W1
-    kb = tl.arange(0, BLOCK_K // 2)
-    acc_gate = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    w_rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # rows of this expert's W1
+    w_ok = w_rows < 2 * I
+    first_row = expert.to(tl.int64) * 2 * I
+    w_ptr += first_row * (H // 2)
+    s_ptr += first_row * (H // 32)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    exponent = _scales(s_ptr, w_rows, w_ok, 0, H // 32, BLOCK_K)
     for k0 in range(0, H, BLOCK_K):
-        byte = k0 // 2 + kb  # [BLOCK_K / 2]; element 2 * byte is even, 2 * byte + 1 odd
-        k_ok = byte < H // 2
-        x_mask = row_ok[:, None] & k_ok[None, :]
-        x_even = tl.load(x_ptr + token[:, None] * H + 2 * byte[None, :], mask=x_mask, other=0.0).to(tl.float32)
-        x_odd = tl.load(x_ptr + token[:, None] * H + 2 * byte[None, :] + 1, mask=x_mask, other=0.0).to(tl.float32)
-        w_mask = k_ok[:, None] & j_ok[None, :]
-        g_even, g_odd = _mxfp4_tile(w_ptr, s_ptr, gate_row, byte, w_mask, H // 2, H // 32)
-        acc_gate = _dot(x_odd, g_odd, _dot(x_even, g_even, acc_gate, DOT_BF16), DOT_BF16)
-        u_even, u_odd = _mxfp4_tile(w_ptr, s_ptr, gate_row + 1, byte, w_mask, H // 2, H // 32)
-        acc_up = _dot(x_odd, u_odd, _dot(x_even, u_even, acc_up, DOT_BF16), DOT_BF16)
-    gate = acc_gate + tl.load(b_ptr + gate_row, mask=j_ok, other=0.0).to(tl.float32)[None, :]
-    up = acc_up + tl.load(b_ptr + gate_row + 1, mask=j_ok, other=0.0).to(tl.float32)[None, :]
+        next_exponent = _scales(s_ptr, w_rows, w_ok, k0 + BLOCK_K, H // 32, BLOCK_K)
+        x = _cols(x_ptr, token, row_ok, k0, H, BLOCK_K)
+        acc = _mxfp4_dot(x, w_ptr, exponent, w_rows, w_ok, k0, H // 2, acc, BLOCK_M, BLOCK_N, BLOCK_K, SCALED_DOT)
+        exponent = next_exponent
+    h = acc + tl.load(b_ptr + first_row + w_rows, mask=w_ok, other=0.0).to(tl.float32)[None, :]
+    gate, up = tl.split(tl.reshape(h, [BLOCK_M, BLOCK_N // 2, 2]))
     gate = tl.minimum(gate, limit)
     up = tl.minimum(tl.maximum(up, -limit), limit)
     act = gate * tl.sigmoid(alpha * gate) * (up + 1.0)
+    j = tl.program_id(1) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)  # act columns
     act_off = rows.to(tl.int64)[:, None] * I + j[None, :]
-    tl.store(act_ptr + act_off, act.to(act_ptr.dtype.element_ty), mask=row_ok[:, None] & j_ok[None, :])
+    tl.store(act_ptr + act_off, act.to(act_ptr.dtype.element_ty), mask=row_ok[:, None] & (j < I)[None, :])
 
 
 @triton.jit
@@ -238,28 +277,26 @@ def _moe_gemm2_kernel(
     act_ptr, sorted_rows_ptr, tile_expert_ptr, tile_start_ptr, tile_end_ptr, topk_weights_ptr,  # act [A, I]
     w_ptr, s_ptr, b_ptr, y_ptr,  # w2 [E, H, I/2] u8, scales [E, H, I/32] u8, b2 [E, H]; y [A, H] fp32
     H, I,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALED_DOT: tl.constexpr,
 ):
     # Program (tile, n): y[assignment, n:n+BLOCK_N] = (act @ W2_e^T + b2_e) * routing weight, in assignment order.
     expert, rows, row_ok = _tile_rows(tile_expert_ptr, tile_start_ptr, tile_end_ptr, BLOCK_M)
     if expert < 0:
         return
     assignment = tl.load(sorted_rows_ptr + rows, mask=row_ok, other=0).to(tl.int64)
-    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # output columns
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # output columns = rows of this expert's W2
     n_ok = n < H
-    w_row = expert.to(tl.int64) * H + n
-    kb = tl.arange(0, BLOCK_K // 2)
+    first_row = expert.to(tl.int64) * H
+    w_ptr += first_row * (I // 2)
+    s_ptr += first_row * (I // 32)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    exponent = _scales(s_ptr, n, n_ok, 0, I // 32, BLOCK_K)
     for k0 in range(0, I, BLOCK_K):
-        byte = k0 // 2 + kb
-        k_ok = byte < I // 2
-        a_off = rows.to(tl.int64)[:, None] * I + 2 * byte[None, :]
-        a_mask = row_ok[:, None] & k_ok[None, :]
-        a_even = tl.load(act_ptr + a_off, mask=a_mask, other=0.0).to(tl.float32)
-        a_odd = tl.load(act_ptr + a_off + 1, mask=a_mask, other=0.0).to(tl.float32)
-        w_even, w_odd = _mxfp4_tile(w_ptr, s_ptr, w_row, byte, k_ok[:, None] & n_ok[None, :], I // 2, I // 32)
-        acc = _dot(a_odd, w_odd, _dot(a_even, w_even, acc, DOT_BF16), DOT_BF16)
-    y = acc + tl.load(b_ptr + w_row, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        next_exponent = _scales(s_ptr, n, n_ok, k0 + BLOCK_K, I // 32, BLOCK_K)
+        a = _cols(act_ptr, rows.to(tl.int64), row_ok, k0, I, BLOCK_K)
+        acc = _mxfp4_dot(a, w_ptr, exponent, n, n_ok, k0, I // 2, acc, BLOCK_M, BLOCK_N, BLOCK_K, SCALED_DOT)
+        exponent = next_exponent
+    y = acc + tl.load(b_ptr + first_row + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     y = y * tl.load(topk_weights_ptr + assignment, mask=row_ok, other=0.0)[:, None]
     tl.store(y_ptr + assignment[:, None] * H + n[None, :], y, mask=row_ok[:, None] & n_ok[None, :])
 
@@ -281,10 +318,65 @@ def _moe_combine_kernel(
 # ------------------------------------------------------------------------------------------------------ launcher
 
 
+def _gemm_tiles(block_m: int, n_cols: int, busy_tiles: int, sms: int | None, scaled: bool) -> dict:
+    """Meta-parameters of a MoE GEMM launch. BLOCK_N is 64, halved (down to 16) while the expected busy programs
+    (busy tiles x N tiles) leave SMs idle (decode on a TP shard). BLOCK_K 64 and 4 warps keep the software decode
+    (fp32) spill-free; 5 stages keep four async weight loads in flight per program (memory-bound decode)."""
+    block_n = 64
+    while sms and block_n > 16 and busy_tiles * -(-n_cols // block_n) < sms:
+        block_n //= 2
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=64, SCALED_DOT=scaled, num_warps=4, num_stages=5)
+
+
 def _block_m(num_assignments: int, num_experts: int) -> int:
     """Rows per tile from the mean rows per expert: 16 (tl.dot's minimum) for decode, up to 64 for prefill."""
     mean = num_assignments / num_experts
     return 16 if mean <= 16 else 32 if mean <= 32 else 64
+
+
+def plan_moe_mxfp4(
+    x: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    w1_blocks: torch.Tensor,
+    w1_scales: torch.Tensor,
+    b1: torch.Tensor,
+    w2_blocks: torch.Tensor,
+    w2_scales: torch.Tensor,
+    b2: torch.Tensor,
+    swiglu_limit: float = 7.0,
+    alpha: float = 1.702,
+    sms: int | None = None,
+) -> tuple[torch.Tensor, list[Launch]]:
+    """out of `moe_mxfp4` and its four launches (route, gemm1, gemm2, combine; none when T == 0)."""
+    T, H = x.shape
+    K = topk_ids.shape[1]
+    E, I2 = w1_blocks.shape[:2]
+    I = I2 // 2
+    out = torch.empty_like(x)
+    if T == 0:
+        return out, []
+    weights = (w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2)
+    assert all(w.is_contiguous() for w in weights), "expert weights must be contiguous (as loaded)"
+    x, topk_ids, topk_weights = x.contiguous(), topk_ids.contiguous(), topk_weights.float().contiguous()
+    routing, launches = plan_route(topk_ids, E, _block_m(T * K, E))
+    scaled = x.dtype == torch.bfloat16  # tl.dot_scaled on the packed experts; fp32 (or fp16) decode in software
+    meta = (routing.sorted_rows, routing.tile_expert, routing.tile_start, routing.tile_end)
+    num_tiles = routing.tile_expert.shape[0]
+    act = torch.empty(T * K, I, dtype=torch.bfloat16 if scaled else torch.float32, device=x.device)
+    sms = multiprocessors(x.device) if sms is None else sms
+    busy_tiles = min(T * K, E)  # expected tiles with work at decode: about one per assignment, one per expert at most
+    gemm1 = _gemm_tiles(routing.block_m, 2 * I, busy_tiles, sms, scaled)
+    launches.append(Launch(_moe_gemm1_kernel, (num_tiles, triton.cdiv(2 * I, gemm1["BLOCK_N"])), (
+        x, *meta, w1_blocks, w1_scales, b1, act, H, I, K, swiglu_limit, alpha), gemm1))
+    y = torch.empty(T * K, H, dtype=torch.float32, device=x.device)
+    gemm2 = _gemm_tiles(routing.block_m, H, busy_tiles, sms, scaled)
+    launches.append(Launch(_moe_gemm2_kernel, (num_tiles, triton.cdiv(H, gemm2["BLOCK_N"])), (
+        act, *meta, topk_weights, w2_blocks, w2_scales, b2, y, H, I), gemm2))
+    block_h = min(1024, next_pow2(H))
+    launches.append(Launch(_moe_combine_kernel, (T, triton.cdiv(H, block_h)), (y, topk_ids, out, H),
+                           dict(TOPK=K, BLOCK_H=block_h)))
+    return out, launches
 
 
 def moe_mxfp4(
@@ -301,31 +393,7 @@ def moe_mxfp4(
     alpha: float = 1.702,
 ) -> torch.Tensor:
     """Triton twin of `moe_mxfp4_ref` (same arguments and result); see the module docstring for the steps."""
-    T, H = x.shape
-    K = topk_ids.shape[1]
-    E, I2 = w1_blocks.shape[:2]
-    I = I2 // 2
-    out = torch.empty_like(x)
-    if T == 0:
-        return out
-    weights = (w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2)
-    assert all(w.is_contiguous() for w in weights), "expert weights must be contiguous (as loaded)"
-    x, topk_ids, topk_weights = x.contiguous(), topk_ids.contiguous(), topk_weights.float().contiguous()
-    routing = route(topk_ids, E, _block_m(T * K, E))
-    dot_bf16 = bf16_dots(x.dtype)
-    block_k = 64 if INTERPRET else 128
-    meta = (routing.sorted_rows, routing.tile_expert, routing.tile_start, routing.tile_end)
-    num_tiles = routing.tile_expert.shape[0]
-    act = torch.empty(T * K, I, dtype=torch.bfloat16 if dot_bf16 else torch.float32, device=x.device)
-    _moe_gemm1_kernel[(num_tiles, triton.cdiv(I, 64))](
-        x, *meta, w1_blocks, w1_scales, b1, act, H, I, K, swiglu_limit, alpha,
-        BLOCK_M=routing.block_m, BLOCK_N=64, BLOCK_K=block_k, DOT_BF16=dot_bf16, num_warps=4, num_stages=3,
-    )
-    y = torch.empty(T * K, H, dtype=torch.float32, device=x.device)
-    _moe_gemm2_kernel[(num_tiles, triton.cdiv(H, 64))](
-        act, *meta, topk_weights, w2_blocks, w2_scales, b2, y, H, I,
-        BLOCK_M=routing.block_m, BLOCK_N=64, BLOCK_K=block_k, DOT_BF16=dot_bf16, num_warps=4, num_stages=3,
-    )
-    block_h = min(1024, next_pow2(H))
-    _moe_combine_kernel[(T, triton.cdiv(H, block_h))](y, topk_ids, out, H, TOPK=K, BLOCK_H=block_h)
+    out, launches = plan_moe_mxfp4(x, topk_ids, topk_weights, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2,
+                                   swiglu_limit, alpha)
+    run(launches)
     return out

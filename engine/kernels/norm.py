@@ -7,6 +7,7 @@
 import torch
 
 from ._triton import next_pow2, tl, triton
+from .launch import Launch, run
 
 
 def rms_norm_ref(
@@ -39,10 +40,10 @@ def _rms_norm_kernel(
     tl.store(out_ptr + row * H + cols, (h * inv_rms * w).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def rms_norm(
+def plan_rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton twin of `rms_norm_ref`: one program per row of x [T, H]."""
+) -> tuple[tuple[torch.Tensor, torch.Tensor], list[Launch]]:
+    """(out, new_residual) of `rms_norm` and the launch that fills them: one program per row of x [T, H]."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1]).contiguous()
     T, H = x2.shape
@@ -52,9 +53,18 @@ def rms_norm(
     else:
         res2 = residual.reshape(T, H).contiguous()
         new_res = torch.empty_like(x2)
+    launches = []
     if T > 0:
-        _rms_norm_kernel[(T,)](
+        launches.append(Launch(_rms_norm_kernel, (T,), (
             x2, res2, weight.contiguous(), out, new_res if residual is not None else out, H, eps,
-            HAS_RESIDUAL=residual is not None, BLOCK_H=next_pow2(H), num_warps=4 if H <= 4096 else 8,
-        )
-    return out.reshape(shape), new_res.reshape(shape)
+        ), dict(HAS_RESIDUAL=residual is not None, BLOCK_H=next_pow2(H), num_warps=4 if H <= 4096 else 8)))
+    return (out.reshape(shape), new_res.reshape(shape)), launches
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton twin of `rms_norm_ref`: one program per row of x [T, H]."""
+    result, launches = plan_rms_norm(x, weight, eps, residual)
+    run(launches)
+    return result

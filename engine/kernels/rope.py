@@ -11,6 +11,7 @@ import torch
 
 from ._triton import next_pow2, tl, triton
 from .attention import write_kv_ref
+from .launch import Launch, run
 
 
 def yarn_cos_sin_cache(
@@ -111,6 +112,30 @@ def _rope_write_kv_kernel(
         tl.store(dst + cache_kv_stride + HALF, v2.to(cache_ptr.dtype.element_ty), mask=mask)
 
 
+def plan_rope_and_write_kv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    kv_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], list[Launch]]:
+    """(q_rot, k_rot) of `rope_and_write_kv` and the launch that fills them (and the cache): one program per token."""
+    T, HQ, D = q.shape
+    KV = k.shape[1]
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    q_rot, k_rot = torch.empty_like(q), torch.empty_like(k)
+    launches = []
+    if T > 0:
+        assert kv_cache.is_contiguous() and D % 2 == 0
+        launches.append(Launch(_rope_write_kv_kernel, (T,), (
+            q, k, v, positions, cos_sin_cache.contiguous(), q_rot, k_rot, kv_cache, slot_mapping,
+            HQ, KV, kv_cache[0].numel(),
+        ), dict(HALF=D // 2, BLOCK_HALF=next_pow2(D // 2), BLOCK_HQ=next_pow2(HQ), BLOCK_KV=next_pow2(KV))))
+    return (q_rot, k_rot), launches
+
+
 def rope_and_write_kv(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -121,15 +146,6 @@ def rope_and_write_kv(
     slot_mapping: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton twin of `rope_and_write_kv_ref`: one program per token does q, k and the cache write."""
-    T, HQ, D = q.shape
-    KV = k.shape[1]
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    q_rot, k_rot = torch.empty_like(q), torch.empty_like(k)
-    if T > 0:
-        assert kv_cache.is_contiguous() and D % 2 == 0
-        _rope_write_kv_kernel[(T,)](
-            q, k, v, positions, cos_sin_cache.contiguous(), q_rot, k_rot, kv_cache, slot_mapping,
-            HQ, KV, kv_cache[0].numel(),
-            HALF=D // 2, BLOCK_HALF=next_pow2(D // 2), BLOCK_HQ=next_pow2(HQ), BLOCK_KV=next_pow2(KV),
-        )
-    return q_rot, k_rot
+    result, launches = plan_rope_and_write_kv(q, k, v, positions, cos_sin_cache, kv_cache, slot_mapping)
+    run(launches)
+    return result

@@ -6,6 +6,7 @@ The router matmul itself (x @ W_r^T + b_r) is a plain bf16 linear layer and live
 import torch
 
 from ._triton import next_pow2, tl, triton
+from .launch import Launch, run
 
 
 def router_topk_ref(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,11 +37,20 @@ def _router_topk_kernel(
     tl.store(weights_ptr + row * K + slots, p / tl.sum(p, axis=0), mask=slots < K)
 
 
-def router_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton twin of `router_topk_ref`: one program per token, k rounds of argmax over the E logits."""
+def plan_router_topk(logits: torch.Tensor, k: int) -> tuple[tuple[torch.Tensor, torch.Tensor], list[Launch]]:
+    """(ids, weights) of `router_topk` and the launch that fills them: one program per token."""
     T, E = logits.shape
     ids = torch.empty(T, k, dtype=torch.int32, device=logits.device)
     weights = torch.empty(T, k, dtype=torch.float32, device=logits.device)
+    launches = []
     if T > 0:
-        _router_topk_kernel[(T,)](logits.contiguous(), ids, weights, E, K=k, BLOCK_K=next_pow2(k), BLOCK_E=next_pow2(E))
-    return ids, weights
+        launches.append(Launch(_router_topk_kernel, (T,), (logits.contiguous(), ids, weights, E),
+                               dict(K=k, BLOCK_K=next_pow2(k), BLOCK_E=next_pow2(E))))
+    return (ids, weights), launches
+
+
+def router_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton twin of `router_topk_ref`: one program per token, k rounds of argmax over the E logits."""
+    result, launches = plan_router_topk(logits, k)
+    run(launches)
+    return result

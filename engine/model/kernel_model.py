@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 from engine import kernels
-from engine.config import ModelConfig
+from engine.model.config import GptOssConfig
 from engine.model.reference import RMSNorm, Transformer
 
 
 class KernelMoE(nn.Module):
     """Router top-k + MoE over packed MXFP4 experts (E experts, D hidden, I intermediate)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: GptOssConfig):
         super().__init__()
         E, D, I = config.num_experts, config.hidden_size, config.intermediate_size
         self.top_k, self.limit = config.experts_per_token, config.swiglu_limit
@@ -45,7 +45,7 @@ class KernelRMSNorm(RMSNorm):
         return kernels.rms_norm(x, self.weight, self.eps)[0]
 
 
-def build_kernel_model(config: ModelConfig, weights: dict[str, torch.Tensor]) -> Transformer:
+def build_kernel_model(config: GptOssConfig, weights: dict[str, torch.Tensor]) -> Transformer:
     """A Transformer whose MoE layers and norms run the kernels; `weights` must hold packed experts."""
     with torch.device("meta"):
         model = use_kernels(Transformer(config))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import ModelConfig
+from engine.model.config import GptOssConfig
 from engine.model.rope import yarn_inv_freq
 
 SWIGLU_ALPHA = 1.702
@@ -81,7 +81,7 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int):
+    def __init__(self, config: GptOssConfig, layer: int):
         super().__init__()
         D, Dh = config.hidden_size, config.head_dim
         self.layer, self.head_dim = layer, Dh
@@ -111,7 +111,7 @@ def swiglu(h: torch.Tensor, limit: float) -> torch.Tensor:
 class MoE(nn.Module):
     """Top-k router (softmax over the k selected logits) and dense experts, looped over the experts in use."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: GptOssConfig):
         super().__init__()
         E, D, I = config.num_experts, config.hidden_size, config.intermediate_size
         self.top_k, self.limit = config.experts_per_token, config.swiglu_limit
@@ -143,7 +143,7 @@ class MoE(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int):
+    def __init__(self, config: GptOssConfig, layer: int):
         super().__init__()
         self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.attn = Attention(config, layer)
@@ -158,7 +158,7 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """gpt-oss: embedding, pre-norm blocks (attention with sinks, MoE), final norm, untied unembedding."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: GptOssConfig):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
@@ -169,7 +169,7 @@ class Transformer(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     @classmethod
-    def from_weights(cls, config: ModelConfig, weights: dict[str, torch.Tensor]) -> "Transformer":
+    def from_weights(cls, config: GptOssConfig, weights: dict[str, torch.Tensor]) -> "Transformer":
         """Build without allocating random parameters, taking the loaded tensors as they are."""
         with torch.device("meta"):
             model = cls(config)

@@ -9,10 +9,10 @@ import math
 
 import torch
 
-from engine.config import ModelConfig
+from engine.model.config import GptOssConfig
 
 
-def yarn_inv_freq(config: ModelConfig) -> tuple[torch.Tensor, float]:
+def yarn_inv_freq(config: GptOssConfig) -> tuple[torch.Tensor, float]:
     """(inverse frequencies [head_dim / 2] fp32, the attention scale applied to cos and sin)."""
     d, base, factor = config.head_dim, config.rope_theta, config.rope_scaling_factor
     freq = base ** (torch.arange(0, d, 2, dtype=torch.float32) / d)

@@ -69,6 +69,12 @@ class Group:
         dist.all_to_all_single(out, x.contiguous(), recv_counts, send_counts, group=self.pg)
         return out
 
+    def broadcast(self, x: torch.Tensor) -> torch.Tensor:
+        """Member 0's x on every member, in place (x has the same shape and dtype on each)."""
+        if self.pg is not None:
+            dist.broadcast(x, group_src=0, group=self.pg)
+        return x
+
     def gather_columns(self, x: torch.Tensor, widths: list[int]) -> torch.Tensor | None:
         """Concatenate along the last dim every member's [..., widths[i]] on member 0; None on the others."""
         if self.pg is None:

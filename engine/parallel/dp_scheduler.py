@@ -1,32 +1,16 @@
-"""Data-parallel attention: one `Scheduler` and KV cache per attention group; each request lives in one group.
+"""One `Scheduler` and KV cache per attention group; each request lives in one group. Without data parallelism
+there is one group, so the engine always schedules through this class.
 
 A new request goes to the group with the fewest requests (the samples of one n > 1 request stay together, so
-they share their prompt's cached blocks). Each step every group schedules on its own, and the runner sends
-each group its own inputs; the MoE then gathers every group's tokens (see engine.parallel.layers).
+they share their prompt's cached blocks). Each step every group schedules on its own and the workers get every
+group's `SchedulerOutput` (a rank computes its own group's and needs the others' token counts for the MoE
+collectives, engine.parallel.layers).
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
-from engine.kv_cache_manager import KVCacheManager
 from engine.request import Request
-from engine.scheduler import Scheduler, SchedulerOutput, SchedulerStats
-
-
-@dataclass
-class DataParallelOutput:
-    parts: list[tuple[SchedulerOutput, KVCacheManager]]  # per attention group: its step and its block tables
-
-    @property
-    def scheduled(self) -> list[tuple[Request, int]]:
-        return [s for out, _ in self.parts for s in out.scheduled]
-
-    @property
-    def preempted(self) -> list[Request]:
-        return [r for out, _ in self.parts for r in out.preempted]
-
-    @property
-    def num_batched_tokens(self) -> int:
-        return sum(out.num_batched_tokens for out, _ in self.parts)
+from engine.scheduler import ScheduledStep, Scheduler, SchedulerStats
 
 
 class DataParallelScheduler:
@@ -58,11 +42,16 @@ class DataParallelScheduler:
     def has_work(self) -> bool:
         return any(s.has_work for s in self.groups)
 
-    def schedule(self) -> DataParallelOutput:
-        return DataParallelOutput([(s.schedule(), s.kv) for s in self.groups])
+    def schedule(self) -> list[ScheduledStep]:
+        """One step per group, indexed by dp rank."""
+        return [s.schedule() for s in self.groups]
 
-    def update(self, out: DataParallelOutput, sampled: dict) -> list[Request]:
-        changed = [r for s, (o, _) in zip(self.groups, out.parts) for r in s.update(o, sampled)]
+    def advance(self, steps: list[ScheduledStep]) -> None:
+        for s, step in zip(self.groups, steps):
+            s.advance(step)
+
+    def update(self, steps: list[ScheduledStep], sampled: dict) -> list[Request]:
+        changed = [r for s, step in zip(self.groups, steps) for r in s.update(step, sampled)]
         for r in changed:
             if r.finished:
                 self.where.pop(r.request_id, None)

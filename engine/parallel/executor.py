@@ -1,19 +1,32 @@
-"""Executors: start one process per rank and call the same method on every rank, failing loudly and in bounded
-time. `MPExecutor` runs local processes (torch.multiprocessing, spawn); `RayExecutor` runs Ray actors in a
-placement group (one bundle per rank). Both answer `call(method, *args)` with one result per rank, or raise
-`RankFailedError` naming the rank and what happened (an exception with its traceback, a process that died, or
-no answer in time), after which the executor is dead: every rank is stopped and later calls raise at once.
+"""The executor of a multi-rank engine: one `Worker` per rank, in local processes (`MPExecutor`,
+torch.multiprocessing, spawn) or Ray actors in a placement group (`RayExecutor`, one bundle per rank).
+
+Flow: `RankExecutor.start` launches the ranks, which join the process group and load their shards (their
+`LoadReport`s); the engine sizes the KV cache and calls `init_cache`. Each step, `execute(outputs)` sends the
+same list of `SchedulerOutput`s (one per attention group) to every rank and returns at once; its `result()` waits
+for every rank's answer and merges the sampling ranks' tokens. Steps are answered in the order sent, so the engine
+can send step N+1 before it reads step N (async scheduling). A rank that raises, dies or does not answer in time
+becomes a `RankFailedError` naming the rank and what happened (its exception line, its exit code, or the timeout),
+after which the executor is dead: every rank is stopped and later calls raise at once.
 """
 
 import logging
 import pickle
+import queue
 import socket
+import threading
 import time
+import traceback
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from multiprocessing import connection
 
-from engine.parallel.config import ParallelConfig
-from engine.parallel.worker import LoadReport, WorkerSpec, serve
+import torch
+
+from engine.config import EngineConfig, ParallelConfig
+from engine.parallel.tp import RankLayout
+from engine.scheduler_output import SchedulerOutput
+from engine.worker import LoadReport, SampledTokens, Worker
 
 log = logging.getLogger(__name__)
 
@@ -22,40 +35,108 @@ class RankFailedError(RuntimeError):
     """A rank raised, died or stopped answering; the engine cannot continue."""
 
 
-class Executor(ABC):
+@dataclass
+class WorkerSpec:
+    """What one rank's Worker is made from (picklable: it crosses a process boundary)."""
+
+    config: EngineConfig
+    layout: RankLayout  # where the rank sits in the TP x DP grid
+    device: str  # "cpu" or "cuda:N" as the rank's process sees it
+
+
+class RankCall:
+    """A call sent to every rank; `result()` waits for their answers (in rank order)."""
+
+    def __init__(self, executor: "RankExecutor", method: str, handle, timeout: float):
+        self.executor, self.method, self.handle, self.timeout = executor, method, handle, timeout
+
+    def result(self) -> list:
+        return self.executor._result(self)
+
+
+class StepCall:
+    """One step in flight: `result()` merges the sampling ranks' tokens (the other ranks answer None)."""
+
+    def __init__(self, call: RankCall):
+        self.call = call
+
+    def result(self) -> SampledTokens:
+        sampled = {}
+        for answer in self.call.result():
+            sampled.update(answer or {})
+        return sampled
+
+
+class RankExecutor(ABC):
     def __init__(self, parallel: ParallelConfig, specs: list[WorkerSpec]):
         self.parallel, self.specs = parallel, specs
         self.world_size = len(specs)
         self.error: RankFailedError | None = None
         self.closed = False
+        self.reports: list[LoadReport] = []
         self._pids: list[int] = []
 
-    # ---- the interface ----
-    def start(self) -> list[LoadReport]:
-        """Start every rank, join the process group and load the shards; one report per rank."""
+    @classmethod
+    def start(cls, config: EngineConfig, device: torch.device) -> "RankExecutor":
+        """Start every rank of `config` (on `device`'s type), join the process group and load the shards."""
+        parallel = config.parallel
+        specs = [WorkerSpec(config, RankLayout.of(parallel, r), _rank_device(device, r,
+                                                                             parallel.distributed_executor_backend))
+                 for r in range(parallel.world_size)]
+        executor = {"mp": MPExecutor, "ray": RayExecutor}[parallel.distributed_executor_backend](parallel, specs)
         try:
-            init_method = self._launch()
-            return self.call("start", init_method, timeout=self.parallel.startup_timeout_s)
+            init_method = executor._launch()
+            executor.reports = executor.call("load", init_method, timeout=parallel.startup_timeout_s)
         except BaseException:
-            self.shutdown()
+            executor.shutdown()
             raise
+        for r in executor.reports:
+            log.info("rank %d (pid %d on %s): %s bytes of weights", r.rank, r.pid, r.host, r.tensor_bytes)
+        return executor
 
-    def call(self, method: str, *args, timeout: float | None = None) -> list:
-        """Run `method(*args)` on every rank; their results in rank order."""
-        if self.error is not None:
-            raise RankFailedError(f"the executor failed earlier: {self.error}")
-        timeout = self.parallel.collective_timeout_s + 10 if timeout is None else timeout
-        try:
-            return self._call(method, args, timeout)
-        except RankFailedError as e:
-            self.error = e
-            log.error("%s; stopping every rank", e)
-            self.shutdown()
-            raise
+    # ---- the engine's interface (engine.executor.Executor) ----
+    def init_cache(self, num_blocks: int) -> None:
+        self.call("init_cache", num_blocks)
+
+    def execute(self, outputs: list[SchedulerOutput]) -> StepCall:
+        return StepCall(self.submit("execute", outputs))
 
     @property
     def healthy(self) -> bool:
         return self.error is None and not self.closed and self._alive()
+
+    # ---- calls on every rank ----
+    def call(self, method: str, *args, timeout: float | None = None) -> list:
+        """Run `method(*args)` on every rank and wait; their results in rank order."""
+        return self.submit(method, *args, timeout=timeout).result()
+
+    def submit(self, method: str, *args, timeout: float | None = None) -> RankCall:
+        """Send `method(*args)` to every rank; the answers are read by the returned call's `result()` (at most
+        `timeout` seconds from then; default collective_timeout_s + 10), in the order calls were sent."""
+        self._check()
+        timeout = self.parallel.collective_timeout_s + 10 if timeout is None else timeout
+        try:
+            return RankCall(self, method, self._send(method, args), timeout)
+        except RankFailedError as e:
+            self._fail(e)
+            raise
+
+    def _result(self, call: RankCall) -> list:
+        self._check()
+        try:
+            return self._receive(call.method, call.handle, call.timeout)
+        except RankFailedError as e:
+            self._fail(e)
+            raise
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise RankFailedError(f"the executor failed earlier: {self.error}")
+
+    def _fail(self, error: RankFailedError) -> None:
+        self.error = error
+        log.error("%s; stopping every rank", error)
+        self.shutdown()
 
     def pids(self) -> list[int]:
         """Process id of every rank (for monitoring, and for tests that kill one); kept after shutdown."""
@@ -72,8 +153,13 @@ class Executor(ABC):
         """Start the rank processes; return the process group's init method (rendezvous address)."""
 
     @abstractmethod
-    def _call(self, method: str, args: tuple, timeout: float) -> list:
-        """Call on every rank; raise RankFailedError on the first failure or after `timeout` seconds."""
+    def _send(self, method: str, args: tuple):
+        """Send a call to every rank; returns what `_receive` needs to find the answers."""
+
+    @abstractmethod
+    def _receive(self, method: str, handle, timeout: float) -> list:
+        """Every rank's answer to a call sent earlier; raise RankFailedError on the first failure or after
+        `timeout` seconds."""
 
     @abstractmethod
     def _stop(self) -> None:
@@ -83,8 +169,12 @@ class Executor(ABC):
         return True
 
 
-class MPExecutor(Executor):
+class MPExecutor(RankExecutor):
     """Ranks as local processes, each with a pipe to the driver; messages are pickled once and sent to all."""
+
+    def __init__(self, parallel: ParallelConfig, specs: list[WorkerSpec]):
+        super().__init__(parallel, specs)
+        self.procs, self.conns = [], []  # per rank, once launched
 
     def _launch(self) -> str:
         import torch.multiprocessing as mp
@@ -104,13 +194,15 @@ class MPExecutor(Executor):
             port = s.getsockname()[1]
         return f"tcp://127.0.0.1:{port}"
 
-    def _call(self, method: str, args: tuple, timeout: float) -> list:
+    def _send(self, method: str, args: tuple) -> None:
         payload = pickle.dumps((method, args), protocol=pickle.HIGHEST_PROTOCOL)
         for rank, conn in enumerate(self.conns):
             try:
                 conn.send_bytes(payload)
             except (BrokenPipeError, OSError):
                 raise RankFailedError(self._death(rank, method)) from None
+
+    def _receive(self, method: str, handle: None, timeout: float) -> list:
         results, pending = [None] * self.world_size, set(range(self.world_size))
         deadline = time.monotonic() + timeout
         while pending:
@@ -120,11 +212,11 @@ class MPExecutor(Executor):
                 raise RankFailedError(f"ranks {sorted(pending)} did not answer {method!r} within {timeout:.0f} s "
                                       "(a hung rank, or a collective waiting on one)")
             for rank in {waitables[obj] for obj in ready}:
-                results[rank] = self._receive(rank, method)
+                results[rank] = self._answer(rank, method)
                 pending.discard(rank)
         return results
 
-    def _receive(self, rank: int, method: str):
+    def _answer(self, rank: int, method: str):
         """Rank `rank`'s answer, which is ready (or its pipe closed, or its process exited)."""
         try:
             if not self.conns[rank].poll():  # the sentinel fired and no answer is waiting: it died
@@ -134,8 +226,16 @@ class MPExecutor(Executor):
             raise RankFailedError(self._death(rank, method)) from None
         if status == "error":
             log.error("rank %d failed in %r:\n%s", rank, method, value)
+            dead = self._dead_ranks()
+            if dead:  # a collective that failed because a peer died: the death is what to report
+                raise RankFailedError(self._death(dead[0], method))
             raise RankFailedError(f"rank {rank} failed in {method!r}: {_last_line(value)}")
         return value
+
+    def _dead_ranks(self, grace_s: float = 0.5) -> list[int]:
+        """Ranks whose process has exited (waiting up to `grace_s` for one that is dying)."""
+        sentinels = {p.sentinel: r for r, p in enumerate(self.procs)}
+        return sorted(sentinels[s] for s in connection.wait(list(sentinels), timeout=grace_s))
 
     def _death(self, rank: int, method: str) -> str:
         proc = self.procs[rank]
@@ -143,10 +243,10 @@ class MPExecutor(Executor):
         return f"rank {rank} (pid {proc.pid}) exited with code {proc.exitcode} during {method!r}"
 
     def _alive(self) -> bool:
-        return all(p.is_alive() for p in getattr(self, "procs", []))
+        return all(p.is_alive() for p in self.procs)
 
     def _stop(self) -> None:
-        procs, self.procs = getattr(self, "procs", []), []
+        procs, self.procs = self.procs, []
         if self.error is None:
             payload = pickle.dumps(("stop", ()))
             for conn in self.conns:
@@ -160,21 +260,23 @@ class MPExecutor(Executor):
             if p.is_alive():
                 p.kill()  # a failed group can hang in teardown; these are our own processes
             p.join(5)
-        for conn in getattr(self, "conns", []):
+        for conn in self.conns:
             conn.close()
         self.conns = []
 
 
-class RayExecutor(Executor):
+class RayExecutor(RankExecutor):
     """Ranks as Ray actors, one per bundle of a placement group: PACK keeps them on one node when it has room,
     SPREAD puts them on different nodes. Connects to the running Ray cluster, or starts a local one. Inside a
     Serve replica that reserved bundles for its ranks (cluster/app.py) it uses those."""
 
+    def __init__(self, parallel: ParallelConfig, specs: list[WorkerSpec]):
+        super().__init__(parallel, specs)
+        self.actors, self.pg, self._own_pg = [], None, False  # once launched: one actor per rank, their group
+
     def _launch(self) -> str:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        from engine.parallel.worker import Worker
 
         if not ray.is_initialized():
             ray.init()
@@ -189,15 +291,16 @@ class RayExecutor(Executor):
         self.actors = [actor.options(
             num_cpus=bundles[first + r].get("CPU", 0), num_gpus=1 if gpu else 0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=first + r),
-        ).remote(spec) for r, spec in enumerate(self.specs)]
+        ).remote(spec.config, spec.layout, spec.device) for r, spec in enumerate(self.specs)]
         host, port = ray.get(self.actors[0].free_address.remote(), timeout=self.parallel.startup_timeout_s)
         self._pids = ray.get([a.pid.remote() for a in self.actors], timeout=self.parallel.startup_timeout_s)
         return f"tcp://{host}:{port}"
 
     def _placement_group(self, gpu: bool) -> tuple[int, list[dict]]:
-        """Sets self.pg, the group the ranks go in; returns rank 0's bundle index and the group's bundles. Inside a Serve replica deployed with
-        placement_group_bundles (the replica in bundle 0, then one per rank) that is the replica's group, which
-        Serve reserved and will release; anywhere else this executor makes (and later removes) its own."""
+        """Sets self.pg, the group the ranks go in; returns rank 0's bundle index and the group's bundles. Inside a
+        Serve replica deployed with placement_group_bundles (the replica in bundle 0, then one per rank) that is the
+        replica's group, which Serve reserved and will release; anywhere else this executor makes (and later
+        removes) its own."""
         import ray
         from ray.util.placement_group import get_current_placement_group, placement_group
 
@@ -216,11 +319,15 @@ class RayExecutor(Executor):
                                   f"available: {ray.available_resources()}") from None
         return 0, self.pg.bundle_specs
 
-    def _call(self, method: str, args: tuple, timeout: float) -> list:
+    def _send(self, method: str, args: tuple) -> list:
         import ray
 
         args = tuple(ray.put(a) if not isinstance(a, (str, int, float)) else a for a in args)  # one copy for all
-        refs = [getattr(a, method).remote(*args) for a in self.actors]
+        return [getattr(a, method).remote(*args) for a in self.actors]
+
+    def _receive(self, method: str, refs: list, timeout: float) -> list:
+        import ray
+
         rank_of = {ref: r for r, ref in enumerate(refs)}
         results, pending = [None] * self.world_size, list(refs)
         deadline = time.monotonic() + timeout
@@ -246,7 +353,7 @@ class RayExecutor(Executor):
         import ray
         from ray.util.placement_group import remove_placement_group
 
-        actors, self.actors = getattr(self, "actors", []), []
+        actors, self.actors = self.actors, []
         if actors and self.error is None:
             try:
                 ray.get([a.close.remote() for a in actors], timeout=10)
@@ -254,7 +361,7 @@ class RayExecutor(Executor):
                 pass
         for a in actors:
             ray.kill(a, no_restart=True)
-        if getattr(self, "pg", None) is not None and self._own_pg:
+        if self.pg is not None and self._own_pg:
             remove_placement_group(self.pg)
             self.pg = None
 
@@ -265,5 +372,38 @@ def _last_line(traceback_text: str) -> str:
     return lines[-1].strip() if lines else traceback_text
 
 
-def make_executor(parallel: ParallelConfig, specs: list[WorkerSpec]) -> Executor:
-    return {"mp": MPExecutor, "ray": RayExecutor}[parallel.distributed_executor_backend](parallel, specs)
+def _rank_device(device: torch.device, rank: int, backend: str) -> str:
+    """The device a rank computes on, as that rank's process sees it (Ray shows each actor only its GPU)."""
+    if device.type != "cuda":
+        return "cpu"
+    return "cuda:0" if backend == "ray" else f"cuda:{rank % torch.cuda.device_count()}"
+
+
+def serve(spec: WorkerSpec, conn) -> None:
+    """The body of a local (mp) rank process: answer (method, args) calls on `conn`, in order, until told to stop
+    or the driver goes away. Replies are ("ok", result) or ("error", traceback text). A reader thread takes calls
+    off the pipe as they arrive, so the driver never blocks sending step N+1 while this rank answers step N."""
+    worker = Worker(spec.config, spec.layout, spec.device)
+    calls: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_read_calls, args=(conn, calls), name="gptoss-rank-reader", daemon=True).start()
+    while (call := calls.get()) is not None:
+        method, args = pickle.loads(call)
+        if method == "stop":
+            break
+        try:
+            reply = ("ok", getattr(worker, method)(*args))
+        except Exception:  # noqa: BLE001 - the driver decides; it gets the full traceback
+            reply = ("error", traceback.format_exc())
+        try:
+            conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+        except (BrokenPipeError, OSError):
+            break
+    worker.close()
+
+
+def _read_calls(conn, calls: queue.SimpleQueue) -> None:
+    try:
+        while True:
+            calls.put(conn.recv_bytes())
+    except (EOFError, OSError):
+        calls.put(None)  # the driver went away

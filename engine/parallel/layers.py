@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine import kernels
-from engine.config import ModelConfig
+from engine.model.config import GptOssConfig
 from engine.model.kernel_model import KernelMoE, use_kernels
-from engine.model.reference import MoE, Attention, Transformer
+from engine.model.reference import Attention, MoE, Transformer
 from engine.parallel import tp as rules
 from engine.parallel.comm import Comm, Group
 from engine.parallel.moe_dispatch import make_dispatch
@@ -79,7 +79,7 @@ class RowParallelLinear(nn.Module):
 class _ExpertShard:
     """What both parallel MoEs share: the local expert range and the global -> local id map."""
 
-    def _init_shard(self, config: ModelConfig, layout: RankLayout, dispatch):
+    def _init_shard(self, config: GptOssConfig, layout: RankLayout, dispatch):
         self.top_k, self.limit, self.dispatch = config.experts_per_token, config.swiglu_limit, dispatch
         self.router = nn.Linear(config.hidden_size, config.num_experts)  # replicated: same routing everywhere
         (self.first_expert, last), (i0, i1) = rules.experts(config, layout), rules.intermediate(config, layout)
@@ -95,7 +95,7 @@ class ParallelMoE(_ExpertShard, MoE):
     """The reference MoE over this rank's experts (dense, dequantized) between the dispatch and combine
     collectives of `moe_dispatch`."""
 
-    def __init__(self, config: ModelConfig, layout: RankLayout, dispatch):
+    def __init__(self, config: GptOssConfig, layout: RankLayout, dispatch):
         nn.Module.__init__(self)
         E, I = self._init_shard(config, layout, dispatch)
         D = config.hidden_size
@@ -112,7 +112,7 @@ class ParallelMoE(_ExpertShard, MoE):
 class ParallelKernelMoE(_ExpertShard, KernelMoE):
     """KernelMoE over this rank's packed MXFP4 experts; ids of other ranks' experts become -1 for moe_mxfp4."""
 
-    def __init__(self, config: ModelConfig, layout: RankLayout, dispatch):
+    def __init__(self, config: GptOssConfig, layout: RankLayout, dispatch):
         nn.Module.__init__(self)
         E, I = self._init_shard(config, layout, dispatch)
         self.add_packed_experts(E, config.hidden_size, I)
@@ -125,7 +125,7 @@ class ParallelKernelMoE(_ExpertShard, KernelMoE):
         return self.dispatch.combine(out).to(x.dtype)
 
 
-def build_parallel_model(config: ModelConfig, weights: dict[str, torch.Tensor], layout: RankLayout, comm: Comm,
+def build_parallel_model(config: GptOssConfig, weights: dict[str, torch.Tensor], layout: RankLayout, comm: Comm,
                          packed: bool, moe_dispatch: str = "allreduce"):
     """A Transformer holding this rank's shard (`weights` from `load_shard`), its layers swapped for the parallel
     ones above. Returns the MoE dispatcher too: the worker sets its per-group token counts each step."""

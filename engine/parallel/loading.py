@@ -7,10 +7,10 @@ ever holds the whole checkpoint: its resident tensors are its shards plus the re
 
 import torch
 
-from engine.checkpoint import FLOAT, Checkpoint, expected_tensors
-from engine.config import ModelConfig
-from engine.mxfp4 import dequantize_mxfp4
+from engine.model.config import GptOssConfig
 from engine.parallel.tp import RankLayout, shard_of
+from engine.weights.checkpoint import FLOAT, Checkpoint, expected_tensors
+from engine.weights.mxfp4 import dequantize_mxfp4
 
 CATEGORIES = ("experts", "attention", "vocab", "replicated")
 
@@ -37,7 +37,7 @@ def tensor_bytes(weights: dict[str, torch.Tensor]) -> dict[str, int]:
 
 def load_shard(model_dir, layout: RankLayout, dtype: torch.dtype = torch.bfloat16,
                device: str | torch.device = "cpu", dequantize_experts: bool = True,
-               ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+               ) -> tuple[GptOssConfig, dict[str, torch.Tensor]]:
     """This rank's part of every tensor, floats cast to `dtype`, on `device` (names as in `load_weights`)."""
     ckpt = Checkpoint(model_dir)
     c = ckpt.config

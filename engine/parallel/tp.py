@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.config import ModelConfig
-from engine.parallel.config import ParallelConfig
+from engine.config import ParallelConfig
+from engine.model.config import GptOssConfig
 
 MXFP4_BLOCK = 32
 
@@ -68,12 +68,12 @@ def split(n: int, parts: int, index: int, unit: int = 1) -> tuple[int, int]:
     return index * units // parts * unit, (index + 1) * units // parts * unit
 
 
-def q_heads(c: ModelConfig, layout: RankLayout) -> tuple[int, int]:
+def q_heads(c: GptOssConfig, layout: RankLayout) -> tuple[int, int]:
     per = c.num_attention_heads // layout.tp_size
     return layout.tp_rank * per, (layout.tp_rank + 1) * per
 
 
-def kv_heads(c: ModelConfig, layout: RankLayout) -> tuple[int, int]:
+def kv_heads(c: GptOssConfig, layout: RankLayout) -> tuple[int, int]:
     kv, tp = c.num_key_value_heads, layout.tp_size
     if tp <= kv:
         per = kv // tp
@@ -82,18 +82,18 @@ def kv_heads(c: ModelConfig, layout: RankLayout) -> tuple[int, int]:
     return head, head + 1
 
 
-def vocab_rows(c: ModelConfig, layout: RankLayout) -> tuple[int, int]:
+def vocab_rows(c: GptOssConfig, layout: RankLayout) -> tuple[int, int]:
     return split(c.vocab_size, layout.tp_size, layout.tp_rank)
 
 
-def experts(c: ModelConfig, layout: RankLayout) -> tuple[int, int]:
+def experts(c: GptOssConfig, layout: RankLayout) -> tuple[int, int]:
     """Experts this rank holds: a contiguous run with EP, all of them otherwise."""
     if not layout.expert_parallel:
         return 0, c.num_experts
     return split(c.num_experts, layout.world_size, layout.rank)
 
 
-def intermediate(c: ModelConfig, layout: RankLayout) -> tuple[int, int]:
+def intermediate(c: GptOssConfig, layout: RankLayout) -> tuple[int, int]:
     """Intermediate units [i0, i1) of every expert this rank holds (all of them with EP)."""
     if layout.expert_parallel:
         return 0, c.intermediate_size
@@ -118,8 +118,8 @@ REPLICATED = TensorShard()
 _LAYER = re.compile(r"^layers\.\d+\.(.+)$")
 
 
-def shard_of(name: str, c: ModelConfig, layout: RankLayout) -> TensorShard:
-    """The slice of canonical tensor `name` (engine.checkpoint's names, packed or dequantized) on this rank."""
+def shard_of(name: str, c: GptOssConfig, layout: RankLayout) -> TensorShard:
+    """The slice of canonical tensor `name` (engine.weights.checkpoint's names, packed or dequantized) on this rank."""
     if name in ("embed.weight", "unembed.weight"):
         return TensorShard(0, *vocab_rows(c, layout))
     m = _LAYER.match(name)

@@ -72,7 +72,7 @@ def final(text: str) -> Message:
 
 
 def function_call(name: str, arguments: str) -> Message:
-    """A call as harmony renders it and as `engine.tokenizer` renders a client's `tool_calls` back."""
+    """A call as harmony renders it and as `engine.text.tokenizer` renders a client's `tool_calls` back."""
     msg = Message.from_role_and_content(Role.ASSISTANT, arguments).with_channel("commentary")
     return msg.with_recipient(f"functions.{name}").with_content_type("<|constrain|>json")
 

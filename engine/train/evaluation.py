@@ -14,7 +14,7 @@ import torch
 
 from engine.llm import LLM
 from engine.sampling_params import SamplingParams
-from engine.tokenizer import ChatCompletionParse
+from engine.text.tokenizer import ChatCompletionParse
 from engine.train import corpus
 from engine.train.renderer import Renderer
 

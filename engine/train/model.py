@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from engine.checkpoint import PACKED, expected_tensors
-from engine.config import ModelConfig
+from engine.weights.checkpoint import PACKED, expected_tensors
+from engine.model.config import GptOssConfig
 from engine.model.reference import Transformer
-from engine.mxfp4 import dequantize_mxfp4, quantize_mxfp4
+from engine.weights.mxfp4 import dequantize_mxfp4, quantize_mxfp4
 
 EXPERT_WEIGHTS = ("w1", "w2")  # MoE parameters stored as MXFP4
 
@@ -122,7 +122,7 @@ class TiedUnembedding(nn.Module):
 
 
 class TrainableModel(nn.Module):
-    def __init__(self, config: ModelConfig, vocab_ids: list[int], seed: int, tie_embeddings: bool = True):
+    def __init__(self, config: GptOssConfig, vocab_ids: list[int], seed: int, tie_embeddings: bool = True):
         super().__init__()
         self.config = config  # the architecture of the checkpoint (full vocabulary)
         self.register_buffer("vocab_ids", torch.tensor(vocab_ids), persistent=False)  # compact id -> real id [S]
@@ -168,7 +168,7 @@ class TrainableModel(nn.Module):
 
     @torch.no_grad()
     def checkpoint_weights(self) -> dict[str, torch.Tensor]:
-        """Canonical name -> tensor of the full model, as `engine.tiny_model.write_checkpoint` takes them."""
+        """Canonical name -> tensor of the full model, as `engine.weights.tiny_model.write_checkpoint` takes them."""
         out = {}
         for name, spec in expected_tensors(self.config).items():
             if spec.kind == PACKED:

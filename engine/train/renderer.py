@@ -1,6 +1,6 @@
 """Dialogue -> token ids, with the very prompt layout the server gives the model at inference.
 
-Flow: the chat (OpenAI messages, function tools, effort) -> `engine.tokenizer.build_harmony_messages`, the same
+Flow: the chat (OpenAI messages, function tools, effort) -> `engine.text.tokenizer.build_harmony_messages`, the same
 conversion `Tokenizer.render_chat` runs for every request -> built-in tools, when the dialogue has any, declared in
 the system message the harmony way (`SystemContent.with_python_tool()` / `with_browser_tool()`), and the built-in
 tool loop's messages appended -> the ids of each message -> the prompt (ending `<|start|>assistant`) and the target that
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from openai_harmony import Conversation, Message, RenderConversationConfig, RenderOptions, Role, SystemContent
 
-from engine.tokenizer import REASONING_EFFORTS, Tokenizer, build_harmony_messages
+from engine.text.tokenizer import REASONING_EFFORTS, Tokenizer, build_harmony_messages
 from engine.train.corpus import Dialogue
 
-from engine.vocab import CALL, RETURN, START
+from engine.text.vocab import CALL, RETURN, START
 
 KEEP_ANALYSIS = RenderConversationConfig(auto_drop_analysis=False)  # the reply's analysis is part of the target
 

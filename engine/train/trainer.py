@@ -3,7 +3,7 @@
 Flow: `corpus.dialogues(seed)` -> `Renderer.render` (a sample of each task checked against harmony and the
 server's render_chat) -> sequences of compact ids with targets on the assistant's tokens -> batches of similar
 length -> AdamW on `TrainableModel.loss` (warm-up, cosine decay; the experts train through MXFP4 for the last
-part) -> `engine.tiny_model.write_checkpoint` writes the real checkpoint format.
+part) -> `engine.weights.tiny_model.write_checkpoint` writes the real checkpoint format.
 
 Bit for bit: same seed, same torch build, same CPU instruction set and `threads` give the same checkpoint bytes
 (training pins the thread count and asks torch for deterministic algorithms).
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from engine.tiny_model import TinyModelSpec, write_checkpoint
-from engine.tokenizer import Tokenizer
+from engine.weights.tiny_model import TinyModelSpec, write_checkpoint
+from engine.text.tokenizer import Tokenizer
 from engine.train import corpus
 from engine.train.model import Batch, TrainableModel
 from engine.train.renderer import Renderer

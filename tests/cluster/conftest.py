@@ -49,7 +49,7 @@ def model_entry(name: str, path: str, **overrides) -> dict:
 
 
 @pytest.fixture(scope="module")
-def serve_app(ray_serve):
+def serve_app(ray_serve, tmp_path_factory):
     from ray import serve
 
     from cluster.app import build_from_config
@@ -58,6 +58,8 @@ def serve_app(ray_serve):
 
     def deploy(config: dict, name: str) -> str:
         config = {**config, "name": name, "http": {"route_prefix": f"/{name}"}, "metrics_push_interval_s": 0.25}
+        if "responses" not in config:  # stored responses in the test's temp dir, never in the user's cache
+            config["responses"] = {"store_path": str(tmp_path_factory.mktemp("store") / "responses.sqlite3")}
         app_config = load_config(config)
         serve.run(build_from_config(app_config), name=name, route_prefix=f"/{name}")
         names.append(name)

@@ -11,8 +11,8 @@ import httpx
 import openai
 import pytest
 
-from tests.cluster.conftest import API_KEY, has, model_entry, scrape, total
 from cluster.metrics import COUNTERS, GAUGES, HISTOGRAMS
+from tests.cluster.conftest import API_KEY, has, model_entry, scrape, total
 
 CHAT = [{"role": "user", "content": "Say hello."}]
 
@@ -112,19 +112,20 @@ def test_concurrent_streams_all_complete(client):
 BAD = [
     ("invalid JSON", "/v1/chat/completions", b"{not json", 400, "body", "not valid JSON"),
     ("unknown model", "/v1/chat/completions", {"model": "nope", "messages": CHAT}, 404, "model", "does not exist"),
-    ("empty messages", "/v1/chat/completions", {"model": "tiny", "messages": []}, 400, "messages", "non-empty"),
+    ("empty messages", "/v1/chat/completions", {"model": "tiny", "messages": []}, 400, "messages", "at least 1 item"),
     ("missing messages", "/v1/chat/completions", {"model": "tiny"}, 400, "messages", "messages"),
     ("bad role", "/v1/chat/completions", {"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}, 400,
      "messages[0].role", "role"),
     ("temperature", "/v1/chat/completions", {"model": "tiny", "messages": CHAT, "temperature": -1}, 400,
-     "temperature", ">= 0"),
-    ("top_p", "/v1/chat/completions", {"model": "tiny", "messages": CHAT, "top_p": 1.5}, 400, "top_p", "(0, 1]"),
+     "temperature", "greater than or equal to 0"),
+    ("top_p", "/v1/chat/completions", {"model": "tiny", "messages": CHAT, "top_p": 1.5}, 400, "top_p",
+     "less than or equal to 1"),
     ("max_tokens type", "/v1/chat/completions", {"model": "tiny", "messages": CHAT, "max_tokens": "ten"}, 400,
-     "max_tokens", "integer"),
+     "max_tokens", "valid integer"),
     ("max_completion_tokens", "/v1/chat/completions", {"model": "tiny", "messages": CHAT,
                                                        "max_completion_tokens": 0}, 400,
-     "max_completion_tokens", ">= 1"),
-    ("n", "/v1/chat/completions", {"model": "tiny", "messages": CHAT, "n": 99}, 400, "n", "[1, 16]"),
+     "max_completion_tokens", "greater than or equal to 1"),
+    ("n", "/v1/chat/completions", {"model": "tiny", "messages": CHAT, "n": 99}, 400, "n", "less than or equal to 16"),
     ("prompt beyond context", "/v1/chat/completions",
      {"model": "tiny", "messages": [{"role": "user", "content": "word " * 1500}]}, 400, "messages", "context"),
     ("max_tokens beyond context", "/v1/chat/completions", {"model": "tiny", "messages": CHAT, "max_tokens": 5000},
@@ -132,10 +133,10 @@ BAD = [
     ("tool schema", "/v1/chat/completions",
      {"model": "tiny", "messages": CHAT, "tools": [{"type": "function", "function": {"name": "f",
                                                                                      "parameters": "nope"}}]},
-     400, "tools[0].function.parameters", "JSON Schema"),
+     400, "tools[0].function.parameters", "valid dictionary"),
     ("tool name", "/v1/chat/completions",
      {"model": "tiny", "messages": CHAT, "tools": [{"type": "function", "function": {"name": "bad name!"}}]},
-     400, "tools[0].function.name", "must match"),
+     400, "tools[0].function.name", "should match pattern"),
     ("tool_choice unknown", "/v1/chat/completions",
      {"model": "tiny", "messages": CHAT, "tools": [{"type": "function", "function": {"name": "f"}}],
       "tool_choice": {"type": "function", "function": {"name": "g"}}}, 400, "tool_choice", "not in tools"),
@@ -146,12 +147,13 @@ BAD = [
     ("completion prompt ids out of vocab", "/v1/completions", {"model": "tiny", "prompt": [1, 2, 10 ** 9]}, 400,
      "prompt", "prompt"),
     ("completion logprobs", "/v1/completions", {"model": "tiny", "prompt": "x", "logprobs": 50}, 400, "logprobs",
-     "logprobs"),
-    ("responses stateful", "/v1/responses", {"model": "tiny", "input": "x", "previous_response_id": "resp_1"},
-     400, "previous_response_id", "stateless"),
+     "less than or equal to 5"),
+    ("responses unknown previous id", "/v1/responses", {"model": "tiny", "input": "x",
+                                                         "previous_response_id": "resp_1"},
+     404, "previous_response_id", "No response"),
     ("responses empty input", "/v1/responses", {"model": "tiny", "input": []}, 400, "input", "non-empty"),
     ("responses max_output_tokens", "/v1/responses", {"model": "tiny", "input": "x", "max_output_tokens": 0},
-     400, "max_output_tokens", ">= 1"),
+     400, "max_output_tokens", "greater than or equal to 1"),
 ]
 
 

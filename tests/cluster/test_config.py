@@ -20,33 +20,63 @@ def test_minimal_config_gets_documented_defaults():
 
 
 @pytest.mark.parametrize("data,words", [
-    ({}, "models must be a list of at least one model"),
-    ({"models": [{"path": "/x"}]}, "missing required key(s) ['name']"),
-    ({"models": [MODEL], "bogus": 1}, "unknown key(s) ['bogus']"),
-    ({"models": [{**MODEL, "dtype": "fp8"}]}, "models[0].dtype must be float32 or bfloat16"),
+    ({}, "models: List should have at least 1 item"),
+    ({"models": [{"path": "/x"}]}, "models[0].name: missing required key"),
+    ({"models": [MODEL], "bogus": 1}, "bogus: unknown key; known keys here: ['auth', "),
+    ({"models": [{**MODEL, "dtype": "fp8"}]}, "models[0].dtype: Input should be 'float32' or 'bfloat16' (got 'fp8')"),
     ({"models": [{**MODEL, "parallel": {"tensor_parallel_size": 0}}]},
-     "models[0].parallel: tensor_parallel_size must be a positive integer"),
+     "models[0].parallel.tensor_parallel_size: Input should be greater than or equal to 1 (got 0)"),
     ({"models": [{**MODEL, "device": "cuda", "num_gpus": 1, "parallel": {"tensor_parallel_size": 2}}]},
      "models[0].num_gpus must be 2 (tensor_parallel_size x data_parallel_size)"),
     ({"models": [{**MODEL, "num_gpus": 2, "parallel": {"tensor_parallel_size": 2,
                                                        "distributed_executor_backend": "ray"}}]},
      "models[0].num_gpus must be 0 with distributed_executor_backend ray"),
     ({"models": [{**MODEL, "parallel": {"tensor_parallel_size": 2, "moe_dispatch": "alltoall"}}]},
-     "needs enable_expert_parallel=True"),
-    ({"models": [{**MODEL, "engine": {"block_size": 12}}]}, "models[0].engine: block_size must be a power of two"),
-    ({"models": [{**MODEL, "engine": {"max_num_seqs": "many"}}]}, "models[0].engine.max_num_seqs must be of type int"),
+     "models[0].parallel.moe_dispatch='alltoall' sends tokens to the ranks that hold their experts, which needs "
+     "enable_expert_parallel=True"),
+    ({"models": [{**MODEL, "engine": {"block_size": 12}}]}, "models[0].engine.block_size must be a power of two"),
+    ({"models": [{**MODEL, "engine": {"max_num_seqs": "many"}}]},
+     "models[0].engine.max_num_seqs: Input should be a valid integer (got 'many')"),
     ({"models": [{**MODEL, "autoscaling": {"min_replicas": 3, "max_replicas": 2}}]},
-     "models[0].autoscaling.max_replicas must be >= min_replicas (3)"),
+     "models[0].autoscaling.max_replicas (2) must be >= min_replicas (3)"),
     ({"models": [MODEL, MODEL]}, "models[].name must be unique"),
-    ({"models": [MODEL], "http": {"port": 70000}}, "http.port must be in [1, 65535]"),
-    ({"models": [MODEL], "limits": {"request_timeout_s": 0}}, "limits.request_timeout_s must be > 0"),
-    ({"models": [MODEL], "auth": {"api_keys": ["short"]}}, "auth.api_keys[0]"),
-    ({"models": [{**MODEL, "num_replicas": True}]}, "models[0].num_replicas must be of type int"),
+    ({"models": [MODEL], "http": {"port": 70000}}, "http.port: Input should be less than or equal to 65535"),
+    ({"models": [MODEL], "limits": {"request_timeout_s": 0}}, "limits.request_timeout_s: Input should be greater "
+                                                              "than 0"),
+    ({"models": [MODEL], "auth": {"api_keys": ["short"]}}, "auth.api_keys[0] (hidden) must be at least 8"),
+    ({"models": [{**MODEL, "num_replicas": True}]}, "models[0].num_replicas: Input should be a valid integer"),
+    ({"models": [{**MODEL, "max_ongoing_requests": 8}]},
+     "models[0].max_ongoing_requests (8) must be >= what the engine batches (256"),
+    ({"models": [MODEL], "ingress_max_ongoing_requests": 10}, "ingress_max_ongoing_requests (10) must be >= 768"),
 ])
 def test_bad_values_name_the_field(data, words):
     with pytest.raises(ConfigError) as err:
         load_config(data)
     assert words in str(err.value)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        load_config({"models": [{**MODEL, "dtype": "fp8", "engine": {"max_num_seqs": 0}}], "http": {"port": 0}})
+    lines = str(err.value).splitlines()
+    assert [line.split(":")[0] for line in lines] == ["models[0].dtype", "models[0].engine.max_num_seqs", "http.port"]
+
+
+def test_no_hidden_caps_on_the_request_path():
+    """The ingress holds what every model's replicas and router queues can (so it never queues first), and a
+    replica takes what its engine batches, twice over."""
+    config = load_config({"models": [{**MODEL, "engine": {"max_num_seqs": 64},
+                                      "autoscaling": {"min_replicas": 1, "max_replicas": 3}},
+                                     {**MODEL, "name": "n", "parallel": {"data_parallel_size": 2}}],
+                          "limits": {"max_queued_requests": 100}, "ingress_replicas": 2})
+    m, n = config.models
+    assert (m.replica_capacity, n.replica_capacity) == (128, 1024)
+    assert config.ingress_max_ongoing() == -(-(3 * 128 + 100 + 1024 + 100) // 2) + 32
+    from cluster.app import llm_deployment_options
+
+    assert llm_deployment_options(m, config)["max_ongoing_requests"] == 128
+    unbounded = load_config({"models": [MODEL], "limits": {"max_queued_requests": -1}})
+    assert unbounded.ingress_max_ongoing() > 10_000
 
 
 def test_yaml_and_json_files(tmp_path):

@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from cluster.openai_output import ChatFormatter
-from cluster.protocol import GenerateRequest
-from cluster.responses_api import ResponsesFormatter, input_to_messages
 from cluster.errors import ApiError
+from cluster.output.openai import ChatFormatter
+from cluster.output.responses import ResponseRecord, ResponsesFormatter
+from cluster.protocol import GenerateRequest, input_to_messages
 from engine.outputs import CompletionOutput, RequestOutput
-from engine.tokenizer import Tokenizer
+from engine.text.tokenizer import Tokenizer
 
 REASON_THEN_ANSWER = ("<|channel|>analysis<|message|>User greets. Reply.<|end|>"
                       "<|start|>assistant<|channel|>final<|message|>Hello there!<|return|>")
@@ -35,8 +35,9 @@ def outputs(tok, text: str, step: int = 3, finish: str = "stop"):
 
 
 def run(formatter, tok, text):
+    """Frames (or the body) the formatter makes of `text`; a Responses formatter's closing record is left out."""
     frames = [f for out in outputs(tok, text) for f in formatter.feed(out)]
-    return frames + formatter.finish()
+    return frames + [f for f in formatter.finish() if not isinstance(f, ResponseRecord)]
 
 
 def chunks(frames):
@@ -112,3 +113,45 @@ def test_responses_input_items_become_chat_messages():
     with pytest.raises(ApiError) as err:
         input_to_messages([{"type": "image", "url": "x"}], None)
     assert err.value.param == "input[0].type"
+
+
+PYTHON_CALL = ("<|channel|>analysis<|message|>Compute it.<|end|>"
+               "<|start|>assistant<|channel|>analysis to=python code<|message|>print(6 * 7)<|call|>")
+BROWSER_CALL = '<|channel|>analysis to=browser.search json<|message|>{"query": "gpt-oss"}<|call|>'
+
+
+def test_a_call_the_model_makes_to_a_builtin_tool_waits_for_the_server(tok):
+    from cluster.tools.result import ToolResult
+
+    req = GenerateRequest("response", "m", "resp_3", {}, stream=True, builtin={"python": "tools[0]"},
+                          include=["code_interpreter_call.outputs"])
+    fmt = ResponsesFormatter(req, tok, "m")
+    frames = [f for out in outputs(tok, PYTHON_CALL) for f in fmt.feed(out)]
+    call = fmt.pending
+    assert (call.kind, call.recipient, call.channel, call.content_type, call.text) == (
+        "python", "python", "analysis", "code", "print(6 * 7)")
+    frames += fmt.running() + fmt.resolve(ToolResult("42\n", False, {"outputs": [{"type": "logs", "logs": "42\n"}]}))
+    fmt.next_step()
+    frames += [f for out in outputs(tok, "<|channel|>final<|message|>It is 42.<|return|>") for f in fmt.feed(out)]
+    frames += [f for f in fmt.finish() if not isinstance(f, ResponseRecord)]
+    events = chunks(frames)
+    kinds = [e["type"] for e in events]
+    assert kinds.index("response.code_interpreter_call_code.done") < kinds.index(
+        "response.code_interpreter_call.interpreting") < kinds.index("response.code_interpreter_call.completed")
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    final = events[-1]["response"]
+    assert [i["type"] for i in final["output"]] == ["reasoning", "code_interpreter_call", "message"]
+    assert final["output"][1]["outputs"] == [{"type": "logs", "logs": "42\n"}] and final["output"][1]["code"] == \
+        "print(6 * 7)"
+    assert fmt.hidden[final["output"][1]["id"]]["result"] == "42\n"
+
+
+def test_a_builtin_tool_not_offered_is_a_function_call(tok):
+    fmt = ResponsesFormatter(GenerateRequest("response", "m", "resp_4", {}), tok, "m")
+    body = run(fmt, tok, BROWSER_CALL)[0]
+    assert fmt.pending is None and body["output"][0]["type"] == "function_call"
+    assert body["output"][0]["name"] == "browser.search"
+    offered = ResponsesFormatter(GenerateRequest("response", "m", "resp_5", {}, builtin={"browser": {"results": 1}}),
+                                 tok, "m")
+    [f for out in outputs(tok, BROWSER_CALL) for f in offered.feed(out)]
+    assert offered.pending.item["action"] == {"type": "search", "query": "gpt-oss"}

@@ -12,7 +12,7 @@ from cluster.ingress import Ingress
 from cluster.server import LLMServer
 from engine.async_llm import QueueFullError
 from engine.outputs import CompletionOutput, RequestOutput
-from engine.tokenizer import Tokenizer
+from engine.text.tokenizer import Tokenizer
 
 
 @dataclass
@@ -30,6 +30,7 @@ class ScriptedEngine:
 
     def __init__(self, tokenizer, **_):
         self.tokenizer, self.max_model_len, self.healthy = tokenizer, 512, True
+        self.max_tokens_per_sequence = 512
         self.full, self.closed = False, []
 
     async def generate(self, prompt, params, request_id=None):

@@ -15,11 +15,12 @@ from engine.cuda_graphs import DecodeGraphs
 def run(tiny_model, graphs: bool):
     llm = LLM(tiny_model, dtype="float32", device="cpu", kv_cache_memory=8 << 20, max_num_seqs=8)
     if graphs:
-        llm.engine.runner.capture_decode_graphs(llm.engine.max_blocks_per_sequence, (1, 2, 4), capture=False)
+        worker = llm.engine.executor.worker
+        worker.runner.capture_decode_graphs(worker.max_blocks_per_sequence, (1, 2, 4), capture=False)
     prompts = [{"prompt_token_ids": list(range(10 + i, 10 + i + 3 + 7 * i))} for i in range(7)]
     params = [SamplingParams(temperature=0, max_tokens=4 + 5 * i, logprobs=2, ignore_eos=True) for i in range(7)]
     outs = llm.generate(prompts, params)
-    return [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outs], llm.engine.runner.graphs
+    return [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outs], llm.engine.executor.worker.runner.graphs
 
 
 def test_padded_decode_buffers_give_the_eager_outputs(tiny_model):
@@ -61,6 +62,6 @@ def test_captured_graphs_give_the_eager_tokens_on_cuda(tiny_model):
         llm = LLM(tiny_model, dtype="bfloat16", device="cuda", kv_cache_memory=64 << 20, max_num_seqs=8,
                   enforce_eager=eager, cuda_graph_batch_sizes=(1, 2, 4, 8))
         outs[eager] = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
-        graphs = llm.engine.runner.graphs
+        graphs = llm.engine.executor.worker.runner.graphs
         assert (graphs is None) == eager and (eager or graphs.replays > 0)
     assert outs[False] == outs[True]

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.block_pool import NULL_BLOCK
-from engine.config import FULL, SLIDING, ModelConfig
 from engine.kv_cache_manager import KVCacheLayout, KVCacheManager, hash_block
+from engine.model.config import FULL, SLIDING, GptOssConfig
 from engine.request import Request
 from engine.sampling_params import SamplingParams
 
@@ -61,7 +61,7 @@ A = list(range(100, 140))  # a prompt source; prompts below are slices of it
 # ---------------------------------------------------------------- layout
 def test_layout_for_model_puts_full_group_first():
     """for_model: one group per attention kind, full (None) first, layers numbered within their group."""
-    cfg = ModelConfig(num_hidden_layers=4, num_experts=4, experts_per_token=2, hidden_size=64,
+    cfg = GptOssConfig(num_hidden_layers=4, num_experts=4, experts_per_token=2, hidden_size=64,
                       intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                       vocab_size=100, sliding_window=8, layer_types=(SLIDING, FULL, SLIDING, FULL))
     layout = KVCacheLayout.for_model(cfg, block_size=4)

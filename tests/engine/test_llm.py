@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from engine import LLM, SamplingParams
-from tests.engine.hf_oracle import hf_greedy
+from tests.hf_oracle import hf_greedy
 
 
 @pytest.fixture(scope="module")

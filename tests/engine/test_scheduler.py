@@ -7,7 +7,6 @@ tokens samples one token (`update`).
 """
 
 import itertools
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -15,8 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from engine.block_pool import NULL_BLOCK
-from engine.engine_core import EngineCore
-from engine.kv_cache_manager import KVCacheLayout, KVCacheManager, hash_block
+from engine.kv_cache_manager import KVCacheLayout, KVCacheManager, blocks_for_sequence, hash_block
 from engine.request import Request, Status
 from engine.sampling_params import SamplingParams
 from engine.scheduler import QueueFullError, Scheduler, SchedulerConfig
@@ -119,13 +117,13 @@ def test_fcfs_order():
 
 def test_priority_order():
     """The priority policy runs lower `priority` first, arrival order breaking ties."""
-    s = make(max_num_seqs=1, policy="priority")
+    s = make(max_num_seqs=1, scheduling_policy="priority")
     reqs = [req(f"r{i}", range(3), priority=p) for i, p in enumerate([2, 0, 1, 0])]
     for r in reqs:
         s.add(r)
     assert finish_order(s, reqs) == ["r1", "r3", "r2", "r0"]
 
-    s = make(policy="priority")
+    s = make(scheduling_policy="priority")
     for i, p in enumerate([2, 0, 1, 0]):
         s.add(req(f"q{i}", range(3), priority=p))
     assert [r.request_id for r, _ in step(s).scheduled] == ["q1", "q3", "q2", "q0"]
@@ -167,7 +165,7 @@ def test_preemption_takes_the_latest_arrival_which_later_finishes():
 
 def test_priority_preempts_the_lowest_priority_running_request():
     """Under the priority policy the victim is the running request with the largest (priority, arrival)."""
-    s = make(num_blocks=5, caching=False, policy="priority")
+    s = make(num_blocks=5, caching=False, scheduling_policy="priority")
     hi, lo = req("hi", range(4), max_tokens=8, priority=0), req("lo", range(50, 54), max_tokens=8, priority=5)
     s.add(lo)
     s.add(hi)
@@ -270,18 +268,17 @@ def test_abort_mid_prefill_leaves_only_computed_blocks_cached():
 def test_scheduler_config_validation():
     """Bad limits and unknown policies are rejected when the config is made."""
     for bad in (dict(max_num_seqs=0), dict(max_num_batched_tokens=0), dict(max_waiting_requests=-1),
-                dict(policy="lifo")):
+                dict(scheduling_policy="lifo")):
         with pytest.raises(ValueError):
             SchedulerConfig(**bad)
 
 
 def test_request_the_engine_admits_can_always_run_alone():
-    """A request that passes EngineCore's admission check (`_blocks_for_sequence <= num_blocks - 1`) must be
+    """A request that passes EngineCore's admission check (`blocks_for_sequence <= num_blocks - 1`) must be
     schedulable when it is alone. Window 8, block 4, 32-token prompt, max_tokens 1: the one 32-token prefill chunk
     holds 8 full + 8 sliding blocks before any can be released, so the check must count the chunk (it once counted
     only window/block_size + 1 sliding blocks, admitted the request into a 13-block pool, and the loop spun)."""
-    config = SimpleNamespace(block_size=4, max_num_batched_tokens=2048)
-    needed = EngineCore._blocks_for_sequence(SimpleNamespace(config=config, layout=FULL_SLIDING), 33)
+    needed = blocks_for_sequence(FULL_SLIDING, 33, max_chunk=2048)
     assert needed == 18
     s = make(FULL_SLIDING, num_blocks=needed + 1, max_num_batched_tokens=2048)
     r = req("a", range(32), max_tokens=1)
@@ -323,7 +320,7 @@ def configs(draw):
     num_blocks = draw(st.integers(len(windows) * 3 + 1, 16 * len(windows)))  # small: preemption happens
     config = SchedulerConfig(max_num_seqs=draw(st.integers(1, 4)), max_num_batched_tokens=draw(st.integers(1, 16)),
                              max_waiting_requests=draw(st.none() | st.integers(1, 6)),
-                             policy=draw(st.sampled_from(["fcfs", "priority"])))
+                             scheduling_policy=draw(st.sampled_from(["fcfs", "priority"])))
     return layout, num_blocks, config, draw(st.booleans())
 
 
@@ -351,10 +348,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.layout, self.bs, self.config = layout, layout.block_size, config
         self.kv = KVCacheManager(layout, num_blocks, enable_caching=caching)
         self.s = Scheduler(config, self.kv)
-        engine = SimpleNamespace(config=SimpleNamespace(block_size=self.bs,
-                                                        max_num_batched_tokens=config.max_num_batched_tokens),
-                                 layout=layout)
-        self.admits = lambda n: EngineCore._blocks_for_sequence(engine, n) <= num_blocks - 1  # the engine's rule
+        chunk = config.max_num_batched_tokens
+        self.admits = lambda n: blocks_for_sequence(layout, n, chunk) <= num_blocks - 1  # the engine's rule
         self.requests: dict[str, Request] = {}
         self.ids = itertools.count()
         self.content: dict[int, dict[int, int]] = {}  # block id -> offset -> key written there

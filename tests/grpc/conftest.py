@@ -81,7 +81,8 @@ def deploy(name: str, config: dict, stubs) -> App:
 
     port = free_port()
     config = {**config, "name": name, "metrics_push_interval_s": 0.5,
-              "grpc": {"enabled": True, "port": port, **config.get("grpc", {})}}
+              "grpc": {"enabled": True, "port": port, **config.get("grpc", {})},
+              "responses": {"store_path": tempfile.mkdtemp(prefix="gptoss-store-") + "/responses.sqlite3"}}
     serve.run(build_from_config(load_config(config)), name=name, route_prefix=f"/{name}")
     app = App(name, port, stubs)
     wait_serving(app.channel(), stubs)

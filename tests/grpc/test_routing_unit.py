@@ -1,19 +1,12 @@
-"""The gateway's routing decisions, exactly: consistent hashing, reported load, avoided replicas, and the retry of a
-request that fails before its first token (fake replicas; no cluster)."""
-
-import asyncio
+"""The routing decisions, exactly: consistent hashing, reported load, avoided replicas (no cluster; the retry of a
+request that fails before its first token is tested in tests/cluster/test_frontdoor.py)."""
 
 import grpc
 import pytest
 
-from cluster.config import load_config
 from cluster.errors import ApiError
-from cluster.grpc.auth import ApiKeys
-from cluster.grpc.limits import Limits
-from cluster.grpc.servicer import InferenceServicer, Refusal
-from cluster.grpc.stream import SampleDelta, StreamEnd, StreamHead
-from cluster.openai_output import Usage
-from cluster.protocol import GenerateRequest, prefix_hashes
+from cluster.grpc.servicer import Refusal
+from cluster.protocol import prefix_hashes
 from cluster.router import HashRing, PrefixIndex, rank
 
 
@@ -49,61 +42,17 @@ def test_rank_puts_avoided_replicas_last():
     assert rank([1], {"a": 0}, index, 4, avoid=["a"]) == [["a"]]  # the only replica is still tried
 
 
-class FakeClient:
-    """Replica streams by script: each attempt pops the next script (an exception or a list of items)."""
-
-    def __init__(self, *scripts):
-        self.scripts, self.requests = list(scripts), []
-
-    def stream(self, req):
-        self.requests.append((req.request_id, list(req.avoid_replicas)))
-        req.routed_replica = f"replica-{len(self.requests)}"  # as the router does in the caller's process
-        script = self.scripts.pop(0)
-
-        async def gen():
-            if isinstance(script, BaseException):
-                raise script
-            for item in script:
-                yield item
-
-        return gen()
-
-
-class ActorDiedError(RuntimeError):
-    """Named as Ray's: the servicer classifies failures by type name."""
-
-
-GOOD = [StreamHead("replica-2", 3), SampleDelta(0, [5], "x", finish_reason="length"), StreamEnd(Usage(3, 1))]
-
-
-def _servicer(client) -> InferenceServicer:
-    config = load_config({"models": [{"name": "m", "path": "x", "routing": {"prefix_affinity": False}}]})
-    return InferenceServicer(config, {"m": client}, None, ApiKeys([]), Limits(config.grpc))
-
-
-def _req() -> GenerateRequest:
-    return GenerateRequest("completion", "m", "gen-1", {}, True, prompt="hi", output="deltas")
-
-
-@pytest.mark.parametrize("first", [ActorDiedError("replica gone"), [ApiError(429, "queue full")]],
-                         ids=["replica-died", "queue-full"])
-def test_a_failure_before_the_first_token_is_retried_once_elsewhere(first):
-    client = FakeClient(first, GOOD)
-    stream, head = asyncio.run(_servicer(client)._start(_req()))
-    assert head.replica == "replica-2"
-    assert client.requests == [("gen-1", []), ("gen-1~retry", ["replica-1"])]
-
-
-def test_a_second_failure_ends_the_call():
-    client = FakeClient(ActorDiedError("gone"), ActorDiedError("gone too"))
-    with pytest.raises(Refusal) as err:
-        asyncio.run(_servicer(client)._start(_req()))
-    assert err.value.code == grpc.StatusCode.UNAVAILABLE and len(client.requests) == 2
-
-
-def test_bad_input_is_not_retried():
-    client = FakeClient([ApiError(400, "prompt is too long", param="prompt")])
-    with pytest.raises(Refusal) as err:
-        asyncio.run(_servicer(client)._start(_req()))
-    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and err.value.message.startswith("prompt")
-    assert len(client.requests) == 1
+@pytest.mark.parametrize("err,code,hinted", [
+    (ApiError(400, "prompt is too long", param="prompt"), grpc.StatusCode.INVALID_ARGUMENT, False),
+    (ApiError(404, "no such model", param="model"), grpc.StatusCode.NOT_FOUND, False),
+    (ApiError(408, "deadline"), grpc.StatusCode.DEADLINE_EXCEEDED, False),
+    (ApiError(429, "engine queue full", code="rate_limit_exceeded"), grpc.StatusCode.RESOURCE_EXHAUSTED, True),
+    (ApiError(503, "queue full", code="server_overloaded"), grpc.StatusCode.RESOURCE_EXHAUSTED, True),
+    (ApiError(503, "shutting down", code="server_shutting_down"), grpc.StatusCode.UNAVAILABLE, True),
+    (ApiError(503, "replica gone", code="replica_unavailable"), grpc.StatusCode.UNAVAILABLE, False),
+    (ApiError(500, "bug", "server_error"), grpc.StatusCode.INTERNAL, False),
+])
+def test_front_door_errors_map_onto_grpc_statuses(err, code, hinted):
+    refusal = Refusal.of(err, retry_after_ms=1500)
+    assert refusal.code == code and (refusal.retry_after_ms == 1500) == hinted
+    assert refusal.message.startswith(err.param or "")

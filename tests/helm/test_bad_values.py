@@ -67,6 +67,16 @@ CASES = {
     "no-model-volume": (
         {"modelVolume": {"hostPath": "", "persistentVolumeClaim": ""}},
         ["modelVolume needs persistentVolumeClaim", "or hostPath"]),
+    # the cluster config's own types and ranges (values.schema.json's config, serve and grpc.settings parts are
+    # generated from cluster/config.py, see test_chart_schema.py)
+    "config-range": (
+        {"config": {"limits": {"request_timeout_s": -1}}}, ["at '/config/limits/request_timeout_s'", "-1"]),
+    "config-typo": ({"config": {"limitz": {}}}, ["at '/config'", "additional properties 'limitz' not allowed"]),
+    "serve-engine-type": (
+        model(serve={"engine": {"max_num_seqs": "many"}}), ["at '/models/0/serve/engine/max_num_seqs'"]),
+    "grpc-setting-range": (
+        {"grpc": {"enabled": True, "settings": {"max_concurrent_streams": 0}}},
+        ["at '/grpc/settings/max_concurrent_streams'"]),
     "auth-without-a-scrape-key": (
         {"auth": {"existingSecret": "keys", "metricsKeyKey": ""}},
         ["set auth.metricsKeyKey", "or metrics.serviceMonitor.enabled: false"]),

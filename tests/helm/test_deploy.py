@@ -49,13 +49,13 @@ def test_versions_agree_with_pyproject():
 def test_dockerfile_builds_a_non_root_cuda_image_with_the_project():
     text = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\S+$", text, re.M) and "FROM ${CUDA_IMAGE}" in text
-    assert "pip install '.[cluster,kernels]'" in text and "python -m engine.vocab install" in text
+    assert "pip install '.[cluster,kernels]'" in text and "python -m engine.text.vocab install" in text
     assert "userdel --remove ubuntu" in text and "useradd --uid 1000 --gid 1000" in text  # the chart's runAsUser
     assert re.search(r"^USER 1000:1000$", text, re.M)
     assert re.search(r"apt-get install [^\n]*\bwget\b", text)  # the chart's probes run wget
     copied = {src for line in re.findall(r"^COPY (.+)$", text, re.M) for src in line.split()[:-1]}
     kept = set(re.findall(r"^!(\S+?)/?$", (DEPLOY / "Dockerfile.dockerignore").read_text(), re.M))
-    assert copied == kept == {"pyproject.toml", "README.md", "engine", "cluster", "loadtest"}
+    assert copied == kept == {"pyproject.toml", "setup.py", "README.md", "proto", "engine", "cluster", "loadtest"}
 
 
 def blocks(markdown: str, lang: str) -> list[str]:

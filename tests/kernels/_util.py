@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from engine.kernels._triton import HAS_TRITON, INTERPRET
-from engine.mxfp4 import quantize_mxfp4
+from engine.weights.mxfp4 import quantize_mxfp4
 
 # Compiled kernels need CUDA; on CPU they run only under the interpreter.
 DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"

@@ -75,7 +75,7 @@ def test_paged_attention_matches_ref(case, dtype):
 
 @triton_path
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("num_splits", [2, 5])
+@pytest.mark.parametrize("num_splits", [2, 5, 64])  # 64: the most a decode plan makes
 @pytest.mark.parametrize("case", ["decode-gqa8-full", "decode-window-edges", "mixed-gqa3-window", "mqa-head-dim-8"])
 def test_split_kv_matches_ref(case, num_splits, dtype):
     """Flash-decoding path (keys split across programs, partial softmaxes merged with the sink), forced on CPU."""

@@ -33,6 +33,8 @@ def test_bench_gpu_dry_run(tmp_path, monkeypatch):
     cases = [("decode", [9, 3], [1, 1]), ("prefill", [12], [12]), ("mixed", [10, 5], [4, 1])]
     gpu.bench_attention(report, timer, shapes, gen, cases=cases)
     gpu.bench_moe(report, timer, shapes, [1, 7], gen)
+    steps = ((1, False), (3, False), (6, True))
+    gpu.gpu_launches.bench_launches(report, timer, shapes, gpu.random_experts(shapes, gen), "cpu", gen, steps, context=9)
     gpu.bench_model_decode(report, timer, shapes, batches=(1, 3), context=9)
     stem = gpu.write_results(report, tmp_path)
 
@@ -45,4 +47,11 @@ def test_bench_gpu_dry_run(tmp_path, monkeypatch):
     markdown = stem.with_suffix(".md").read_text()
     assert "| moe_mxfp4 | torch baseline |" in markdown and "experts=4" in markdown
     assert "## Whole-model decode" in markdown and "| 3 | 9 |" in markdown
+    kernels = {t["kernel"] for t in saved["launches"]}
+    assert kernels == {"_rms_norm_kernel", "_router_topk_kernel", "_route_kernel", "_moe_gemm1_kernel",
+                       "_moe_gemm2_kernel", "_moe_combine_kernel", "_write_kv_kernel", "_rope_write_kv_kernel",
+                       "_paged_attention_kernel"}  # every kernel (no key splits off CUDA: no merge)
+    assert {t["step"] for t in saved["launches"]} == {"decode T=1 ctx=9", "decode T=3 ctx=9", "prefill T=6"}
+    assert all(t["measured_us"] > 0 and t["predicted_us"] > 0 for t in saved["launches"])
+    assert "| decode T=3 ctx=9 | moe_mxfp4 | _moe_gemm1_kernel |" in markdown
     assert stem.name == "2026-01-01-cpu-interpreter"

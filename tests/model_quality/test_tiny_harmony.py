@@ -12,7 +12,7 @@ from statistics import mean
 import openai
 import pytest
 
-from engine.tokenizer import Tokenizer
+from engine.text.tokenizer import Tokenizer
 from engine.train import corpus, evaluation
 from engine.train.renderer import Renderer
 

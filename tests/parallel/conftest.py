@@ -3,7 +3,7 @@
 
 import pytest
 
-from engine.tiny_model import TinyModelSpec, make_tiny_model
+from engine.weights.tiny_model import TinyModelSpec, make_tiny_model
 
 SPEC = TinyModelSpec(seed=4, layers=2, experts=4, experts_per_token=2, hidden=64, intermediate=128, heads=8,
                      kv_heads=2, head_dim=16, sliding_window=8, vocab=4096)

@@ -15,8 +15,8 @@ import torch
 
 from engine import LLM, SamplingParams
 from engine.async_llm import AsyncLLM, EngineDeadError
-from engine.checkpoint import load_weights
 from engine.parallel.loading import tensor_bytes
+from engine.weights.checkpoint import load_weights
 from tests.parallel.conftest import SPEC
 
 pytestmark = pytest.mark.timeout(300)
@@ -25,14 +25,17 @@ BLOCK_BYTES = 2 * 16 * 16 * 4  # one KV block (16 tokens) of one KV head of 16 d
 KV_BLOCKS = 24  # per attention group: 12 requests of up to 50 tokens need ~5 blocks each, so they preempt
 DP_KV_BLOCKS = 12  # per group when two groups share the 12 requests
 GREEDY = SamplingParams(temperature=0, max_tokens=10, logprobs=3, ignore_eos=True)
-CASES = {  # name -> engine arguments
+ASYNC = dict(async_scheduling=True)  # step N+1 sent before step N is read, PENDING ids broadcast in the TP group
+CASES = {  # name -> engine arguments (async scheduling is off by default on CPU)
     "tp2": dict(tensor_parallel_size=2),  # experts sliced along I
-    "tp2-ep2": dict(tensor_parallel_size=2, enable_expert_parallel=True),
-    "tp2-dp2-ep4": dict(tensor_parallel_size=2, data_parallel_size=2, enable_expert_parallel=True),
-    "tp4-ep4-packed": dict(tensor_parallel_size=4, enable_expert_parallel=True, backend="kernels"),  # KV replicated
+    "tp2-ep2": dict(tensor_parallel_size=2, enable_expert_parallel=True, **ASYNC),
+    "tp2-dp2-ep4": dict(tensor_parallel_size=2, data_parallel_size=2, enable_expert_parallel=True, **ASYNC),
+    "tp4-ep4-packed": dict(tensor_parallel_size=4, enable_expert_parallel=True, backend="kernels",  # KV replicated
+                           **ASYNC),
     "tp2-ep2-alltoall": dict(tensor_parallel_size=2, enable_expert_parallel=True, moe_dispatch="alltoall"),
     "tp2-dp2-ep4-alltoall": dict(tensor_parallel_size=2, data_parallel_size=2, enable_expert_parallel=True,
-                                 moe_dispatch="alltoall", backend="kernels"),
+                                 moe_dispatch="alltoall", backend="kernels", **ASYNC),
+    "tp2-dp2-ep4-sync": dict(tensor_parallel_size=2, data_parallel_size=2, enable_expert_parallel=True),
 }
 
 
@@ -103,7 +106,7 @@ def check_memory(engine: AsyncLLM, model, args: dict):
     whole = tensor_bytes(full)
     tp, world = args["tensor_parallel_size"], args["tensor_parallel_size"] * args.get("data_parallel_size", 1)
     print(f"\n{args}: one process {whole}")
-    for report in engine.core.runner.reports:
+    for report in engine.core.executor.reports:
         b = report.tensor_bytes
         print(f"  rank {report.rank} (pid {report.pid}): {b}  ({b['total'] / whole['total']:.3f} of one process)")
         b2 = 0 if args.get("enable_expert_parallel") else SPEC.layers * SPEC.experts * SPEC.hidden * 4
@@ -119,6 +122,7 @@ def check_memory(engine: AsyncLLM, model, args: dict):
     pytest.param("mp", "tp4-ep4-packed", marks=pytest.mark.slow),
     pytest.param("mp", "tp2-ep2-alltoall", marks=pytest.mark.slow),
     pytest.param("mp", "tp2-dp2-ep4-alltoall", marks=pytest.mark.slow),
+    pytest.param("mp", "tp2-dp2-ep4-sync", marks=pytest.mark.slow),
     pytest.param("ray", "tp2-ep2", marks=pytest.mark.slow),
     pytest.param("ray", "tp2-dp2-ep4", marks=pytest.mark.slow),
 ])
@@ -136,7 +140,7 @@ def test_same_outputs_as_one_process_under_load(parallel_model, expected, backen
         assert engine.healthy
     finally:
         engine.shutdown()
-    assert _gone_within(engine.core.runner.executor.pids(), 15)
+    assert _gone_within(engine.core.executor.pids(), 15)
 
 
 @pytest.mark.slow
@@ -168,7 +172,7 @@ def _gone_within(pids: list[int], seconds: float) -> bool:
 def fail_a_rank_mid_generation(engine: AsyncLLM, sig: int, rank: int = 1) -> list:
     """Start 6 long streams; once every one has tokens, send `sig` to `rank`; return (seconds to the error,
     error) for every stream."""
-    pids = engine.core.runner.executor.pids()
+    pids = engine.core.executor.pids()
     params = SamplingParams(temperature=0, max_tokens=500, ignore_eos=True)
 
     async def stream(i, started: asyncio.Event, killed: list):
@@ -202,8 +206,8 @@ def test_a_dead_or_hung_rank_fails_every_request_within_the_timeout(parallel_mod
         request.getfixturevalue("ray_local")
     timeout = 5.0
     engine = async_engine(parallel_model, backend, kv_blocks=256, tensor_parallel_size=2,
-                          enable_expert_parallel=True, collective_timeout_s=timeout)
-    pids = engine.core.runner.executor.pids()
+                          enable_expert_parallel=True, collective_timeout_s=timeout, **ASYNC)
+    pids = engine.core.executor.pids()
     try:
         results = fail_a_rank_mid_generation(engine, sig)
         for seconds, error in results:

@@ -4,13 +4,12 @@ KV heads are replicated past TP = KV, MXFP4 blocks are never cut, and each rank 
 import pytest
 import torch
 
-from engine.checkpoint import load_weights
-from engine.config import ModelConfig
-from engine.engine_core import EngineConfig
-from engine.parallel.config import ParallelConfig
+from engine.model.config import GptOssConfig
+from engine.config import EngineConfig, ParallelConfig
 from engine.parallel.loading import category, load_shard, tensor_bytes
 from engine.parallel.tp import RankLayout, kv_heads, q_heads, shard_of, split
-from engine.tiny_model import TinyModelSpec
+from engine.weights.checkpoint import load_weights
+from engine.weights.tiny_model import TinyModelSpec
 from tests.parallel.conftest import SPEC
 
 GPT_OSS_120B = TinyModelSpec(layers=36, experts=128, experts_per_token=4, hidden=2880, intermediate=2880, heads=64,
@@ -21,7 +20,7 @@ def layouts(tp: int, dp: int, ep: bool) -> list[RankLayout]:
     return [RankLayout(r, tp, dp, ep) for r in range(tp * dp)]
 
 
-def rebuilt(name: str, full: torch.Tensor, config: ModelConfig, ranks: list[RankLayout]) -> torch.Tensor:
+def rebuilt(name: str, full: torch.Tensor, config: GptOssConfig, ranks: list[RankLayout]) -> torch.Tensor:
     """The tensor put back together from the distinct shards of `ranks` (replicated ones taken once)."""
     shards = [shard_of(name, config, layout) for layout in ranks]
     if shards[0].dim is None:
@@ -127,7 +126,7 @@ def test_splits_the_model_cannot_take_are_refused(parallel_model, args, message)
 ])
 def test_engine_config_validates_parallel_fields(field, value, message):
     with pytest.raises(ValueError, match=message):
-        EngineConfig(model="unused", **{field: value})
+        EngineConfig.from_kwargs(model="unused", **{field: value})
 
 
 def test_cli_flags_reach_the_engine(monkeypatch, parallel_model, capsys):

@@ -1,4 +1,4 @@
-"""engine.detokenizer: streamed deltas against Tokenizer.decode of all ids (the oracle), and stop-string rules."""
+"""engine.text.detokenizer: streamed deltas against Tokenizer.decode of all ids (the oracle), and stop-string rules."""
 
 import itertools
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.detokenizer import IncrementalDetokenizer
+from engine.text.detokenizer import IncrementalDetokenizer
 
 fast = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 MULTIBYTE = "🦙🫠 𝔘𝔫𝔦 龘靐齉 ꙮ 👩🏽‍🚀 ﷽ ₿"

@@ -1,11 +1,11 @@
-"""engine.harmony_stream: deltas against parse_completion and openai-harmony's StreamableParser; malformed input."""
+"""engine.text.harmony_stream: deltas against parse_completion and openai-harmony's StreamableParser; malformed input."""
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai_harmony import Message, Role, StreamableParser
 
-from engine.harmony_stream import CHANNELS, MAX_HEADER_TOKENS, HarmonyStreamParser
-from engine.tokenizer import Tokenizer, collect_deltas
+from engine.text.harmony_stream import CHANNELS, MAX_HEADER_TOKENS, HarmonyStreamParser
+from engine.text.tokenizer import Tokenizer, collect_deltas
 
 fast = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 SPECIALS = [Tokenizer.STARTOFTEXT, Tokenizer.ENDOFTEXT, Tokenizer.RETURN, Tokenizer.CONSTRAIN, Tokenizer.CHANNEL,

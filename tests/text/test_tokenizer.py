@@ -1,4 +1,4 @@
-"""engine.tokenizer against openai-harmony: the same prompts as its own rendering, the same parse as its parser."""
+"""engine.text.tokenizer against openai-harmony: the same prompts as its own rendering, the same parse as its parser."""
 
 import json
 
@@ -16,7 +16,7 @@ from openai_harmony import (
     ToolDescription,
 )
 
-from engine.tokenizer import Tokenizer
+from engine.text.tokenizer import Tokenizer
 
 WEATHER_PARAMS = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Current weather",
@@ -73,6 +73,14 @@ def test_special_ids_match_harmony(tok):
     assert sorted(tok.stop_token_ids) == sorted(tok.encoding.stop_tokens_for_assistant_actions()) == [200002, 200012]
     assert tok.eos_token_id == 200002 and tok.vocab_size == 201088
     assert tok.decode([tok.vocab_size - 1]) == "<|reserved_201087|>"
+
+
+@fast
+@given(ids=st.lists(st.integers(0, 201087), max_size=40))
+def test_decode_bytes_equals_harmony_on_any_ids(tok, ids):
+    """Tokens decode one at a time (cached); the concatenation must be what harmony makes of the whole sequence."""
+    whole = tok.encoding.decode(ids, errors="surrogateescape").encode("utf-8", "surrogateescape")
+    assert tok.decode_bytes(ids) == whole
 
 
 def test_decode_rejects_ids_outside_the_vocab(tok):

@@ -1,4 +1,4 @@
-"""engine.vocab: the rebuilt o200k_base.tiktoken has the published SHA-256; the search order and its errors."""
+"""engine.text.vocab: the rebuilt o200k_base.tiktoken has the published SHA-256; the search order and its errors."""
 
 import hashlib
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import vocab
+from engine.text import vocab
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,14 +96,14 @@ def test_wrong_hash_is_an_error_naming_path_and_expected_hash(monkeypatch, tmp_p
 
 
 def run_without_site_packages(code: str, env: dict) -> subprocess.CompletedProcess:
-    """`python -S`: no site-packages, so quicktok is really not installed (engine.vocab needs only the stdlib)."""
+    """`python -S`: no site-packages, so quicktok is really not installed (engine.text.vocab needs only the stdlib)."""
     return subprocess.run([sys.executable, "-S", "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                           check=False)
 
 
 def test_missing_everywhere_says_what_and_how_to_fix(tmp_path):
     env = {"GPTOSS_CACHE_DIR": str(tmp_path / "cache"), "PATH": os.environ.get("PATH", "")}
-    code = ("from engine import vocab\n"
+    code = ("from engine.text import vocab\n"
             "try:\n"
             f"    vocab.find_vocab_dir({str(tmp_path / 'model')!r})\n"
             "except vocab.VocabNotFoundError as err:\n"
@@ -115,12 +115,12 @@ def test_missing_everywhere_says_what_and_how_to_fix(tmp_path):
     assert message.startswith("o200k_base.tiktoken not found")
     assert str(tmp_path / "model" / "o200k_base.tiktoken") in message
     assert str(tmp_path / "cache" / "tiktoken" / "o200k_base.tiktoken") in message
-    for fix in ("python -m engine.vocab install", "set TIKTOKEN_ENCODINGS_BASE", "into the checkpoint directory"):
+    for fix in ("python -m engine.text.vocab install", "set TIKTOKEN_ENCODINGS_BASE", "into the checkpoint directory"):
         assert fix in message
 
 
 def test_cli_install_prints_the_path(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "engine.vocab", "install", "--dest", str(tmp_path / "d")],
+    result = subprocess.run([sys.executable, "-m", "engine.text.vocab", "install", "--dest", str(tmp_path / "d")],
                             cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == str(tmp_path / "d" / vocab.VOCAB_FILE)
     assert vocab.sha256_file(tmp_path / "d" / vocab.VOCAB_FILE) == vocab.VOCAB_SHA256

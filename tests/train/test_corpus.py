@@ -7,10 +7,10 @@ from statistics import mean
 
 import pytest
 
-from engine.tokenizer import Tokenizer
+from engine.text.tokenizer import Tokenizer
 from engine.train import corpus
 from engine.train.renderer import Renderer
-from engine.vocab import CALL, RETURN, START
+from engine.text.vocab import CALL, RETURN, START
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ from dataclasses import replace
 
 import torch
 
-from engine.config import load_config
+from engine.model.config import load_config
 from engine.llm import LLM
 from engine.sampling_params import SamplingParams
-from engine.tiny_model import TinyModelSpec
-from engine.tokenizer import Tokenizer
+from engine.weights.tiny_model import TinyModelSpec
+from engine.text.tokenizer import Tokenizer
 from engine.train.trainer import HARMONY_MODEL, Sequence, TrainSpec, learning_rate, make_batches, render_corpus, train
 
 SMALL = TrainSpec(seed=3, dialogues=60, steps=4, batch_tokens=2048, warmup_steps=2, quantize_from=0.5,
@@ -51,7 +51,10 @@ def test_training_is_reproducible_and_loads_in_the_engine(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert first.final_loss == second.final_loss and first.vocab_used == second.vocab_used
     config = load_config(tmp_path / "a")
-    assert config == SMALL.model.config() and config.vocab_size == TinyModelSpec().vocab
+    expected = SMALL.model.config()
+    assert config.eos_token_ids == expected.eos_token_ids[:1]  # HF config.json holds one eos id, as the real one
+    assert replace(config, eos_token_ids=expected.eos_token_ids) == expected
+    assert config.vocab_size == TinyModelSpec().vocab
     assert json.loads((tmp_path / "a" / "training.json").read_text())["spec"]["seed"] == 3
     llm = LLM(tmp_path / "a", dtype="float32", device="cpu")
     try:

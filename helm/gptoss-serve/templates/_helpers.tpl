@@ -157,6 +157,16 @@ as cluster.config.serve_config makes it. */}}
 {{- end }}
 {{- $_ := set $config "grpc" $grpc }}
 {{- end }}
+{{- if .Values.responseStore.dsnSecret }}
+{{- $responses := deepCopy (default (dict) $config.responses) }}
+{{- range $key := list "store_dsn" "store_dsn_env" "store_path" }}
+{{- if hasKey $responses $key }}
+{{- fail (printf "config.responses.%s is written by the chart (from responseStore.dsnSecret); remove it" $key) }}
+{{- end }}
+{{- end }}
+{{- $_ := set $responses "store_dsn_env" "GPTOSS_STORE_DSN" }}
+{{- $_ := set $config "responses" $responses }}
+{{- end }}
 {{- $_ := set $config "name" (default "gptoss" $config.name) }}
 {{- $_ := set $config "http" (dict "host" "0.0.0.0" "port" (int .Values.api.port) "route_prefix" .Values.api.routePrefix) }}
 {{- if include "gptoss.authEnabled" . }}
@@ -215,14 +225,22 @@ readinessProbe:
   failureThreshold: 3
 {{- end }}
 
-{{/* Environment of every Ray container: the scrape key the API accepts besides the key file. */}}
+{{/* Environment of every Ray container: the scrape key the API accepts besides the key file; the response
+store's connection string (a front door may run on any pod). */}}
 {{- define "gptoss.env" -}}
-{{- if and (include "gptoss.authEnabled" .) .Values.auth.metricsKeyKey -}}
+{{- if and (include "gptoss.authEnabled" .) .Values.auth.metricsKeyKey }}
 - name: GPTOSS_METRICS_API_KEY
   valueFrom:
     secretKeyRef:
       name: {{ .Values.auth.existingSecret }}
       key: {{ .Values.auth.metricsKeyKey }}
+{{- end }}
+{{- if .Values.responseStore.dsnSecret }}
+- name: GPTOSS_STORE_DSN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.responseStore.dsnSecret }}
+      key: {{ .Values.responseStore.dsnKey }}
 {{- end }}
 {{- end }}
 
