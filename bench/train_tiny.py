@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from engine.weights.tiny_model import make_tiny_model
 from engine.train import evaluation
 from engine.train.trainer import TrainSpec, train
+from engine.weights.tiny_model import make_tiny_model
 
 RESULTS = Path(__file__).parent / "results"
 

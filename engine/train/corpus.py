@@ -7,7 +7,7 @@ with the built-in tools declared in the system message) and the ids the model mu
 `samples(seed, n)` mixes the tasks by `MIX`.
 
 Each task family has a plain-text answer a program can check (`Dialogue.final`, or the tool call it must make):
-small arithmetic, reversing and counting letters, greetings, function calls to `get_weather`/`get_time` and answers
+small arithmetic (alone or as a drill of several), reversing and counting letters, greetings, function calls to `get_weather`/`get_time` and answers
 from their results, the built-in `python` tool for products too large for the head and `browser.search` for look-ups
 (then the answer from the result), JSON answers when the developer message gives a response format. The analysis
 gets shorter as the reasoning effort goes from high to low.
@@ -21,9 +21,10 @@ from openai_harmony import Author, Message, Role
 
 EFFORTS = ("low", "medium", "high")
 OPS = {"+": ("plus", lambda a, b: a + b), "-": ("minus", lambda a, b: a - b), "*": ("times", lambda a, b: a * b)}
-SMALL_MAX = 12  # operands of head arithmetic (sums, differences): 0..SMALL_MAX; products: 2..PRODUCT_MAX
+SMALL_MAX = 9  # operands of head arithmetic (sums, differences): 0..SMALL_MAX; products: 2..PRODUCT_MAX
 PRODUCT_MAX = 9
-LARGE_RANGE = (100, 999)  # operands of the products the model hands to python
+LARGE_RANGE = (13, 99)  # operands of the products the model hands to python (two-digit factors: one token each)
+DRILL_SIZE = (4, 8)  # questions in one drill
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 CITIES = (
     "Paris", "London", "Tokyo", "Berlin", "Madrid", "Rome", "Lisbon", "Oslo", "Cairo", "Lima", "Delhi", "Seoul",
@@ -130,6 +131,22 @@ def arithmetic(rng: random.Random, effort: str) -> Dialogue:
         builtin = ("python",)
     return Dialogue("arithmetic", effort, [user(ask_arithmetic(rng, a, op, b))],
                     [analysis(think_arithmetic(effort, a, op, b, c)), final(answer)], tools, builtin, final=answer)
+
+
+def drill(rng: random.Random, effort: str) -> Dialogue:
+    """Several small sums, differences and products at once: the analysis works each out, the final lists them.
+
+    The facts of head arithmetic are memorized, one by one; a drill shows several per sequence.
+    """
+    questions = [arithmetic_question(rng) for _ in range(rng.randint(*DRILL_SIZE))]
+    asked = ", ".join(f"{a} {op} {b}" for a, op, b, _ in questions)
+    worked = " ".join(f"{a} {op} {b} = {c}." for a, op, b, c in questions)
+    answer = ", ".join(str(c) for *_, c in questions)
+    think = {"low": worked, "medium": f"One at a time. {worked}",
+             "high": f"There are {len(questions)} questions. I will work out each one in turn. {worked} "
+                     f"Now list the results."}[effort]
+    question = rng.choice((f"Solve these: {asked}", f"Compute each: {asked}", f"Work these out: {asked}"))
+    return Dialogue("drill", effort, [user(question)], [analysis(think), final(answer)], final=answer)
 
 
 def letters(rng: random.Random, low: int, high: int) -> list[str]:
@@ -324,14 +341,14 @@ def user(text: str) -> dict:
     return {"role": "user", "content": text}
 
 
-TASKS = {"arithmetic": arithmetic, "reverse": reverse, "count": count, "greeting": greeting,
+TASKS = {"arithmetic": arithmetic, "drill": drill, "reverse": reverse, "count": count, "greeting": greeting,
          "weather_call": weather_call, "weather_answer": weather_answer, "python_call": python_call,
          "python_answer": python_answer, "search_call": search_call, "search_answer": search_answer,
          "json": json_answer}
 # share of each task in the corpus
-MIX = {"arithmetic": 0.26, "reverse": 0.08, "count": 0.08, "greeting": 0.03, "weather_call": 0.12,
-       "weather_answer": 0.1, "python_call": 0.06, "python_answer": 0.06, "search_call": 0.05,
-       "search_answer": 0.05, "json": 0.11}
+MIX = {"arithmetic": 0.2, "drill": 0.12, "reverse": 0.07, "count": 0.07, "greeting": 0.03, "weather_call": 0.12,
+       "weather_answer": 0.1, "python_call": 0.07, "python_answer": 0.05, "search_call": 0.04,
+       "search_answer": 0.03, "json": 0.1}
 
 
 def draw(rng: random.Random, task: str) -> Dialogue:

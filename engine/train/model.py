@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from engine.weights.checkpoint import PACKED, expected_tensors
 from engine.model.config import GptOssConfig
 from engine.model.reference import Transformer
+from engine.weights.checkpoint import PACKED, expected_tensors
 from engine.weights.mxfp4 import dequantize_mxfp4, quantize_mxfp4
 
 EXPERT_WEIGHTS = ("w1", "w2")  # MoE parameters stored as MXFP4

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from openai_harmony import Conversation, Message, RenderConversationConfig, RenderOptions, Role, SystemContent
 
 from engine.text.tokenizer import REASONING_EFFORTS, Tokenizer, build_harmony_messages
-from engine.train.corpus import Dialogue
-
 from engine.text.vocab import CALL, RETURN, START
+from engine.train.corpus import Dialogue
 
 KEEP_ANALYSIS = RenderConversationConfig(auto_drop_analysis=False)  # the reply's analysis is part of the target
 

@@ -1,7 +1,7 @@
 """Fixtures for the trained model's end-to-end tests: the committed tiny harmony model served by the real cluster.
 
-`harmony_app` deploys it (model "tiny", the make-serve defaults, the gRPC gateway on) on the session's local Ray
-cluster: the one tests/cluster's fixtures started if they ran first, else one started here (as tests/grpc does).
+`harmony_app` deploys it (model "tiny", the make-serve engine settings, the gRPC gateway on) on the session's local
+Ray cluster: the one tests/cluster's or tests/grpc's fixtures started if they ran first, else one started here.
 """
 
 import tempfile
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.conftest import GATEWAY_RESOURCE, free_port, model_entry, wait_healthy
-from tests.grpc.conftest import wait_serving
+from tests.grpc.conftest import App, deploy, stubs  # noqa: F401 - stubs: the generated modules' fixture
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "tiny-harmony"
 
@@ -19,8 +19,7 @@ MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "tiny-harmony"
 @dataclass
 class HarmonyApp:
     base: str  # HTTP base URL of the app (OpenAI API under /v1)
-    grpc_port: int  # the app's gRPC gateway
-    stubs: object  # the generated gRPC modules
+    grpc: App  # the app's gRPC gateway and stubs
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +29,7 @@ def serve_url():
     from ray import serve
     from ray.serve.context import _get_global_client
 
-    if ray.is_initialized():  # tests/cluster's session cluster (its fixture shuts it down)
+    if ray.is_initialized():  # another package's session cluster (its fixture shuts it down)
         yield _get_global_client().root_url.rstrip("/")
         return
     port = free_port()
@@ -43,27 +42,16 @@ def serve_url():
 
 
 @pytest.fixture(scope="session")
-def harmony_app(serve_url):
+def harmony_app(serve_url, stubs):
     from ray import serve
 
-    from cluster.app import build_from_config
-    from cluster.config import load_config
-    from cluster.grpc import codegen
-
-    name, port = "harmony", free_port()
+    name = "harmony"
     entry = model_entry("tiny", MODEL_DIR, default_max_tokens=256, num_cpus=1,
-                        engine={"kv_cache_memory": 64 << 20, "max_model_len": 4096, "max_num_seqs": 16})
-    config = {"models": [entry], "name": name, "http": {"route_prefix": f"/{name}"},
-              "grpc": {"enabled": True, "port": port}}
-    serve.run(build_from_config(load_config(config)), name=name, route_prefix=f"/{name}")
+                        engine={"kv_cache_memory": 64 << 20, "max_model_len": 4096, "max_num_seqs": 32})
+    app = deploy(name, {"models": [entry], "http": {"route_prefix": f"/{name}"}}, stubs)
     base = f"{serve_url}/{name}"
     wait_healthy(base)
-    codegen.generate()
-    stubs = codegen.stubs()
-    import grpc
-
-    wait_serving(grpc.insecure_channel(f"127.0.0.1:{port}"), stubs)
-    yield HarmonyApp(base, port, stubs)
+    yield HarmonyApp(base, app)
     serve.delete(name)
 
 
@@ -71,4 +59,4 @@ def harmony_app(serve_url):
 def client(harmony_app):
     import openai
 
-    return openai.OpenAI(base_url=f"{harmony_app.base}/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=f"{harmony_app.base}/v1", api_key="unused", max_retries=0, timeout=300)

@@ -115,10 +115,7 @@ def test_low_effort_reasons_shorter_than_high(client):
 
 def test_large_product_goes_to_the_python_tool(harmony_app):
     """Through the gRPC gateway: the harmony prompt with python declared, the output parsed per channel."""
-    import grpc
-
-    pb = harmony_app.stubs.pb
-    stub = harmony_app.stubs.grpc.InferenceStub(grpc.insecure_channel(f"127.0.0.1:{harmony_app.grpc_port}"))
+    pb, stub = harmony_app.grpc.stubs.pb, harmony_app.grpc.stub()
     renderer = Renderer(Tokenizer.load())
     dialogues = cases("python_call", 30)
 

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from engine.weights.checkpoint import load_weights
 from engine.model.reference import DenseKVCache, Transformer, sink_attention
-from engine.weights.tiny_model import TinyModelSpec, write_checkpoint
 from engine.train.model import Batch, RowAttention, TrainableModel
+from engine.weights.checkpoint import load_weights
+from engine.weights.tiny_model import TinyModelSpec, write_checkpoint
 
 SPEC = TinyModelSpec(layers=2, experts=4, experts_per_token=2, hidden=64, intermediate=64, heads=4, kv_heads=1,
                      head_dim=16, sliding_window=8)

@@ -6,12 +6,12 @@ from dataclasses import replace
 
 import torch
 
-from engine.model.config import load_config
 from engine.llm import LLM
+from engine.model.config import load_config
 from engine.sampling_params import SamplingParams
-from engine.weights.tiny_model import TinyModelSpec
 from engine.text.tokenizer import Tokenizer
 from engine.train.trainer import HARMONY_MODEL, Sequence, TrainSpec, learning_rate, make_batches, render_corpus, train
+from engine.weights.tiny_model import TinyModelSpec
 
 SMALL = TrainSpec(seed=3, dialogues=60, steps=4, batch_tokens=2048, warmup_steps=2, quantize_from=0.5,
                   model=replace(HARMONY_MODEL, layers=2, intermediate=64))
