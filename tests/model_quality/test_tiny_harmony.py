@@ -4,8 +4,11 @@ results, JSON answers for a response format, the built-in python tool for large 
 at low effort. Requests run concurrently; every reply is greedy.
 """
 
+import csv
 import json
 import re
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from statistics import mean
 
@@ -152,3 +155,25 @@ def test_other_head_tasks(client, task):
     dialogues = cases(task, 30)
     choices = concurrently(lambda d: chat(client, d), dialogues)
     assert share([c.message.content == d.final for d, c in zip(dialogues, choices)]) >= 0.8
+
+
+def test_load_tester_splits_reasoning_from_the_answer(harmony_app, tmp_path):
+    """`gptoss loadtest` streaming real conversations: every request reasons first, then answers; the reasoning
+    tokens it reports are the server's usage count, a part of the output, and the final channel starts later."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"messages": d.messages, "max_tokens": 128}) + "\n"
+                               for d in cases("arithmetic", 12)))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "engine.cli", "loadtest", "run", "--url", harmony_app.base, "--model", "tiny",
+           "--api", "chat", "--concurrency", "4", "--num-requests", "12", "--prompts-file", str(prompts),
+           "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(out / "requests.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 12 and all(r["status"] == "ok" for r in rows)
+    for r in rows:
+        assert 0 < int(r["reasoning_tokens"]) < int(r["output_tokens"]), r
+        assert float(r["ttft_final_ms"]) > float(r["ttft_ms"]), r
+    summary = json.loads((out / "result.json").read_text())["points"][0]["summary"]
+    assert 0 < summary["reasoning_tok_s"] < summary["output_tok_s"]
