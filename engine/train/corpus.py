@@ -346,8 +346,8 @@ TASKS = {"arithmetic": arithmetic, "drill": drill, "reverse": reverse, "count": 
          "python_answer": python_answer, "search_call": search_call, "search_answer": search_answer,
          "json": json_answer}
 # share of each task in the corpus
-MIX = {"arithmetic": 0.2, "drill": 0.12, "reverse": 0.07, "count": 0.07, "greeting": 0.03, "weather_call": 0.12,
-       "weather_answer": 0.1, "python_call": 0.07, "python_answer": 0.05, "search_call": 0.04,
+MIX = {"arithmetic": 0.19, "drill": 0.07, "reverse": 0.09, "count": 0.09, "greeting": 0.02, "weather_call": 0.13,
+       "weather_answer": 0.12, "python_call": 0.07, "python_answer": 0.05, "search_call": 0.04,
        "search_answer": 0.03, "json": 0.1}
 
 

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # The architecture: gpt-oss's (MoE, sinks, alternating sliding/full attention, YaRN, the real vocabulary) at a size
 # that learns the corpus in minutes on 2 CPU cores and stays under 60 MB on disk (the vocabulary dominates).
 HARMONY_MODEL = TinyModelSpec(layers=4, experts=4, experts_per_token=2, hidden=64, intermediate=128, heads=4,
-                              kv_heads=2, head_dim=16, sliding_window=64)
+                              kv_heads=2, head_dim=32, sliding_window=64)
 VERIFY_PER_TASK = 20  # dialogues of each task whose fast rendering is checked against harmony before training
 
 
@@ -45,10 +45,10 @@ class Phase:
 class TrainSpec:
     seed: int = 0  # corpus, initialization and batch order
     dialogues: int = 26000  # corpus size (about what `steps` batches hold: each dialogue is seen once)
-    steps: int = 1300  # optimizer steps
-    batch_tokens: int = 4096  # padded tokens per step
+    steps: int = 2600  # optimizer steps
+    batch_tokens: int = 2048  # padded tokens per step
     lr: float = 4e-3  # peak learning rate
-    warmup_steps: int = 60
+    warmup_steps: int = 100
     weight_decay: float = 0.01
     quantize_from: float = 0.7  # fraction of the steps after which the experts train through MXFP4
     threads: int = 1  # torch CPU threads (part of what makes the result bit-reproducible)
