@@ -14,6 +14,7 @@ against that baseline, written to bench/results/train_tiny.json.
 import argparse
 import hashlib
 import json
+import logging
 import os
 import platform
 import threading
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--baseline-n", type=int, default=20, help="evaluation cases per task, random model")
     parser.add_argument("--committed", type=Path, default=Path("models/tiny-harmony"))
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the trainer's progress
     training = timed_training(args.out)
     training["equals_committed"] = args.committed.is_dir() and training["sha256"] == digest(args.committed)
     print(f"trained in {training['wall_seconds']:.0f} s wall, {training['cpu_seconds']:.0f} s CPU (load average "
