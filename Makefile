@@ -4,9 +4,10 @@ PY      := $(VENV)/bin/python
 PYTEST  := $(PY) -m pytest
 STAMP   := $(VENV)/.installed
 TINY    := .cache/tiny-model
+HARMONY := models/tiny-harmony
 
-.PHONY: install proto test test-slow test-kernels test-gpu kernels-aot bench bench-gpu bench-cpu-model tiny-model serve \
-	chart-schema chaos clean
+.PHONY: install proto test test-slow test-kernels test-gpu kernels-aot bench bench-gpu bench-cpu-model tiny-model \
+	tiny-harmony serve chart-schema chaos clean
 
 install: $(STAMP) proto
 
@@ -52,9 +53,13 @@ kernels-aot: $(STAMP)
 tiny-model: $(STAMP)
 	test -f $(TINY)/config.json || $(VENV)/bin/gptoss make-tiny-model $(TINY)
 
-# The whole cluster on this machine: local Ray, the tiny model, the API on 127.0.0.1:8000 and gRPC on
-# 127.0.0.1:50051. Ctrl-C stops it.
-serve: tiny-model proto
+# The trained tiny harmony model is committed; this retrains it only if it is missing (same bytes, see README).
+tiny-harmony: $(STAMP)
+	test -f $(HARMONY)/config.json || $(VENV)/bin/gptoss train-tiny-model $(HARMONY)
+
+# The whole cluster on this machine: local Ray, the trained tiny harmony model, the API on 127.0.0.1:8000 and gRPC
+# on 127.0.0.1:50051. Ctrl-C stops it.
+serve: tiny-harmony proto
 	$(VENV)/bin/gptoss serve --config cluster/configs/local.yaml
 
 bench: $(STAMP) tiny-model proto

@@ -59,7 +59,7 @@ def _load(path: str) -> AppConfig:
         spec.path = str(Path(spec.path).expanduser().resolve())
         if not Path(spec.path).is_dir():
             raise ConfigError(f"models[{spec.name}].path {spec.path!r} is not a directory "
-                              "(for the tiny model: `make tiny-model`)")
+                              "(for the tiny harmony model: `make tiny-harmony`)")
     return config
 
 
@@ -152,6 +152,9 @@ def drain(config: AppConfig, stop_now: threading.Event, grace_s: float) -> int:
         return -1
 
 
+QUICK_START = "What is 7 + 5?"  # the first question in the banner and the README: the tiny model reasons, answers
+
+
 def banner(config: AppConfig) -> str:
     host = config.http.host if config.http.host not in ("0.0.0.0", "::") else "127.0.0.1"
     base = f"http://{host}:{config.http.port}{config.http.route_prefix.rstrip('/')}"
@@ -167,8 +170,8 @@ def banner(config: AppConfig) -> str:
         "",
         "try:",
         f"  curl -s {base}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\",
-        f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], "
-        "\"max_tokens\": 32}'",
+        f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"{QUICK_START}\"}}], "
+        "\"max_tokens\": 64}'",
         "",
         "Ctrl-C stops the cluster.",
     ])

@@ -19,10 +19,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """The engine's own subcommands: make-tiny-model and generate."""
+    """The engine's own subcommands: make-tiny-model, train-tiny-model and generate."""
+    from engine.train import trainer
     from engine.weights import tiny_model
 
     tiny_model.add_command(commands)
+    trainer.add_command(commands)
     generate = commands.add_parser("generate", help="generate from a prompt with a local checkpoint")
     generate.add_argument("--model", required=True, help="checkpoint directory (HF or original/ layout)")
     prompt = generate.add_mutually_exclusive_group(required=True)

@@ -1,0 +1,80 @@
+"""The training twin is the reference model: same attention with sinks, same MoE, same logits once written."""
+
+import math
+
+import pytest
+import torch
+
+from engine.model.reference import DenseKVCache, Transformer, sink_attention
+from engine.train.model import Batch, RowAttention, TrainableModel
+from engine.weights.checkpoint import load_weights
+from engine.weights.tiny_model import TinyModelSpec, write_checkpoint
+
+SPEC = TinyModelSpec(layers=2, experts=4, experts_per_token=2, hidden=64, intermediate=64, heads=4, kv_heads=1,
+                     head_dim=16, sliding_window=8)
+VOCAB_IDS = [3, 10, 200, 1000, 5000, 199998, 200002, 200006, 200008]
+
+
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("heads,kv", [(4, 1), (4, 4), (6, 2)])
+def test_row_attention_equals_sink_attention_per_row(window, heads, kv):
+    gen = torch.Generator().manual_seed(0)
+    B, T, Dh = 3, 11, 8
+    q, k, v = (torch.randn(B * T, h, Dh, generator=gen) for h in (heads, kv, kv))
+    sinks = torch.randn(heads, generator=gen)
+    out = RowAttention(B, T).attend(0, q, k, v, None, sinks, window, 0.3)
+    pos = torch.arange(T)
+    rows = [slice(r * T, (r + 1) * T) for r in range(B)]
+    ref = torch.cat([sink_attention(q[r], k[r], v[r], pos, pos, sinks, window, 0.3) for r in rows])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A twin with random weights (experts through MXFP4), written as a checkpoint."""
+    model = TrainableModel(SPEC.config(), VOCAB_IDS, seed=1)
+    model.quantize_experts()
+    directory = write_checkpoint(tmp_path_factory.mktemp("twin"), model.config, model.checkpoint_weights())
+    return model, directory
+
+
+def test_written_checkpoint_gives_the_twins_logits(trained):
+    model, directory = trained
+    config, weights = load_weights(directory, torch.float32, torch.device("cpu"))
+    engine_model = Transformer.from_weights(config, weights)
+    ids = [VOCAB_IDS[i] for i in (6, 7, 1, 2, 3, 8, 4, 0, 5, 2, 1, 3, 4)]  # longer than the window
+    full = engine_model.compute_logits(engine_model(torch.tensor(ids), torch.arange(len(ids)),
+                                                    DenseKVCache(config.num_hidden_layers)))  # [T, V]
+    compact = torch.tensor([VOCAB_IDS.index(i) for i in ids])
+    with torch.no_grad():
+        twin = model.logits(model.hidden(compact[None]))  # [T, S + 1]
+    torch.testing.assert_close(full[:, VOCAB_IDS], twin[:, :-1], rtol=1e-4, atol=1e-4)
+    unused = torch.ones(config.vocab_size, dtype=torch.bool)
+    unused[VOCAB_IDS] = False
+    assert (full[:, unused] == 0).all()  # exactly: their unembedding rows are zero
+    # the (S + 1)-way softmax with the rest logit is the full-vocabulary softmax
+    torch.testing.assert_close(torch.log_softmax(full, -1)[:, VOCAB_IDS], torch.log_softmax(twin, -1)[:, :-1],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_unused_rows_are_zero_and_experts_round_trip(trained):
+    model, directory = trained
+    _, weights = load_weights(directory, torch.float32, torch.device("cpu"))
+    for name in ("embed.weight", "unembed.weight"):
+        used = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+        used[VOCAB_IDS] = True
+        assert (weights[name][~used] == 0).all() and (weights[name][used] != 0).any()
+    # the experts the twin computes with are exactly the dequantized checkpoint
+    torch.testing.assert_close(weights["layers.0.mlp.w1"], model.parameter("layers.0.mlp.w1"), rtol=0, atol=0)
+
+
+def test_loss_is_the_cross_entropy_of_the_targets():
+    model = TrainableModel(SPEC.config(), VOCAB_IDS, seed=2)
+    ids = torch.tensor([[0, 1, 2, 3, 4], [5, 6, 7, 0, 0]])
+    targets = torch.tensor([[-1, -1, 3, 4, -1], [-1, 7, -1, -1, -1]])  # a padded row: pads are never targets
+    with torch.no_grad():
+        logp = torch.log_softmax(model.logits(model.hidden(ids)), -1).view(2, 5, -1)
+        expected = -(logp[0, 2, 3] + logp[0, 3, 4] + logp[1, 1, 7]) / 3
+        loss = model.loss(Batch(ids, targets))
+    torch.testing.assert_close(loss, expected)
+    assert math.isclose(model.rest_logit, math.log(SPEC.vocab - len(VOCAB_IDS)))
