@@ -214,12 +214,16 @@ class Sampler:
     """Stateless: all per-request state (histories, generators) arrives in the SamplingBatch."""
 
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
-        # logits: [B, V] float32, the model's raw output for each row's next token. Each pass over [B, V] costs
+        # logits: [B, V] float32, the model's raw output for each row's next token; edited in place when no row
+        # asks for logprobs (the caller does not read them afterwards). Each pass over [B, V] costs
         # about as much as the unembedding at small hidden sizes, so stages nobody asked for are skipped.
         raw = logits.float()
         edits = len(batch.bias_rows) or len(batch.ban_rows) or batch.needs_frequency or batch.needs_repetition
-        logits = raw.clone() if edits or batch.bitmask is not None else raw  # `raw` stays the model's distribution
-        if batch.bitmask is not None:  # for the logprobs
+        # `raw` stays the model's distribution for the logprobs; without them the edits go in place (a [B, V] copy
+        # at 256 rows costs about half the stand-in step's sampling time)
+        changed = edits or batch.bitmask is not None
+        logits = raw.clone() if changed and batch.any_logprobs else raw
+        if batch.bitmask is not None:
             apply_bitmask(logits, batch.bitmask, batch.bitmask_rows)
         if edits:
             logits = apply_penalties(apply_bans(logits, batch), batch)

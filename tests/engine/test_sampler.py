@@ -132,7 +132,7 @@ def test_min_tokens_bans_stop_ids_then_allows_them():
     chosen = []
     for n_out in range(5):
         batch = build([params], 10, output_ids=[[9] * n_out], stop_ids=[[2, 5]])
-        chosen.append(Sampler()(logits, batch).token_ids.item())
+        chosen.append(Sampler()(logits.clone(), batch).token_ids.item())  # the sampler may edit them in place
     assert chosen[:3] == [0, 0, 0] and chosen[3:] == [2, 2]
 
 
