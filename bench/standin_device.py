@@ -66,7 +66,8 @@ class StandInModel:
         return torch.zeros(input_ids.shape[0], self.config.hidden_size)
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.logits[: hidden.shape[0]]
+        return self.logits[: hidden.shape[0]].clone()  # a new tensor, as a real unembedding makes (the sampler edits
+        #                                                  it in place when no row asks for logprobs)
 
 
 class TimedSampler(Sampler):
