@@ -11,8 +11,8 @@ def markdown(result: dict) -> str:
              f"{m['load_average_1m_before_after'][0]} before, {m['load_average_1m_before_after'][1]} after. "
              f"Workload: input {result['workload']['input_len']} tokens, output {result['workload']['output_len']} "
              "tokens (ignore_eos), open loop (Poisson), half over HTTP (/v1/completions) and half over gRPC "
-             "(Generate): the raw prompt, so the first token is the first text (the tiny random model's chat output "
-             "only becomes text once harmony's channel markers arrive, often at the end).", ""]
+             "(Generate): the raw prompt, so the first token is the first text (a chat answer only becomes "
+             "text once harmony's channel markers arrive).", ""]
     for phase in result["phases"]:
         lines += _phase(phase)
     return "\n".join(lines) + "\n"
