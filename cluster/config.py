@@ -306,9 +306,9 @@ class ModelSpec(Section):
     default_max_tokens: int | None = doc(None, "max_tokens when a request gives none (None: up to the context)", ge=1)
     max_queue_wait_s: float | None = doc(None, "admission control: a replica refuses new requests (429 with "
                                                "Retry-After; the front door tries another replica once) while a new "
-                                               "one would wait longer than this for its first token (the longer of "
-                                               "the oldest waiting request's wait and the queue at the recent rate of "
-                                               "first tokens), so under overload the admitted keep their time to "
+                                               "one would wait longer than this for its first token (the time since "
+                                               "the front door took it, plus the longer of the oldest waiting "
+                                               "request's wait and the queue at the recent rate of first tokens), so under overload the admitted keep their time to "
                                                "first token and the rest are told to retry (None: all queue)", gt=0)
 
     @model_validator(mode="after")

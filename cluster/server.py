@@ -63,7 +63,8 @@ class LLMServer:
     async def generate(self, req: GenerateRequest):
         """Head item (StreamHead or ApiError), then the formatter's items (an ApiError last if the deadline passed)."""
         self.pusher.start()
-        refusal = self.waiting.refusal(self.spec.max_queue_wait_s)
+        upstream = 0.0 if req.received is None else max(0.0, time.time() - req.received)  # the router's queue
+        refusal = self.waiting.refusal(self.spec.max_queue_wait_s, upstream)
         if refusal is not None:
             yield refusal
             return
@@ -249,16 +250,18 @@ class Waiting:
         span = max(now - recent[0], 1.0)
         return max(oldest, len(self.since) * span / len(recent))
 
-    def refusal(self, limit_s: float | None) -> ApiError | None:
-        """429 (Retry-After) when a new request would wait longer than `limit_s` for its first token; None to
+    def refusal(self, limit_s: float | None, upstream_s: float = 0.0) -> ApiError | None:
+        """429 (Retry-After) when a new request, which has already waited `upstream_s` since the front door took it
+        (in the routers' queues, unseen here), would wait longer than `limit_s` in all for its first token; None to
         admit."""
         if limit_s is None:
             return None
-        wait = self.expected_wait_s()
+        wait = upstream_s + self.expected_wait_s()
         if wait <= limit_s:
             return None
-        return overloaded(429, f"a request on this replica would wait about {wait:.1f} s for its first token, over "
-                               f"max_queue_wait_s {limit_s:g} s")
+        return overloaded(429, f"a request on this replica would wait about {wait:.1f} s for its first token "
+                               f"({upstream_s:.1f} s of it before reaching the replica), over max_queue_wait_s "
+                               f"{limit_s:g} s")
 
 
 class _Deadline:

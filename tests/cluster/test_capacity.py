@@ -118,6 +118,8 @@ def test_the_expected_wait_is_the_queue_at_the_recent_rate(monkeypatch):
     refusal = waiting.refusal(3.0)
     assert refusal.status == 429 and "max_queue_wait_s 3" in refusal.message
     assert waiting.refusal(None) is None      # admission control off
+    assert waiting.refusal(9.0) is None       # ~6 s here is within 9 s ...
+    assert waiting.refusal(9.0, upstream_s=4.0).status == 429  # ... not after 4 s in the routers' queues
     for entry in queued:
         entry.__exit__(None, None, None)
     assert waiting.expected_wait_s() == 0.0
