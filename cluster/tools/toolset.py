@@ -73,10 +73,12 @@ class ToolSet:
         if call.kind == "python":
             earlier = any((m.get("builtin_result") or {}).get("author") == "python" for m in req.messages or [])
             return await self.python.run(req.conversation or req.request_id, call.text, earlier)
-        if call.kind == "browser":
+        if call.kind == "browser" and browser is not None:
             return await browser.call(call.recipient.removeprefix("browser."), call.text)
         label, _, name = call.recipient.partition(".")
-        server = next(s for s in req.builtin["mcp"] if s["server_label"] == label)
+        server = next((s for s in (req.builtin or {}).get("mcp", []) if s["server_label"] == label), None)
+        if call.kind != "mcp" or server is None:  # e.g. an unanswered built-in call in the input, its tool not offered
+            return ToolResult(f"error: {call.recipient} is not a tool this request offers", True, {})
         return await mcp.call_tool(server, name, call.text, self.config.mcp.timeout_s,
                                    self.config.mcp.max_output_bytes)
 

@@ -135,3 +135,13 @@ def test_unknown_routes_and_methods_get_openai_error_bodies(setup):
     missing, wrong_method = asyncio.run(go())
     assert missing.status_code == 404 and set(missing.json()["error"]) == {"message", "type", "param", "code"}
     assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+
+
+def test_an_unanswered_builtin_call_whose_tool_is_not_offered_fails_as_a_call_not_as_the_request(setup):
+    _, client = setup  # found by schemathesis: it was a 500 (StopIteration looking for an MCP server "browser")
+    body = {"model": "m", "max_output_tokens": 4,
+            "input": [{"type": "web_search_call", "id": "ws_1", "action": {"type": "search", "query": "x"}}]}
+    r = asyncio.run(client.post("/v1/responses", json=body))
+    assert r.status_code == 200, r.text
+    call = r.json()["output"][0]
+    assert call["id"] == "ws_1" and call["status"] == "failed"
