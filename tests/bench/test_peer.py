@@ -4,6 +4,7 @@ Nothing here installs or runs vLLM."""
 import json
 
 import pytest
+import torch
 
 from bench.peer import agreement, best, ratios, verdict, write
 
@@ -56,3 +57,23 @@ def test_write_makes_the_folder_and_ends_with_a_newline(tmp_path):
     path = tmp_path / "results" / "peer.json"
     write({"benchmark": "peer"}, path)
     assert json.loads(path.read_text()) == {"benchmark": "peer"} and path.read_text().endswith("\n")
+
+
+def test_dequantized_copy_writes_unquantized_hf_experts(tmp_path):
+    from safetensors import safe_open
+
+    from bench.peer import dequantized_copy
+    from engine.weights.mxfp4 import dequantize_mxfp4
+    from engine.weights.tiny_model import TinyModelSpec, make_tiny_model
+
+    src = make_tiny_model(tmp_path / "packed", TinyModelSpec(vocab=512, hidden=64, intermediate=96))
+    dst = dequantized_copy(src, tmp_path / "dense")
+    assert "quantization_config" not in json.loads((dst / "config.json").read_text())
+    with safe_open(next(src.glob("*.safetensors")), "pt") as a, safe_open(next(dst.glob("*.safetensors")), "pt") as b:
+        name = "model.layers.0.mlp.experts.gate_up_proj"
+        assert not any(k.endswith(("_blocks", "_scales")) for k in b.keys())  # noqa: SIM118
+        assert b.get_tensor(name).shape == (4, 64, 2 * 96)  # [E, H, 2I]
+        assert b.get_tensor("model.layers.0.mlp.experts.down_proj").shape == (4, 96, 64)  # [E, I, H]
+        expected = dequantize_mxfp4(a.get_tensor(name + "_blocks"), a.get_tensor(name + "_scales")).transpose(1, 2)
+        assert torch.equal(b.get_tensor(name), expected)
+        assert torch.equal(b.get_tensor(name + "_bias"), a.get_tensor(name + "_bias"))
