@@ -273,6 +273,7 @@ def main() -> None:
                         help="requests of the fp32 agreement check (vLLM one process on the dequantized copy); 0: none")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per contender run")
     parser.add_argument("--out", type=Path, default=RESULTS / "peer.json")
+    parser.add_argument("--append", action="store_true", help="add this run's rows to --out instead of replacing it")
     args = parser.parse_args()
     try:
         peer_install.install()
@@ -295,6 +296,12 @@ def main() -> None:
             rows.append(compare(model, "float32", spec, ["vllm_one_process"], 1, args.timeout, dense))
             print_rows(rows[-1:])
     print_rows(rows)
+    if args.append:  # rows of a later invocation (e.g. `--dtypes --fp32-requests 16`) added to an earlier result
+        result = json.loads(args.out.read_text())
+        result["rows"] += rows
+        result.setdefault("appended", []).append({"date": datetime.now(UTC).isoformat(timespec="seconds"),
+                                                  "argv": sys.argv[1:], "load_average": [load_before, os.getloadavg()]})
+        return write(result, args.out)
     write({"benchmark": "peer", "date": datetime.now(UTC).isoformat(timespec="seconds"),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
            "load_average": {"start": load_before, "end": os.getloadavg()},
