@@ -12,7 +12,6 @@ batch1 {prompt, steps, repeat}.
 
 import json
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -88,7 +87,7 @@ def run(side: str, spec: dict) -> dict:
     return {"side": side, **info, "startup_s": startup_s, "mixed_s": mixed_s,
             "output_tokens": output_tokens, "mixed_tokens_per_s": output_tokens / mixed_s,
             "batch1_tokens_per_s": batch1["tokens_per_s"], "batch1": batch1,
-            "self_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "token_ids": tokens}
+            "token_ids": tokens}  # peak RSS is sampled by bench/peer.py: ru_maxrss here keeps the parent's over fork
 
 
 def main() -> None:
