@@ -45,7 +45,7 @@ class Phase:
 class TrainSpec:
     seed: int = 0  # corpus, initialization and batch order
     dialogues: int = 26000  # corpus size (about what `steps` batches hold: each dialogue is seen once)
-    steps: int = 2600  # optimizer steps
+    steps: int = 2400  # optimizer steps
     batch_tokens: int = 2048  # padded tokens per step
     lr: float = 4e-3  # peak learning rate
     warmup_steps: int = 100
@@ -54,7 +54,7 @@ class TrainSpec:
     threads: int = 1  # torch CPU threads (part of what makes the result bit-reproducible)
     model: TinyModelSpec = field(default_factory=lambda: HARMONY_MODEL)  # the architecture
     tie_embeddings: bool = True  # train the unembedding as the embedding / sqrt(D) (model.TiedUnembedding)
-    copy_layers: int = 0  # the last this many layers start with copy heads (model.init_copy_heads)
+    copy_layers: int = 2  # the last this many layers start with copy heads (model.init_copy_heads)
     phases: tuple[Phase, ...] = (Phase(1.0),)  # the curriculum: corpus mixes in turn (dialogues split by steps)
 
 
