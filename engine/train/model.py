@@ -122,7 +122,8 @@ class TiedUnembedding(nn.Module):
 
 
 class TrainableModel(nn.Module):
-    def __init__(self, config: GptOssConfig, vocab_ids: list[int], seed: int, tie_embeddings: bool = True):
+    def __init__(self, config: GptOssConfig, vocab_ids: list[int], seed: int, tie_embeddings: bool = True,
+                 copy_layers: int = 0):
         super().__init__()
         self.config = config  # the architecture of the checkpoint (full vocabulary)
         self.register_buffer("vocab_ids", torch.tensor(vocab_ids), persistent=False)  # compact id -> real id [S]
@@ -131,6 +132,8 @@ class TrainableModel(nn.Module):
             torch.manual_seed(seed)
             self.net = Transformer(replace(config, vocab_size=len(vocab_ids)))
             init_weights(self.net)
+            for block in self.net.layers[len(self.net.layers) - copy_layers:]:
+                init_copy_heads(block.attn)
             if tie_embeddings:
                 self.net.unembed = TiedUnembedding(self.net.embed)
         for name, module, attr in float_parameters(self.net):
@@ -217,3 +220,27 @@ def init_weights(net: Transformer) -> None:
             nn.init.normal_(param, std=std)
     with torch.no_grad():
         net.unembed.weight.copy_(net.embed.weight / math.sqrt(net.embed.weight.shape[1]))
+
+
+def init_copy_heads(attn: nn.Module) -> None:
+    """Start the first query head of each KV group as a copy head: value = the (normed) input, output = that value.
+
+    W_v [KV*Dh, D] = the identity's first KV*Dh rows, and W_o maps head g*group's Dh outputs back onto the same Dh
+    dimensions, so whatever such a head attends to is added to the residual stream as it is; with the unembedding
+    tied to the embedding, that raises the attended token's logit. Only where to look is left to learn, and its
+    gradient is strong from the first step (copying cities, letters and numbers from the prompt; most occur a few
+    dozen times in the whole corpus).
+    """
+    D, Dh = attn.o.weight.shape[0], attn.head_dim
+    kv, heads = attn.v.weight.shape[0] // Dh, attn.o.weight.shape[1] // Dh
+    group, copied = heads // kv, min(attn.v.weight.shape[0], D)
+    with torch.no_grad():
+        attn.v.weight.zero_()
+        attn.v.weight[:copied, :copied] = torch.eye(copied)
+        for g in range(kv):
+            rows = slice(g * Dh, min((g + 1) * Dh, D))
+            if rows.start >= D:
+                break
+            cols = slice(g * group * Dh, g * group * Dh + (rows.stop - rows.start))
+            attn.o.weight[:, g * group * Dh:(g * group + 1) * Dh] = 0
+            attn.o.weight[rows, cols] = torch.eye(rows.stop - rows.start)

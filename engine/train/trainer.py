@@ -45,7 +45,7 @@ class Phase:
 class TrainSpec:
     seed: int = 0  # corpus, initialization and batch order
     dialogues: int = 26000  # corpus size (about what `steps` batches hold: each dialogue is seen once)
-    steps: int = 2600  # optimizer steps
+    steps: int = 2400  # optimizer steps
     batch_tokens: int = 2048  # padded tokens per step
     lr: float = 4e-3  # peak learning rate
     warmup_steps: int = 100
@@ -54,6 +54,7 @@ class TrainSpec:
     threads: int = 1  # torch CPU threads (part of what makes the result bit-reproducible)
     model: TinyModelSpec = field(default_factory=lambda: HARMONY_MODEL)  # the architecture
     tie_embeddings: bool = True  # train the unembedding as the embedding / sqrt(D) (model.TiedUnembedding)
+    copy_layers: int = 2  # the last this many layers start with copy heads (model.init_copy_heads)
     phases: tuple[Phase, ...] = (Phase(1.0),)  # the curriculum: corpus mixes in turn (dialogues split by steps)
 
 
@@ -145,7 +146,7 @@ def _train(spec: TrainSpec) -> tuple[TrainableModel, float]:
     vocab = sorted({t for seqs in phases for s in seqs for t in s.ids})
     compact = torch.full((spec.model.vocab,), -1, dtype=torch.long)
     compact[torch.tensor(vocab)] = torch.arange(len(vocab))
-    model = TrainableModel(spec.model.config(), vocab, spec.seed, spec.tie_embeddings)
+    model = TrainableModel(spec.model.config(), vocab, spec.seed, spec.tie_embeddings, spec.copy_layers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), eps=1e-8,
                                   weight_decay=spec.weight_decay)
     rng = random.Random(spec.seed)

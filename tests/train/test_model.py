@@ -78,3 +78,16 @@ def test_loss_is_the_cross_entropy_of_the_targets():
         loss = model.loss(Batch(ids, targets))
     torch.testing.assert_close(loss, expected)
     assert math.isclose(model.rest_logit, math.log(SPEC.vocab - len(VOCAB_IDS)))
+
+
+def test_copy_heads_add_the_attended_input_as_it_is():
+    """heads 4 / KV 2 of 32 over hidden 64: the copy heads' W_o W_v, summed, is the identity; the rest start random."""
+    spec = TinyModelSpec(layers=2, experts=4, experts_per_token=2, hidden=64, intermediate=64, heads=4, kv_heads=2,
+                         head_dim=32, sliding_window=8)
+    model = TrainableModel(spec.config(), VOCAB_IDS, seed=2, copy_layers=1)
+    first, last = (layer.attn for layer in model.net.layers)
+    with torch.no_grad():
+        v, o = last.v.weight, last.o.weight  # [KV*Dh, D], [D, Hq*Dh]
+        ov = sum(o[:, g * 2 * 32:(g * 2 + 1) * 32] @ v[g * 32:(g + 1) * 32] for g in range(2))
+        torch.testing.assert_close(ov, torch.eye(64), rtol=0, atol=0)
+        assert (o[:, 32:64] != 0).any() and (first.v.weight != 0).sum() > 64
