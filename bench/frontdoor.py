@@ -81,11 +81,11 @@ async def http_stream(client, i: int, tokens: int, t0: float) -> tuple[float, fl
     return first, time.monotonic() - t0, count
 
 
-async def grpc_stream(stub, pb, i: int, tokens: int, t0: float) -> tuple[float, float, int]:
+async def grpc_stream(stub, pb, i: int, tokens: int, t0: float, metadata=None) -> tuple[float, float, int]:
     request = pb.ChatRequest(model="tiny", messages=[pb.Message(role=pb.ROLE_USER, content=prompt(i))],
                              sampling=pb.SamplingParams(max_tokens=tokens, ignore_eos=True))
     first, count = None, 0
-    async for message in stub.Chat(request, timeout=600):
+    async for message in stub.Chat(request, timeout=600, metadata=metadata):
         if message.token_ids and first is None:
             first = time.monotonic() - t0
         count += len(message.token_ids)

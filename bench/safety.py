@@ -33,7 +33,7 @@ import openai
 import ray
 from ray import serve
 
-from bench.frontdoor import http_stream, prompt
+from bench.frontdoor import grpc_stream, http_stream
 from cluster.app import build_from_config
 from cluster.config import load_config
 from cluster.grpc import codegen
@@ -61,23 +61,13 @@ def app_config(name: str, model: str, streams: int, grpc_port: int, audit_dir: s
                        "models": {"tiny": {"input": ["pii"], "output": ["pii"]}}}}
 
 
-async def grpc_stream(stub, pb, i: int, tokens: int, t0: float) -> tuple[float, float, int]:
-    request = pb.ChatRequest(model="tiny", messages=[pb.Message(role=pb.ROLE_USER, content=prompt(i))],
-                             sampling=pb.SamplingParams(max_tokens=tokens, ignore_eos=True))
-    first, count = None, 0
-    async for message in stub.Chat(request, timeout=600, metadata=(("authorization", f"Bearer {KEY}"),)):
-        if message.token_ids and first is None:
-            first = time.monotonic() - t0
-        count += len(message.token_ids)
-    return first, time.monotonic() - t0, count
-
-
 async def burst(app: dict, protocol: str, streams: int, tokens: int) -> dict:
     t0 = time.monotonic()
     if protocol == "http":
         runs = [http_stream(app["openai"], i, tokens, t0) for i in range(streams)]
     else:
-        runs = [grpc_stream(app["stub"], app["pb"], i, tokens, t0) for i in range(streams)]
+        runs = [grpc_stream(app["stub"], app["pb"], i, tokens, t0, (("authorization", f"Bearer {KEY}"),))
+                for i in range(streams)]
     results = await asyncio.gather(*runs)
     return {"tokens": sum(r[2] for r in results), "seconds": max(r[1] for r in results),
             "ttft": [r[0] for r in results]}

@@ -103,3 +103,20 @@ def total(samples: dict, name: str, **labels) -> float:
 
 def has(samples: dict, name: str) -> bool:
     return any(n == name for n, _ in samples)
+
+
+class Local:
+    """A ModelClient over an LLMServer in this process."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def stream(self, req):
+        return self.server.generate(req)
+
+    async def health(self):
+        await self.server.check_health()
+        return True
+
+    async def tokenize(self, req):
+        return await self.server.tokenize(req)

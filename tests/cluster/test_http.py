@@ -13,6 +13,7 @@ from cluster.server import LLMServer
 from engine.async_llm import QueueFullError
 from engine.outputs import CompletionOutput, RequestOutput
 from engine.text.tokenizer import Tokenizer
+from tests.cluster.conftest import Local
 
 
 @dataclass
@@ -51,18 +52,6 @@ class ScriptedEngine:
 
     def shutdown(self):
         pass
-
-
-class Local:
-    def __init__(self, server):
-        self.server = server
-
-    def stream(self, req):
-        return self.server.generate(req)
-
-    async def health(self):
-        await self.server.check_health()
-        return True
 
 
 @pytest.fixture

@@ -8,26 +8,9 @@ import pytest
 from cluster.config import ModelSpec, load_config, validate
 from cluster.ingress import Ingress
 from cluster.server import LLMServer
-from tests.cluster.conftest import model_entry
+from tests.cluster.conftest import Local, model_entry
 
 KEY = "guard-test-key-0123"
-
-
-class Local:
-    """A ModelClient over an LLMServer in this process."""
-
-    def __init__(self, server):
-        self.server = server
-
-    def stream(self, req):
-        return self.server.generate(req)
-
-    async def health(self):
-        await self.server.check_health()
-        return True
-
-    async def tokenize(self, req):
-        return await self.server.tokenize(req)
 
 
 @pytest.fixture(scope="module")
