@@ -4,8 +4,8 @@
 
 Flow: random weights at gpt-oss-20b's shapes for one layer (packed MXFP4 experts, bf16 attention) and the
 unembedding -> each piece of one decode token timed alone (best of --repeat): the 4 active experts' W1 and W2
-through moe_cpu.linear_mxfp4 (and, for comparison, W1 on the tiled path and as a dense bf16 matrix: calls/step
-0, not summed), the attention projections, the router, the unembedding -> per-step estimate
+through moe_cpu.linear_mxfp4 (and, for comparison, W1 on the tiled path, decoded by torch without the native
+kernels, and as a dense bf16 matrix: calls/step 0, not summed), the attention projections, the router, the unembedding -> per-step estimate
 (24 layers) next to the bytes each piece reads, so a slow piece shows as a low GB/s.
 """
 
@@ -22,7 +22,7 @@ H, I, E, K, Q, KV, D, V, LAYERS = 2880, 2880, 32, 4, 64, 8, 64, 201088, 24  # gp
 
 
 def best_of(fn, repeat: int) -> float:
-    fn()  # warm-up (torch.compile on first use)
+    fn()  # warm-up (the native kernels are built on first use)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -47,12 +47,13 @@ def pieces(dtype: torch.dtype) -> dict:
     router = torch.randn(E, H, dtype=dtype)
     unembed = torch.randn(V, H, dtype=dtype)
     h = torch.randn(1, I, dtype=dtype)
-    x5 = x.expand(moe_cpu.FUSED_MAX_TOKENS + 1, H).contiguous()  # past FUSED_MAX_TOKENS: the tiled path
+    xt = x.expand(moe_cpu.MATVEC_MAX_TOKENS + 1, H).contiguous()  # past MATVEC_MAX_TOKENS: the tiled path
     w1_dense = dequantize_mxfp4(*w1, dtype)
     nbytes = lambda *ts: sum(t.numel() * t.element_size() for t in ts)
     return {
         "expert W1 (linear_mxfp4)": (lambda: moe_cpu.linear_mxfp4(x, *w1, b1), nbytes(*w1), LAYERS * K),
-        "  W1, tiled path (5 tokens)": (lambda: moe_cpu.linear_mxfp4(x5, *w1, b1), nbytes(*w1), 0),
+        f"  W1, tiled ({xt.shape[0]} tokens)": (lambda: moe_cpu.linear_mxfp4(xt, *w1, b1), nbytes(*w1), 0),
+        "  W1, torch decode (baseline)": (lambda: moe_cpu._linear_torch(x, *w1, b1), nbytes(*w1), 0),
         "  W1 as dense bf16 (floor)": (lambda: F.linear(x, w1_dense, b1), nbytes(w1_dense), 0),
         "expert W2 (linear_mxfp4)": (lambda: moe_cpu.linear_mxfp4(h, *w2, b2), nbytes(*w2), LAYERS * K),
         "qkv projection (F.linear)": (lambda: F.linear(x, qkv), nbytes(qkv), LAYERS),

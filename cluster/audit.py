@@ -30,6 +30,7 @@ from pydantic import model_validator
 
 from cluster.responses.store import Database
 from cluster.sections import ConfigError, Section, doc
+from engine.paths import cache_root
 
 log = logging.getLogger(__name__)
 GENESIS = "0" * 64  # `prev` of a chain's first record
@@ -82,8 +83,7 @@ class AuditConfig(Section):
             return Path(self.dir).expanduser()
         if os.environ.get("GPTOSS_AUDIT_DIR"):
             return Path(os.environ["GPTOSS_AUDIT_DIR"])
-        root = os.environ.get("GPTOSS_CACHE_DIR")
-        return (Path(root) if root else Path.home() / ".cache" / "gptoss-serve") / "audit"
+        return cache_root() / "audit"
 
 
 def canonical(record: dict) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 from pydantic import model_validator
 
 from cluster.sections import ConfigError, Section, doc
+from engine.paths import cache_root
 
 SQLITE_NAME = "responses.sqlite3"  # under the cache directory when no store_path is given
 
@@ -50,5 +51,4 @@ class ResponsesConfig(Section):
     def sqlite_path(self) -> Path:
         if self.store_path is not None:
             return Path(self.store_path).expanduser()
-        root = os.environ.get("GPTOSS_CACHE_DIR")
-        return (Path(root) if root else Path.home() / ".cache" / "gptoss-serve") / SQLITE_NAME
+        return cache_root() / SQLITE_NAME

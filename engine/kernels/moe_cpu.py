@@ -4,23 +4,20 @@ Flow of `moe_mxfp4_cpu` (same arguments and result as moe.moe_mxfp4_ref, computi
   group  : the (token, k) assignments sorted by expert with one argsort; the per-expert counts read once
   expert : per active expert, its tokens gathered -> linear_mxfp4(W1) -> swiglu -> linear_mxfp4(W2)
   combine: weighted rows added into the fp32 output (index_add_)
-`linear_mxfp4` makes one pass over an expert matrix's packed bytes per step, whatever its token count: a tile of
-rows decoded at a time (`engine.weights.mxfp4.decode_rows`) then multiplied with all of the expert's tokens, or
-for a few tokens the decode fused into the dot products. Big matrices run the decode through torch.compile
-(inductor's C++: one fused pass instead of eager's gather, cast and multiply passes). No dense copy of an
-expert, let alone of all of them, is ever made.
+`linear_mxfp4` runs the native kernels of mxfp4_cpu.c (engine.kernels.cpu_native: AVX-512, AVX2 or scalar C,
+built on first use): for up to MATVEC_MAX_TOKENS tokens the decode fused into the dot products (a pass over the
+packed bytes per 4 tokens), for more a tile of rows decoded to fp32 at a time then multiplied with all of the
+expert's tokens. Without a C compiler, torch decodes the tiles (`engine.weights.mxfp4.decode_rows`, several times
+slower). No dense copy of an expert, let alone of all of them, is ever made.
 """
-
-import logging
 
 import torch
 import torch.nn.functional as F
 
 from engine.weights.mxfp4 import decode_rows
 
+from . import cpu_native
 from .moe import _swiglu_ref
-
-log = logging.getLogger(__name__)
 
 # T = tokens, K = experts per token, E = experts, H = hidden, I = expert intermediate size
 
@@ -61,54 +58,40 @@ def moe_mxfp4_cpu(
     return out.to(x.dtype)
 
 
-TILE_BYTES = 1 << 19  # packed bytes decoded at a time: big enough that the per-tile torch calls cost little next
-#                       to the decode (gpt-oss-20b: 6 tiles per expert matrix), small enough to stay in the L3 cache
-COMPILE_MIN_BYTES = 1 << 20  # expert matrices this big (packed) decode through torch.compile'd code: one fused pass
-#                              instead of eager's four (about 5x faster); smaller ones are not worth a compile
-FUSED_MAX_TOKENS = 4  # with compiled code, up to this many tokens of an expert take the decode fused into the dot
-#                       products (the weights never written out as floats: at batch 1 about 2x the tiled path)
+TILE_BYTES = 1 << 18  # packed bytes decoded at a time on the tiled path: a tile's fp32 rows (8x that) stay in L2/L3
+MATVEC_MAX_TOKENS = 32  # up to this many tokens of an expert, the native kernel's decode fused into the dot products
+#                         beats decoding tiles for a GEMM (4 tokens per pass over the weights; measured on AVX-512:
+#                         1.4 ms for one token of a gpt-oss-20b W1 where the tiled path takes 8 ms; even at 32)
 
 
 def linear_mxfp4(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """x [n, K] @ W.T + bias with W [R, K] as MXFP4 blocks [R, K/32, 16] and scales [R, K/32]  ->  [n, R] in x's
-    dtype: W decoded into x's dtype a tile of output rows at a time (each output is one whole dot product), or for
-    a few tokens of a big matrix the decode fused into the dot products (fp32 sums)."""
-    big = blocks.numel() >= COMPILE_MIN_BYTES
-    if big and x.shape[0] <= FUSED_MAX_TOKENS:
-        out = _run_compiled(_matvec_mxfp4, x, blocks, scales)
-        if out is not None:
-            return (out + bias.float()).to(x.dtype)
+    dtype, summed in fp32. With the native kernels (engine.kernels.cpu_native): up to MATVEC_MAX_TOKENS tokens the
+    decode fused into the dot products, more a tile of rows decoded to fp32 at a time then one GEMM with all the
+    tokens (x reordered once to the kernels' split order). Without them: the same tiles decoded by torch."""
+    lib = cpu_native.library()
+    if lib is None:
+        return _linear_torch(x, blocks, scales, bias)
+    xs = cpu_native.split_order(x.float())
+    if x.shape[0] <= MATVEC_MAX_TOKENS:
+        return (cpu_native.matvec(lib, xs, blocks, scales) + bias.float()).to(x.dtype)
+    R = blocks.shape[0]
+    tile = min(R, max(1, TILE_BYTES // (blocks.shape[1] * blocks.shape[2])))
+    out = torch.empty(x.shape[0], R, dtype=x.dtype, device=x.device)
+    buffer = torch.empty(tile, xs.shape[1], dtype=torch.float32)
+    for r in range(0, R, tile):
+        b = blocks[r : r + tile]
+        w = cpu_native.decode(lib, b, scales[r : r + tile], torch.float32, buffer[: b.shape[0]])
+        out[:, r : r + tile] = F.linear(xs, w, bias[r : r + tile].float())
+    return out
+
+
+def _linear_torch(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """linear_mxfp4 without the native kernels: tiles decoded by engine.weights.mxfp4.decode_rows into x's dtype."""
     R = blocks.shape[0]
     tile = min(R, max(1, TILE_BYTES // (blocks.shape[1] * blocks.shape[2])))
     out = torch.empty(x.shape[0], R, dtype=x.dtype, device=x.device)
     for r in range(0, R, tile):
-        b, s = blocks[r : r + tile], scales[r : r + tile]
-        w = _run_compiled(decode_rows, b, s, x.dtype) if big else None
-        w = decode_rows(b, s, x.dtype) if w is None else w
+        w = decode_rows(blocks[r : r + tile], scales[r : r + tile], x.dtype)
         out[:, r : r + tile] = F.linear(x, w, bias[r : r + tile].to(x.dtype))
     return out
-
-
-def _matvec_mxfp4(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """x [n, K] @ W.T in fp32 with W [R, K] in MXFP4; compiled, the decode fuses into the reduction (run eagerly
-    it would make [n, R, K]: only ever called compiled)."""
-    w = decode_rows(blocks, scales, torch.float32)  # [R, K]
-    return (x.float()[:, None, :] * w[None]).sum(-1)
-
-
-_COMPILED: dict = {"ok": True}  # function -> its torch.compile'd version; "ok" False once inductor failed here
-
-
-def _run_compiled(fn, *args) -> torch.Tensor | None:
-    """fn(*args) through torch.compile (dynamic shapes: one compile serves every matrix and tile); None when
-    inductor cannot build here (no C++ compiler): warned once, the callers take the eager path from then on."""
-    if not _COMPILED["ok"]:
-        return None
-    try:
-        if fn not in _COMPILED:
-            _COMPILED[fn] = torch.compile(fn, dynamic=True)
-        return _COMPILED[fn](*args)
-    except Exception as e:  # noqa: BLE001 - whatever stops the build, the eager decode gives the same numbers
-        log.warning("torch.compile cannot build the MXFP4 decode here (%s); experts decode in eager mode", e)
-        _COMPILED["ok"] = False
-        return None

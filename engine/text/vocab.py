@@ -17,10 +17,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from engine import paths
+
 VOCAB_FILE = "o200k_base.tiktoken"
 VOCAB_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 ENV_ENCODINGS_BASE = "TIKTOKEN_ENCODINGS_BASE"  # read by openai-harmony (and tiktoken) at load time
-ENV_CACHE_DIR = "GPTOSS_CACHE_DIR"  # project cache root; the vocabulary lives in its tiktoken/ folder
+ENV_CACHE_DIR = paths.ENV_CACHE_DIR  # project cache root; the vocabulary lives in its tiktoken/ folder
 
 # o200k_harmony = o200k_base ranks (0..199997) + these special tokens; other ids up to VOCAB_SIZE-1 are reserved.
 VOCAB_SIZE = 201088
@@ -46,9 +48,7 @@ class VocabHashError(ValueError):
 
 def cache_dir() -> Path:
     """`$GPTOSS_CACHE_DIR/tiktoken` if that variable is set, else `~/.cache/gptoss-serve/tiktoken`."""
-    root = os.environ.get(ENV_CACHE_DIR)
-    base = Path(root) if root else Path.home() / ".cache" / "gptoss-serve"
-    return base / "tiktoken"
+    return paths.cache_root() / "tiktoken"
 
 
 def _quicktok_available() -> bool:

@@ -1,0 +1,127 @@
+"""The MXFP4 kernels of mxfp4_cpu.c for the CPU path: built with the system C compiler on first use, called by ctypes.
+
+Flow: library() -> the shared object for this source under cache_root()/native/ (built once with `cc -O3 -shared`,
+written under a temporary name then renamed, so concurrent replicas never load half a file) -> ctypes functions,
+which release the GIL while they run. No compiler, or GPTOSS_CPU_NATIVE=0: None, with one warning, and moe_cpu keeps
+its torch path (the same numbers, several times slower).
+
+Both kernels take the input dimension in "split" order (each 32-value scale group as its 16 even elements, then its
+16 odd ones: how the packed bytes hold them, low nibble then high), so the caller reorders x once (`split_order`)
+instead of the kernel interleaving every weight:
+
+    decode(blocks, scales, dtype)   W [R, K] in split order, fp32 or bf16  (for a GEMM with many tokens)
+    matvec(xs, blocks, scales)      xs [n, K] @ W.T in fp32, n <= MAX_TOKENS per call (the decode fused in)
+"""
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from engine.paths import cache_root
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("mxfp4_cpu.c")
+ENV_SWITCH = "GPTOSS_CPU_NATIVE"  # "0": never build or use the native kernels
+FLAGS = ("-O3", "-shared", "-fPIC", "-pthread")
+ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512"}
+_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, built on first use; None when they cannot be (the reason logged once)."""
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return None
+    source = SOURCE.read_bytes()
+    tag = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
+    path = cache_root() / "native" / f"mxfp4_cpu-{tag}.so"
+    try:
+        if not path.is_file():
+            build(path)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("the native MXFP4 CPU kernels cannot be built here (%s); experts decode through torch", e)
+        return None
+    lib.gptoss_mxfp4_decode.argtypes = [_P, _P, _I64, _I64, _P, _INT, _INT]
+    lib.gptoss_mxfp4_decode.restype = None
+    lib.gptoss_mxfp4_matvec.argtypes = [_P, _I64, _P, _P, _I64, _I64, _P, _INT]
+    lib.gptoss_mxfp4_matvec.restype = _INT
+    lib.gptoss_mxfp4_set_isa.argtypes = [_INT]
+    log.info("native MXFP4 CPU kernels: %s (%s)", ISA_NAMES[lib.gptoss_mxfp4_isa()], path)
+    return lib
+
+
+def build(path: Path) -> None:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise OSError("no C compiler (cc, gcc or $CC) on PATH")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], check=False, capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode:
+            raise OSError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+MAX_TOKENS = 4  # tokens per matvec call (mxfp4_cpu.c's MAX_TOKENS)
+
+
+def split_order(x: torch.Tensor) -> torch.Tensor:
+    """x [n, K] -> [n, K] with each group of 32 columns as its even columns then its odd ones (contiguous)."""
+    n, k = x.shape
+    return x.reshape(n, k // 32, 16, 2).transpose(2, 3).reshape(n, k)
+
+
+def _check(blocks: torch.Tensor, scales: torch.Tensor) -> tuple[int, int]:
+    if blocks.dtype != torch.uint8 or scales.dtype != torch.uint8 or not (blocks.is_contiguous()
+                                                                          and scales.is_contiguous()):
+        raise ValueError("MXFP4 blocks and scales must be contiguous uint8 tensors")
+    rows, groups = scales.shape
+    if blocks.shape != (rows, groups, 16):
+        raise ValueError(f"MXFP4 blocks {tuple(blocks.shape)} do not match scales {tuple(scales.shape)}")
+    return rows, groups
+
+
+def decode(lib: ctypes.CDLL, blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """blocks [R, G, 16], scales [R, G] -> W [R, G * 32] in `dtype` (fp32 or bf16), split order; into `out` (the
+    first R rows of a contiguous buffer reused tile after tile) when given."""
+    rows, groups = _check(blocks, scales)
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"the native decode writes fp32 or bf16, not {dtype}")
+    if out is None:
+        out = torch.empty(rows, groups * 32, dtype=dtype)
+    elif out.dtype != dtype or not out.is_contiguous() or out.shape != (rows, groups * 32):
+        raise ValueError(f"decode buffer {out.dtype} {tuple(out.shape)} is not {dtype} {(rows, groups * 32)}")
+    lib.gptoss_mxfp4_decode(blocks.data_ptr(), scales.data_ptr(), rows, groups, out.data_ptr(),
+                            int(dtype == torch.bfloat16), torch.get_num_threads())
+    return out
+
+
+def matvec(lib: ctypes.CDLL, xs: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """xs [n, K] fp32 in split order @ W.T -> [n, R] fp32, MAX_TOKENS tokens per pass over W."""
+    rows, groups = _check(blocks, scales)
+    xs = xs.float().contiguous()
+    if xs.shape[1] != groups * 32:
+        raise ValueError(f"x has {xs.shape[1]} columns, the matrix {groups * 32}")
+    out = torch.empty(xs.shape[0], rows, dtype=torch.float32)
+    for t in range(0, xs.shape[0], MAX_TOKENS):
+        chunk = xs[t : t + MAX_TOKENS]
+        lib.gptoss_mxfp4_matvec(chunk.data_ptr(), chunk.shape[0], blocks.data_ptr(), scales.data_ptr(), rows,
+                                groups, out[t : t + MAX_TOKENS].data_ptr(), torch.get_num_threads())
+    return out

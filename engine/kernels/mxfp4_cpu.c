@@ -1,0 +1,329 @@
+/* MXFP4 expert matrices on CPU: the decode and the decode fused into dot products, for engine/kernels/moe_cpu.py.
+ *
+ * Built and loaded by engine/kernels/cpu_native.py (the system C compiler, ctypes; no torch headers). One scale
+ * group of a row is 16 packed bytes: byte j holds element 2j in its low nibble and 2j+1 in its high one. Both
+ * entry points work in the "split" order of a group, its 16 even elements then its 16 odd ones, which keeps every
+ * SIMD lane independent (no interleaving): the caller puts x in the same order (moe_cpu.split_order).
+ *
+ *   decode : W rows [r0, r1) -> fp32 or bf16, split order             (then a GEMM with all of an expert's tokens)
+ *   matvec : out[t, r] = sum_k xs[t, k] * W[r, k] for a few tokens    (the weights never written out as floats)
+ *
+ * Values are exact: an E2M1 value times a power of two has at most 2 significant bits, so the fp32 product is
+ * exact and its top 16 bits are the bf16 value. The vector paths (AVX-512, AVX2+FMA) are chosen at run time; the
+ * scalar path is the same arithmetic for any other CPU. Rows are split between threads (pthreads).
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define GPTOSS_X86 1
+#endif
+
+#define MAX_TOKENS 4 /* tokens per pass of matvec; the caller splits more */
+
+static const float FP4[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
+                              -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+static inline float scale_of(uint8_t s) { /* 2 ** (s - 127) exactly; s = 0 is the subnormal 2 ** -127 */
+    uint32_t bits = s ? (uint32_t)s << 23 : 0x400000u;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+typedef struct {
+    const uint8_t *blocks, *scales; /* [R, G, 16], [R, G] */
+    int64_t G, r0, r1;
+    void *out;          /* decode: [R, G * 32] fp32 or bf16; matvec: [n, R] fp32 */
+    const float *xs;    /* matvec: [n, G * 32] fp32, split order */
+    int64_t n, R;
+    int bf16;
+} job_t;
+
+/* ---- scalar ---- */
+
+static void decode_scalar(const job_t *j) {
+    for (int64_t r = j->r0; r < j->r1; r++) {
+        for (int64_t g = 0; g < j->G; g++) {
+            const uint8_t *b = j->blocks + (r * j->G + g) * 16;
+            float f = scale_of(j->scales[r * j->G + g]), v[32];
+            for (int i = 0; i < 16; i++) {
+                v[i] = FP4[b[i] & 15] * f;
+                v[16 + i] = FP4[b[i] >> 4] * f;
+            }
+            int64_t at = (r * j->G + g) * 32;
+            if (j->bf16) {
+                uint16_t *o = (uint16_t *)j->out + at;
+                for (int i = 0; i < 32; i++) {
+                    uint32_t bits;
+                    memcpy(&bits, &v[i], 4);
+                    o[i] = (uint16_t)(bits >> 16);
+                }
+            } else {
+                memcpy((float *)j->out + at, v, sizeof v);
+            }
+        }
+    }
+}
+
+static void matvec_scalar(const job_t *j) {
+    int64_t K = j->G * 32;
+    for (int64_t r = j->r0; r < j->r1; r++) {
+        float acc[MAX_TOKENS] = {0};
+        for (int64_t g = 0; g < j->G; g++) {
+            const uint8_t *b = j->blocks + (r * j->G + g) * 16;
+            float f = scale_of(j->scales[r * j->G + g]);
+            for (int64_t t = 0; t < j->n; t++) {
+                const float *x = j->xs + t * K + g * 32;
+                float s = 0.0f;
+                for (int i = 0; i < 16; i++) s += FP4[b[i] & 15] * x[i] + FP4[b[i] >> 4] * x[16 + i];
+                acc[t] += s * f;
+            }
+        }
+        for (int64_t t = 0; t < j->n; t++) ((float *)j->out)[t * j->R + r] = acc[t];
+    }
+}
+
+#ifdef GPTOSS_X86
+/* ---- AVX2 + FMA: 8 lanes; the magnitude from an 8-entry table (vpermps reads the low 3 bits), the sign ORed in ---- */
+
+__attribute__((target("avx2,fma"))) static inline void group_avx2(const uint8_t *b, float f, __m256 v[4]) {
+    const __m256 lut = _mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f);
+    const __m256i fifteen = _mm256_set1_epi32(15), eight = _mm256_set1_epi32(8);
+    const __m256 scale = _mm256_set1_ps(f);
+    __m128i raw = _mm_loadu_si128((const __m128i *)b);
+    __m256i half[2] = {_mm256_cvtepu8_epi32(raw), _mm256_cvtepu8_epi32(_mm_srli_si128(raw, 8))};
+    for (int h = 0; h < 2; h++) {
+        __m256i lo = _mm256_and_si256(half[h], fifteen), hi = _mm256_srli_epi32(half[h], 4);
+        __m256 slo = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(lo, eight), 28));
+        __m256 shi = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(hi, eight), 28));
+        v[h] = _mm256_mul_ps(_mm256_or_ps(_mm256_permutevar8x32_ps(lut, lo), slo), scale);
+        v[2 + h] = _mm256_mul_ps(_mm256_or_ps(_mm256_permutevar8x32_ps(lut, hi), shi), scale);
+    }
+}
+
+__attribute__((target("avx2,fma"))) static inline void store_bf16_avx2(uint16_t *o, __m256 a, __m256 b) {
+    __m256i packed = _mm256_packus_epi32(_mm256_srli_epi32(_mm256_castps_si256(a), 16),
+                                         _mm256_srli_epi32(_mm256_castps_si256(b), 16));
+    _mm256_storeu_si256((__m256i *)o, _mm256_permute4x64_epi64(packed, 0xD8)); /* undo packus's lane order */
+}
+
+__attribute__((target("avx2,fma"))) static void decode_avx2(const job_t *j) {
+    for (int64_t r = j->r0; r < j->r1; r++) {
+        for (int64_t g = 0; g < j->G; g++) {
+            __m256 v[4];
+            group_avx2(j->blocks + (r * j->G + g) * 16, scale_of(j->scales[r * j->G + g]), v);
+            int64_t at = (r * j->G + g) * 32;
+            if (j->bf16) {
+                store_bf16_avx2((uint16_t *)j->out + at, v[0], v[1]);
+                store_bf16_avx2((uint16_t *)j->out + at + 16, v[2], v[3]);
+            } else {
+                for (int q = 0; q < 4; q++) _mm256_storeu_ps((float *)j->out + at + 8 * q, v[q]);
+            }
+        }
+    }
+}
+
+__attribute__((target("avx2,fma"))) static inline float hsum_avx2(__m256 a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2,fma"), always_inline)) static inline void matvec_avx2_n(const job_t *j, const int n) {
+    int64_t K = j->G * 32;
+    for (int64_t r = j->r0; r < j->r1; r++) {
+        __m256 acc[MAX_TOKENS][2];
+        for (int t = 0; t < n; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+        for (int64_t g = 0; g < j->G; g++) {
+            __m256 v[4];
+            group_avx2(j->blocks + (r * j->G + g) * 16, scale_of(j->scales[r * j->G + g]), v);
+            for (int t = 0; t < n; t++) {
+                const float *x = j->xs + t * K + g * 32;
+                acc[t][0] = _mm256_fmadd_ps(v[0], _mm256_loadu_ps(x), acc[t][0]);
+                acc[t][1] = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(x + 8), acc[t][1]);
+                acc[t][0] = _mm256_fmadd_ps(v[2], _mm256_loadu_ps(x + 16), acc[t][0]);
+                acc[t][1] = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(x + 24), acc[t][1]);
+            }
+        }
+        for (int t = 0; t < n; t++)
+            ((float *)j->out)[t * j->R + r] = hsum_avx2(_mm256_add_ps(acc[t][0], acc[t][1]));
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void matvec_avx2(const job_t *j) { /* n constant per instance */
+    switch (j->n) {
+        case 1: matvec_avx2_n(j, 1); break;
+        case 2: matvec_avx2_n(j, 2); break;
+        case 3: matvec_avx2_n(j, 3); break;
+        default: matvec_avx2_n(j, 4); break;
+    }
+}
+
+/* ---- AVX-512: 16 lanes, the whole signed E2M1 table in one vpermps ---- */
+
+__attribute__((target("avx512f"))) static inline void group_avx512(const uint8_t *b, float f, __m512 v[2]) {
+    const __m512 lut = _mm512_loadu_ps(FP4);
+    const __m512 scale = _mm512_set1_ps(f);
+    __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b));
+    v[0] = _mm512_mul_ps(_mm512_permutexvar_ps(bytes, lut), scale); /* vpermps reads the low 4 bits */
+    v[1] = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), lut), scale);
+}
+
+__attribute__((target("avx512f"))) static void decode_avx512(const job_t *j) {
+    for (int64_t r = j->r0; r < j->r1; r++) {
+        for (int64_t g = 0; g < j->G; g++) {
+            __m512 v[2];
+            group_avx512(j->blocks + (r * j->G + g) * 16, scale_of(j->scales[r * j->G + g]), v);
+            int64_t at = (r * j->G + g) * 32;
+            if (j->bf16) {
+                for (int q = 0; q < 2; q++)
+                    _mm256_storeu_si256((__m256i *)((uint16_t *)j->out + at + 16 * q),
+                                        _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(v[q]), 16)));
+            } else {
+                _mm512_storeu_ps((float *)j->out + at, v[0]);
+                _mm512_storeu_ps((float *)j->out + at + 16, v[1]);
+            }
+        }
+    }
+}
+
+/* n is a constant in each instance (matvec_avx512 switches on it), so the accumulators stay in registers; two
+   groups per iteration with accumulators of their own keep four FMA chains going per token */
+__attribute__((target("avx512f"), always_inline)) static inline void matvec_avx512_n(const job_t *j, const int n) {
+    int64_t K = j->G * 32;
+    for (int64_t r = j->r0; r < j->r1; r++) {
+        __m512 acc[MAX_TOKENS][4];
+        for (int t = 0; t < n; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = _mm512_setzero_ps();
+        const uint8_t *b = j->blocks + r * j->G * 16, *s = j->scales + r * j->G;
+        int64_t g = 0;
+        for (; g + 1 < j->G; g += 2) {
+            __m512 v[2], w[2];
+            group_avx512(b + g * 16, scale_of(s[g]), v);
+            group_avx512(b + g * 16 + 16, scale_of(s[g + 1]), w);
+            for (int t = 0; t < n; t++) {
+                const float *x = j->xs + t * K + g * 32;
+                acc[t][0] = _mm512_fmadd_ps(v[0], _mm512_loadu_ps(x), acc[t][0]);
+                acc[t][1] = _mm512_fmadd_ps(v[1], _mm512_loadu_ps(x + 16), acc[t][1]);
+                acc[t][2] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(x + 32), acc[t][2]);
+                acc[t][3] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(x + 48), acc[t][3]);
+            }
+        }
+        if (g < j->G) {
+            __m512 v[2];
+            group_avx512(b + g * 16, scale_of(s[g]), v);
+            for (int t = 0; t < n; t++) {
+                const float *x = j->xs + t * K + g * 32;
+                acc[t][0] = _mm512_fmadd_ps(v[0], _mm512_loadu_ps(x), acc[t][0]);
+                acc[t][1] = _mm512_fmadd_ps(v[1], _mm512_loadu_ps(x + 16), acc[t][1]);
+            }
+        }
+        for (int t = 0; t < n; t++) {
+            __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]), _mm512_add_ps(acc[t][2], acc[t][3]));
+            ((float *)j->out)[t * j->R + r] = _mm512_reduce_add_ps(sum);
+        }
+    }
+}
+
+__attribute__((target("avx512f"))) static void matvec_avx512(const job_t *j) {
+    switch (j->n) {
+        case 1: matvec_avx512_n(j, 1); break;
+        case 2: matvec_avx512_n(j, 2); break;
+        case 3: matvec_avx512_n(j, 3); break;
+        default: matvec_avx512_n(j, 4); break;
+    }
+}
+#endif
+
+/* ---- dispatch and threads ---- */
+
+typedef void (*kernel_t)(const job_t *);
+
+static int isa(void) { /* 2: AVX-512, 1: AVX2+FMA, 0: scalar */
+#ifdef GPTOSS_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+#endif
+    return 0;
+}
+
+static int forced_isa = -1; /* set by gptoss_mxfp4_set_isa (tests run every path); -1: the best this CPU has */
+
+static kernel_t pick(int matvec) {
+    int level = forced_isa >= 0 ? forced_isa : isa();
+#ifdef GPTOSS_X86
+    if (level >= 2) return matvec ? matvec_avx512 : decode_avx512;
+    if (level == 1) return matvec ? matvec_avx2 : decode_avx2;
+#endif
+    (void)level;
+    return matvec ? matvec_scalar : decode_scalar;
+}
+
+typedef struct {
+    kernel_t fn;
+    job_t job;
+} task_t;
+
+static void *run_task(void *arg) {
+    task_t *t = arg;
+    t->fn(&t->job);
+    return NULL;
+}
+
+#define MAX_THREADS 64
+
+static void run(kernel_t fn, job_t job, int threads) {
+    int64_t rows = job.r1 - job.r0;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > rows / 16) threads = (int)(rows / 16); /* a thread's start-up is worth ~16 rows at least */
+    if (threads < 2) {
+        fn(&job);
+        return;
+    }
+    task_t tasks[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int i = 0; i < threads; i++) {
+        tasks[i].fn = fn;
+        tasks[i].job = job;
+        tasks[i].job.r0 = job.r0 + rows * i / threads;
+        tasks[i].job.r1 = job.r0 + rows * (i + 1) / threads;
+    }
+    for (int i = 1; i < threads; i++) started[i] = pthread_create(&ids[i], NULL, run_task, &tasks[i]) == 0;
+    run_task(&tasks[0]);
+    for (int i = 1; i < threads; i++) {
+        if (started[i])
+            pthread_join(ids[i], NULL);
+        else
+            run_task(&tasks[i]); /* no thread to be had: this one does the share */
+    }
+}
+
+/* ---- exported ---- */
+
+int gptoss_mxfp4_isa(void) { return forced_isa >= 0 ? forced_isa : isa(); }
+
+int gptoss_mxfp4_set_isa(int level) { /* -1: back to the best; returns the level now in use, or -1 if unsupported */
+    if (level > isa()) return -1;
+    forced_isa = level;
+    return gptoss_mxfp4_isa();
+}
+
+void gptoss_mxfp4_decode(const uint8_t *blocks, const uint8_t *scales, int64_t R, int64_t G, void *out, int bf16,
+                         int threads) {
+    job_t job = {blocks, scales, G, 0, R, out, NULL, 0, R, bf16};
+    run(pick(0), job, threads);
+}
+
+int gptoss_mxfp4_matvec(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
+                        int64_t G, float *out, int threads) {
+    if (n < 1 || n > MAX_TOKENS) return -1;
+    job_t job = {blocks, scales, G, 0, R, out, xs, n, R, 0};
+    run(pick(1), job, threads);
+    return 0;
+}
+
+int gptoss_mxfp4_max_tokens(void) { return MAX_TOKENS; }
