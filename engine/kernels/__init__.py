@@ -7,7 +7,8 @@ function of the same name here dispatches between them with `use_triton(device)`
     paged_attention    paged attention, sinks (attention.py)  rope_and_write_kv  YaRN RoPE + KV write (rope.py)
     write_kv           KV-cache write (attention.py)          router_topk        top-k + softmax (router.py)
 
-`yarn_cos_sin_cache` is plain torch. Off the Triton path, paged attention runs `paged_attention_cpu` (the ref's
+`yarn_cos_sin_cache` is plain torch. `linear` is F.linear except on CPU for a few tokens of bf16, where the native
+kernel of cpu_native.c reads the weights faster than torch's GEMM does. Off the Triton path, paged attention runs `paged_attention_cpu` (the ref's
 math, batched over sequences) rather than the ref's per-sequence loop, and the MoE `moe_cpu.moe_mxfp4_cpu` (experts
 decoded a tile at a time into the activations' dtype, tokens grouped by expert) rather than the ref's fp32 one. Kernels take tensors and ints only and know
 nothing of requests. Each Triton op is `plan_<op>` (its outputs and the `Launch`es that fill them, decided from shapes
@@ -18,13 +19,15 @@ import functools
 import os
 
 import torch
+import torch.nn.functional as F
 
-from . import attention, moe, moe_cpu, norm, rope, router
+from . import attention, cpu_native, moe, moe_cpu, norm, rope, router
 from ._triton import HAS_TRITON
 from .rope import yarn_cos_sin_cache
 
 __all__ = [
     "use_triton",
+    "linear",
     "moe_mxfp4",
     "paged_attention",
     "write_kv",
@@ -71,3 +74,18 @@ write_kv = _dispatch(attention, "write_kv")
 rms_norm = _dispatch(norm, "rms_norm")
 rope_and_write_kv = _dispatch(rope, "rope_and_write_kv")
 router_topk = _dispatch(router, "router_topk")
+
+
+LINEAR_MAX_TOKENS = 4  # up to this many rows, bf16 on CPU: the native kernel (one pass over W per 4 rows; 1.1-1.9x
+#                        torch's at gpt-oss-20b's shapes for 1-4 rows on AVX512-BF16, slower than its GEMM beyond)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias); on CPU with bf16 x and weight and at most LINEAR_MAX_TOKENS rows, the native
+    kernel (cpu_native.linear_bf16: fp32 sums, as torch's bf16 GEMM) where it built."""
+    if (x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16 and weight.is_contiguous()
+            and x.numel() <= LINEAR_MAX_TOKENS * x.shape[-1] and x.numel() > 0):
+        lib = cpu_native.library()
+        if lib is not None:
+            return cpu_native.linear_bf16(lib, x, weight, bias)
+    return F.linear(x, weight, bias)

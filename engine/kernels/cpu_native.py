@@ -1,16 +1,18 @@
-"""The MXFP4 kernels of mxfp4_cpu.c for the CPU path: built with the system C compiler on first use, called by ctypes.
+"""The kernels of cpu_native.c for the CPU path: built with the system C compiler on first use, called by ctypes.
 
 Flow: library() -> the shared object for this source under cache_root()/native/ (built once with `cc -O3 -shared`,
 written under a temporary name then renamed, so concurrent replicas never load half a file) -> ctypes functions,
-which release the GIL while they run. No compiler, or GPTOSS_CPU_NATIVE=0: None, with one warning, and moe_cpu keeps
-its torch path (the same numbers, several times slower).
+which release the GIL while they run. No compiler, or GPTOSS_CPU_NATIVE=0: None, with one warning, and the callers
+keep their torch paths (the same numbers up to summation order, several times slower).
 
-Both kernels take the input dimension in "split" order (each 32-value scale group as its 16 even elements, then its
+The MXFP4 kernels take the input dimension in "split" order (each 32-value scale group as its 16 even elements, then its
 16 odd ones: how the packed bytes hold them, low nibble then high), so the caller reorders x once (`split_order`)
 instead of the kernel interleaving every weight:
 
     decode(blocks, scales, dtype)   W [R, K] in split order, fp32 or bf16  (for a GEMM with many tokens)
     matvec(xs, blocks, scales)      xs [n, K] @ W.T in fp32, n <= MAX_TOKENS per call (the decode fused in)
+    linear_bf16(x, weight, bias)    x [n, K] @ W.T + bias for a bf16 W [R, K] and a few tokens (read at the memory's
+                                    speed: torch's bf16 GEMM reads a skinny product's weights at about half of it)
 """
 
 import ctypes
@@ -29,10 +31,10 @@ from engine.paths import cache_root
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("mxfp4_cpu.c")
+SOURCE = Path(__file__).with_name("cpu_native.c")
 ENV_SWITCH = "GPTOSS_CPU_NATIVE"  # "0": never build or use the native kernels
 FLAGS = ("-O3", "-shared", "-fPIC", "-pthread")
-ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512"}
+ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512", 3: "avx512-bf16"}
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
@@ -43,20 +45,22 @@ def library() -> ctypes.CDLL | None:
         return None
     source = SOURCE.read_bytes()
     tag = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
-    path = cache_root() / "native" / f"mxfp4_cpu-{tag}.so"
+    path = cache_root() / "native" / f"cpu_native-{tag}.so"
     try:
         if not path.is_file():
             build(path)
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as e:
-        log.warning("the native MXFP4 CPU kernels cannot be built here (%s); experts decode through torch", e)
+        log.warning("the native CPU kernels cannot be built here (%s); the CPU path runs on torch alone", e)
         return None
     lib.gptoss_mxfp4_decode.argtypes = [_P, _P, _I64, _I64, _P, _INT, _INT]
     lib.gptoss_mxfp4_decode.restype = None
     lib.gptoss_mxfp4_matvec.argtypes = [_P, _I64, _P, _P, _I64, _I64, _P, _INT]
     lib.gptoss_mxfp4_matvec.restype = _INT
+    lib.gptoss_bf16_matvec.argtypes = [_P, _I64, _P, _I64, _I64, _P, _INT]
+    lib.gptoss_bf16_matvec.restype = _INT
     lib.gptoss_mxfp4_set_isa.argtypes = [_INT]
-    log.info("native MXFP4 CPU kernels: %s (%s)", ISA_NAMES[lib.gptoss_mxfp4_isa()], path)
+    log.info("native CPU kernels: %s (%s)", ISA_NAMES[lib.gptoss_mxfp4_isa()], path)
     return lib
 
 
@@ -78,7 +82,7 @@ def build(path: Path) -> None:
             os.unlink(tmp)
 
 
-MAX_TOKENS = 4  # tokens per matvec call (mxfp4_cpu.c's MAX_TOKENS)
+MAX_TOKENS = 4  # tokens per matvec call (cpu_native.c's MAX_TOKENS)
 
 
 def split_order(x: torch.Tensor) -> torch.Tensor:
@@ -125,3 +129,21 @@ def matvec(lib: ctypes.CDLL, xs: torch.Tensor, blocks: torch.Tensor, scales: tor
         lib.gptoss_mxfp4_matvec(chunk.data_ptr(), chunk.shape[0], blocks.data_ptr(), scales.data_ptr(), rows,
                                 groups, out[t : t + MAX_TOKENS].data_ptr(), torch.get_num_threads())
     return out
+
+
+def linear_bf16(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [..., K] @ weight.T + bias for a contiguous bf16 weight [R, K] and bf16 x, summed in fp32 -> bf16;
+    MAX_TOKENS rows of x per pass over the weight (meant for a few rows: decode)."""
+    if weight.dtype != torch.bfloat16 or x.dtype != torch.bfloat16 or not weight.is_contiguous() or weight.dim() != 2:
+        raise ValueError("linear_bf16 takes bf16 x and a contiguous 2-d bf16 weight")
+    rows, k = weight.shape
+    xb = x.reshape(-1, k).contiguous()
+    out = torch.empty(xb.shape[0], rows, dtype=torch.float32)
+    for t in range(0, xb.shape[0], MAX_TOKENS):
+        chunk = xb[t : t + MAX_TOKENS]
+        if lib.gptoss_bf16_matvec(chunk.data_ptr(), chunk.shape[0], weight.data_ptr(), rows, k,
+                                  out[t : t + MAX_TOKENS].data_ptr(), torch.get_num_threads()):
+            raise MemoryError("linear_bf16: no memory for the widened input")
+    if bias is not None:
+        out += bias.float()
+    return out.to(torch.bfloat16).reshape(*x.shape[:-1], rows)

@@ -4,7 +4,7 @@ Flow of `moe_mxfp4_cpu` (same arguments and result as moe.moe_mxfp4_ref, computi
   group  : the (token, k) assignments sorted by expert with one argsort; the per-expert counts read once
   expert : per active expert, its tokens gathered -> linear_mxfp4(W1) -> swiglu -> linear_mxfp4(W2)
   combine: weighted rows added into the fp32 output (index_add_)
-`linear_mxfp4` runs the native kernels of mxfp4_cpu.c (engine.kernels.cpu_native: AVX-512, AVX2 or scalar C,
+`linear_mxfp4` runs the native kernels of cpu_native.c (engine.kernels.cpu_native: AVX-512, AVX2 or scalar C,
 built on first use): for up to MATVEC_MAX_TOKENS tokens the decode fused into the dot products (a pass over the
 packed bytes per 4 tokens), for more a tile of rows decoded to fp32 at a time then multiplied with all of the
 expert's tokens. Without a C compiler, torch decodes the tiles (`engine.weights.mxfp4.decode_rows`, several times

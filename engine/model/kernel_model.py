@@ -1,8 +1,8 @@
 """The fast path: the reference model with its hot paths swapped for the kernels in engine.kernels.
 
-Same config, weights loader, embedding, attention projections and cache protocol as `reference.py`; the MoE keeps
-its experts packed in MXFP4 (never a dense copy) and runs `router_topk` + `moe_mxfp4`, and the norms run the fused
-`rms_norm`. Attention already goes through the paged cache, whose ops dispatch to Triton on CUDA. Each op runs its
+Same config, weights loader, embedding and cache protocol as `reference.py`; the MoE keeps its experts packed in
+MXFP4 (never a dense copy) and runs `router_topk` + `moe_mxfp4`, the norms run the fused `rms_norm`, and the
+linear layers (attention projections, router, unembedding) `kernels.linear`. Attention already goes through the paged cache, whose ops dispatch to Triton on CUDA. Each op runs its
 Triton kernel on CUDA (or anywhere with GPTOSS_FORCE_TRITON=1) and its torch ref otherwise.
 """
 
@@ -14,6 +14,18 @@ from engine.model.config import GptOssConfig
 from engine.model.reference import RMSNorm, Transformer
 
 
+class KernelLinear(nn.Linear):
+    """nn.Linear through kernels.linear (on CPU, the native kernel for a few tokens of bf16)."""
+
+    def forward(self, x):
+        return kernels.linear(x, self.weight, self.bias)
+
+
+def kernel_linear(linear: nn.Linear) -> KernelLinear:
+    """A KernelLinear of `linear`'s shape (built on the current device: meta while a model is assembled)."""
+    return KernelLinear(linear.in_features, linear.out_features, bias=linear.bias is not None)
+
+
 class KernelMoE(nn.Module):
     """Router top-k + MoE over packed MXFP4 experts (E experts, D hidden, I intermediate)."""
 
@@ -21,7 +33,7 @@ class KernelMoE(nn.Module):
         super().__init__()
         E, D, I = config.num_experts, config.hidden_size, config.intermediate_size
         self.top_k, self.limit = config.experts_per_token, config.swiglu_limit
-        self.router = nn.Linear(D, E)
+        self.router = KernelLinear(D, E)
         self.add_packed_experts(E, D, I)
 
     def add_packed_experts(self, E: int, D: int, I: int) -> None:  # noqa: E741 - the spec's name
@@ -53,11 +65,14 @@ def build_kernel_model(config: GptOssConfig, weights: dict[str, torch.Tensor]) -
 
 
 def use_kernels(model: Transformer) -> Transformer:
-    """Swap the MoE layers and norms of a (meta) model for their kernel versions, in place."""
+    """Swap the MoE layers, norms and linear layers of a (meta) model for their kernel versions, in place."""
     config = model.config
     for block in model.layers:
+        for name in ("q", "k", "v", "o"):
+            setattr(block.attn, name, kernel_linear(getattr(block.attn, name)))
         block.mlp = KernelMoE(config)
         block.attn_norm = KernelRMSNorm(config.hidden_size, config.rms_norm_eps)
         block.mlp_norm = KernelRMSNorm(config.hidden_size, config.rms_norm_eps)
     model.norm = KernelRMSNorm(config.hidden_size, config.rms_norm_eps)
+    model.unembed = kernel_linear(model.unembed)
     return model

@@ -47,7 +47,7 @@ def dequantize_mxfp4(
 
 def decode_rows(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The decode itself, on rows: blocks [R, G, 16], scales [R, G] uint8  ->  [R, G * 32] dtype (the CPU MoE
-    runs the native kernels of engine/kernels/mxfp4_cpu.c instead where they build; they match this bit for bit).
+    runs the native kernels of engine/kernels/cpu_native.c instead where they build; they match this bit for bit).
     A value times its scale is exact in fp32 and, having at most 2 significant bits, stays exact cast to bf16."""
     R, G = scales.shape
     # int64 indices: torch's CPU gather runs several times faster with them than with int32 ones

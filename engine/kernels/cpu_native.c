@@ -1,4 +1,6 @@
-/* MXFP4 expert matrices on CPU: the decode and the decode fused into dot products, for engine/kernels/moe_cpu.py.
+/* CPU kernels for the engine's CPU path: MXFP4 expert matrices (the decode, and the decode fused into dot products,
+ * for engine/kernels/moe_cpu.py) and bf16 matrices times a few tokens (engine.kernels.linear: the attention
+ * projections and the unembedding at decode).
  *
  * Built and loaded by engine/kernels/cpu_native.py (the system C compiler, ctypes; no torch headers). One scale
  * group of a row is 16 packed bytes: byte j holds element 2j in its low nibble and 2j+1 in its high one. Both
@@ -7,6 +9,8 @@
  *
  *   decode : W rows [r0, r1) -> fp32 or bf16, split order             (then a GEMM with all of an expert's tokens)
  *   matvec : out[t, r] = sum_k xs[t, k] * W[r, k] for a few tokens    (the weights never written out as floats)
+ *   bf16mv : out[t, r] = sum_k x[t, k] * W[r, k], W and x bf16 in natural order, fp32 sums (AVX512-BF16's dot
+ *            product of pairs where the CPU has it, else each value widened exactly to fp32)
  *
  * Values are exact: an E2M1 value times a power of two has at most 2 significant bits, so the fp32 product is
  * exact and its top 16 bits are the bf16 value. The vector paths (AVX-512, AVX2+FMA) are chosen at run time; the
@@ -14,6 +18,7 @@
  */
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -36,9 +41,11 @@ typedef struct {
     const uint8_t *blocks, *scales; /* [R, G, 16], [R, G] */
     int64_t G, r0, r1;
     void *out;          /* decode: [R, G * 32] fp32 or bf16; matvec: [n, R] fp32 */
-    const float *xs;    /* matvec: [n, G * 32] fp32, split order */
+    const float *xs;    /* matvec: [n, G * 32] fp32, split order; bf16mv: [n, K] fp32 */
     int64_t n, R;
     int bf16;
+    const uint16_t *w;  /* bf16mv: [R, K] bf16 (K is G here) */
+    const uint16_t *xb; /* bf16mv: [n, K] bf16 (xs holds it widened for the paths without AVX512-BF16) */
 } job_t;
 
 /* ---- scalar ---- */
@@ -82,6 +89,26 @@ static void matvec_scalar(const job_t *j) {
             }
         }
         for (int64_t t = 0; t < j->n; t++) ((float *)j->out)[t * j->R + r] = acc[t];
+    }
+}
+
+static inline float widen(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static void bf16mv_scalar(const job_t *j) {
+    int64_t K = j->G;
+    for (int64_t r = j->r0; r < j->r1; r++) {
+        const uint16_t *w = j->w + r * K;
+        for (int64_t t = 0; t < j->n; t++) {
+            const float *x = j->xs + t * K;
+            float s = 0.0f;
+            for (int64_t k = 0; k < K; k++) s += widen(w[k]) * x[k];
+            ((float *)j->out)[t * j->R + r] = s;
+        }
     }
 }
 
@@ -162,6 +189,38 @@ __attribute__((target("avx2,fma"))) static void matvec_avx2(const job_t *j) { /*
     }
 }
 
+__attribute__((target("avx2,fma"), always_inline)) static inline void bf16mv_avx2_n(const job_t *j, const int n) {
+    int64_t K = j->G;
+    for (int64_t r = j->r0; r < j->r1; r++) {
+        const uint16_t *w = j->w + r * K;
+        __m256 acc[MAX_TOKENS][2];
+        for (int t = 0; t < n; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+        int64_t k = 0;
+        for (; k + 16 <= K; k += 16) {
+            __m256 w0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + k))), 16));
+            __m256 w1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + k + 8))), 16));
+            for (int t = 0; t < n; t++) {
+                acc[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(j->xs + t * K + k), acc[t][0]);
+                acc[t][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(j->xs + t * K + k + 8), acc[t][1]);
+            }
+        }
+        for (int t = 0; t < n; t++) {
+            float s = hsum_avx2(_mm256_add_ps(acc[t][0], acc[t][1]));
+            for (int64_t i = k; i < K; i++) s += widen(w[i]) * j->xs[t * K + i];
+            ((float *)j->out)[t * j->R + r] = s;
+        }
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void bf16mv_avx2(const job_t *j) {
+    switch (j->n) {
+        case 1: bf16mv_avx2_n(j, 1); break;
+        case 2: bf16mv_avx2_n(j, 2); break;
+        case 3: bf16mv_avx2_n(j, 3); break;
+        default: bf16mv_avx2_n(j, 4); break;
+    }
+}
+
 /* ---- AVX-512: 16 lanes, the whole signed E2M1 table in one vpermps ---- */
 
 __attribute__((target("avx512f"))) static inline void group_avx512(const uint8_t *b, float f, __m512 v[2]) {
@@ -235,15 +294,94 @@ __attribute__((target("avx512f"))) static void matvec_avx512(const job_t *j) {
         default: matvec_avx512_n(j, 4); break;
     }
 }
+
+__attribute__((target("avx512f"))) static inline __m512 widen_avx512(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+__attribute__((target("avx512f"), always_inline)) static inline void bf16mv_avx512_n(const job_t *j, const int n) {
+    int64_t K = j->G;
+    for (int64_t r = j->r0; r < j->r1; r++) {
+        const uint16_t *w = j->w + r * K;
+        __m512 acc[MAX_TOKENS][2];
+        for (int t = 0; t < n; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+        int64_t k = 0;
+        for (; k + 32 <= K; k += 32) {
+            __m512 w0 = widen_avx512(w + k), w1 = widen_avx512(w + k + 16);
+            for (int t = 0; t < n; t++) {
+                acc[t][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(j->xs + t * K + k), acc[t][0]);
+                acc[t][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(j->xs + t * K + k + 16), acc[t][1]);
+            }
+        }
+        for (int t = 0; t < n; t++) {
+            float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
+            for (int64_t i = k; i < K; i++) s += widen(w[i]) * j->xs[t * K + i];
+            ((float *)j->out)[t * j->R + r] = s;
+        }
+    }
+}
+
+__attribute__((target("avx512f"))) static void bf16mv_avx512(const job_t *j) {
+    switch (j->n) {
+        case 1: bf16mv_avx512_n(j, 1); break;
+        case 2: bf16mv_avx512_n(j, 2); break;
+        case 3: bf16mv_avx512_n(j, 3); break;
+        default: bf16mv_avx512_n(j, 4); break;
+    }
+}
+
+/* AVX512-BF16: 32 weights and 32 inputs per vdpbf16ps (pairs multiplied and summed into fp32 lanes); two rows at a
+   time share the loads of x, and each keeps two chains */
+__attribute__((target("avx512f,avx512bf16"), always_inline)) static inline void bf16dp_n(const job_t *j, const int n) {
+    int64_t K = j->G, body = K / 64 * 64;
+    for (int64_t r = j->r0; r < j->r1; r += 2) {
+        int two = r + 1 < j->r1;
+        const uint16_t *w0 = j->w + r * K, *w1 = two ? w0 + K : w0;
+        __m512 acc[MAX_TOKENS][4];
+        for (int t = 0; t < n; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = _mm512_setzero_ps();
+        for (int64_t k = 0; k < body; k += 64) {
+            __m512bh a0 = (__m512bh)_mm512_loadu_si512(w0 + k), a1 = (__m512bh)_mm512_loadu_si512(w0 + k + 32);
+            __m512bh b0 = (__m512bh)_mm512_loadu_si512(w1 + k), b1 = (__m512bh)_mm512_loadu_si512(w1 + k + 32);
+            for (int t = 0; t < n; t++) {
+                const uint16_t *x = j->xb + t * K + k;
+                __m512bh x0 = (__m512bh)_mm512_loadu_si512(x), x1 = (__m512bh)_mm512_loadu_si512(x + 32);
+                acc[t][0] = _mm512_dpbf16_ps(acc[t][0], a0, x0);
+                acc[t][1] = _mm512_dpbf16_ps(acc[t][1], a1, x1);
+                acc[t][2] = _mm512_dpbf16_ps(acc[t][2], b0, x0);
+                acc[t][3] = _mm512_dpbf16_ps(acc[t][3], b1, x1);
+            }
+        }
+        for (int t = 0; t < n; t++) {
+            float s0 = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
+            float s1 = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][2], acc[t][3]));
+            for (int64_t i = body; i < K; i++) {
+                s0 += widen(w0[i]) * widen(j->xb[t * K + i]);
+                s1 += widen(w1[i]) * widen(j->xb[t * K + i]);
+            }
+            ((float *)j->out)[t * j->R + r] = s0;
+            if (two) ((float *)j->out)[t * j->R + r + 1] = s1;
+        }
+    }
+}
+
+__attribute__((target("avx512f,avx512bf16"))) static void bf16mv_avx512bf16(const job_t *j) {
+    switch (j->n) {
+        case 1: bf16dp_n(j, 1); break;
+        case 2: bf16dp_n(j, 2); break;
+        case 3: bf16dp_n(j, 3); break;
+        default: bf16dp_n(j, 4); break;
+    }
+}
 #endif
 
 /* ---- dispatch and threads ---- */
 
 typedef void (*kernel_t)(const job_t *);
 
-static int isa(void) { /* 2: AVX-512, 1: AVX2+FMA, 0: scalar */
+static int isa(void) { /* 3: AVX-512 with BF16, 2: AVX-512, 1: AVX2+FMA, 0: scalar */
 #ifdef GPTOSS_X86
     __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16")) return 3;
     if (__builtin_cpu_supports("avx512f")) return 2;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
 #endif
@@ -252,14 +390,21 @@ static int isa(void) { /* 2: AVX-512, 1: AVX2+FMA, 0: scalar */
 
 static int forced_isa = -1; /* set by gptoss_mxfp4_set_isa (tests run every path); -1: the best this CPU has */
 
-static kernel_t pick(int matvec) {
+enum { DECODE, MATVEC, BF16MV };
+
+static kernel_t pick(int kind) {
+    static const kernel_t scalar[] = {decode_scalar, matvec_scalar, bf16mv_scalar};
     int level = forced_isa >= 0 ? forced_isa : isa();
 #ifdef GPTOSS_X86
-    if (level >= 2) return matvec ? matvec_avx512 : decode_avx512;
-    if (level == 1) return matvec ? matvec_avx2 : decode_avx2;
+    static const kernel_t avx2[] = {decode_avx2, matvec_avx2, bf16mv_avx2};
+    static const kernel_t avx512[] = {decode_avx512, matvec_avx512, bf16mv_avx512};
+    static const kernel_t avx512bf16[] = {decode_avx512, matvec_avx512, bf16mv_avx512bf16};
+    if (level >= 3) return avx512bf16[kind];
+    if (level == 2) return avx512[kind];
+    if (level == 1) return avx2[kind];
 #endif
     (void)level;
-    return matvec ? matvec_scalar : decode_scalar;
+    return scalar[kind];
 }
 
 typedef struct {
@@ -314,15 +459,30 @@ int gptoss_mxfp4_set_isa(int level) { /* -1: back to the best; returns the level
 
 void gptoss_mxfp4_decode(const uint8_t *blocks, const uint8_t *scales, int64_t R, int64_t G, void *out, int bf16,
                          int threads) {
-    job_t job = {blocks, scales, G, 0, R, out, NULL, 0, R, bf16};
-    run(pick(0), job, threads);
+    job_t job = {blocks, scales, G, 0, R, out, NULL, 0, R, bf16, NULL, NULL};
+    run(pick(DECODE), job, threads);
 }
 
 int gptoss_mxfp4_matvec(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
                         int64_t G, float *out, int threads) {
     if (n < 1 || n > MAX_TOKENS) return -1;
-    job_t job = {blocks, scales, G, 0, R, out, xs, n, R, 0};
-    run(pick(1), job, threads);
+    job_t job = {blocks, scales, G, 0, R, out, xs, n, R, 0, NULL, NULL};
+    run(pick(MATVEC), job, threads);
+    return 0;
+}
+
+int gptoss_bf16_matvec(const uint16_t *xb, int64_t n, const uint16_t *w, int64_t R, int64_t K, float *out,
+                       int threads) {
+    if (n < 1 || n > MAX_TOKENS) return -1;
+    float *xs = NULL;
+    if (gptoss_mxfp4_isa() < 3) { /* the widening paths read x as fp32 */
+        xs = malloc((size_t)(n * K) * sizeof(float));
+        if (xs == NULL) return -2;
+        for (int64_t i = 0; i < n * K; i++) xs[i] = widen(xb[i]);
+    }
+    job_t job = {NULL, NULL, K, 0, R, out, xs, n, R, 0, w, xb};
+    run(pick(BF16MV), job, threads);
+    free(xs);
     return 0;
 }
 

@@ -1,0 +1,134 @@
+"""The native CPU kernels (engine/kernels/cpu_native.c) on every instruction set this CPU has: the MXFP4 decode bit
+for bit against engine.weights.mxfp4.decode_rows, the fused decode-and-dot and the bf16 linear against torch, the
+build, its cache and the fallback without a compiler."""
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import kernels
+from engine.kernels import cpu_native
+from engine.kernels.moe import moe_mxfp4_ref
+from engine.kernels.moe_cpu import moe_mxfp4_cpu
+from engine.weights.mxfp4 import decode_rows
+
+from ._util import DTYPES, assert_close
+from .test_moe import _args
+
+
+@pytest.fixture(params=sorted(cpu_native.ISA_NAMES), ids=cpu_native.ISA_NAMES.get)
+def isa(request):
+    """Each of the native kernels' code paths this CPU can run (the best one is what the engine uses)."""
+    lib = cpu_native.library()
+    assert lib is not None, "the native kernels did not build (is there a C compiler?)"
+    if lib.gptoss_mxfp4_set_isa(request.param) < 0:
+        pytest.skip(f"this CPU has no {cpu_native.ISA_NAMES[request.param]}")
+    yield lib
+    lib.gptoss_mxfp4_set_isa(-1)
+
+
+def _every_byte_and_scale() -> tuple[torch.Tensor, torch.Tensor]:
+    """256 rows, row r: scale byte r, the 16 packed bytes running through all 256 values across the row's groups."""
+    blocks = torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16).expand(256, 16, 16).contiguous()
+    blocks = blocks.roll(1, dims=0)  # rows differ in bytes as well as scales
+    scales = torch.arange(256, dtype=torch.uint8)[:, None].expand(256, 16).contiguous()
+    return blocks, scales
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_native_decode_is_exact(isa, dtype):
+    """Every byte value under every scale byte (2**-127 .. 2**128): the same bits as decode_rows, in split order."""
+    blocks, scales = _every_byte_and_scale()
+    scales = scales.clone()
+    scales[255] = 254  # 255 is NaN in e8m0; decode_rows makes it inf, which nothing should rely on
+    expected = cpu_native.split_order(decode_rows(blocks, scales, dtype).float()).to(dtype)
+    got = cpu_native.decode(isa, blocks, scales, dtype)
+    assert torch.equal(got.view(torch.int16) if dtype == torch.bfloat16 else got.view(torch.int32),
+                       expected.view(torch.int16) if dtype == torch.bfloat16 else expected.view(torch.int32))
+    buffer = torch.empty(300, 512, dtype=dtype)
+    assert torch.equal(cpu_native.decode(isa, blocks[:7], scales[:7], dtype, buffer[:7]), expected[:7])
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 9])
+def test_native_matvec(isa, tokens):
+    """x @ W.T with the decode fused in, any token count (4 per pass), odd group counts (the AVX-512 pair loop's
+    tail), many rows (split between threads)."""
+    gen = torch.Generator().manual_seed(tokens)
+    blocks = torch.randint(0, 256, (203, 7, 16), dtype=torch.uint8, generator=gen)
+    scales = torch.randint(120, 130, (203, 7), dtype=torch.uint8, generator=gen)
+    x = torch.randn(tokens, 7 * 32, generator=gen)
+    expected = x.double() @ decode_rows(blocks, scales, torch.float32).double().T
+    got = cpu_native.matvec(isa, cpu_native.split_order(x), blocks, scales)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(203, 7 * 32), (37, 100), (5, 64 * 3 + 31)])  # K: pairs loop, tails of all sizes
+@pytest.mark.parametrize("tokens", [1, 2, 4, 5])
+def test_linear_bf16(isa, shape, tokens):
+    """bf16 x @ W.T + b summed in fp32 (the bf16 result within one bf16 rounding of the fp64 product); through
+    kernels.linear the same for up to LINEAR_MAX_TOKENS rows, F.linear's beyond."""
+    gen = torch.Generator().manual_seed(tokens)
+    weight = torch.randn(shape, generator=gen).to(torch.bfloat16)
+    bias = torch.randn(shape[0], generator=gen).to(torch.bfloat16)
+    x = torch.randn(tokens, shape[1], generator=gen).to(torch.bfloat16)
+    expected = (x.double() @ weight.double().T + bias.double())
+    got = cpu_native.linear_bf16(isa, x, weight, bias)
+    assert got.dtype == torch.bfloat16 and got.shape == (tokens, shape[0])
+    torch.testing.assert_close(got.double(), expected, rtol=1e-2, atol=1e-2)
+    via = kernels.linear(x, weight, bias)
+    if tokens <= kernels.LINEAR_MAX_TOKENS:
+        assert torch.equal(via, got)
+    else:
+        assert torch.equal(via, F.linear(x, weight, bias))
+    assert torch.equal(cpu_native.linear_bf16(isa, x[None], weight, None)[0], cpu_native.linear_bf16(isa, x, weight,
+                                                                                                     None))
+
+
+def test_native_rejects_mismatched_shapes():
+    lib = cpu_native.library()
+    blocks, scales = torch.zeros(4, 2, 16, dtype=torch.uint8), torch.zeros(4, 3, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="do not match"):
+        cpu_native.decode(lib, blocks, scales, torch.float32)
+    with pytest.raises(ValueError, match="columns"):
+        cpu_native.matvec(lib, torch.zeros(1, 32), blocks, torch.zeros(4, 2, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="contiguous uint8"):
+        cpu_native.decode(lib, blocks.transpose(0, 1), scales, torch.float32)
+    with pytest.raises(ValueError, match="bf16"):
+        cpu_native.linear_bf16(lib, torch.zeros(1, 8), torch.zeros(4, 8, dtype=torch.bfloat16), None)
+
+
+def test_no_compiler_falls_back_with_one_warning(tmp_path, monkeypatch, caplog):
+    """No C compiler (or GPTOSS_CPU_NATIVE=0): library() is None, said once, and the MoE still matches the ref."""
+    monkeypatch.setenv("GPTOSS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    cpu_native.library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger=cpu_native.__name__):
+            assert cpu_native.library() is None
+            assert cpu_native.library() is None
+        assert len([r for r in caplog.records if "cannot be built" in r.getMessage()]) == 1
+        args = _args("one-token", torch.float32, "cpu")
+        assert_close(moe_mxfp4_cpu(*args), moe_mxfp4_ref(*args), fp32_tol=1e-5)
+        monkeypatch.delenv("CC")
+        monkeypatch.setenv(cpu_native.ENV_SWITCH, "0")
+        cpu_native.library.cache_clear()
+        assert cpu_native.library() is None
+    finally:
+        cpu_native.library.cache_clear()
+
+
+def test_built_in_the_cache_once(tmp_path, monkeypatch):
+    """Built under $GPTOSS_CACHE_DIR/native, then loaded from there (no second build)."""
+    monkeypatch.setenv("GPTOSS_CACHE_DIR", str(tmp_path))
+    cpu_native.library.cache_clear()
+    try:
+        assert cpu_native.library() is not None
+        built = list((tmp_path / "native").glob("*.so"))
+        assert len(built) == 1 and not list((tmp_path / "native").glob("tmp*"))
+        monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))  # a rebuild would now fail
+        cpu_native.library.cache_clear()
+        assert cpu_native.library() is not None
+    finally:
+        cpu_native.library.cache_clear()
