@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine import kernels
 from engine.sampling_params import SamplingParams
 
 # B = batch rows, V = vocab, N = top-n logprobs, K = (row, token) pairs of a sparse per-row token set
@@ -214,14 +215,18 @@ class Sampler:
     """Stateless: all per-request state (histories, generators) arrives in the SamplingBatch."""
 
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
-        # logits: [B, V] float32, the model's raw output for each row's next token; edited in place when no row
-        # asks for logprobs (the caller does not read them afterwards). Each pass over [B, V] costs
-        # about as much as the unembedding at small hidden sizes, so stages nobody asked for are skipped.
-        raw = logits.float()
+        # logits: [B, V] in the model's dtype, its raw output for each row's next token; taken to fp32 for the
+        # sampling math and edited in place when no row asks for logprobs (the caller does not read them
+        # afterwards). Each pass over [B, V] costs about as much as the unembedding at small hidden sizes, so stages
+        # nobody asked for are skipped: greedy rows with nothing to edit or report take the argmax of the raw values
+        # as they are (bf16 -> fp32 is exact, so the same token), without the conversion pass.
         edits = len(batch.bias_rows) or len(batch.ban_rows) or batch.needs_frequency or batch.needs_repetition
+        changed = edits or batch.bitmask is not None
+        if batch.all_greedy and not changed and not batch.any_logprobs:
+            return _without_logprobs(kernels.argmax(logits))
+        raw = logits.float()
         # `raw` stays the model's distribution for the logprobs; without them the edits go in place (a [B, V] copy
         # at 256 rows costs about half the stand-in step's sampling time)
-        changed = edits or batch.bitmask is not None
         logits = raw.clone() if changed and batch.any_logprobs else raw
         if batch.bitmask is not None:
             apply_bitmask(logits, batch.bitmask, batch.bitmask_rows)
@@ -229,8 +234,7 @@ class Sampler:
             logits = apply_penalties(apply_bans(logits, batch), batch)
         token_ids = self._choose(logits, batch)
         if not batch.any_logprobs:  # rows without logprobs never read them (engine.model_runner.sampled_entries)
-            empty = torch.empty(len(token_ids), 0, device=raw.device)
-            return SamplerOutput(token_ids, torch.zeros(len(token_ids), device=raw.device), empty.long(), empty)
+            return _without_logprobs(token_ids)
         raw_logprobs = torch.log_softmax(raw, dim=-1)  # [B, V]
         topn_logprobs, topn_ids = raw_logprobs.topk(batch.num_logprobs, dim=-1)  # [B, N]
         return SamplerOutput(
@@ -242,11 +246,17 @@ class Sampler:
 
     def _choose(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         if batch.all_greedy:
-            return logits.argmax(dim=-1)
+            return kernels.argmax(logits)
         sampled = sample(apply_filters(logits / batch.temperature[:, None], batch), batch)
         if not batch.any_greedy:
             return sampled
-        return torch.where(batch.greedy, logits.argmax(dim=-1), sampled)
+        return torch.where(batch.greedy, kernels.argmax(logits), sampled)
+
+
+def _without_logprobs(token_ids: torch.Tensor) -> SamplerOutput:
+    """Rows without logprobs never read them (engine.model_runner.sampled_entries): empty placeholders."""
+    empty = torch.empty(len(token_ids), 0, device=token_ids.device)
+    return SamplerOutput(token_ids, torch.zeros(len(token_ids), device=token_ids.device), empty.long(), empty)
 
 
 def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:

@@ -230,7 +230,7 @@ class Worker:
             self.last_sampled = None
             return SampledRows([], None, [])
         logits = self.model.unembed(hidden[inputs.logits_indices])  # None off the sampling rank (tensor parallel)
-        rows = self._sample(logits.float(), inputs.sampled) if logits is not None else None
+        rows = self._sample(logits, inputs.sampled) if logits is not None else None
         if self.keep_sampled:
             self._keep(None if rows is None else rows.output.token_ids, inputs.sampled)
         return rows
@@ -261,7 +261,7 @@ class Worker:
                                     self.vocab_size, params.max_reasoning_tokens, new.stop_ids)
 
     def _sample(self, logits: torch.Tensor, request_ids: list[str]) -> "SampledRows":
-        """logits [S, V] float32 -> the sampled tokens (with their logprobs); appended to the token history of the
+        """logits [S, V] (the model's dtype) -> the sampled tokens (with their logprobs); appended to the token history of the
         requests that read it (penalties, min_tokens)."""
         states = [self.sampling[rid] for rid in request_ids]
         key = tuple(request_ids)

@@ -11,6 +11,7 @@
  *   matvec : out[t, r] = sum_k xs[t, k] * W[r, k] for a few tokens    (the weights never written out as floats)
  *   bf16mv : out[t, r] = sum_k x[t, k] * W[r, k], W and x bf16 in natural order, fp32 sums (AVX512-BF16's dot
  *            product of pairs where the CPU has it, else each value widened exactly to fp32)
+ *   argmax : the first index of each row's largest value (fp32 or bf16 rows; NaN counts as largest, as in torch)
  *
  * Values are exact: an E2M1 value times a power of two has at most 2 significant bits, so the fp32 product is
  * exact and its top 16 bits are the bf16 value. The vector paths (AVX-512, AVX2+FMA) are chosen at run time; the
@@ -110,6 +111,27 @@ static void bf16mv_scalar(const job_t *j) {
             ((float *)j->out)[t * j->R + r] = s;
         }
     }
+}
+
+static void argmax_row_scalar(const job_t *j, int64_t r) {
+    int64_t V = j->G, best = 0;
+    float top = -__builtin_inff();
+    for (int64_t i = 0; i < V; i++) {
+        float v = j->xb ? widen(j->xb[r * V + i]) : j->xs[r * V + i];
+        if (v != v) { /* NaN: torch's argmax returns the first one */
+            best = i;
+            break;
+        }
+        if (v > top || i == 0) {
+            top = v;
+            best = i;
+        }
+    }
+    ((int64_t *)j->out)[r] = best;
+}
+
+static void argmax_scalar(const job_t *j) {
+    for (int64_t r = j->r0; r < j->r1; r++) argmax_row_scalar(j, r);
 }
 
 #ifdef GPTOSS_X86
@@ -372,6 +394,57 @@ __attribute__((target("avx512f,avx512bf16"))) static void bf16mv_avx512bf16(cons
         default: bf16dp_n(j, 4); break;
     }
 }
+
+/* per lane the first index of its largest value, then the lowest index among the lanes holding the row's largest;
+   a row with a NaN (the compare of a value with itself fails) goes to the scalar path */
+__attribute__((target("avx512f"))) static void argmax_avx512(const job_t *j) {
+    int64_t V = j->G;
+    const __m512i step = _mm512_set1_epi32(16);
+    for (int64_t r = j->r0; r < j->r1; r++) {
+        __m512 top = _mm512_set1_ps(-__builtin_inff());
+        __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), best = idx;
+        __mmask16 nan = 0;
+        int64_t i = 0;
+        for (; i + 16 <= V; i += 16) {
+            __m512 v = j->xb ? widen_avx512(j->xb + r * V + i) : _mm512_loadu_ps(j->xs + r * V + i);
+            nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+            __mmask16 up = _mm512_cmp_ps_mask(v, top, _CMP_GT_OQ);
+            top = _mm512_mask_mov_ps(top, up, v);
+            best = _mm512_mask_mov_epi32(best, up, idx);
+            idx = _mm512_add_epi32(idx, step);
+        }
+        if (nan || V < 16 || V > 0x7fffffff) {
+            argmax_row_scalar(j, r);
+            continue;
+        }
+        float lanes[16];
+        int32_t at[16];
+        _mm512_storeu_ps(lanes, top);
+        _mm512_storeu_si512(at, best);
+        float m = lanes[0];
+        int64_t pick = at[0];
+        for (int l = 1; l < 16; l++)
+            if (lanes[l] > m || (lanes[l] == m && at[l] < pick)) {
+                m = lanes[l];
+                pick = at[l];
+            }
+        for (; i < V; i++) { /* the tail comes after every lane's elements */
+            float v = j->xb ? widen(j->xb[r * V + i]) : j->xs[r * V + i];
+            if (v != v) {
+                pick = -1;
+                break;
+            }
+            if (v > m) {
+                m = v;
+                pick = i;
+            }
+        }
+        if (pick < 0)
+            argmax_row_scalar(j, r);
+        else
+            ((int64_t *)j->out)[r] = pick;
+    }
+}
 #endif
 
 /* ---- dispatch and threads ---- */
@@ -390,15 +463,15 @@ static int isa(void) { /* 3: AVX-512 with BF16, 2: AVX-512, 1: AVX2+FMA, 0: scal
 
 static int forced_isa = -1; /* set by gptoss_mxfp4_set_isa (tests run every path); -1: the best this CPU has */
 
-enum { DECODE, MATVEC, BF16MV };
+enum { DECODE, MATVEC, BF16MV, ARGMAX };
 
 static kernel_t pick(int kind) {
-    static const kernel_t scalar[] = {decode_scalar, matvec_scalar, bf16mv_scalar};
+    static const kernel_t scalar[] = {decode_scalar, matvec_scalar, bf16mv_scalar, argmax_scalar};
     int level = forced_isa >= 0 ? forced_isa : isa();
 #ifdef GPTOSS_X86
-    static const kernel_t avx2[] = {decode_avx2, matvec_avx2, bf16mv_avx2};
-    static const kernel_t avx512[] = {decode_avx512, matvec_avx512, bf16mv_avx512};
-    static const kernel_t avx512bf16[] = {decode_avx512, matvec_avx512, bf16mv_avx512bf16};
+    static const kernel_t avx2[] = {decode_avx2, matvec_avx2, bf16mv_avx2, argmax_scalar};
+    static const kernel_t avx512[] = {decode_avx512, matvec_avx512, bf16mv_avx512, argmax_avx512};
+    static const kernel_t avx512bf16[] = {decode_avx512, matvec_avx512, bf16mv_avx512bf16, argmax_avx512};
     if (level >= 3) return avx512bf16[kind];
     if (level == 2) return avx512[kind];
     if (level == 1) return avx2[kind];
@@ -420,10 +493,10 @@ static void *run_task(void *arg) {
 
 #define MAX_THREADS 64
 
-static void run(kernel_t fn, job_t job, int threads) {
+static void run(kernel_t fn, job_t job, int threads, int64_t min_rows) { /* min_rows: per thread, at least */
     int64_t rows = job.r1 - job.r0;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > rows / 16) threads = (int)(rows / 16); /* a thread's start-up is worth ~16 rows at least */
+    if (threads > rows / min_rows) threads = (int)(rows / min_rows); /* a thread's start-up is worth that much */
     if (threads < 2) {
         fn(&job);
         return;
@@ -460,14 +533,14 @@ int gptoss_mxfp4_set_isa(int level) { /* -1: back to the best; returns the level
 void gptoss_mxfp4_decode(const uint8_t *blocks, const uint8_t *scales, int64_t R, int64_t G, void *out, int bf16,
                          int threads) {
     job_t job = {blocks, scales, G, 0, R, out, NULL, 0, R, bf16, NULL, NULL};
-    run(pick(DECODE), job, threads);
+    run(pick(DECODE), job, threads, 16);
 }
 
 int gptoss_mxfp4_matvec(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
                         int64_t G, float *out, int threads) {
     if (n < 1 || n > MAX_TOKENS) return -1;
     job_t job = {blocks, scales, G, 0, R, out, xs, n, R, 0, NULL, NULL};
-    run(pick(MATVEC), job, threads);
+    run(pick(MATVEC), job, threads, 16);
     return 0;
 }
 
@@ -481,9 +554,14 @@ int gptoss_bf16_matvec(const uint16_t *xb, int64_t n, const uint16_t *w, int64_t
         for (int64_t i = 0; i < n * K; i++) xs[i] = widen(xb[i]);
     }
     job_t job = {NULL, NULL, K, 0, R, out, xs, n, R, 0, w, xb};
-    run(pick(BF16MV), job, threads);
+    run(pick(BF16MV), job, threads, 16);
     free(xs);
     return 0;
+}
+
+void gptoss_argmax(const void *rows, int bf16, int64_t n, int64_t V, int64_t *out, int threads) {
+    job_t job = {NULL, NULL, V, 0, n, out, bf16 ? NULL : rows, n, n, 0, NULL, bf16 ? rows : NULL};
+    run(pick(ARGMAX), job, threads, V >= 4096 ? 1 : 64);
 }
 
 int gptoss_mxfp4_max_tokens(void) { return MAX_TOKENS; }

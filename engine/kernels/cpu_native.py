@@ -13,6 +13,7 @@ instead of the kernel interleaving every weight:
     matvec(xs, blocks, scales)      xs [n, K] @ W.T in fp32, n <= MAX_TOKENS per call (the decode fused in)
     linear_bf16(x, weight, bias)    x [n, K] @ W.T + bias for a bf16 W [R, K] and a few tokens (read at the memory's
                                     speed: torch's bf16 GEMM reads a skinny product's weights at about half of it)
+    argmax(rows)                    each row's first largest index, fp32 or bf16 rows (torch's CPU argmax: ~10x slower)
 """
 
 import ctypes
@@ -59,6 +60,8 @@ def library() -> ctypes.CDLL | None:
     lib.gptoss_mxfp4_matvec.restype = _INT
     lib.gptoss_bf16_matvec.argtypes = [_P, _I64, _P, _I64, _I64, _P, _INT]
     lib.gptoss_bf16_matvec.restype = _INT
+    lib.gptoss_argmax.argtypes = [_P, _INT, _I64, _I64, _P, _INT]
+    lib.gptoss_argmax.restype = None
     lib.gptoss_mxfp4_set_isa.argtypes = [_INT]
     log.info("native CPU kernels: %s (%s)", ISA_NAMES[lib.gptoss_mxfp4_isa()], path)
     return lib
@@ -147,3 +150,14 @@ def linear_bf16(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: t
     if bias is not None:
         out += bias.float()
     return out.to(torch.bfloat16).reshape(*x.shape[:-1], rows)
+
+
+def argmax(lib: ctypes.CDLL, rows: torch.Tensor) -> torch.Tensor:
+    """rows [n, V] fp32 or bf16 -> [n] int64: torch.argmax(rows, -1) (the first of equal maxima; NaN is largest)."""
+    if rows.dtype not in (torch.float32, torch.bfloat16) or rows.dim() != 2:
+        raise ValueError(f"argmax takes 2-d fp32 or bf16 rows, not {rows.dtype} {tuple(rows.shape)}")
+    rows = rows.contiguous()
+    out = torch.empty(rows.shape[0], dtype=torch.int64)
+    lib.gptoss_argmax(rows.data_ptr(), int(rows.dtype == torch.bfloat16), rows.shape[0], rows.shape[1], out.data_ptr(),
+                      torch.get_num_threads())
+    return out
