@@ -6,7 +6,8 @@ Makes the checkpoint first when it is missing (`gptoss make-tiny-model DIR --lik
 random weights, 12.8 GiB in 4 GiB shards). Then, in this one process: the engine (experts packed in MXFP4, the
 weights the checkpoint's memory map) with a KV cache that holds --kv-tokens tokens of one sequence, its start-up
 memory report; a warm-up; then at batch 1 and 8 fresh --prompt-tokens prompts prefilled and --steps decode steps
-timed apart from the prefill; the process's peak RSS
+timed apart from the prefill, and --baseline-steps at batch 1 without the native CPU kernels (the same-run baseline:
+torch alone); the process's peak RSS
 (getrusage: every resident page it ever held, file pages of the map included). Writes bench/results/cpu_model.json.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from engine import LLM, SamplingParams
+from engine.kernels import cpu_native
 from engine.kv_cache_manager import KVCacheLayout, blocks_for_sequence
 from engine.memory import GiB, rss_bytes
 from engine.model.config import load_config
@@ -30,6 +32,11 @@ from engine.utils import resolve_dtype
 from engine.weights.tiny_model import FULL_SIZE, SHAPES, TinyModelSpec, make_tiny_model
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def native_isa() -> str | None:
+    lib = cpu_native.library()
+    return None if lib is None else cpu_native.ISA_NAMES[lib.gptoss_mxfp4_isa()]
 
 
 def kv_bytes_for(model: Path, tokens: int, dtype: str, max_chunk: int, block_size: int = 16) -> int:
@@ -68,6 +75,8 @@ def main() -> None:
     parser.add_argument("--kv-tokens", type=int, default=8192)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8, help="decode steps timed per batch size")
+    parser.add_argument("--baseline-steps", type=int, default=2,
+                        help="decode steps at batch 1 timed again without the native CPU kernels (torch alone); 0: skip")
     args = parser.parse_args()
     if not (args.model / "config.json").is_file():
         make_tiny_model(args.model, TinyModelSpec(**SHAPES["gpt-oss-20b"], **FULL_SIZE))
@@ -87,6 +96,17 @@ def main() -> None:
     for r in rates:
         print(f"batch {r['batch']}: {r['tokens_per_s']:.2f} output tok/s ({r['ms_per_step']:.0f} ms per decode step; "
               f"prefill of {r['batch']} x {args.prompt_tokens} tokens {r['prefill_s']:.1f} s)")
+    baseline = None
+    if args.baseline_steps:  # the same engine and weights, the native kernels switched off: the torch path
+        native = cpu_native.library
+        cpu_native.library = lambda: None
+        try:
+            baseline = decode_rate(llm, 1, args.prompt_tokens, args.baseline_steps, rng)
+        finally:
+            cpu_native.library = native
+        baseline["ratio"] = rates[0]["tokens_per_s"] / baseline["tokens_per_s"]
+        print(f"baseline, batch 1 without the native kernels: {baseline['tokens_per_s']:.3f} tok/s "
+              f"({baseline['ms_per_step']:.0f} ms per step); native {baseline['ratio']:.1f}x")
     rss, peak = rss_bytes()
     print(f"peak RSS {peak / GiB:.2f} GiB (now {rss / GiB:.2f} GiB); target <= 16 GiB")
     llm.engine.shutdown()
@@ -97,7 +117,8 @@ def main() -> None:
         "load_average_1min": [load_before, os.getloadavg()[0]],
         "model": str(args.model), "config": json.loads((args.model / "config.json").read_text()),
         "checkpoint_bytes": files, "dtype": args.dtype, "kv_tokens_asked": args.kv_tokens,
-        "load_s": load_s, "memory_report": memory.__dict__, "decode": rates,
+        "load_s": load_s, "memory_report": memory.__dict__, "decode": rates, "native_kernels": native_isa(),
+        "baseline_without_native": baseline,
         "peak_rss_bytes": peak, "peak_rss_gib": peak / GiB, "target_gib": 16,
     }
     RESULTS.mkdir(exist_ok=True)

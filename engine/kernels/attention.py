@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from . import cpu_native
 from ._triton import INTERPRET, bf16_dots, next_pow2, tl, triton
 from .launch import Launch, multiprocessors, run
 
@@ -122,16 +123,23 @@ def paged_attention_cpu(
     sliding_window: int | None,
     scale: float,
 ) -> torch.Tensor:
-    """The torch path used on CPU (same signature and math as the ref): the decode sequences (one query each) in one
-    batched call and the prefill chunks in another, each padded to its longest, through torch's CPU flash attention
+    """The path used on CPU (same signature and math as the ref): the decode sequences (one query each) in one call of
+    the native kernel (cpu_native.decode_attention: no padding, no Python per sequence) or, without it, batched like
+    the prefill chunks, which go in another call, each padded to its longest, through torch's CPU flash attention
     (no [queries, keys] score matrix is ever made, so an 8k-token prefill needs no gigabytes of scores). The sink
     joins the softmax denominator through the logsumexp: out * sigmoid(lse - sink) = sum_n p_n v_n with
     p_n = exp(s_n) / (sum_m exp(s_m) + exp(sink))."""
     out = torch.empty_like(q)
     q_lens = query_start_loc[1:] - query_start_loc[:-1]
-    for kind in (q_lens == 1, q_lens > 1):  # two kinds of sequence, each one batched call
+    lib = cpu_native.library() if q.device.type == "cpu" else None
+    for decode, kind in ((True, q_lens == 1), (False, q_lens > 1)):  # two kinds of sequence, each one batched call
         seqs = kind.nonzero().squeeze(-1)
-        if seqs.numel():
+        if not seqs.numel():
+            continue
+        if decode and lib is not None and q.is_contiguous() and kv_cache.is_contiguous():
+            cpu_native.decode_attention(lib, out, q, kv_cache, block_table[seqs], seq_lens[seqs],
+                                        query_start_loc[seqs], sinks, sliding_window, scale)
+        else:
             _attend_padded(out, q, kv_cache, block_table[seqs], seq_lens[seqs].long(), query_start_loc[seqs].long(),
                            q_lens[seqs].long(), sinks, sliding_window, scale)
     return out

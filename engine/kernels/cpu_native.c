@@ -12,6 +12,8 @@
  *   bf16mv : out[t, r] = sum_k x[t, k] * W[r, k], W and x bf16 in natural order, fp32 sums (AVX512-BF16's dot
  *            product of pairs where the CPU has it, else each value widened exactly to fp32)
  *   argmax : the first index of each row's largest value (fp32 or bf16 rows; NaN counts as largest, as in torch)
+ *   decode attention : one query per sequence over the paged KV cache, the sink in the softmax's denominator,
+ *            sliding window, grouped query heads; per (sequence, KV head): scores, then the weighted sum of values
  *
  * Values are exact: an E2M1 value times a power of two has at most 2 significant bits, so the fp32 product is
  * exact and its top 16 bits are the bf16 value. The vector paths (AVX-512, AVX2+FMA) are chosen at run time; the
@@ -19,6 +21,7 @@
  */
 #include <pthread.h>
 #include <stdint.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -47,6 +50,7 @@ typedef struct {
     int bf16;
     const uint16_t *w;  /* bf16mv: [R, K] bf16 (K is G here) */
     const uint16_t *xb; /* bf16mv: [n, K] bf16 (xs holds it widened for the paths without AVX512-BF16) */
+    const uint16_t *bias; /* bf16mv: [R] bf16 or NULL; out is bf16 when bf16 is set, else fp32 */
 } job_t;
 
 /* ---- scalar ---- */
@@ -100,6 +104,21 @@ static inline float widen(uint16_t h) {
     return f;
 }
 
+static inline uint16_t round_bf16(float f) { /* round to nearest even, as torch's fp32 -> bf16 */
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40); /* NaN stays NaN */
+    return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1)) >> 16);
+}
+
+static inline void put_linear(const job_t *j, int64_t t, int64_t r, float s) { /* bf16mv: + bias, then store */
+    if (j->bias) s += widen(j->bias[r]);
+    if (j->bf16)
+        ((uint16_t *)j->out)[t * j->R + r] = round_bf16(s);
+    else
+        ((float *)j->out)[t * j->R + r] = s;
+}
+
 static void bf16mv_scalar(const job_t *j) {
     int64_t K = j->G;
     for (int64_t r = j->r0; r < j->r1; r++) {
@@ -108,7 +127,7 @@ static void bf16mv_scalar(const job_t *j) {
             const float *x = j->xs + t * K;
             float s = 0.0f;
             for (int64_t k = 0; k < K; k++) s += widen(w[k]) * x[k];
-            ((float *)j->out)[t * j->R + r] = s;
+            put_linear(j, t, r, s);
         }
     }
 }
@@ -229,7 +248,7 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void bf16mv_avx
         for (int t = 0; t < n; t++) {
             float s = hsum_avx2(_mm256_add_ps(acc[t][0], acc[t][1]));
             for (int64_t i = k; i < K; i++) s += widen(w[i]) * j->xs[t * K + i];
-            ((float *)j->out)[t * j->R + r] = s;
+            put_linear(j, t, r, s);
         }
     }
 }
@@ -338,7 +357,7 @@ __attribute__((target("avx512f"), always_inline)) static inline void bf16mv_avx5
         for (int t = 0; t < n; t++) {
             float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
             for (int64_t i = k; i < K; i++) s += widen(w[i]) * j->xs[t * K + i];
-            ((float *)j->out)[t * j->R + r] = s;
+            put_linear(j, t, r, s);
         }
     }
 }
@@ -380,8 +399,8 @@ __attribute__((target("avx512f,avx512bf16"), always_inline)) static inline void 
                 s0 += widen(w0[i]) * widen(j->xb[t * K + i]);
                 s1 += widen(w1[i]) * widen(j->xb[t * K + i]);
             }
-            ((float *)j->out)[t * j->R + r] = s0;
-            if (two) ((float *)j->out)[t * j->R + r + 1] = s1;
+            put_linear(j, t, r, s0);
+            if (two) put_linear(j, t, r + 1, s1);
         }
     }
 }
@@ -532,20 +551,20 @@ int gptoss_mxfp4_set_isa(int level) { /* -1: back to the best; returns the level
 
 void gptoss_mxfp4_decode(const uint8_t *blocks, const uint8_t *scales, int64_t R, int64_t G, void *out, int bf16,
                          int threads) {
-    job_t job = {blocks, scales, G, 0, R, out, NULL, 0, R, bf16, NULL, NULL};
+    job_t job = {blocks, scales, G, 0, R, out, NULL, 0, R, bf16, NULL, NULL, NULL};
     run(pick(DECODE), job, threads, 16);
 }
 
 int gptoss_mxfp4_matvec(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
                         int64_t G, float *out, int threads) {
     if (n < 1 || n > MAX_TOKENS) return -1;
-    job_t job = {blocks, scales, G, 0, R, out, xs, n, R, 0, NULL, NULL};
+    job_t job = {blocks, scales, G, 0, R, out, xs, n, R, 0, NULL, NULL, NULL};
     run(pick(MATVEC), job, threads, 16);
     return 0;
 }
 
-int gptoss_bf16_matvec(const uint16_t *xb, int64_t n, const uint16_t *w, int64_t R, int64_t K, float *out,
-                       int threads) {
+int gptoss_bf16_matvec(const uint16_t *xb, int64_t n, const uint16_t *w, const uint16_t *bias, int64_t R, int64_t K,
+                       void *out, int out_bf16, int threads) {
     if (n < 1 || n > MAX_TOKENS) return -1;
     float *xs = NULL;
     if (gptoss_mxfp4_isa() < 3) { /* the widening paths read x as fp32 */
@@ -553,15 +572,136 @@ int gptoss_bf16_matvec(const uint16_t *xb, int64_t n, const uint16_t *w, int64_t
         if (xs == NULL) return -2;
         for (int64_t i = 0; i < n * K; i++) xs[i] = widen(xb[i]);
     }
-    job_t job = {NULL, NULL, K, 0, R, out, xs, n, R, 0, w, xb};
+    job_t job = {NULL, NULL, K, 0, R, out, xs, n, R, out_bf16, w, xb, bias};
     run(pick(BF16MV), job, threads, 16);
     free(xs);
     return 0;
 }
 
 void gptoss_argmax(const void *rows, int bf16, int64_t n, int64_t V, int64_t *out, int threads) {
-    job_t job = {NULL, NULL, V, 0, n, out, bf16 ? NULL : rows, n, n, 0, NULL, bf16 ? rows : NULL};
+    job_t job = {NULL, NULL, V, 0, n, out, bf16 ? NULL : rows, n, n, 0, NULL, bf16 ? rows : NULL, NULL};
     run(pick(ARGMAX), job, threads, V >= 4096 ? 1 : 64);
+}
+
+/* ---- decode attention (plain C that the compiler vectorizes per target clone) ---- */
+
+typedef struct {
+    const void *q; /* [T, KV * G, D], fp32 or bf16 (act_bf16), like out */
+    void *out;
+    int act_bf16, kv_bf16;
+    const int32_t *rows, *seq_lens, *block_table; /* [B] query row of each sequence, [B] tokens, [B, bt_stride] */
+    int64_t bt_stride, block_size, plane;         /* plane: elements of the K half of the cache */
+    const void *kv;                               /* [2, blocks, block_size, KV, D] */
+    int64_t KV, G, D, window;                     /* window 0: none */
+    const float *sinks;                           /* [KV * G] */
+    float scale;
+    int64_t item0, item1; /* (sequence, KV head) items b * KV + h this thread does */
+} attn_t;
+
+static inline void load_row(const void *base, int bf16, int64_t at, int64_t D, float *to) {
+    if (bf16) {
+        const uint16_t *p = (const uint16_t *)base + at;
+        for (int64_t d = 0; d < D; d++) to[d] = widen(p[d]);
+    } else {
+        memcpy(to, (const float *)base + at, (size_t)D * sizeof(float));
+    }
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void attend_items(const attn_t *a) {
+    int64_t G = a->G, D = a->D, cap = 0;
+    float *buf = NULL; /* per item: q [G, D], acc [G, D], row [D], scores [G, N] */
+    for (int64_t item = a->item0; item < a->item1; item++) {
+        int64_t b = item / a->KV, h = item % a->KV, L = a->seq_lens[b], row = a->rows[b];
+        int64_t first = a->window > 0 && L > a->window ? L - a->window : 0, N = L - first;
+        int64_t need = (2 * G + 1) * D + G * (N > 0 ? N : 1);
+        if (need > cap) {
+            free(buf);
+            cap = need * 2;
+            buf = malloc((size_t)cap * sizeof(float));
+            if (buf == NULL) return; /* the caller checks the output for this */
+        }
+        float *qf = buf, *acc = qf + G * D, *kv = acc + G * D, *sc = kv + D;
+        for (int64_t g = 0; g < G; g++) {
+            load_row(a->q, a->act_bf16, (row * a->KV * G + h * G + g) * D, D, qf + g * D);
+            for (int64_t d = 0; d < D; d++) qf[g * D + d] *= a->scale;
+        }
+        for (int64_t n = 0; n < N; n++) {
+            int64_t pos = first + n;
+            int64_t slot = (int64_t)a->block_table[b * a->bt_stride + pos / a->block_size] * a->block_size +
+                           pos % a->block_size;
+            load_row(a->kv, a->kv_bf16, (slot * a->KV + h) * D, D, kv);
+            for (int64_t g = 0; g < G; g++) {
+                float s = 0.0f;
+                for (int64_t d = 0; d < D; d++) s += qf[g * D + d] * kv[d];
+                sc[g * N + n] = s;
+            }
+        }
+        memset(acc, 0, (size_t)(G * D) * sizeof(float));
+        for (int64_t g = 0; g < G; g++) { /* softmax over the keys and the sink, in place */
+            float sink = a->sinks[h * G + g], m = sink, sum;
+            for (int64_t n = 0; n < N; n++) m = sc[g * N + n] > m ? sc[g * N + n] : m;
+            sum = expf(sink - m);
+            for (int64_t n = 0; n < N; n++) {
+                sc[g * N + n] = expf(sc[g * N + n] - m);
+                sum += sc[g * N + n];
+            }
+            for (int64_t n = 0; n < N; n++) sc[g * N + n] /= sum;
+        }
+        for (int64_t n = 0; n < N; n++) {
+            int64_t pos = first + n;
+            int64_t slot = (int64_t)a->block_table[b * a->bt_stride + pos / a->block_size] * a->block_size +
+                           pos % a->block_size;
+            load_row(a->kv, a->kv_bf16, a->plane + (slot * a->KV + h) * D, D, kv);
+            for (int64_t g = 0; g < G; g++) {
+                float p = sc[g * N + n];
+                for (int64_t d = 0; d < D; d++) acc[g * D + d] += p * kv[d];
+            }
+        }
+        for (int64_t g = 0; g < G; g++) {
+            int64_t at = (row * a->KV * G + h * G + g) * D;
+            if (a->act_bf16)
+                for (int64_t d = 0; d < D; d++) ((uint16_t *)a->out)[at + d] = round_bf16(acc[g * D + d]);
+            else
+                memcpy((float *)a->out + at, acc + g * D, (size_t)D * sizeof(float));
+        }
+    }
+    free(buf);
+}
+
+static void *attend_task(void *arg) {
+    attend_items(arg);
+    return NULL;
+}
+
+void gptoss_decode_attention(const void *q, void *out, int act_bf16, int64_t B, const int32_t *rows,
+                             const int32_t *seq_lens, const int32_t *block_table, int64_t bt_stride, const void *kv,
+                             int kv_bf16, int64_t num_blocks, int64_t block_size, int64_t KV, int64_t G, int64_t D,
+                             const float *sinks, int64_t window, float scale, int threads) {
+    attn_t base = {q, out, act_bf16, kv_bf16, rows, seq_lens, block_table, bt_stride, block_size,
+                   num_blocks * block_size * KV * D, kv, KV, G, D, window, sinks, scale, 0, B * KV};
+    int64_t items = B * KV;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > items) threads = (int)items;
+    if (threads < 2) {
+        attend_items(&base);
+        return;
+    }
+    attn_t parts[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int i = 0; i < threads; i++) {
+        parts[i] = base;
+        parts[i].item0 = items * i / threads;
+        parts[i].item1 = items * (i + 1) / threads;
+    }
+    for (int i = 1; i < threads; i++) started[i] = pthread_create(&ids[i], NULL, attend_task, &parts[i]) == 0;
+    attend_items(&parts[0]);
+    for (int i = 1; i < threads; i++) {
+        if (started[i])
+            pthread_join(ids[i], NULL);
+        else
+            attend_items(&parts[i]);
+    }
 }
 
 int gptoss_mxfp4_max_tokens(void) { return MAX_TOKENS; }

@@ -14,6 +14,7 @@ instead of the kernel interleaving every weight:
     linear_bf16(x, weight, bias)    x [n, K] @ W.T + bias for a bf16 W [R, K] and a few tokens (read at the memory's
                                     speed: torch's bf16 GEMM reads a skinny product's weights at about half of it)
     argmax(rows)                    each row's first largest index, fp32 or bf16 rows (torch's CPU argmax: ~10x slower)
+    decode_attention(...)           one query per sequence over the paged KV cache (attention.paged_attention_cpu)
 """
 
 import ctypes
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("cpu_native.c")
 ENV_SWITCH = "GPTOSS_CPU_NATIVE"  # "0": never build or use the native kernels
 FLAGS = ("-O3", "-shared", "-fPIC", "-pthread")
+LIBS = ("-lm",)
 ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512", 3: "avx512-bf16"}
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
@@ -45,7 +47,7 @@ def library() -> ctypes.CDLL | None:
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return None
     source = SOURCE.read_bytes()
-    tag = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
+    tag = hashlib.sha256(source + " ".join(FLAGS + LIBS).encode()).hexdigest()[:16]
     path = cache_root() / "native" / f"cpu_native-{tag}.so"
     try:
         if not path.is_file():
@@ -58,8 +60,11 @@ def library() -> ctypes.CDLL | None:
     lib.gptoss_mxfp4_decode.restype = None
     lib.gptoss_mxfp4_matvec.argtypes = [_P, _I64, _P, _P, _I64, _I64, _P, _INT]
     lib.gptoss_mxfp4_matvec.restype = _INT
-    lib.gptoss_bf16_matvec.argtypes = [_P, _I64, _P, _I64, _I64, _P, _INT]
+    lib.gptoss_bf16_matvec.argtypes = [_P, _I64, _P, _P, _I64, _I64, _P, _INT, _INT]
     lib.gptoss_bf16_matvec.restype = _INT
+    lib.gptoss_decode_attention.argtypes = [_P, _P, _INT, _I64, _P, _P, _P, _I64, _P, _INT, _I64, _I64, _I64, _I64,
+                                            _I64, _P, _I64, ctypes.c_float, _INT]
+    lib.gptoss_decode_attention.restype = None
     lib.gptoss_argmax.argtypes = [_P, _INT, _I64, _I64, _P, _INT]
     lib.gptoss_argmax.restype = None
     lib.gptoss_mxfp4_set_isa.argtypes = [_INT]
@@ -75,7 +80,7 @@ def build(path: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], check=False, capture_output=True, text=True,
+        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, *LIBS], check=False, capture_output=True, text=True,
                               timeout=120)
         if done.returncode:
             raise OSError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
@@ -135,21 +140,23 @@ def matvec(lib: ctypes.CDLL, xs: torch.Tensor, blocks: torch.Tensor, scales: tor
 
 
 def linear_bf16(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x [..., K] @ weight.T + bias for a contiguous bf16 weight [R, K] and bf16 x, summed in fp32 -> bf16;
-    MAX_TOKENS rows of x per pass over the weight (meant for a few rows: decode)."""
+    """x [..., K] @ weight.T + bias for a contiguous bf16 weight [R, K] (and bias) and bf16 x, summed in fp32 and
+    rounded once to bf16 as torch's GEMM does; MAX_TOKENS rows of x per pass over the weight (meant for a few
+    rows: decode)."""
     if weight.dtype != torch.bfloat16 or x.dtype != torch.bfloat16 or not weight.is_contiguous() or weight.dim() != 2:
         raise ValueError("linear_bf16 takes bf16 x and a contiguous 2-d bf16 weight")
+    if bias is not None and (bias.dtype != torch.bfloat16 or not bias.is_contiguous()):
+        bias = bias.to(torch.bfloat16).contiguous()
     rows, k = weight.shape
-    xb = x.reshape(-1, k).contiguous()
-    out = torch.empty(xb.shape[0], rows, dtype=torch.float32)
+    xb = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, k).contiguous()
+    out = torch.empty(xb.shape[0], rows, dtype=torch.bfloat16)
+    bias_ptr = None if bias is None else bias.data_ptr()
     for t in range(0, xb.shape[0], MAX_TOKENS):
         chunk = xb[t : t + MAX_TOKENS]
-        if lib.gptoss_bf16_matvec(chunk.data_ptr(), chunk.shape[0], weight.data_ptr(), rows, k,
-                                  out[t : t + MAX_TOKENS].data_ptr(), torch.get_num_threads()):
+        if lib.gptoss_bf16_matvec(chunk.data_ptr(), chunk.shape[0], weight.data_ptr(), bias_ptr, rows, k,
+                                  out[t : t + MAX_TOKENS].data_ptr(), 1, torch.get_num_threads()):
             raise MemoryError("linear_bf16: no memory for the widened input")
-    if bias is not None:
-        out += bias.float()
-    return out.to(torch.bfloat16).reshape(*x.shape[:-1], rows)
+    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], rows)
 
 
 def argmax(lib: ctypes.CDLL, rows: torch.Tensor) -> torch.Tensor:
@@ -161,3 +168,24 @@ def argmax(lib: ctypes.CDLL, rows: torch.Tensor) -> torch.Tensor:
     lib.gptoss_argmax(rows.data_ptr(), int(rows.dtype == torch.bfloat16), rows.shape[0], rows.shape[1], out.data_ptr(),
                       torch.get_num_threads())
     return out
+
+
+def decode_attention(lib: ctypes.CDLL, out: torch.Tensor, q: torch.Tensor, kv_cache: torch.Tensor,
+                     block_table: torch.Tensor, seq_lens: torch.Tensor, rows: torch.Tensor, sinks: torch.Tensor,
+                     sliding_window: int | None, scale: float) -> None:
+    """Writes out[rows[b]] = attention of q[rows[b]] (the one query of sequence b, at position seq_lens[b] - 1) over
+    its keys in the paged cache [2, blocks, block_size, KV, D] (the window's, when sliding), the sink of each head in
+    the softmax's denominator; fp32 sums. q and out [T, KV * G, D] in the same dtype (fp32 or bf16)."""
+    if not (q.is_contiguous() and out.is_contiguous() and kv_cache.is_contiguous()) or q.dtype != out.dtype:
+        raise ValueError("decode_attention takes contiguous q, out (one dtype) and cache")
+    if q.dtype not in (torch.float32, torch.bfloat16) or kv_cache.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"decode_attention runs fp32 or bf16, not {q.dtype} / {kv_cache.dtype}")
+    _, blocks, block_size, kv_heads, dim = kv_cache.shape
+    table = block_table.to(torch.int32).contiguous()
+    lens, starts = seq_lens.to(torch.int32).contiguous(), rows.to(torch.int32).contiguous()
+    sinks = sinks.float().contiguous()
+    lib.gptoss_decode_attention(q.data_ptr(), out.data_ptr(), int(q.dtype == torch.bfloat16), starts.shape[0],
+                                starts.data_ptr(), lens.data_ptr(), table.data_ptr(), table.shape[1],
+                                kv_cache.data_ptr(), int(kv_cache.dtype == torch.bfloat16), blocks, block_size,
+                                kv_heads, q.shape[1] // kv_heads, dim, sinks.data_ptr(), sliding_window or 0, scale,
+                                torch.get_num_threads())

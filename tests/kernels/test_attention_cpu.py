@@ -1,10 +1,21 @@
-"""The CPU attention path (decode rows and prefill chunks each batched, torch's flash attention) equals the ref on
-decode-only and mixed batches."""
+"""The CPU attention path (decode rows through the native kernel, or batched through torch's flash attention without
+it; prefill chunks batched) equals the ref on decode-only and mixed batches."""
 
 import pytest
 import torch
 
+from engine.kernels import cpu_native
 from engine.kernels.attention import paged_attention_cpu, paged_attention_ref
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def path(request, monkeypatch):
+    """Each test runs with the native decode kernel and with torch alone."""
+    if request.param == "native":
+        assert cpu_native.library() is not None, "the native kernels did not build (is there a C compiler?)"
+    else:
+        monkeypatch.setattr(cpu_native, "library", lambda: None)
+    return request.param
 
 
 def make_case(q_lens, seq_lens, window, kv=2, hq=8, d=16, block_size=4, seed=0):
@@ -40,3 +51,9 @@ def test_cpu_path_equals_ref_across_head_ratios_and_dtypes(kv, hq, dtype):
     args = (q.to(dtype), cache.to(dtype), *rest)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(paged_attention_cpu(*args).float(), paged_attention_ref(*args).float(), **tol)
+
+
+def test_long_sequences_many_threads():
+    """Sequences longer than the window and the scratch buffer's first size, a batch split between threads."""
+    args = make_case([1] * 9, [700, 3, 129, 1000, 64, 65, 1, 300, 513], 128, kv=8, hq=64, d=64, block_size=16)
+    torch.testing.assert_close(paged_attention_cpu(*args), paged_attention_ref(*args), rtol=1e-5, atol=1e-5)
