@@ -29,7 +29,7 @@
 #define GPTOSS_X86 1
 #endif
 
-#define MAX_TOKENS 4 /* tokens per pass of matvec; the caller splits more */
+#define MAX_TOKENS 4 /* tokens per pass over the weights in matvec and bf16mv (by_chunks splits more) */
 
 static const float FP4[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
                               -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
@@ -41,7 +41,7 @@ static inline float scale_of(uint8_t s) { /* 2 ** (s - 127) exactly; s = 0 is th
     return f;
 }
 
-typedef struct {
+typedef struct job {
     const uint8_t *blocks, *scales; /* [R, G, 16], [R, G] */
     int64_t G, r0, r1;
     void *out;          /* decode: [R, G * 32] fp32 or bf16; matvec: [n, R] fp32 */
@@ -51,6 +51,7 @@ typedef struct {
     const uint16_t *w;  /* bf16mv: [R, K] bf16 (K is G here) */
     const uint16_t *xb; /* bf16mv: [n, K] bf16 (xs holds it widened for the paths without AVX512-BF16) */
     const uint16_t *bias; /* bf16mv: [R] bf16 or NULL; out is bf16 when bf16 is set, else fp32 */
+    void (*inner)(const struct job *); /* by_chunks: the kernel run on MAX_TOKENS tokens at a time */
 } job_t;
 
 /* ---- scalar ---- */
@@ -468,6 +469,18 @@ __attribute__((target("avx512f"))) static void argmax_avx512(const job_t *j) {
 
 /* ---- dispatch and threads ---- */
 
+static void by_chunks(const job_t *j) { /* matvec and bf16mv over any number of tokens, MAX_TOKENS per pass */
+    int64_t K = j->w ? j->G : j->G * 32, size = j->bf16 ? 2 : 4;
+    for (int64_t t = 0; t < j->n; t += MAX_TOKENS) {
+        job_t part = *j;
+        part.n = j->n - t < MAX_TOKENS ? j->n - t : MAX_TOKENS;
+        if (part.xs) part.xs += t * K;
+        if (part.xb) part.xb += t * K;
+        part.out = (char *)j->out + t * j->R * size;
+        j->inner(&part);
+    }
+}
+
 typedef void (*kernel_t)(const job_t *);
 
 static int isa(void) { /* 3: AVX-512 with BF16, 2: AVX-512, 1: AVX2+FMA, 0: scalar */
@@ -551,35 +564,35 @@ int gptoss_mxfp4_set_isa(int level) { /* -1: back to the best; returns the level
 
 void gptoss_mxfp4_decode(const uint8_t *blocks, const uint8_t *scales, int64_t R, int64_t G, void *out, int bf16,
                          int threads) {
-    job_t job = {blocks, scales, G, 0, R, out, NULL, 0, R, bf16, NULL, NULL, NULL};
+    job_t job = {blocks, scales, G, 0, R, out, NULL, 0, R, bf16, NULL, NULL, NULL, NULL};
     run(pick(DECODE), job, threads, 16);
 }
 
 int gptoss_mxfp4_matvec(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
                         int64_t G, float *out, int threads) {
-    if (n < 1 || n > MAX_TOKENS) return -1;
-    job_t job = {blocks, scales, G, 0, R, out, xs, n, R, 0, NULL, NULL, NULL};
-    run(pick(MATVEC), job, threads, 16);
+    if (n < 1) return -1;
+    job_t job = {blocks, scales, G, 0, R, out, xs, n, R, 0, NULL, NULL, NULL, pick(MATVEC)};
+    run(by_chunks, job, threads, 16);
     return 0;
 }
 
 int gptoss_bf16_matvec(const uint16_t *xb, int64_t n, const uint16_t *w, const uint16_t *bias, int64_t R, int64_t K,
                        void *out, int out_bf16, int threads) {
-    if (n < 1 || n > MAX_TOKENS) return -1;
+    if (n < 1) return -1;
     float *xs = NULL;
     if (gptoss_mxfp4_isa() < 3) { /* the widening paths read x as fp32 */
         xs = malloc((size_t)(n * K) * sizeof(float));
         if (xs == NULL) return -2;
         for (int64_t i = 0; i < n * K; i++) xs[i] = widen(xb[i]);
     }
-    job_t job = {NULL, NULL, K, 0, R, out, xs, n, R, out_bf16, w, xb, bias};
-    run(pick(BF16MV), job, threads, 16);
+    job_t job = {NULL, NULL, K, 0, R, out, xs, n, R, out_bf16, w, xb, bias, pick(BF16MV)};
+    run(by_chunks, job, threads, 16);
     free(xs);
     return 0;
 }
 
 void gptoss_argmax(const void *rows, int bf16, int64_t n, int64_t V, int64_t *out, int threads) {
-    job_t job = {NULL, NULL, V, 0, n, out, bf16 ? NULL : rows, n, n, 0, NULL, bf16 ? rows : NULL, NULL};
+    job_t job = {NULL, NULL, V, 0, n, out, bf16 ? NULL : rows, n, n, 0, NULL, bf16 ? rows : NULL, NULL, NULL};
     run(pick(ARGMAX), job, threads, V >= 4096 ? 1 : 64);
 }
 

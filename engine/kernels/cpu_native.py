@@ -10,7 +10,7 @@ The MXFP4 kernels take the input dimension in "split" order (each 32-value scale
 instead of the kernel interleaving every weight:
 
     decode(blocks, scales, dtype)   W [R, K] in split order, fp32 or bf16  (for a GEMM with many tokens)
-    matvec(xs, blocks, scales)      xs [n, K] @ W.T in fp32, n <= MAX_TOKENS per call (the decode fused in)
+    matvec(xs, blocks, scales)      xs [n, K] @ W.T in fp32, the decode fused in (a pass over W per MAX_TOKENS)
     linear_bf16(x, weight, bias)    x [n, K] @ W.T + bias for a bf16 W [R, K] and a few tokens (read at the memory's
                                     speed: torch's bf16 GEMM reads a skinny product's weights at about half of it)
     argmax(rows)                    each row's first largest index, fp32 or bf16 rows (torch's CPU argmax: ~10x slower)
@@ -90,7 +90,7 @@ def build(path: Path) -> None:
             os.unlink(tmp)
 
 
-MAX_TOKENS = 4  # tokens per matvec call (cpu_native.c's MAX_TOKENS)
+MAX_TOKENS = 4  # tokens per pass over the weights in matvec and linear_bf16 (cpu_native.c's MAX_TOKENS)
 
 
 def split_order(x: torch.Tensor) -> torch.Tensor:
@@ -126,16 +126,15 @@ def decode(lib: ctypes.CDLL, blocks: torch.Tensor, scales: torch.Tensor, dtype: 
 
 
 def matvec(lib: ctypes.CDLL, xs: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """xs [n, K] fp32 in split order @ W.T -> [n, R] fp32, MAX_TOKENS tokens per pass over W."""
+    """xs [n, K] fp32 in split order @ W.T -> [n, R] fp32, MAX_TOKENS tokens per pass over W (one call: each
+    thread takes its rows through every pass)."""
     rows, groups = _check(blocks, scales)
     xs = xs.float().contiguous()
     if xs.shape[1] != groups * 32:
         raise ValueError(f"x has {xs.shape[1]} columns, the matrix {groups * 32}")
     out = torch.empty(xs.shape[0], rows, dtype=torch.float32)
-    for t in range(0, xs.shape[0], MAX_TOKENS):
-        chunk = xs[t : t + MAX_TOKENS]
-        lib.gptoss_mxfp4_matvec(chunk.data_ptr(), chunk.shape[0], blocks.data_ptr(), scales.data_ptr(), rows,
-                                groups, out[t : t + MAX_TOKENS].data_ptr(), torch.get_num_threads())
+    lib.gptoss_mxfp4_matvec(xs.data_ptr(), xs.shape[0], blocks.data_ptr(), scales.data_ptr(), rows, groups,
+                            out.data_ptr(), torch.get_num_threads())
     return out
 
 
@@ -150,12 +149,9 @@ def linear_bf16(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: t
     rows, k = weight.shape
     xb = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, k).contiguous()
     out = torch.empty(xb.shape[0], rows, dtype=torch.bfloat16)
-    bias_ptr = None if bias is None else bias.data_ptr()
-    for t in range(0, xb.shape[0], MAX_TOKENS):
-        chunk = xb[t : t + MAX_TOKENS]
-        if lib.gptoss_bf16_matvec(chunk.data_ptr(), chunk.shape[0], weight.data_ptr(), bias_ptr, rows, k,
-                                  out[t : t + MAX_TOKENS].data_ptr(), 1, torch.get_num_threads()):
-            raise MemoryError("linear_bf16: no memory for the widened input")
+    if lib.gptoss_bf16_matvec(xb.data_ptr(), xb.shape[0], weight.data_ptr(), None if bias is None else bias.data_ptr(),
+                              rows, k, out.data_ptr(), 1, torch.get_num_threads()):
+        raise MemoryError("linear_bf16: no memory for the widened input")
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], rows)
 
 
