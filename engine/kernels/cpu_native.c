@@ -12,6 +12,8 @@
  *   bf16mv : out[t, r] = sum_k x[t, k] * W[r, k], W and x bf16 in natural order, fp32 sums (AVX512-BF16's dot
  *            product of pairs where the CPU has it, else each value widened exactly to fp32)
  *   argmax : the first index of each row's largest value (fp32 or bf16 rows; NaN counts as largest, as in torch)
+ *   moe    : the whole MoE MLP of a few tokens per expert (decode): per active expert, its tokens' W1 matvec, bias,
+ *            clamped SwiGLU, W2 matvec, bias, added into the output with the router's weight; fp32 throughout
  *   decode attention : one query per sequence over the paged KV cache, the sink in the softmax's denominator,
  *            sliding window, grouped query heads; per (sequence, KV head): scores, then the weighted sum of values
  *
@@ -715,6 +717,90 @@ void gptoss_decode_attention(const void *q, void *out, int act_bf16, int64_t B, 
         else
             attend_items(&parts[i]);
     }
+}
+
+/* ---- the MoE MLP for decode ---- */
+
+static inline float bias_at(const void *bias, int bf16, int64_t i) {
+    return bf16 ? widen(((const uint16_t *)bias)[i]) : ((const float *)bias)[i];
+}
+
+static void matvec_rows(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
+                        int64_t G, float *out, int threads) {
+    job_t job = {blocks, scales, G, 0, R, out, xs, n, R, 0, NULL, NULL, NULL, pick(MATVEC)};
+    run(by_chunks, job, threads, 16);
+}
+
+/* x [T, H] fp32, ids [T, K] (ids outside [0, E) are held by another rank: skipped), weights [T, K] fp32; w1 [E, 2I,
+   H/32, 16] + scales [E, 2I, H/32], b1 [E, 2I]; w2 [E, H, I/32, 16] + scales [E, H, I/32], b2 [E, H]; biases fp32 or
+   bf16. out [T, H] fp32 is added to. Returns 0, or -1 when out of memory (out then partly written). */
+int gptoss_moe_mxfp4(const float *x, int64_t T, int64_t H, const int64_t *ids, const float *weights, int64_t K,
+                     const uint8_t *w1b, const uint8_t *w1s, const void *b1, const uint8_t *w2b, const uint8_t *w2s,
+                     const void *b2, int bias_bf16, int64_t E, int64_t I, float limit, float alpha, float *out,
+                     int threads) {
+    int64_t A = T * K, *count = calloc((size_t)E + 1, sizeof(int64_t)), *order = malloc((size_t)(A > 0 ? A : 1) * 8);
+    float *xs = malloc((size_t)(A * H > 0 ? A * H : 1) * sizeof(float));
+    float *h = malloc((size_t)(A * 2 * I > 0 ? A * 2 * I : 1) * sizeof(float));
+    float *act = malloc((size_t)(A * I > 0 ? A * I : 1) * sizeof(float));
+    float *y = malloc((size_t)(A * H > 0 ? A * H : 1) * sizeof(float));
+    int status = 0;
+    if (!count || !order || !xs || !h || !act || !y) {
+        status = -1;
+        goto done;
+    }
+    for (int64_t a = 0; a < A; a++) /* assignments grouped by expert (counting sort, stable) */
+        if (ids[a] >= 0 && ids[a] < E) count[ids[a] + 1]++;
+    for (int64_t e = 0; e < E; e++) count[e + 1] += count[e];
+    {
+        int64_t *next = malloc((size_t)(E + 1) * sizeof(int64_t));
+        if (!next) {
+            status = -1;
+            goto done;
+        }
+        memcpy(next, count, (size_t)(E + 1) * sizeof(int64_t));
+        for (int64_t a = 0; a < A; a++)
+            if (ids[a] >= 0 && ids[a] < E) order[next[ids[a]]++] = a;
+        free(next);
+    }
+    for (int64_t e = 0; e < E; e++) {
+        int64_t n = count[e + 1] - count[e];
+        if (n == 0) continue;
+        const int64_t *mine = order + count[e];
+        for (int64_t i = 0; i < n; i++) { /* the expert's tokens, each group of 32 in split order */
+            const float *src = x + (mine[i] / K) * H;
+            float *dst = xs + i * H;
+            for (int64_t g = 0; g < H / 32; g++)
+                for (int j = 0; j < 16; j++) {
+                    dst[g * 32 + j] = src[g * 32 + 2 * j];
+                    dst[g * 32 + 16 + j] = src[g * 32 + 2 * j + 1];
+                }
+        }
+        matvec_rows(xs, n, w1b + e * 2 * I * H / 2, w1s + e * 2 * I * (H / 32), 2 * I, H / 32, h, threads);
+        for (int64_t i = 0; i < n; i++) /* + b1, SwiGLU (gate even, up odd), written in split order for W2 */
+            for (int64_t c = 0; c < I; c++) {
+                float gate = h[i * 2 * I + 2 * c] + bias_at(b1, bias_bf16, e * 2 * I + 2 * c);
+                float up = h[i * 2 * I + 2 * c + 1] + bias_at(b1, bias_bf16, e * 2 * I + 2 * c + 1);
+                gate = gate < limit ? gate : limit;
+                up = up < -limit ? -limit : (up > limit ? limit : up);
+                float v = gate / (1.0f + expf(-alpha * gate)) * (up + 1.0f);
+                int64_t g = c / 32, j = c % 32;
+                act[i * I + g * 32 + (j % 2) * 16 + j / 2] = v;
+            }
+        matvec_rows(act, n, w2b + e * H * I / 2, w2s + e * H * (I / 32), H, I / 32, y, threads);
+        for (int64_t i = 0; i < n; i++) {
+            float w = weights[mine[i]];
+            float *dst = out + (mine[i] / K) * H;
+            for (int64_t c = 0; c < H; c++) dst[c] += w * (y[i * H + c] + bias_at(b2, bias_bf16, e * H + c));
+        }
+    }
+done:
+    free(count);
+    free(order);
+    free(xs);
+    free(h);
+    free(act);
+    free(y);
+    return status;
 }
 
 int gptoss_mxfp4_max_tokens(void) { return MAX_TOKENS; }

@@ -15,6 +15,7 @@ instead of the kernel interleaving every weight:
                                     speed: torch's bf16 GEMM reads a skinny product's weights at about half of it)
     argmax(rows)                    each row's first largest index, fp32 or bf16 rows (torch's CPU argmax: ~10x slower)
     decode_attention(...)           one query per sequence over the paged KV cache (attention.paged_attention_cpu)
+    moe(...)                        the whole MoE MLP for a few tokens per expert (moe_cpu.moe_mxfp4_cpu at decode)
 """
 
 import ctypes
@@ -65,6 +66,9 @@ def library() -> ctypes.CDLL | None:
     lib.gptoss_decode_attention.argtypes = [_P, _P, _INT, _I64, _P, _P, _P, _I64, _P, _INT, _I64, _I64, _I64, _I64,
                                             _I64, _P, _I64, ctypes.c_float, _INT]
     lib.gptoss_decode_attention.restype = None
+    lib.gptoss_moe_mxfp4.argtypes = [_P, _I64, _I64, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _INT, _I64, _I64,
+                                     ctypes.c_float, ctypes.c_float, _P, _INT]
+    lib.gptoss_moe_mxfp4.restype = _INT
     lib.gptoss_argmax.argtypes = [_P, _INT, _I64, _I64, _P, _INT]
     lib.gptoss_argmax.restype = None
     lib.gptoss_mxfp4_set_isa.argtypes = [_INT]
@@ -185,3 +189,26 @@ def decode_attention(lib: ctypes.CDLL, out: torch.Tensor, q: torch.Tensor, kv_ca
                                 kv_cache.data_ptr(), int(kv_cache.dtype == torch.bfloat16), blocks, block_size,
                                 kv_heads, q.shape[1] // kv_heads, dim, sinks.data_ptr(), sliding_window or 0, scale,
                                 torch.get_num_threads())
+
+
+def moe(lib: ctypes.CDLL, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, w1_blocks: torch.Tensor,
+        w1_scales: torch.Tensor, b1: torch.Tensor, w2_blocks: torch.Tensor, w2_scales: torch.Tensor, b2: torch.Tensor,
+        swiglu_limit: float, alpha: float) -> torch.Tensor:
+    """moe_mxfp4's result [T, H] in fp32 (the caller casts): every step in C, fp32 throughout, one pass over each
+    active expert's weights per 4 of its tokens. Ids outside this rank's experts are skipped."""
+    tensors = (w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2)
+    if not all(t.is_contiguous() for t in tensors) or b1.dtype != b2.dtype or b1.dtype not in (torch.float32,
+                                                                                              torch.bfloat16):
+        raise ValueError("moe takes contiguous expert tensors and fp32 or bf16 biases of one dtype")
+    experts, rows, groups, _ = w1_blocks.shape
+    hidden, inter = groups * 32, rows // 2
+    xf = x.float().contiguous()
+    ids = topk_ids.to(torch.int64).contiguous()
+    weights = topk_weights.float().contiguous()
+    out = torch.zeros(xf.shape, dtype=torch.float32)
+    if lib.gptoss_moe_mxfp4(xf.data_ptr(), xf.shape[0], hidden, ids.data_ptr(), weights.data_ptr(), ids.shape[1],
+                            w1_blocks.data_ptr(), w1_scales.data_ptr(), b1.data_ptr(), w2_blocks.data_ptr(),
+                            w2_scales.data_ptr(), b2.data_ptr(), int(b1.dtype == torch.bfloat16), experts, inter,
+                            swiglu_limit, alpha, out.data_ptr(), torch.get_num_threads()):
+        raise MemoryError("the native MoE could not allocate its buffers")
+    return out

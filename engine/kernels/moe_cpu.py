@@ -4,7 +4,8 @@ Flow of `moe_mxfp4_cpu` (same arguments and result as moe.moe_mxfp4_ref, computi
   group  : the (token, k) assignments sorted by expert with one argsort; the per-expert counts read once
   expert : per active expert, its tokens gathered -> linear_mxfp4(W1) -> swiglu -> linear_mxfp4(W2)
   combine: weighted rows added into the fp32 output (index_add_)
-`linear_mxfp4` runs the native kernels of cpu_native.c (engine.kernels.cpu_native: AVX-512, AVX2 or scalar C,
+When every active expert has at most MATVEC_MAX_TOKENS tokens (decode), the whole MLP is one native call
+(cpu_native.moe, fp32 throughout); otherwise `linear_mxfp4` runs the native kernels of cpu_native.c (engine.kernels.cpu_native: AVX-512, AVX2 or scalar C,
 built on first use): for up to MATVEC_MAX_TOKENS tokens the decode fused into the dot products (a pass over the
 packed bytes per 4 tokens), for more a tile of rows decoded to fp32 at a time then multiplied with all of the
 expert's tokens. Without a C compiler, torch decodes the tiles (`engine.weights.mxfp4.decode_rows`, several times
@@ -41,8 +42,13 @@ def moe_mxfp4_cpu(
     fp32). No dense copy of an expert, let alone of all of them, is ever made."""
     K = topk_ids.shape[1]
     flat = topk_ids.reshape(-1)
-    order = flat.argsort(stable=True)  # assignment t * K + k, grouped by expert, the -1 ids first
     counts = torch.bincount(flat + 1, minlength=w1_blocks.shape[0] + 1).tolist()  # [E + 1], index 0: id -1
+    lib = cpu_native.library()
+    if lib is not None and max(counts[1:], default=0) <= MATVEC_MAX_TOKENS and x.device.type == "cpu":
+        # decode: every expert's tokens fit the fused matvec; the whole MLP in one native call
+        return cpu_native.moe(lib, x, topk_ids, topk_weights, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2,
+                              swiglu_limit, alpha).to(x.dtype)
+    order = flat.argsort(stable=True)  # assignment t * K + k, grouped by expert, the -1 ids first
     weights = topk_weights.reshape(-1).float()
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     start = counts[0]
