@@ -527,6 +527,13 @@ static void *run_task(void *arg) {
 
 #define MAX_THREADS 64
 
+#define MIN_THREAD_BYTES (256 << 10) /* a thread's start (tens of microseconds) pays for itself past this much work */
+
+static int64_t rows_per_thread(int64_t row_bytes, int64_t floor) { /* MIN_THREAD_BYTES and `floor` rows at least */
+    int64_t rows = MIN_THREAD_BYTES / (row_bytes > 0 ? row_bytes : 1);
+    return rows > floor ? rows : floor;
+}
+
 static void run(kernel_t fn, job_t job, int threads, int64_t min_rows) { /* min_rows: per thread, at least */
     int64_t rows = job.r1 - job.r0;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
@@ -567,14 +574,14 @@ int gptoss_mxfp4_set_isa(int level) { /* -1: back to the best; returns the level
 void gptoss_mxfp4_decode(const uint8_t *blocks, const uint8_t *scales, int64_t R, int64_t G, void *out, int bf16,
                          int threads) {
     job_t job = {blocks, scales, G, 0, R, out, NULL, 0, R, bf16, NULL, NULL, NULL, NULL};
-    run(pick(DECODE), job, threads, 16);
+    run(pick(DECODE), job, threads, rows_per_thread(G * 16, 16));
 }
 
 int gptoss_mxfp4_matvec(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
                         int64_t G, float *out, int threads) {
     if (n < 1) return -1;
     job_t job = {blocks, scales, G, 0, R, out, xs, n, R, 0, NULL, NULL, NULL, pick(MATVEC)};
-    run(by_chunks, job, threads, 16);
+    run(by_chunks, job, threads, rows_per_thread(G * 16 * ((n + MAX_TOKENS - 1) / MAX_TOKENS), 16));
     return 0;
 }
 
@@ -588,14 +595,14 @@ int gptoss_bf16_matvec(const uint16_t *xb, int64_t n, const uint16_t *w, const u
         for (int64_t i = 0; i < n * K; i++) xs[i] = widen(xb[i]);
     }
     job_t job = {NULL, NULL, K, 0, R, out, xs, n, R, out_bf16, w, xb, bias, pick(BF16MV)};
-    run(by_chunks, job, threads, 16);
+    run(by_chunks, job, threads, rows_per_thread(K * 2 * ((n + MAX_TOKENS - 1) / MAX_TOKENS), 16));
     free(xs);
     return 0;
 }
 
 void gptoss_argmax(const void *rows, int bf16, int64_t n, int64_t V, int64_t *out, int threads) {
     job_t job = {NULL, NULL, V, 0, n, out, bf16 ? NULL : rows, n, n, 0, NULL, bf16 ? rows : NULL, NULL, NULL};
-    run(pick(ARGMAX), job, threads, V >= 4096 ? 1 : 64);
+    run(pick(ARGMAX), job, threads, rows_per_thread(V * (bf16 ? 2 : 4), 1));
 }
 
 /* ---- decode attention (plain C that the compiler vectorizes per target clone) ---- */
@@ -694,9 +701,12 @@ void gptoss_decode_attention(const void *q, void *out, int act_bf16, int64_t B, 
                              const float *sinks, int64_t window, float scale, int threads) {
     attn_t base = {q, out, act_bf16, kv_bf16, rows, seq_lens, block_table, bt_stride, block_size,
                    num_blocks * block_size * KV * D, kv, KV, G, D, window, sinks, scale, 0, B * KV};
-    int64_t items = B * KV;
+    int64_t items = B * KV, keys = 0;
+    for (int64_t b = 0; b < B; b++) keys += window > 0 && seq_lens[b] > window ? window : seq_lens[b];
+    int64_t bytes = keys * KV * D * 2 * (kv_bf16 ? 2 : 4); /* the K and V rows read */
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > items) threads = (int)items;
+    if (threads > bytes / MIN_THREAD_BYTES) threads = (int)(bytes / MIN_THREAD_BYTES);
     if (threads < 2) {
         attend_items(&base);
         return;
@@ -728,7 +738,7 @@ static inline float bias_at(const void *bias, int bf16, int64_t i) {
 static void matvec_rows(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
                         int64_t G, float *out, int threads) {
     job_t job = {blocks, scales, G, 0, R, out, xs, n, R, 0, NULL, NULL, NULL, pick(MATVEC)};
-    run(by_chunks, job, threads, 16);
+    run(by_chunks, job, threads, rows_per_thread(G * 16 * ((n + MAX_TOKENS - 1) / MAX_TOKENS), 16));
 }
 
 /* x [T, H] fp32, ids [T, K] (ids outside [0, E) are held by another rank: skipped), weights [T, K] fp32; w1 [E, 2I,

@@ -51,20 +51,22 @@ def test_native_decode_is_exact(isa, dtype):
     assert torch.equal(cpu_native.decode(isa, blocks[:7], scales[:7], dtype, buffer[:7]), expected[:7])
 
 
+@pytest.mark.parametrize("shape", [(203, 7), (2048, 32)])  # odd groups (the AVX-512 pair loop's tail); 1 MiB: threads
 @pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 9])
-def test_native_matvec(isa, tokens):
-    """x @ W.T with the decode fused in, any token count (4 per pass), odd group counts (the AVX-512 pair loop's
-    tail), many rows (split between threads)."""
+def test_native_matvec(isa, tokens, shape):
+    """x @ W.T with the decode fused in, any token count (4 per pass), rows split between threads when the matrix is
+    big enough to pay for a thread's start."""
     gen = torch.Generator().manual_seed(tokens)
-    blocks = torch.randint(0, 256, (203, 7, 16), dtype=torch.uint8, generator=gen)
-    scales = torch.randint(120, 130, (203, 7), dtype=torch.uint8, generator=gen)
-    x = torch.randn(tokens, 7 * 32, generator=gen)
+    rows, groups = shape
+    blocks = torch.randint(0, 256, (rows, groups, 16), dtype=torch.uint8, generator=gen)
+    scales = torch.randint(120, 130, (rows, groups), dtype=torch.uint8, generator=gen)
+    x = torch.randn(tokens, groups * 32, generator=gen)
     expected = x.double() @ decode_rows(blocks, scales, torch.float32).double().T
     got = cpu_native.matvec(isa, cpu_native.split_order(x), blocks, scales)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("shape", [(203, 7 * 32), (37, 100), (5, 64 * 3 + 31)])  # K: pairs loop, tails of all sizes
+@pytest.mark.parametrize("shape", [(203, 7 * 32), (37, 100), (5, 64 * 3 + 31), (1024, 512)])  # K tails; 1 MiB: threads
 @pytest.mark.parametrize("tokens", [1, 2, 4, 5])
 def test_linear_bf16(isa, shape, tokens):
     """bf16 x @ W.T + b summed in fp32 (the bf16 result within one bf16 rounding of the fp64 product); through
