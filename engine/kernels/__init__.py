@@ -30,6 +30,7 @@ __all__ = [
     "use_triton",
     "argmax",
     "linear",
+    "pack_linear",
     "moe_mxfp4",
     "paged_attention",
     "write_kv",
@@ -82,15 +83,35 @@ LINEAR_MAX_TOKENS = 4  # up to this many rows, bf16 on CPU: the native kernel (o
 #                        torch's at gpt-oss-20b's shapes for 1-4 rows on AVX512-BF16, slower than its GEMM beyond)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear(x, weight, bias); on CPU with bf16 x and weight and at most LINEAR_MAX_TOKENS rows, the native
-    kernel (cpu_native.linear_bf16: fp32 sums, as torch's bf16 GEMM) where it built."""
-    if (x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16 and weight.is_contiguous()
-            and x.numel() <= LINEAR_MAX_TOKENS * x.shape[-1] and x.numel() > 0):
-        lib = cpu_native.library()
-        if lib is not None:
-            return cpu_native.linear_bf16(lib, x, weight, bias)
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           packed: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias); on CPU with bf16 x and weight, at most LINEAR_MAX_TOKENS rows go through the native
+    kernel (cpu_native.linear_bf16: fp32 sums, as torch's bf16 GEMM) where it built, and more rows through oneDNN
+    with `packed` (pack_linear's copy of weight) when there is one."""
+    if x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16 and x.numel() > 0:
+        if x.numel() <= LINEAR_MAX_TOKENS * x.shape[-1] and weight.is_contiguous():
+            lib = cpu_native.library()
+            if lib is not None:
+                return cpu_native.linear_bf16(lib, x, weight, bias)
+        elif packed is not None and x.dim() == 2:
+            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
     return F.linear(x, weight, bias)
+
+
+PACK_MAX_BYTES = 64 << 20  # bf16 weights up to this size get a oneDNN-packed second copy for GEMMs of more than
+#                            LINEAR_MAX_TOKENS rows (1.3-1.7x F.linear's time at 16-64 rows on the small checkpoint's
+#                            unembedding: oneDNN otherwise reorders the weight on every call); bigger ones are not
+#                            worth their memory twice (gpt-oss-20b's unembedding: 1.1 GiB)
+
+
+def pack_linear(weight: torch.Tensor) -> torch.Tensor | None:
+    """A oneDNN-packed copy of a CPU bf16 weight of at most PACK_MAX_BYTES for `linear`, or None (another device or
+    dtype, too big, or a torch without mkldnn)."""
+    if weight.device.type != "cpu" or weight.dtype != torch.bfloat16 or weight.numel() * 2 > PACK_MAX_BYTES:
+        return None
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 64)
 
 
 def argmax(rows: torch.Tensor) -> torch.Tensor:

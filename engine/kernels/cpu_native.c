@@ -13,7 +13,8 @@
  *            product of pairs where the CPU has it, else each value widened exactly to fp32)
  *   argmax : the first index of each row's largest value (fp32 or bf16 rows; NaN counts as largest, as in torch)
  *   moe    : the whole MoE MLP of a few tokens per expert (decode): per active expert, its tokens' W1 matvec, bias,
- *            clamped SwiGLU, W2 matvec, bias, added into the output with the router's weight; fp32 throughout
+ *            clamped SwiGLU, W2 matvec, bias, added into the output with the router's weight; fp32 sums, the
+ *            intermediate results rounded to bf16 where the model runs in bf16 (as the torch path rounds them)
  *   decode attention : one query per sequence over the paged KV cache, the sink in the softmax's denominator,
  *            sliding window, grouped query heads; per (sequence, KV head): scores, then the weighted sum of values
  *
@@ -743,11 +744,14 @@ static void matvec_rows(const float *xs, int64_t n, const uint8_t *blocks, const
 
 /* x [T, H] fp32, ids [T, K] (ids outside [0, E) are held by another rank: skipped), weights [T, K] fp32; w1 [E, 2I,
    H/32, 16] + scales [E, 2I, H/32], b1 [E, 2I]; w2 [E, H, I/32, 16] + scales [E, H, I/32], b2 [E, H]; biases fp32 or
-   bf16. out [T, H] fp32 is added to. Returns 0, or -1 when out of memory (out then partly written). */
+   bf16. out [T, H] fp32 is added to. act_bf16: h, the SwiGLU and each expert's output rounded to bf16 (a bf16
+   model's torch path holds them in bf16). Returns 0, or -1 when out of memory (out then partly written). */
+static inline float as_act(float v, int act_bf16) { return act_bf16 ? widen(round_bf16(v)) : v; }
+
 int gptoss_moe_mxfp4(const float *x, int64_t T, int64_t H, const int64_t *ids, const float *weights, int64_t K,
                      const uint8_t *w1b, const uint8_t *w1s, const void *b1, const uint8_t *w2b, const uint8_t *w2s,
-                     const void *b2, int bias_bf16, int64_t E, int64_t I, float limit, float alpha, float *out,
-                     int threads) {
+                     const void *b2, int bias_bf16, int act_bf16, int64_t E, int64_t I, float limit, float alpha,
+                     float *out, int threads) {
     int64_t A = T * K, *count = calloc((size_t)E + 1, sizeof(int64_t)), *order = malloc((size_t)(A > 0 ? A : 1) * 8);
     float *xs = malloc((size_t)(A * H > 0 ? A * H : 1) * sizeof(float));
     float *h = malloc((size_t)(A * 2 * I > 0 ? A * 2 * I : 1) * sizeof(float));
@@ -788,19 +792,26 @@ int gptoss_moe_mxfp4(const float *x, int64_t T, int64_t H, const int64_t *ids, c
         matvec_rows(xs, n, w1b + e * 2 * I * H / 2, w1s + e * 2 * I * (H / 32), 2 * I, H / 32, h, threads);
         for (int64_t i = 0; i < n; i++) /* + b1, SwiGLU (gate even, up odd), written in split order for W2 */
             for (int64_t c = 0; c < I; c++) {
-                float gate = h[i * 2 * I + 2 * c] + bias_at(b1, bias_bf16, e * 2 * I + 2 * c);
-                float up = h[i * 2 * I + 2 * c + 1] + bias_at(b1, bias_bf16, e * 2 * I + 2 * c + 1);
+                float gate = as_act(h[i * 2 * I + 2 * c] + bias_at(b1, bias_bf16, e * 2 * I + 2 * c), act_bf16);
+                float up = as_act(h[i * 2 * I + 2 * c + 1] + bias_at(b1, bias_bf16, e * 2 * I + 2 * c + 1), act_bf16);
                 gate = gate < limit ? gate : limit;
                 up = up < -limit ? -limit : (up > limit ? limit : up);
-                float v = gate / (1.0f + expf(-alpha * gate)) * (up + 1.0f);
+                float v;
+                if (act_bf16) { /* each step rounded, as the torch path's bf16 ops do: the same bits */
+                    float scaled = as_act(alpha * gate, 1), sig = as_act(1.0f / (1.0f + expf(-scaled)), 1);
+                    v = as_act(gate * sig, 1) * as_act(up + 1.0f, 1);
+                } else {
+                    v = gate / (1.0f + expf(-alpha * gate)) * (up + 1.0f);
+                }
                 int64_t g = c / 32, j = c % 32;
-                act[i * I + g * 32 + (j % 2) * 16 + j / 2] = v;
+                act[i * I + g * 32 + (j % 2) * 16 + j / 2] = as_act(v, act_bf16);
             }
         matvec_rows(act, n, w2b + e * H * I / 2, w2s + e * H * (I / 32), H, I / 32, y, threads);
         for (int64_t i = 0; i < n; i++) {
             float w = weights[mine[i]];
             float *dst = out + (mine[i] / K) * H;
-            for (int64_t c = 0; c < H; c++) dst[c] += w * (y[i * H + c] + bias_at(b2, bias_bf16, e * H + c));
+            for (int64_t c = 0; c < H; c++)
+                dst[c] += w * as_act(y[i * H + c] + bias_at(b2, bias_bf16, e * H + c), act_bf16);
         }
     }
 done:

@@ -66,7 +66,7 @@ def library() -> ctypes.CDLL | None:
     lib.gptoss_decode_attention.argtypes = [_P, _P, _INT, _I64, _P, _P, _P, _I64, _P, _INT, _I64, _I64, _I64, _I64,
                                             _I64, _P, _I64, ctypes.c_float, _INT]
     lib.gptoss_decode_attention.restype = None
-    lib.gptoss_moe_mxfp4.argtypes = [_P, _I64, _I64, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _INT, _I64, _I64,
+    lib.gptoss_moe_mxfp4.argtypes = [_P, _I64, _I64, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _INT, _INT, _I64, _I64,
                                      ctypes.c_float, ctypes.c_float, _P, _INT]
     lib.gptoss_moe_mxfp4.restype = _INT
     lib.gptoss_argmax.argtypes = [_P, _INT, _I64, _I64, _P, _INT]
@@ -194,8 +194,9 @@ def decode_attention(lib: ctypes.CDLL, out: torch.Tensor, q: torch.Tensor, kv_ca
 def moe(lib: ctypes.CDLL, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, w1_blocks: torch.Tensor,
         w1_scales: torch.Tensor, b1: torch.Tensor, w2_blocks: torch.Tensor, w2_scales: torch.Tensor, b2: torch.Tensor,
         swiglu_limit: float, alpha: float) -> torch.Tensor:
-    """moe_mxfp4's result [T, H] in fp32 (the caller casts): every step in C, fp32 throughout, one pass over each
-    active expert's weights per 4 of its tokens. Ids outside this rank's experts are skipped."""
+    """moe_mxfp4's result [T, H] in fp32 (the caller casts): every step in C, fp32 sums, one pass over each active
+    expert's weights per 4 of its tokens; with bf16 x, h, the SwiGLU and each expert's output rounded to bf16 as the
+    torch path holds them. Ids outside this rank's experts are skipped."""
     tensors = (w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2)
     if not all(t.is_contiguous() for t in tensors) or b1.dtype != b2.dtype or b1.dtype not in (torch.float32,
                                                                                               torch.bfloat16):
@@ -208,7 +209,8 @@ def moe(lib: ctypes.CDLL, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights:
     out = torch.zeros(xf.shape, dtype=torch.float32)
     if lib.gptoss_moe_mxfp4(xf.data_ptr(), xf.shape[0], hidden, ids.data_ptr(), weights.data_ptr(), ids.shape[1],
                             w1_blocks.data_ptr(), w1_scales.data_ptr(), b1.data_ptr(), w2_blocks.data_ptr(),
-                            w2_scales.data_ptr(), b2.data_ptr(), int(b1.dtype == torch.bfloat16), experts, inter,
+                            w2_scales.data_ptr(), b2.data_ptr(), int(b1.dtype == torch.bfloat16),
+                            int(x.dtype == torch.bfloat16), experts, inter,
                             swiglu_limit, alpha, out.data_ptr(), torch.get_num_threads()):
         raise MemoryError("the native MoE could not allocate its buffers")
     return out

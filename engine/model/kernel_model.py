@@ -15,10 +15,16 @@ from engine.model.reference import RMSNorm, Transformer
 
 
 class KernelLinear(nn.Linear):
-    """nn.Linear through kernels.linear (on CPU, the native kernel for a few tokens of bf16)."""
+    """nn.Linear through kernels.linear (on CPU, bf16: the native kernel for a few tokens, oneDNN on a packed copy of
+    a small enough weight for more; the copy made at the first such call)."""
+
+    packed: tuple[int, torch.Tensor | None] | None = None  # (the weight's data_ptr it was made from, the copy)
 
     def forward(self, x):
-        return kernels.linear(x, self.weight, self.bias)
+        if x.dim() == 2 and x.shape[0] > kernels.LINEAR_MAX_TOKENS and (
+                self.packed is None or self.packed[0] != self.weight.data_ptr()):
+            self.packed = self.weight.data_ptr(), kernels.pack_linear(self.weight)
+        return kernels.linear(x, self.weight, self.bias, self.packed[1] if self.packed else None)
 
 
 def kernel_linear(linear: nn.Linear) -> KernelLinear:

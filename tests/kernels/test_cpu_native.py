@@ -153,3 +153,20 @@ def test_argmax_matches_torch(isa, dtype):
     assert torch.equal(kernels.argmax(rows), rows.argmax(dim=-1))
     vocab = torch.randn(3, 201088, generator=gen).to(dtype)  # the real vocabulary: rows split between threads
     assert torch.equal(cpu_native.argmax(isa, vocab), vocab.argmax(dim=-1))
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_on_a_packed_weight(with_bias):
+    """More than LINEAR_MAX_TOKENS rows of bf16 go through oneDNN on pack_linear's copy: F.linear's result; too big a
+    weight, another dtype: no copy."""
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(300, 64, generator=gen).to(torch.bfloat16)
+    bias = torch.randn(300, generator=gen).to(torch.bfloat16) if with_bias else None
+    packed = kernels.pack_linear(weight)
+    assert packed is not None
+    for rows in (5, 64):
+        x = torch.randn(rows, 64, generator=gen).to(torch.bfloat16)
+        torch.testing.assert_close(kernels.linear(x, weight, bias, packed), F.linear(x, weight, bias), rtol=1e-2,
+                                   atol=1e-2)
+    assert kernels.pack_linear(weight.float()) is None
+    assert kernels.pack_linear(torch.empty(kernels.PACK_MAX_BYTES // 2 + 1, dtype=torch.bfloat16)[None]) is None
