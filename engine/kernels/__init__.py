@@ -98,10 +98,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
-PACK_MAX_BYTES = 64 << 20  # bf16 weights up to this size get a oneDNN-packed second copy for GEMMs of more than
-#                            LINEAR_MAX_TOKENS rows (1.3-1.7x F.linear's time at 16-64 rows on the small checkpoint's
+PACK_MAX_BYTES = 64 << 20  # bf16 weights up to this size may get a oneDNN-packed second copy for GEMMs of more than
+#                            LINEAR_MAX_TOKENS rows (1.3-1.7x F.linear's speed at 16-64 rows on the small checkpoint's
 #                            unembedding: oneDNN otherwise reorders the weight on every call); bigger ones are not
-#                            worth their memory twice (gpt-oss-20b's unembedding: 1.1 GiB)
+#                            worth their memory twice (gpt-oss-20b's unembedding: 1.1 GiB). The kernel model packs
+#                            only its unembedding (0.84-1.4x at gpt-oss-20b's projection shapes: not worth 1.3 GiB)
 
 
 def pack_linear(weight: torch.Tensor) -> torch.Tensor | None:

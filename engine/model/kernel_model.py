@@ -15,13 +15,14 @@ from engine.model.reference import RMSNorm, Transformer
 
 
 class KernelLinear(nn.Linear):
-    """nn.Linear through kernels.linear (on CPU, bf16: the native kernel for a few tokens, oneDNN on a packed copy of
-    a small enough weight for more; the copy made at the first such call)."""
+    """nn.Linear through kernels.linear (on CPU, bf16: the native kernel for a few tokens; for more, with `pack` set,
+    oneDNN on a packed copy of the weight if it is small enough, made at the first such call)."""
 
+    pack = False  # the unembedding's: one GEMM of every sampled row per step, where the copy pays for its memory
     packed: tuple[int, torch.Tensor | None] | None = None  # (the weight's data_ptr it was made from, the copy)
 
     def forward(self, x):
-        if x.dim() == 2 and x.shape[0] > kernels.LINEAR_MAX_TOKENS and (
+        if self.pack and x.dim() == 2 and x.shape[0] > kernels.LINEAR_MAX_TOKENS and (
                 self.packed is None or self.packed[0] != self.weight.data_ptr()):
             self.packed = self.weight.data_ptr(), kernels.pack_linear(self.weight)
         return kernels.linear(x, self.weight, self.bias, self.packed[1] if self.packed else None)
@@ -81,4 +82,5 @@ def use_kernels(model: Transformer) -> Transformer:
         block.mlp_norm = KernelRMSNorm(config.hidden_size, config.rms_norm_eps)
     model.norm = KernelRMSNorm(config.hidden_size, config.rms_norm_eps)
     model.unembed = kernel_linear(model.unembed)
+    model.unembed.pack = True
     return model
