@@ -126,7 +126,7 @@ def test_rows_kept_tied_are_the_embedding_over_sqrt_d():
     untied = torch.tensor([i % 2 == 0 for i in range(len(VOCAB_IDS))])
     model = TrainableModel(SPEC.config(), VOCAB_IDS, seed=2, untied=untied)
     with torch.no_grad():
-        model.net.unembed.delta.normal_()
+        model.net.unembed.parametrizations.delta.original.normal_()  # as if trained
         weights = model.checkpoint_weights()
     embed, unembed = (weights[n][VOCAB_IDS].float() for n in ("embed.weight", "unembed.weight"))
     torch.testing.assert_close(unembed[~untied], embed[~untied] / math.sqrt(SPEC.hidden), rtol=0, atol=0)
