@@ -104,18 +104,25 @@ class TiedUnembedding(nn.Module):
     a token's embedding into the residual stream raises that token's logit for every token at once, so copying
     numbers, letters and names from the context is not learned one unembedding row at a time (most occur a few
     dozen times in the whole corpus); the difference lets frequent tokens move apart from their embedding.
+
+    Only those (`free`): a token the corpus seldom asks for gets, at every step, a small gradient that lowers its
+    logit, which AdamW turns into a full-size step, so its difference grew to cancel the tie. Measured on the first
+    committed model: the 3-digit number tokens' rows kept a fifth of their tied norm (0.24-0.45 against 1.4-1.9 for
+    frequent tokens), and every product python printed was copied as some other token (python_answer 0.00).
     """
 
-    def __init__(self, embed: nn.Embedding):
+    def __init__(self, embed: nn.Embedding, free: torch.Tensor | None = None):
         super().__init__()
         self.source = [embed]  # a list: not a submodule (its parameter is the embedding's, owned there)
         self.scale = 1 / math.sqrt(embed.weight.shape[1])  # a power of two for D = 64: exact in bf16
         self.delta = nn.Parameter(torch.zeros_like(embed.weight))  # [S, D]
+        # [S, 1]: 1 where a row may leave the embedding (a token the corpus often asks for), 0 where it stays tied
+        self.register_buffer("free", torch.ones(embed.weight.shape[0], 1) if free is None else free[:, None].float())
 
     @property
     def weight(self) -> torch.Tensor:
         """[S, D], rounded to bf16 as the checkpoint stores it (straight-through)."""
-        return BF16RoundTrip()(self.source[0].weight * self.scale + self.delta)
+        return BF16RoundTrip()(self.source[0].weight * self.scale + self.delta * self.free)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight)
@@ -123,7 +130,7 @@ class TiedUnembedding(nn.Module):
 
 class TrainableModel(nn.Module):
     def __init__(self, config: GptOssConfig, vocab_ids: list[int], seed: int, tie_embeddings: bool = True,
-                 copy_layers: int = 0):
+                 copy_layers: int = 0, induction: bool = False, untied: torch.Tensor | None = None):
         super().__init__()
         self.config = config  # the architecture of the checkpoint (full vocabulary)
         self.register_buffer("vocab_ids", torch.tensor(vocab_ids), persistent=False)  # compact id -> real id [S]
@@ -134,8 +141,10 @@ class TrainableModel(nn.Module):
             init_weights(self.net)
             for block in self.net.layers[len(self.net.layers) - copy_layers:]:
                 init_copy_heads(block.attn)
+            if induction:
+                init_induction(self.net)
             if tie_embeddings:
-                self.net.unembed = TiedUnembedding(self.net.embed)
+                self.net.unembed = TiedUnembedding(self.net.embed, untied)
         for name, module, attr in float_parameters(self.net):
             rounding = MXFP4RoundTrip() if attr in EXPERT_WEIGHTS else BF16RoundTrip()
             parametrize.register_parametrization(module, attr, rounding, unsafe=True)
@@ -244,3 +253,91 @@ def init_copy_heads(attn: nn.Module) -> None:
             cols = slice(g * group * Dh, g * group * Dh + (rows.stop - rows.start))
             attn.o.weight[:, g * group * Dh:(g * group + 1) * Dh] = 0
             attn.o.weight[rows, cols] = torch.eye(rows.stop - rows.start)
+
+
+# -- an induction circuit to start from (Olsson et al., 2022, "In-context learning and induction heads") ----------
+
+PREVIOUS_TOKEN_PAIRS = (1.0, 0.7, 0.5, 0.3)  # RoPE pairs 0.. (the fastest) and their share of the positional score
+PREVIOUS_TOKEN_MARGIN = 8.0  # logit of the previous token over any other key in the window (and over the sink)
+CONTENT_PAIRS = 8  # the slowest RoPE pairs: they turn < 0.5 rad over 1000 tokens, so they match by content
+INDUCTION_GAIN = 6.0  # induction query scale: a matching key scores ~ this x its content dot (x scale)
+
+
+def init_induction(net: Transformer) -> None:
+    """Layer 0 starts with previous-token heads, layer 1 with induction heads that copy what followed last time.
+
+    Layer 0, the first head of each KV group: a query and key built from biases alone, rotated so their RoPE score
+    peaks one position back; value = the (normed) input, output = a fixed random rotation R of it. Every position
+    then carries R x_prev beside its own embedding.
+    Layer 1, the first head of each KV group: query = M x (M: CONTENT_PAIRS x 2 orthonormal rows, on the slowest
+    RoPE pairs, where rotation is ~0 over the corpus' lengths), key = M R^T x, so a key whose previous token equals
+    the query's token scores high; value and output copy the attended input as `init_copy_heads` does. With the
+    unembedding tied to the embedding, that raises the logit of the token that followed the current token before:
+    copying a sequence (letters to count or reverse, a number or sentence from a tool result) is induction.
+    """
+    D, Dh = net.config.hidden_size, net.config.head_dim
+    gen = torch.Generator().manual_seed(0x1D)
+    rotation = torch.linalg.qr(torch.randn(D, D, generator=gen))[0]  # R [D, D] orthogonal
+    inv_freq, rope_scale = net.inv_freq, net.rope_scale
+    previous_token_heads(net.layers[0].attn, rotation, inv_freq, rope_scale)
+    projection = torch.linalg.qr(torch.randn(D, 2 * CONTENT_PAIRS, generator=gen))[0].T  # M [2P, D] orthonormal
+    induction_heads(net.layers[1].attn, rotation, projection)
+    init_copy_heads(net.layers[1].attn)
+
+
+def _first_heads(attn: nn.Module) -> tuple[int, int, int]:
+    """(head_dim, KV groups, query heads per group)."""
+    Dh = attn.head_dim
+    kv, heads = attn.k.weight.shape[0] // Dh, attn.q.weight.shape[0] // Dh
+    return Dh, kv, heads // kv
+
+
+def _pair_dims(Dh: int, pairs: range) -> torch.Tensor:
+    """Half-split RoPE: pair i rotates dimensions i and i + Dh/2."""
+    half = Dh // 2
+    return torch.tensor([i for i in pairs] + [i + half for i in pairs])
+
+
+def previous_token_heads(attn: nn.Module, rotation: torch.Tensor, inv_freq: torch.Tensor, rope_scale: float) -> None:
+    Dh, kv, group = _first_heads(attn)
+    half = Dh // 2
+    weights = torch.tensor(PREVIOUS_TOKEN_PAIRS)
+    theta = inv_freq[: len(weights)]
+    # score(delta) = c * sum_i w_i cos((delta - 1) theta_i) * rope_scale^2 * attn.scale; its margin at delta = 1
+    delta = torch.arange(0, 4096, dtype=torch.float32)
+    score = (weights[None] * torch.cos((delta[:, None] - 1) * theta[None])).sum(-1)
+    margin = score[1] - torch.cat([score[:1], score[2:]]).max()
+    c = PREVIOUS_TOKEN_MARGIN / (margin * rope_scale ** 2 * attn.scale)
+    amplitude = (c * weights).sqrt()
+    pairs = _pair_dims(Dh, range(len(weights)))
+    with torch.no_grad():
+        for g in range(kv):
+            head = g * group
+            q_rows = slice(head * Dh, (head + 1) * Dh)
+            k_rows = slice(g * Dh, (g + 1) * Dh)
+            attn.q.weight[q_rows] = 0
+            attn.q.bias[q_rows] = 0
+            attn.q.bias[head * Dh + pairs[: len(weights)]] = amplitude  # (a, 0) per pair: angle 0
+            attn.k.weight[g * Dh + pairs] = 0
+            attn.k.bias[k_rows] = 0
+            attn.k.bias[g * Dh + pairs[: len(weights)]] = amplitude * torch.cos(theta)  # angle theta: peak at 1 back
+            attn.k.bias[g * Dh + pairs[len(weights):]] = amplitude * torch.sin(theta)
+            dims = slice(g * Dh, min((g + 1) * Dh, rotation.shape[0]))
+            width = dims.stop - dims.start
+            attn.v.weight[k_rows] = 0
+            attn.v.weight[g * Dh + torch.arange(width), torch.arange(dims.start, dims.stop)] = 1
+            attn.o.weight[:, q_rows] = 0
+            attn.o.weight[:, head * Dh: head * Dh + width] = rotation[:, dims]
+
+
+def induction_heads(attn: nn.Module, rotation: torch.Tensor, projection: torch.Tensor) -> None:
+    Dh, kv, group = _first_heads(attn)
+    pairs = _pair_dims(Dh, range(Dh // 2 - CONTENT_PAIRS, Dh // 2))
+    with torch.no_grad():
+        for g in range(kv):
+            head = g * group
+            attn.q.weight[head * Dh: (head + 1) * Dh] = 0
+            attn.q.bias[head * Dh: (head + 1) * Dh] = 0
+            attn.q.weight[head * Dh + pairs] = INDUCTION_GAIN * projection
+            attn.k.weight[g * Dh + pairs] = projection @ rotation.T
+            attn.k.bias[g * Dh + pairs] = 0

@@ -2,8 +2,10 @@
 
 Flow: `corpus.dialogues(seed)` -> `Renderer.render` (a sample of each task checked against harmony and the
 server's render_chat) -> sequences of compact ids with targets on the assistant's tokens -> batches of similar
-length -> AdamW on `TrainableModel.loss` (warm-up, cosine decay; the experts train through MXFP4 for the last
-part) -> `engine.weights.tiny_model.write_checkpoint` writes the real checkpoint format.
+length -> `TrainableModel` (the unembedding tied to the embedding, free to move away only for tokens the corpus
+often asks for; attention started as previous-token, induction and copy heads) -> AdamW on its loss (warm-up,
+cosine decay; the experts train through MXFP4 for the last part) -> `engine.weights.tiny_model.write_checkpoint`
+writes the real checkpoint format.
 
 Bit for bit: same seed, same torch build, same CPU instruction set and `threads` give the same checkpoint bytes
 (training pins the thread count and asks torch for deterministic algorithms).
@@ -44,8 +46,8 @@ class Phase:
 @dataclass
 class TrainSpec:
     seed: int = 0  # corpus, initialization and batch order
-    dialogues: int = 26000  # corpus size (about what `steps` batches hold: each dialogue is seen once)
-    steps: int = 2400  # optimizer steps
+    dialogues: int = 22000  # corpus size (about what `steps` batches hold: each dialogue is seen once)
+    steps: int = 2000  # optimizer steps
     batch_tokens: int = 2048  # padded tokens per step
     lr: float = 4e-3  # peak learning rate
     warmup_steps: int = 100
@@ -55,6 +57,8 @@ class TrainSpec:
     model: TinyModelSpec = field(default_factory=lambda: HARMONY_MODEL)  # the architecture
     tie_embeddings: bool = True  # train the unembedding as the embedding / sqrt(D) (model.TiedUnembedding)
     copy_layers: int = 2  # the last this many layers start with copy heads (model.init_copy_heads)
+    induction: bool = True  # layers 0-1 start as previous-token and induction heads (model.init_induction)
+    untie_from: int = 128  # a token's unembedding may leave its embedding once it is a target this often (0: all)
     phases: tuple[Phase, ...] = (Phase(1.0),)  # the curriculum: corpus mixes in turn (dialogues split by steps)
 
 
@@ -146,7 +150,11 @@ def _train(spec: TrainSpec) -> tuple[TrainableModel, float]:
     vocab = sorted({t for seqs in phases for s in seqs for t in s.ids})
     compact = torch.full((spec.model.vocab,), -1, dtype=torch.long)
     compact[torch.tensor(vocab)] = torch.arange(len(vocab))
-    model = TrainableModel(spec.model.config(), vocab, spec.seed, spec.tie_embeddings, spec.copy_layers)
+    targets = torch.zeros(len(vocab), dtype=torch.long)
+    for seq in (s for seqs in phases for s in seqs):
+        targets += torch.bincount(compact[torch.tensor(seq.ids[seq.start:])], minlength=len(vocab))
+    model = TrainableModel(spec.model.config(), vocab, spec.seed, spec.tie_embeddings, spec.copy_layers,
+                           spec.induction, targets >= spec.untie_from)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), eps=1e-8,
                                   weight_decay=spec.weight_decay)
     rng = random.Random(spec.seed)

@@ -19,9 +19,9 @@ from engine.text.tokenizer import Tokenizer
 from engine.train import corpus, evaluation
 from engine.train.renderer import Renderer
 
-# Issue 19 is open: the committed model (2026-12-01) does not reach these thresholds yet. The thresholds stay; each
-# test still runs, and an xpass shows when a retrained model gets there.
-BELOW = "issue 19 open: the committed tiny harmony model scores {} here (2026-12-01), under the threshold"
+# Issue 19 is open: the committed model (retrained 2026-12-02) does not reach these thresholds yet. The thresholds
+# stay; each test still runs, and an xpass shows when a retrained model gets there.
+BELOW = "issue 19 open: the committed tiny harmony model scores {} here (2026-12-02), under the threshold"
 
 N = 100  # generated cases per task
 SEED = 20_261_201  # not the training seed, not the evaluation seed of the model card
@@ -51,7 +51,7 @@ def reasoning(choice) -> str:
     return (choice.message.model_extra or {}).get("reasoning_content") or ""
 
 
-@pytest.mark.xfail(reason=BELOW.format("0.57"), strict=False)
+@pytest.mark.xfail(reason=BELOW.format("0.61"), strict=False)
 def test_arithmetic_reasons_then_answers_correctly(client):
     dialogues = cases("arithmetic")
     choices = concurrently(lambda d: chat(client, d), dialogues)
@@ -94,14 +94,13 @@ def tool_loop(client: openai.OpenAI, dialogue: corpus.Dialogue) -> tuple[str | N
     return chat(client, dialogue, messages).message.content, value
 
 
-@pytest.mark.xfail(reason=BELOW.format("0.88"), strict=False)
 def test_answer_after_the_tool_result_carries_its_value(client):
     dialogues = cases("weather_answer", 50)
     results = concurrently(lambda d: tool_loop(client, d), dialogues)
     assert share([answer is not None and value in answer for answer, value in results]) >= 0.9
 
 
-@pytest.mark.xfail(reason=BELOW.format("0.58"), strict=False)
+@pytest.mark.xfail(reason=BELOW.format("0.46"), strict=False)
 def test_response_format_gets_a_json_answer(client):
     dialogues = cases("json", 50)
     choices = concurrently(lambda d: chat(client, d), dialogues)
@@ -143,7 +142,7 @@ def test_large_product_goes_to_the_python_tool(harmony_app):
     assert share([r == [d.call] for d, r in zip(dialogues, results)]) >= 0.9
 
 
-@pytest.mark.xfail(reason=BELOW.format("'15' for 7 + 5"), strict=False)
+@pytest.mark.xfail(reason=BELOW.format("'10' for 7 + 5"), strict=False)
 def test_readme_quick_start(harmony_app):
     """The README's curl: a reasoning + answer pair."""
     import httpx
@@ -160,7 +159,7 @@ def test_readme_quick_start(harmony_app):
 
 @pytest.mark.parametrize("task", [
     pytest.param("reverse", marks=pytest.mark.xfail(reason=BELOW.format("0.00"), strict=False)),
-    pytest.param("count", marks=pytest.mark.xfail(reason=BELOW.format("0.70"), strict=False)),
+    pytest.param("count", marks=pytest.mark.xfail(reason=BELOW.format("0.63"), strict=False)),
     "greeting"])
 def test_other_head_tasks(client, task):
     dialogues = cases(task, 30)

@@ -91,3 +91,43 @@ def test_copy_heads_add_the_attended_input_as_it_is():
         ov = sum(o[:, g * 2 * 32:(g * 2 + 1) * 32] @ v[g * 32:(g + 1) * 32] for g in range(2))
         torch.testing.assert_close(ov, torch.eye(64), rtol=0, atol=0)
         assert (o[:, 32:64] != 0).any() and (first.v.weight != 0).sum() > 64
+
+
+def test_induction_init_attends_one_back_then_to_what_followed_last_time():
+    """Layer 0's first heads look exactly one token back; layer 1's, on a repeated random sequence, look mostly at
+    the token after the current token's earlier occurrence (far above uniform attention)."""
+    from engine.model.reference import rotate
+    from engine.train.trainer import HARMONY_MODEL
+
+    model = TrainableModel(HARMONY_MODEL.config(), list(range(1500)), seed=0, induction=True)
+    half = 60
+    seq = torch.randperm(1500, generator=torch.Generator().manual_seed(0))[:half]
+    ids = torch.cat([seq, seq])
+    T, pos, net = len(ids), torch.arange(len(ids)), model.net
+    cos, sin = net.rope(pos)
+    x = net.embed(ids)
+    attention = RowAttention(1, T)
+    targets = [(pos - 1).clamp(min=0), torch.where(pos >= half, pos - half + 1, pos)]
+    with torch.no_grad():
+        for layer, target in zip(net.layers[:2], targets):
+            h, a = layer.attn_norm(x), layer.attn
+            q, k = (rotate(p(h).view(T, -1, a.head_dim), cos, sin) for p in (a.q, a.k))
+            for head in (0, 2):
+                scores = (q[:, head] @ k[:, head // 2].T * a.scale).masked_fill(pos[None] > pos[:, None], -1e9)
+                probs = torch.cat([torch.zeros(T, 1), scores], 1).softmax(-1)[:, 1:]  # the sink starts at 0
+                on_target = probs[pos, target][half + 1:]
+                assert on_target.mean() > (0.99 if layer is net.layers[0] else 0.2)
+            x = layer(x, pos, cos, sin, attention)
+
+
+def test_rows_kept_tied_are_the_embedding_over_sqrt_d():
+    """A token the corpus rarely asks for keeps its unembedding = embedding / sqrt(D), so copying it from the
+    context is not unlearned; the others train a difference."""
+    untied = torch.tensor([i % 2 == 0 for i in range(len(VOCAB_IDS))])
+    model = TrainableModel(SPEC.config(), VOCAB_IDS, seed=2, untied=untied)
+    with torch.no_grad():
+        model.net.unembed.parametrizations.delta.original.normal_()  # as if trained
+        weights = model.checkpoint_weights()
+    embed, unembed = (weights[n][VOCAB_IDS].float() for n in ("embed.weight", "unembed.weight"))
+    torch.testing.assert_close(unembed[~untied], embed[~untied] / math.sqrt(SPEC.hidden), rtol=0, atol=0)
+    assert (unembed[untied] != embed[untied] / math.sqrt(SPEC.hidden)).any(-1).all()
