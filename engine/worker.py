@@ -29,6 +29,7 @@ import torch
 
 from engine.block_pool import NULL_BLOCK
 from engine.config import EngineConfig
+from engine.kernels import cpu_native
 from engine.kv_cache_manager import KVCacheLayout
 from engine.model.kernel_model import build_kernel_model
 from engine.model.reference import Transformer
@@ -131,6 +132,8 @@ class Worker:
             self.model, self.moe_dispatch = build_parallel_model(arch, weights, self.rank, self.comm, packed,
                                                                  config.parallel.moe_dispatch)
         self.arch, self.vocab_size = arch, arch.vocab_size
+        if self.device.type == "cpu":
+            cpu_native.library()  # built (first time on this machine: a second or two) at load, not in a request
         k0, k1 = kv_heads(arch, self.rank)
         self.num_kv_heads, self.layout = k1 - k0, KVCacheLayout.for_model(arch, config.cache.block_size)
         free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else 0
