@@ -5,8 +5,9 @@
 Flow: random weights at gpt-oss-20b's shapes for one layer (packed MXFP4 experts, bf16 attention) and the
 unembedding -> each piece of one decode token timed alone (best of --repeat): the 4 active experts' W1 and W2
 through moe_cpu.linear_mxfp4 (and, for comparison, W1 on the tiled path, decoded by torch without the native
-kernels, and as a dense bf16 matrix: calls/step 0, not summed), the attention projections, the router, the unembedding -> per-step estimate
-(24 layers) next to the bytes each piece reads, so a slow piece shows as a low GB/s.
+kernels, and as a dense bf16 matrix: calls/step 0, not summed), the attention projections, the router and the
+unembedding through engine.kernels.linear as the engine runs them -> per-step estimate (24 layers) next to the
+bytes each piece reads, so a slow piece shows as a low GB/s.
 """
 
 import argparse
@@ -15,6 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from engine import kernels
 from engine.kernels import moe_cpu
 from engine.weights.mxfp4 import dequantize_mxfp4
 
@@ -56,10 +58,10 @@ def pieces(dtype: torch.dtype) -> dict:
         "  W1, torch decode (baseline)": (lambda: moe_cpu._linear_torch(x, *w1, b1), nbytes(*w1), 0),
         "  W1 as dense bf16 (floor)": (lambda: F.linear(x, w1_dense, b1), nbytes(w1_dense), 0),
         "expert W2 (linear_mxfp4)": (lambda: moe_cpu.linear_mxfp4(h, *w2, b2), nbytes(*w2), LAYERS * K),
-        "qkv projection (F.linear)": (lambda: F.linear(x, qkv), nbytes(qkv), LAYERS),
-        "o projection (F.linear)": (lambda: F.linear(torch.randn(1, Q * D, dtype=dtype), o), nbytes(o), LAYERS),
-        "router (F.linear)": (lambda: F.linear(x, router), nbytes(router), LAYERS),
-        "unembedding (F.linear)": (lambda: F.linear(x, unembed), nbytes(unembed), 1),
+        "qkv projection (linear)": (lambda: kernels.linear(x, qkv), nbytes(qkv), LAYERS),
+        "o projection (linear)": (lambda: kernels.linear(torch.randn(1, Q * D, dtype=dtype), o), nbytes(o), LAYERS),
+        "router (linear)": (lambda: kernels.linear(x, router), nbytes(router), LAYERS),
+        "unembedding (linear)": (lambda: kernels.linear(x, unembed), nbytes(unembed), 1),
     }
 
 
