@@ -33,6 +33,14 @@
 #endif
 
 #define MAX_TOKENS 4 /* tokens per pass over the weights in matvec and bf16mv (by_chunks splits more) */
+/* calls inner(j, n) with n a constant in each call, so each instance keeps its accumulators in registers */
+#define BY_TOKEN_COUNT(inner, j)                                                                                  \
+    switch ((j)->n) {                                                                                              \
+        case 1: inner(j, 1); break;                                                                                \
+        case 2: inner(j, 2); break;                                                                                \
+        case 3: inner(j, 3); break;                                                                                \
+        default: inner(j, 4); break;                                                                               \
+    }
 
 static const float FP4[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
                               -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
@@ -225,13 +233,10 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void matvec_avx
     }
 }
 
-__attribute__((target("avx2,fma"))) static void matvec_avx2(const job_t *j) { /* n constant per instance */
-    switch (j->n) {
-        case 1: matvec_avx2_n(j, 1); break;
-        case 2: matvec_avx2_n(j, 2); break;
-        case 3: matvec_avx2_n(j, 3); break;
-        default: matvec_avx2_n(j, 4); break;
-    }
+__attribute__((target("avx2,fma"))) static void matvec_avx2(const job_t *j) { BY_TOKEN_COUNT(matvec_avx2_n, j); }
+
+__attribute__((target("avx2,fma"))) static inline __m256 widen_avx2(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
 
 __attribute__((target("avx2,fma"), always_inline)) static inline void bf16mv_avx2_n(const job_t *j, const int n) {
@@ -242,8 +247,7 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void bf16mv_avx
         for (int t = 0; t < n; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
         int64_t k = 0;
         for (; k + 16 <= K; k += 16) {
-            __m256 w0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + k))), 16));
-            __m256 w1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + k + 8))), 16));
+            __m256 w0 = widen_avx2(w + k), w1 = widen_avx2(w + k + 8);
             for (int t = 0; t < n; t++) {
                 acc[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(j->xs + t * K + k), acc[t][0]);
                 acc[t][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(j->xs + t * K + k + 8), acc[t][1]);
@@ -257,14 +261,7 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void bf16mv_avx
     }
 }
 
-__attribute__((target("avx2,fma"))) static void bf16mv_avx2(const job_t *j) {
-    switch (j->n) {
-        case 1: bf16mv_avx2_n(j, 1); break;
-        case 2: bf16mv_avx2_n(j, 2); break;
-        case 3: bf16mv_avx2_n(j, 3); break;
-        default: bf16mv_avx2_n(j, 4); break;
-    }
-}
+__attribute__((target("avx2,fma"))) static void bf16mv_avx2(const job_t *j) { BY_TOKEN_COUNT(bf16mv_avx2_n, j); }
 
 /* ---- AVX-512: 16 lanes, the whole signed E2M1 table in one vpermps ---- */
 
@@ -331,14 +328,7 @@ __attribute__((target("avx512f"), always_inline)) static inline void matvec_avx5
     }
 }
 
-__attribute__((target("avx512f"))) static void matvec_avx512(const job_t *j) {
-    switch (j->n) {
-        case 1: matvec_avx512_n(j, 1); break;
-        case 2: matvec_avx512_n(j, 2); break;
-        case 3: matvec_avx512_n(j, 3); break;
-        default: matvec_avx512_n(j, 4); break;
-    }
-}
+__attribute__((target("avx512f"))) static void matvec_avx512(const job_t *j) { BY_TOKEN_COUNT(matvec_avx512_n, j); }
 
 __attribute__((target("avx512f"))) static inline __m512 widen_avx512(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
@@ -366,14 +356,7 @@ __attribute__((target("avx512f"), always_inline)) static inline void bf16mv_avx5
     }
 }
 
-__attribute__((target("avx512f"))) static void bf16mv_avx512(const job_t *j) {
-    switch (j->n) {
-        case 1: bf16mv_avx512_n(j, 1); break;
-        case 2: bf16mv_avx512_n(j, 2); break;
-        case 3: bf16mv_avx512_n(j, 3); break;
-        default: bf16mv_avx512_n(j, 4); break;
-    }
-}
+__attribute__((target("avx512f"))) static void bf16mv_avx512(const job_t *j) { BY_TOKEN_COUNT(bf16mv_avx512_n, j); }
 
 /* AVX512-BF16: 32 weights and 32 inputs per vdpbf16ps (pairs multiplied and summed into fp32 lanes); two rows at a
    time share the loads of x, and each keeps two chains */
@@ -410,12 +393,7 @@ __attribute__((target("avx512f,avx512bf16"), always_inline)) static inline void 
 }
 
 __attribute__((target("avx512f,avx512bf16"))) static void bf16mv_avx512bf16(const job_t *j) {
-    switch (j->n) {
-        case 1: bf16dp_n(j, 1); break;
-        case 2: bf16dp_n(j, 2); break;
-        case 3: bf16dp_n(j, 3); break;
-        default: bf16dp_n(j, 4); break;
-    }
+    BY_TOKEN_COUNT(bf16dp_n, j);
 }
 
 /* per lane the first index of its largest value, then the lowest index among the lanes holding the row's largest;
