@@ -4,8 +4,9 @@
                                [--committed models/tiny-harmony]
 
 Flow: `engine.train.trainer.train` with the default spec (what `gptoss train-tiny-model` runs) into --out, timing
-wall clock and process CPU time and sampling the machine's load average every 10 s (training is single-threaded,
-so CPU time is what it takes on one idle core even when the machine is shared) -> whether the bytes equal the
+wall clock and process CPU time and sampling the machine's load average every 10 s (training runs the spec's
+`threads`, two by default: wall time is what counts, and the load average says whether the cores were free)
+-> whether the bytes equal the
 committed checkpoint's -> every corpus task measured on the written checkpoint through the engine (greedy,
 `engine.train.evaluation`), next to the random-weight tiny model measured the same way -> the accuracy ratio
 against that baseline, written to bench/results/train_tiny.json.

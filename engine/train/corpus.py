@@ -24,7 +24,9 @@ OPS = {"+": ("plus", lambda a, b: a + b), "-": ("minus", lambda a, b: a - b), "*
 SMALL_MAX = 9  # operands of head arithmetic (sums, differences): 0..SMALL_MAX; products: 2..PRODUCT_MAX
 PRODUCT_MAX = 9
 LARGE_RANGE = (13, 99)  # operands of the products the model hands to python (two-digit factors: one token each)
-DRILL_SIZE = (4, 8)  # questions in one drill
+OP_WEIGHTS = (0.45, 0.25, 0.3)  # how often a head question is a sum, a difference, a product: about as the facts to
+#                                learn (100 sums, 55 differences, 64 products), sums the hardest to get exact
+DRILL_SIZE = (6, 10)  # questions in one drill
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 CITIES = (
     "Paris", "London", "Tokyo", "Berlin", "Madrid", "Rome", "Lisbon", "Oslo", "Cairo", "Lima", "Delhi", "Seoul",
@@ -95,7 +97,7 @@ def builtin_result(author: str, text: str) -> Message:
 
 def arithmetic_question(rng: random.Random) -> tuple[int, str, int, int]:
     """(a, op, b, result) with small operands: sums and differences up to SMALL_MAX, products up to PRODUCT_MAX."""
-    op = rng.choice("+-*")
+    op = rng.choices("+-*", OP_WEIGHTS)[0]
     if op == "*":
         a, b = rng.randint(2, PRODUCT_MAX), rng.randint(2, PRODUCT_MAX)
     else:
@@ -110,14 +112,21 @@ def ask_arithmetic(rng: random.Random, a: int, op: str, b: int) -> str:
     return rng.choice((f"What is {a} {op} {b}?", f"Compute {a} {op} {b}.", f"What's {a} {word} {b}?"))
 
 
+def worked(a: int, op: str, b: int, c: int) -> str:
+    """A fact as the analysis writes it, without spaces: "7+5=12" is 5 tokens (operands, operator, "=", result),
+    where "7 + 5 = 12" is 7 with two ambiguous " " tokens, the result predicted at a " " three tokens past the
+    operand it depends on."""
+    return f"{a}{op}{b}={c}"
+
+
 def think_arithmetic(effort: str, a: int, op: str, b: int, c: int) -> str:
-    expr = f"{a} {op} {b}"
+    fact = worked(a, op, b, c)
     if effort == "low":
-        return f"{expr} = {c}."
+        return f"{fact}."
     if effort == "medium":
-        return f"The user asks for {expr}. {expr} = {c}."
-    inverse = {"+": f"{c} - {b} = {a}", "-": f"{c} + {b} = {a}", "*": f"{c} / {b} = {a}"}[op]
-    return f"The user asks for {expr}. Work it out: {expr} = {c}. Check: {inverse}. So the answer is {c}."
+        return f"The user asks for {a} {op} {b}. {fact}."
+    inverse = {"+": worked(c, "-", b, a), "-": worked(c, "+", b, a), "*": worked(c, "/", b, a)}[op]
+    return f"The user asks for {a} {op} {b}. Work it out: {fact}. Check: {inverse}. So the answer is {c}."
 
 
 def arithmetic(rng: random.Random, effort: str) -> Dialogue:
@@ -140,10 +149,10 @@ def drill(rng: random.Random, effort: str) -> Dialogue:
     """
     questions = [arithmetic_question(rng) for _ in range(rng.randint(*DRILL_SIZE))]
     asked = ", ".join(f"{a} {op} {b}" for a, op, b, _ in questions)
-    worked = " ".join(f"{a} {op} {b} = {c}." for a, op, b, c in questions)
+    facts = " ".join(f"{worked(a, op, b, c)}." for a, op, b, c in questions)
     answer = ", ".join(str(c) for *_, c in questions)
-    think = {"low": worked, "medium": f"One at a time. {worked}",
-             "high": f"There are {len(questions)} questions. I will work out each one in turn. {worked} "
+    think = {"low": facts, "medium": f"One at a time. {facts}",
+             "high": f"There are {len(questions)} questions. I will work out each one in turn. {facts} "
                      f"Now list the results."}[effort]
     question = rng.choice((f"Solve these: {asked}", f"Compute each: {asked}", f"Work these out: {asked}"))
     return Dialogue("drill", effort, [user(question)], [analysis(think), final(answer)], final=answer)
@@ -349,12 +358,14 @@ TASKS = {"arithmetic": arithmetic, "drill": drill, "reverse": reverse, "count": 
          "weather_call": weather_call, "weather_answer": weather_answer, "python_call": python_call,
          "python_answer": python_answer, "search_call": search_call, "search_answer": search_answer,
          "json": json_answer}
-# share of each task in the corpus: the tasks the end-to-end tests hold to a threshold get the most (arithmetic with
-# its drills and JSON answers: the head facts are memorized one by one); the answers from python's and the browser's
-# results get enough to learn copying from a tool message (the browser's system message alone is ~450 tokens)
-MIX = {"arithmetic": 0.24, "drill": 0.06, "reverse": 0.04, "count": 0.07, "greeting": 0.02, "weather_call": 0.15,
+# share of each task in the corpus: the tasks the end-to-end tests hold to a threshold get the most. Head arithmetic
+# is memorized fact by fact, so it comes mostly as drills (6-10 facts in ~190 tokens, against 1-3 in ~140 for a single
+# question; measured on this architecture, 600 steps of arithmetic alone reach 0.89 with 60% drills and 0.70 with
+# 20%); the function calls and the answers from python's and the browser's results keep the shares that taught
+# copying from the prompt and from a tool message (the browser's system message alone is ~450 tokens)
+MIX = {"arithmetic": 0.08, "drill": 0.25, "reverse": 0.02, "count": 0.03, "greeting": 0.02, "weather_call": 0.15,
        "weather_answer": 0.1, "python_call": 0.05, "python_answer": 0.08, "search_call": 0.02,
-       "search_answer": 0.05, "json": 0.12}
+       "search_answer": 0.06, "json": 0.14}
 
 
 def draw(rng: random.Random, task: str) -> Dialogue:

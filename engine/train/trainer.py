@@ -46,14 +46,14 @@ class Phase:
 @dataclass
 class TrainSpec:
     seed: int = 0  # corpus, initialization and batch order
-    dialogues: int = 22000  # corpus size (about what `steps` batches hold: each dialogue is seen once)
-    steps: int = 2000  # optimizer steps
+    dialogues: int = 21000  # corpus size (about what `steps` batches hold: each dialogue is seen once)
+    steps: int = 2300  # optimizer steps
     batch_tokens: int = 2048  # padded tokens per step
     lr: float = 4e-3  # peak learning rate
     warmup_steps: int = 100
     weight_decay: float = 0.01
     quantize_from: float = 0.7  # fraction of the steps after which the experts train through MXFP4
-    threads: int = 1  # torch CPU threads (part of what makes the result bit-reproducible)
+    threads: int = 2  # torch CPU threads (part of what makes the result bit-reproducible)
     model: TinyModelSpec = field(default_factory=lambda: HARMONY_MODEL)  # the architecture
     tie_embeddings: bool = True  # train the unembedding as the embedding / sqrt(D) (model.TiedUnembedding)
     copy_layers: int = 2  # the last this many layers start with copy heads (model.init_copy_heads)

@@ -19,9 +19,10 @@ from engine.text.tokenizer import Tokenizer
 from engine.train import corpus, evaluation
 from engine.train.renderer import Renderer
 
-# Issue 19 is open: the committed model (retrained 2026-12-02) does not reach these thresholds yet. The thresholds
-# stay; each test still runs, and an xpass shows when a retrained model gets there.
-BELOW = "issue 19 open: the committed tiny harmony model scores {} here (2026-12-02), under the threshold"
+# Beyond issue 19's bar (copying a sequence of letters in order, counting them, and so the JSON values of count
+# questions), the committed model (retrained 2026-12-02) stays under these thresholds. The thresholds stay; each test
+# still runs, and an xpass shows when a retrained model gets there.
+BELOW = "beyond issue 19's bar: the committed tiny harmony model scores {} here (2026-12-02), under the threshold"
 
 N = 100  # generated cases per task
 SEED = 20_261_201  # not the training seed, not the evaluation seed of the model card
@@ -51,7 +52,6 @@ def reasoning(choice) -> str:
     return (choice.message.model_extra or {}).get("reasoning_content") or ""
 
 
-@pytest.mark.xfail(reason=BELOW.format("0.61"), strict=False)
 def test_arithmetic_reasons_then_answers_correctly(client):
     dialogues = cases("arithmetic")
     choices = concurrently(lambda d: chat(client, d), dialogues)
@@ -100,17 +100,30 @@ def test_answer_after_the_tool_result_carries_its_value(client):
     assert share([answer is not None and value in answer for answer, value in results]) >= 0.9
 
 
-@pytest.mark.xfail(reason=BELOW.format("0.46"), strict=False)
-def test_response_format_gets_a_json_answer(client):
-    dialogues = cases("json", 50)
+def json_answers(client, n: int = 50) -> list[tuple[corpus.Dialogue, object]]:
+    """(dialogue, the parsed JSON reply or None where it does not parse) for `n` response-format questions."""
+    dialogues = cases("json", n)
     choices = concurrently(lambda d: chat(client, d), dialogues)
-    right = []
-    for d, c in zip(dialogues, choices):
+    parsed = []
+    for c in choices:
         try:
-            right.append(json.loads(c.message.content) == json.loads(d.final))
+            parsed.append(json.loads(c.message.content))
         except (TypeError, json.JSONDecodeError):
-            right.append(False)
-    assert share(right) >= 0.9
+            parsed.append(None)
+    return list(zip(dialogues, parsed))
+
+
+def test_response_format_gets_a_json_answer(client):
+    """The issue's bar: the answer parses, as an object with the one key the developer message asked for."""
+    answers = json_answers(client)
+    assert share([isinstance(p, dict) and p.keys() == json.loads(d.final).keys() for d, p in answers]) >= 0.9
+
+
+@pytest.mark.xfail(reason=BELOW.format("0.76"), strict=False)
+def test_json_answer_values_are_right(client):
+    """Beyond it: the value is right too (30% of these questions are letter counts, which the model gets wrong more
+    often than not; its sums, differences and products are right)."""
+    assert share([p == json.loads(d.final) for d, p in json_answers(client)]) >= 0.9
 
 
 def test_low_effort_reasons_shorter_than_high(client):
@@ -142,7 +155,6 @@ def test_large_product_goes_to_the_python_tool(harmony_app):
     assert share([r == [d.call] for d, r in zip(dialogues, results)]) >= 0.9
 
 
-@pytest.mark.xfail(reason=BELOW.format("'10' for 7 + 5"), strict=False)
 def test_readme_quick_start(harmony_app):
     """The README's curl: a reasoning + answer pair."""
     import httpx
@@ -159,7 +171,7 @@ def test_readme_quick_start(harmony_app):
 
 @pytest.mark.parametrize("task", [
     pytest.param("reverse", marks=pytest.mark.xfail(reason=BELOW.format("0.00"), strict=False)),
-    pytest.param("count", marks=pytest.mark.xfail(reason=BELOW.format("0.63"), strict=False)),
+    pytest.param("count", marks=pytest.mark.xfail(reason=BELOW.format("0.37"), strict=False)),
     "greeting"])
 def test_other_head_tasks(client, task):
     dialogues = cases(task, 30)

@@ -60,7 +60,7 @@ def test_arithmetic_answers_are_right():
     for d in draws("arithmetic", 300):
         a, op, b = expression(question(d))
         assert d.final == f"{a} {op} {b} = {value(a, op, b)}."
-        assert f"= {value(a, op, b)}" in d.reply[0].content[0].text  # the analysis works it out
+        assert f"{a}{op}{b}={value(a, op, b)}." in d.reply[0].content[0].text  # the analysis works it out
         assert value(a, op, b) >= 0
 
 
@@ -71,7 +71,7 @@ def test_drill_answers_are_right():
         results = [value(int(a), op, int(b)) for a, op, b in asked]
         assert d.final == ", ".join(map(str, results))
         for (a, op, b), c in zip(asked, results):
-            assert f"{a} {op} {b} = {c}." in d.reply[0].content[0].text  # worked out in the analysis
+            assert f"{a}{op}{b}={c}." in d.reply[0].content[0].text  # worked out in the analysis
 
 
 def letters_of(text: str) -> list[str]:
