@@ -87,8 +87,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
            packed: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias); on CPU with bf16 x and weight, at most LINEAR_MAX_TOKENS rows go through the native
     kernel (cpu_native.linear_bf16: fp32 sums, as torch's bf16 GEMM) where it built, and more rows through oneDNN
-    with `packed` (pack_linear's copy of weight) when there is one."""
+    with `packed` (pack_linear's copy of weight) when there is one; a weight of more than PACKED_EVERY_ROW_BYTES
+    with a packed copy goes through it for any number of rows."""
     if x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16 and x.numel() > 0:
+        if packed is not None and x.dim() == 2 and weight.numel() * 2 > PACKED_EVERY_ROW_BYTES:
+            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
         if x.numel() <= LINEAR_MAX_TOKENS * x.shape[-1] and weight.is_contiguous():
             lib = cpu_native.library()
             if lib is not None:
@@ -98,11 +101,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
-PACK_MAX_BYTES = 64 << 20  # bf16 weights up to this size may get a oneDNN-packed second copy for GEMMs of more than
-#                            LINEAR_MAX_TOKENS rows (1.3-1.7x F.linear's speed at 16-64 rows on the small checkpoint's
-#                            unembedding: oneDNN otherwise reorders the weight on every call); bigger ones are not
-#                            worth their memory twice (gpt-oss-20b's unembedding: 1.1 GiB). The kernel model packs
-#                            only its unembedding (0.84-1.4x at gpt-oss-20b's projection shapes: not worth 1.3 GiB)
+PACK_MAX_BYTES = 512 << 20  # bf16 weights up to this size may get a oneDNN-packed second copy for GEMMs of more
+#                             than LINEAR_MAX_TOKENS rows (1.3-1.7x F.linear's speed at 16-64 rows on the small
+#                             checkpoint's unembedding, 1.15-1.3x at 8-32 rows on the larger one's: oneDNN otherwise
+#                             reorders the weight on every call); bigger ones are not worth their memory twice
+#                             (gpt-oss-20b's unembedding: 1.1 GiB, within 1.04-1.17x). The kernel model packs only its
+#                             unembedding (0.84-1.4x at gpt-oss-20b's projection shapes: not worth 1.3 GiB)
+PACKED_EVERY_ROW_BYTES = 256 << 20  # a packed weight bigger than this serves every row count, one row included:
+#                                     oneDNN streams a big packed weight faster than the native kernel reads the plain
+#                                     one (the larger checkpoint's 412 MB unembedding: 21.5 against 24.9 ms at 1 row,
+#                                     23.8 against 31.7 ms at 4; 2026-12-02, 2 threads)
 
 
 def pack_linear(weight: torch.Tensor) -> torch.Tensor | None:

@@ -16,14 +16,15 @@ from engine.model.reference import RMSNorm, Transformer
 
 class KernelLinear(nn.Linear):
     """nn.Linear through kernels.linear (on CPU, bf16: the native kernel for a few tokens; for more, with `pack` set,
-    oneDNN on a packed copy of the weight if it is small enough, made at the first such call)."""
+    oneDNN on a packed copy of the weight if it is small enough, made at the first such call; a weight of more than
+    kernels.PACKED_EVERY_ROW_BYTES that gets one uses it for every call)."""
 
     pack = False  # the unembedding's: one GEMM of every sampled row per step, where the copy pays for its memory
     packed: tuple[int, torch.Tensor | None] | None = None  # (the weight's data_ptr it was made from, the copy)
 
     def forward(self, x):
-        if self.pack and x.dim() == 2 and x.shape[0] > kernels.LINEAR_MAX_TOKENS and (
-                self.packed is None or self.packed[0] != self.weight.data_ptr()):
+        many = x.shape[0] > kernels.LINEAR_MAX_TOKENS or self.weight.numel() * 2 > kernels.PACKED_EVERY_ROW_BYTES
+        if self.pack and x.dim() == 2 and many and (self.packed is None or self.packed[0] != self.weight.data_ptr()):
             self.packed = self.weight.data_ptr(), kernels.pack_linear(self.weight)
         return kernels.linear(x, self.weight, self.bias, self.packed[1] if self.packed else None)
 

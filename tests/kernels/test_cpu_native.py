@@ -170,3 +170,16 @@ def test_linear_on_a_packed_weight(with_bias):
                                    atol=1e-2)
     assert kernels.pack_linear(weight.float()) is None
     assert kernels.pack_linear(torch.empty(kernels.PACK_MAX_BYTES // 2 + 1, dtype=torch.bfloat16)[None]) is None
+
+
+def test_a_big_packed_weight_serves_every_row_count(monkeypatch):
+    """Past PACKED_EVERY_ROW_BYTES, one row goes through the packed copy too (here a copy of 2 x weight shows which
+    path ran); under it, up to LINEAR_MAX_TOKENS rows keep the native kernel."""
+    gen = torch.Generator().manual_seed(2)
+    weight = torch.randn(300, 64, generator=gen).to(torch.bfloat16)
+    doubled = kernels.pack_linear(weight * 2)
+    x = torch.randn(1, 64, generator=gen).to(torch.bfloat16)
+    torch.testing.assert_close(kernels.linear(x, weight, None, doubled), F.linear(x, weight))
+    monkeypatch.setattr(kernels, "PACKED_EVERY_ROW_BYTES", weight.numel() * 2 - 1)
+    torch.testing.assert_close(kernels.linear(x, weight, None, doubled), F.linear(x, weight * 2), rtol=1e-2,
+                               atol=1e-2)
