@@ -13,7 +13,10 @@ Each round runs, one after the other (rotating who goes first), a burst of `--st
 `--tokens` output tokens (ignore_eos) per app and protocol: HTTP with the official openai client, gRPC Chat. Per
 path: output tokens per second over the burst (first request sent to last token) and TTFT quantiles (client side:
 the first chunk with a choice / the first message with tokens). Targets: throughput on >= 0.95x off, p50 TTFT on at
-most 2 ms above off. Writes bench/results/safety.json.
+most 2 ms above off. Writes bench/results/safety.json. With an output filter the replica streams in windows of
+every_tokens, each released once the filter passed it, so TTFT with the layer on includes that hold-back by design;
+`--no-output-filter` keeps the filter on input only and writes bench/results/safety_admission.json: the admission
+path's cost (key, ledger, audit, input filter) alone.
 """
 
 import argparse
@@ -45,7 +48,8 @@ PROTOCOLS = ("http", "grpc")
 TARGETS = {"throughput_ratio_min": 0.95, "ttft_p50_added_ms_max": 2.0}
 
 
-def app_config(name: str, model: str, streams: int, grpc_port: int, audit_dir: str) -> dict:
+def app_config(name: str, model: str, streams: int, grpc_port: int, audit_dir: str, output_filter: bool = True
+               ) -> dict:
     engine = {"kv_cache_memory": 64 << 20, "max_model_len": 1024, "max_num_seqs": streams}
     config = {"name": name, "grpc": {"enabled": True, "port": grpc_port},
               "models": [{"name": "tiny", "path": str(Path(model).absolute()), "dtype": "float32", "device": "cpu",
@@ -58,7 +62,7 @@ def app_config(name: str, model: str, streams: int, grpc_port: int, audit_dir: s
            "quotas": {"requests_per_min": 1_000_000, "tokens_per_min": 100_000_000, "tokens_per_day": 10 ** 12}}
     return {**config, "auth": {"keys": [key]}, "audit": {"dir": audit_dir},
             "guards": {"every_tokens": 16, "filters": {"pii": {"type": "regex"}},
-                       "models": {"tiny": {"input": ["pii"], "output": ["pii"]}}}}
+                       "models": {"tiny": {"input": ["pii"], "output": ["pii"] if output_filter else []}}}}
 
 
 async def burst(app: dict, protocol: str, streams: int, tokens: int) -> dict:
@@ -100,7 +104,7 @@ async def measure(http_port: int, grpc_ports: dict, streams: int, tokens: int, r
     return samples
 
 
-def summarize(samples: dict, streams: int, tokens: int, load: tuple) -> dict:
+def summarize(samples: dict, streams: int, tokens: int, load: tuple, output_filter: bool = True) -> dict:
     paths = {}
     for path, bursts in samples.items():
         ttft = sorted(t for b in bursts for t in b["ttft"])
@@ -117,7 +121,7 @@ def summarize(samples: dict, streams: int, tokens: int, load: tuple) -> dict:
         "workload": f"{streams} concurrent streamed chats x {tokens} output tokens (ignore_eos), per burst; "
                     f"{len(next(iter(samples.values())))} bursts per app and protocol, interleaved",
         "on": "named key with quotas (ledger asked on every admission), audit log (JSONL), regex/PII filter on "
-              "input and output (every_tokens 16)",
+              + ("input and output (every_tokens 16)" if output_filter else "input only (no output windows)"),
         "paths": paths, "on_vs_off": compared, "targets": TARGETS,
         "meets_targets": all(c["throughput_ratio"] >= TARGETS["throughput_ratio_min"]
                              and c["ttft_p50_added_ms"] <= TARGETS["ttft_p50_added_ms_max"]
@@ -131,6 +135,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", default=".cache/tiny-model")
+    parser.add_argument("--no-output-filter", dest="output_filter", action="store_false",
+                        help="the filter on input only: no output windows, so TTFT shows the admission path's cost "
+                             "alone (writes safety_admission.json)")
     args = parser.parse_args()
     from tests.cluster.conftest import free_port  # noqa: PLC0415 - the same helper the tests use
 
@@ -141,7 +148,8 @@ def main() -> None:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port}, proxy_location="HeadOnly")
         for name in APPS:
-            config = load_config(app_config(name, args.model, args.streams, grpc_ports[name], audit_dir))
+            config = load_config(app_config(name, args.model, args.streams, grpc_ports[name], audit_dir,
+                                            args.output_filter))
             serve.run(build_from_config(config), name=name, route_prefix=f"/{name}")
         before = os.getloadavg()[0]
         samples = asyncio.run(measure(http_port, grpc_ports, args.streams, args.tokens, args.rounds))
@@ -150,16 +158,17 @@ def main() -> None:
         serve.shutdown()
         ray.shutdown()
     records = sum(len(f.read_text().splitlines()) for f in Path(audit_dir).glob("audit-*.jsonl"))
-    result = summarize(samples, args.streams, args.tokens, load)
+    result = summarize(samples, args.streams, args.tokens, load, args.output_filter)
     result["audit_records_written"] = records
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "safety.json").write_text(json.dumps(result, indent=2) + "\n")
+    out = RESULTS / ("safety.json" if args.output_filter else "safety_admission.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
     for path, p in result["paths"].items():
         print(f"{path:9s} {p['throughput_tok_s']:8.0f} tok/s  TTFT p50 {p['ttft_p50_s'] * 1e3:7.1f} ms")
     for protocol, c in result["on_vs_off"].items():
         print(f"{protocol}: on/off throughput x{c['throughput_ratio']:.3f}, TTFT p50 {c['ttft_p50_added_ms']:+.1f} ms")
     print(f"targets (>= 0.95x throughput, <= +2 ms TTFT p50): {'met' if result['meets_targets'] else 'NOT met'}; "
-          f"{records} audit records; wrote {RESULTS / 'safety.json'}")
+          f"{records} audit records; wrote {out}")
 
 
 if __name__ == "__main__":
