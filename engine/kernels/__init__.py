@@ -90,15 +90,19 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     with `packed` (pack_linear's copy of weight) when there is one; a weight of more than PACKED_EVERY_ROW_BYTES
     with a packed copy goes through it for any number of rows."""
     if x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16 and x.numel() > 0:
-        if packed is not None and x.dim() == 2 and weight.numel() * 2 > PACKED_EVERY_ROW_BYTES:
+        if packed is not None and x.dim() == 2 and packed_serves(x.shape[0], weight):
             return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
         if x.numel() <= LINEAR_MAX_TOKENS * x.shape[-1] and weight.is_contiguous():
             lib = cpu_native.library()
             if lib is not None:
                 return cpu_native.linear_bf16(lib, x, weight, bias)
-        elif packed is not None and x.dim() == 2:
-            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
     return F.linear(x, weight, bias)
+
+
+def packed_serves(rows: int, weight: torch.Tensor) -> bool:
+    """Whether `linear` takes a packed copy of `weight` (one there is) for `rows` rows: more than LINEAR_MAX_TOKENS,
+    or any number for a weight of more than PACKED_EVERY_ROW_BYTES."""
+    return rows > LINEAR_MAX_TOKENS or weight.numel() * weight.element_size() > PACKED_EVERY_ROW_BYTES
 
 
 PACK_MAX_BYTES = 512 << 20  # bf16 weights up to this size may get a oneDNN-packed second copy for GEMMs of more

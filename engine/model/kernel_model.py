@@ -23,8 +23,8 @@ class KernelLinear(nn.Linear):
     packed: tuple[int, torch.Tensor | None] | None = None  # (the weight's data_ptr it was made from, the copy)
 
     def forward(self, x):
-        many = x.shape[0] > kernels.LINEAR_MAX_TOKENS or self.weight.numel() * 2 > kernels.PACKED_EVERY_ROW_BYTES
-        if self.pack and x.dim() == 2 and many and (self.packed is None or self.packed[0] != self.weight.data_ptr()):
+        if self.pack and x.dim() == 2 and kernels.packed_serves(x.shape[0], self.weight) and (
+                self.packed is None or self.packed[0] != self.weight.data_ptr()):
             self.packed = self.weight.data_ptr(), kernels.pack_linear(self.weight)
         return kernels.linear(x, self.weight, self.bias, self.packed[1] if self.packed else None)
 

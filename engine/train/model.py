@@ -275,7 +275,7 @@ def init_induction(net: Transformer) -> None:
     unembedding tied to the embedding, that raises the logit of the token that followed the current token before:
     copying a sequence (letters to count or reverse, a number or sentence from a tool result) is induction.
     """
-    D, Dh = net.config.hidden_size, net.config.head_dim
+    D = net.config.hidden_size
     gen = torch.Generator().manual_seed(0x1D)
     rotation = torch.linalg.qr(torch.randn(D, D, generator=gen))[0]  # R [D, D] orthogonal
     inv_freq, rope_scale = net.inv_freq, net.rope_scale
@@ -300,7 +300,6 @@ def _pair_dims(Dh: int, pairs: range) -> torch.Tensor:
 
 def previous_token_heads(attn: nn.Module, rotation: torch.Tensor, inv_freq: torch.Tensor, rope_scale: float) -> None:
     Dh, kv, group = _first_heads(attn)
-    half = Dh // 2
     weights = torch.tensor(PREVIOUS_TOKEN_PAIRS)
     theta = inv_freq[: len(weights)]
     # score(delta) = c * sum_i w_i cos((delta - 1) theta_i) * rope_scale^2 * attn.scale; its margin at delta = 1
