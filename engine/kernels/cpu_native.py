@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_native.c")
 ENV_SWITCH = "GPTOSS_CPU_NATIVE"  # "0": never build or use the native kernels
-FLAGS = ("-O3", "-shared", "-fPIC", "-pthread")
+FLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-fopenmp-simd")  # the `omp simd` pragmas only: no OpenMP runtime
 LIBS = ("-lm",)
 ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512", 3: "avx512-bf16"}
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int

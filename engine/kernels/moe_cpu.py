@@ -7,10 +7,13 @@ Flow of `moe_mxfp4_cpu` (same arguments and result as moe.moe_mxfp4_ref, computi
 When every active expert has at most MATVEC_MAX_TOKENS tokens (decode), the whole MLP is one native call
 (cpu_native.moe, fp32 throughout); otherwise `linear_mxfp4` runs the native kernels of cpu_native.c (engine.kernels.cpu_native: AVX-512, AVX2 or scalar C,
 built on first use): for up to MATVEC_MAX_TOKENS tokens the decode fused into the dot products (a pass over the
-packed bytes per 4 tokens), for more a tile of rows decoded to fp32 at a time then multiplied with all of the
-expert's tokens. Without a C compiler, torch decodes the tiles (`engine.weights.mxfp4.decode_rows`, several times
+packed bytes per 4 tokens), for more a tile of rows decoded at a time then multiplied with all of the expert's
+tokens (fp32 tiles, or bf16 tiles into oneDNN's AMX GEMM for bf16 x where the CPU has AMX: AMX_GEMM, from
+AMX_MATVEC_MAX_TOKENS tokens). Without a C compiler, torch decodes the tiles (`engine.weights.mxfp4.decode_rows`, several times
 slower). No dense copy of an expert, let alone of all of them, is ever made.
 """
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +47,7 @@ def moe_mxfp4_cpu(
     flat = topk_ids.reshape(-1)
     counts = torch.bincount(flat + 1, minlength=w1_blocks.shape[0] + 1).tolist()  # [E + 1], index 0: id -1
     lib = cpu_native.library()
-    if lib is not None and max(counts[1:], default=0) <= MATVEC_MAX_TOKENS and x.device.type == "cpu":
+    if lib is not None and max(counts[1:], default=0) <= fused_max_tokens(x) and x.device.type == "cpu":
         # decode: every expert's tokens fit the fused matvec; the whole MLP in one native call
         return cpu_native.moe(lib, x, topk_ids, topk_weights, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2,
                               swiglu_limit, alpha).to(x.dtype)
@@ -66,8 +69,34 @@ def moe_mxfp4_cpu(
 
 TILE_BYTES = 1 << 18  # packed bytes decoded at a time on the tiled path: a tile's fp32 rows (8x that) stay in L2/L3
 MATVEC_MAX_TOKENS = 32  # up to this many tokens of an expert, the native kernel's decode fused into the dot products
-#                         beats decoding tiles for a GEMM (4 tokens per pass over the weights; measured on AVX-512:
-#                         1.4 ms for one token of a gpt-oss-20b W1 where the tiled path takes 8 ms; even at 32)
+#                         beats decoding tiles for an fp32 GEMM (4 tokens per pass over the weights; measured on
+#                         AVX-512: 1.4 ms for one token of a gpt-oss-20b W1 where the tiled path takes 8 ms; even at 32)
+AMX_MATVEC_MAX_TOKENS = 8  # the same for bf16 x where oneDNN's bf16 GEMM runs on AMX (AMX_GEMM): bf16 tiles and that
+#                            GEMM win from 16 tokens (2026-12-02, 2 threads, an expert W1 of the larger test checkpoint
+#                            [2048, 1024] / gpt-oss-20b's [5760, 2880]: 16 tokens 0.91 / 5.2 ms against 1.22 / 8.1 fused,
+#                            64 tokens 1.2 / 8.5 against 2.7 / 21.6, 256 tokens 2.9 / 14.3 against 8.1 / 56.5)
+
+AMX_TILE_SCALE = 16  # bf16 tiles for the AMX GEMM are this many times TILE_BYTES (4 MiB packed): bigger GEMMs keep AMX
+#                      busy (gpt-oss-20b's W1 at 64 tokens: 8.1 ms against 11.3 with 256 KiB tiles)
+
+
+def _onednn_amx() -> bool:
+    """Whether torch's bf16 GEMMs run on AMX tiles here: the kernel grants AMX (engine.AMX_USABLE) and
+    ONEDNN_MAX_CPU_ISA does not cap oneDNN below it."""
+    import engine  # noqa: PLC0415 - its import already ran (this module is engine.kernels.moe_cpu)
+
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    return engine.AMX_USABLE and (isa == "ALL" or "AMX" in isa)
+
+
+AMX_GEMM = _onednn_amx()
+
+
+def fused_max_tokens(x: torch.Tensor) -> int:
+    """Up to this many tokens of an expert take the fused decode-and-dot; more go through tiles and a GEMM."""
+    if x.dtype == torch.bfloat16 and AMX_GEMM:
+        return min(MATVEC_MAX_TOKENS, AMX_MATVEC_MAX_TOKENS)
+    return MATVEC_MAX_TOKENS
 
 
 def linear_mxfp4(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -78,17 +107,19 @@ def linear_mxfp4(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bi
     lib = cpu_native.library()
     if lib is None:
         return _linear_torch(x, blocks, scales, bias)
-    xs = cpu_native.split_order(x.float())
-    if x.shape[0] <= MATVEC_MAX_TOKENS:
-        return (cpu_native.matvec(lib, xs, blocks, scales) + bias.float()).to(x.dtype)
+    if x.shape[0] <= fused_max_tokens(x):
+        return (cpu_native.matvec(lib, cpu_native.split_order(x.float()), blocks, scales) + bias.float()).to(x.dtype)
+    dtype = torch.bfloat16 if x.dtype == torch.bfloat16 and AMX_GEMM else torch.float32  # bf16 tiles: the AMX GEMM
+    xs = cpu_native.split_order(x.to(dtype))
     R = blocks.shape[0]
-    tile = min(R, max(1, TILE_BYTES // (blocks.shape[1] * blocks.shape[2])))
+    tile_bytes = TILE_BYTES * (AMX_TILE_SCALE if dtype == torch.bfloat16 else 1)
+    tile = min(R, max(1, tile_bytes // (blocks.shape[1] * blocks.shape[2])))
     out = torch.empty(x.shape[0], R, dtype=x.dtype, device=x.device)
-    buffer = torch.empty(tile, xs.shape[1], dtype=torch.float32)
+    buffer = torch.empty(tile, xs.shape[1], dtype=dtype)
     for r in range(0, R, tile):
         b = blocks[r : r + tile]
-        w = cpu_native.decode(lib, b, scales[r : r + tile], torch.float32, buffer[: b.shape[0]])
-        out[:, r : r + tile] = F.linear(xs, w, bias[r : r + tile].float())
+        w = cpu_native.decode(lib, b, scales[r : r + tile], dtype, buffer[: b.shape[0]])
+        out[:, r : r + tile] = F.linear(xs, w, bias[r : r + tile].to(dtype))
     return out
 
 
