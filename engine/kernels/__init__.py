@@ -101,8 +101,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def packed_serves(rows: int, weight: torch.Tensor) -> bool:
     """Whether `linear` takes a packed copy of `weight` (one there is) for `rows` rows: more than LINEAR_MAX_TOKENS,
-    or any number for a weight of more than PACKED_EVERY_ROW_BYTES."""
-    return rows > LINEAR_MAX_TOKENS or weight.numel() * weight.element_size() > PACKED_EVERY_ROW_BYTES
+    or any number for a weight of more than PACKED_EVERY_ROW_BYTES where oneDNN is not on AMX (its AMX layout reads
+    one row's product slower than the native kernel: the larger checkpoint's unembedding 30-34 ms against 22)."""
+    big = weight.numel() * weight.element_size() > PACKED_EVERY_ROW_BYTES and not cpu_native.ONEDNN_AMX
+    return rows > LINEAR_MAX_TOKENS or big
 
 
 PACK_MAX_BYTES = 512 << 20  # bf16 weights up to this size may get a oneDNN-packed second copy for GEMMs of more

@@ -94,6 +94,18 @@ def build(path: Path) -> None:
             os.unlink(tmp)
 
 
+def _onednn_amx() -> bool:
+    """Whether torch's bf16 GEMMs (oneDNN) run on AMX tiles here: the kernel grants AMX (engine.AMX_USABLE) and
+    ONEDNN_MAX_CPU_ISA does not cap oneDNN below it."""
+    import engine  # noqa: PLC0415 - its import already ran (this module is engine.kernels.cpu_native)
+
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    return engine.AMX_USABLE and (isa == "ALL" or "AMX" in isa)
+
+
+ONEDNN_AMX = _onednn_amx()
+
+
 MAX_TOKENS = 4  # tokens per pass over the weights in matvec and linear_bf16 (cpu_native.c's MAX_TOKENS)
 
 

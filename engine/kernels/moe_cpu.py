@@ -8,12 +8,10 @@ When every active expert has at most MATVEC_MAX_TOKENS tokens (decode), the whol
 (cpu_native.moe, fp32 throughout); otherwise `linear_mxfp4` runs the native kernels of cpu_native.c (engine.kernels.cpu_native: AVX-512, AVX2 or scalar C,
 built on first use): for up to MATVEC_MAX_TOKENS tokens the decode fused into the dot products (a pass over the
 packed bytes per 4 tokens), for more a tile of rows decoded at a time then multiplied with all of the expert's
-tokens (fp32 tiles, or bf16 tiles into oneDNN's AMX GEMM for bf16 x where the CPU has AMX: AMX_GEMM, from
-AMX_MATVEC_MAX_TOKENS tokens). Without a C compiler, torch decodes the tiles (`engine.weights.mxfp4.decode_rows`, several times
+tokens (fp32 tiles, or bf16 tiles into oneDNN's AMX GEMM for bf16 x where the CPU has AMX, cpu_native.ONEDNN_AMX,
+from AMX_MATVEC_MAX_TOKENS tokens). Without a C compiler, torch decodes the tiles (`engine.weights.mxfp4.decode_rows`, several times
 slower). No dense copy of an expert, let alone of all of them, is ever made.
 """
-
-import os
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +45,7 @@ def moe_mxfp4_cpu(
     flat = topk_ids.reshape(-1)
     counts = torch.bincount(flat + 1, minlength=w1_blocks.shape[0] + 1).tolist()  # [E + 1], index 0: id -1
     lib = cpu_native.library()
-    if lib is not None and max(counts[1:], default=0) <= fused_max_tokens(x) and x.device.type == "cpu":
+    if lib is not None and max(counts[1:], default=0) <= fused_max_tokens(x, w1_blocks[0]) and x.device.type == "cpu":
         # decode: every expert's tokens fit the fused matvec; the whole MLP in one native call
         return cpu_native.moe(lib, x, topk_ids, topk_weights, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2,
                               swiglu_limit, alpha).to(x.dtype)
@@ -71,7 +69,7 @@ TILE_BYTES = 1 << 18  # packed bytes decoded at a time on the tiled path: a tile
 MATVEC_MAX_TOKENS = 32  # up to this many tokens of an expert, the native kernel's decode fused into the dot products
 #                         beats decoding tiles for an fp32 GEMM (4 tokens per pass over the weights; measured on
 #                         AVX-512: 1.4 ms for one token of a gpt-oss-20b W1 where the tiled path takes 8 ms; even at 32)
-AMX_MATVEC_MAX_TOKENS = 8  # the same for bf16 x where oneDNN's bf16 GEMM runs on AMX (AMX_GEMM): bf16 tiles and that
+AMX_MATVEC_MAX_TOKENS = 8  # the same for bf16 x where oneDNN's GEMM runs on AMX (cpu_native.ONEDNN_AMX): bf16 tiles and that
 #                            GEMM win from 16 tokens (2026-12-02, 2 threads, an expert W1 of the larger test checkpoint
 #                            [2048, 1024] / gpt-oss-20b's [5760, 2880]: 16 tokens 0.91 / 5.2 ms against 1.22 / 8.1 fused,
 #                            64 tokens 1.2 / 8.5 against 2.7 / 21.6, 256 tokens 2.9 / 14.3 against 8.1 / 56.5)
@@ -80,21 +78,13 @@ AMX_TILE_SCALE = 16  # bf16 tiles for the AMX GEMM are this many times TILE_BYTE
 #                      busy (gpt-oss-20b's W1 at 64 tokens: 8.1 ms against 11.3 with 256 KiB tiles)
 
 
-def _onednn_amx() -> bool:
-    """Whether torch's bf16 GEMMs run on AMX tiles here: the kernel grants AMX (engine.AMX_USABLE) and
-    ONEDNN_MAX_CPU_ISA does not cap oneDNN below it."""
-    import engine  # noqa: PLC0415 - its import already ran (this module is engine.kernels.moe_cpu)
-
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
-    return engine.AMX_USABLE and (isa == "ALL" or "AMX" in isa)
 
 
-AMX_GEMM = _onednn_amx()
-
-
-def fused_max_tokens(x: torch.Tensor) -> int:
-    """Up to this many tokens of an expert take the fused decode-and-dot; more go through tiles and a GEMM."""
-    if x.dtype == torch.bfloat16 and AMX_GEMM:
+def fused_max_tokens(x: torch.Tensor, blocks: torch.Tensor) -> int:
+    """Up to this many tokens of an expert (its matrix: `blocks`) take the fused decode-and-dot; more go through tiles
+    and a GEMM. An expert smaller than TILE_BYTES keeps MATVEC_MAX_TOKENS: its GEMMs are too small for AMX to make
+    up for the Python between them (the small test checkpoint's [128, 64] experts: 4x slower at 32 tokens)."""
+    if x.dtype == torch.bfloat16 and cpu_native.ONEDNN_AMX and blocks.numel() >= TILE_BYTES:
         return min(MATVEC_MAX_TOKENS, AMX_MATVEC_MAX_TOKENS)
     return MATVEC_MAX_TOKENS
 
@@ -107,9 +97,10 @@ def linear_mxfp4(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bi
     lib = cpu_native.library()
     if lib is None:
         return _linear_torch(x, blocks, scales, bias)
-    if x.shape[0] <= fused_max_tokens(x):
+    if x.shape[0] <= fused_max_tokens(x, blocks):
         return (cpu_native.matvec(lib, cpu_native.split_order(x.float()), blocks, scales) + bias.float()).to(x.dtype)
-    dtype = torch.bfloat16 if x.dtype == torch.bfloat16 and AMX_GEMM else torch.float32  # bf16 tiles: the AMX GEMM
+    amx = x.dtype == torch.bfloat16 and cpu_native.ONEDNN_AMX
+    dtype = torch.bfloat16 if amx else torch.float32  # bf16 tiles: the AMX GEMM
     xs = cpu_native.split_order(x.to(dtype))
     R = blocks.shape[0]
     tile_bytes = TILE_BYTES * (AMX_TILE_SCALE if dtype == torch.bfloat16 else 1)
@@ -119,7 +110,10 @@ def linear_mxfp4(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bi
     for r in range(0, R, tile):
         b = blocks[r : r + tile]
         w = cpu_native.decode(lib, b, scales[r : r + tile], dtype, buffer[: b.shape[0]])
-        out[:, r : r + tile] = F.linear(xs, w, bias[r : r + tile].to(dtype))
+        if dtype == torch.bfloat16:  # W @ x.T: oneDNN reorders the few tokens for AMX, not the tile (1.5x F.linear)
+            out[:, r : r + tile] = torch.addmm(bias[r : r + tile, None].to(dtype), w, xs.T).T
+        else:
+            out[:, r : r + tile] = F.linear(xs, w, bias[r : r + tile].to(dtype))
     return out
 
 

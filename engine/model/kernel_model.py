@@ -17,7 +17,7 @@ from engine.model.reference import RMSNorm, Transformer
 class KernelLinear(nn.Linear):
     """nn.Linear through kernels.linear (on CPU, bf16: the native kernel for a few tokens; for more, with `pack` set,
     oneDNN on a packed copy of the weight if it is small enough, made at the first such call; a weight of more than
-    kernels.PACKED_EVERY_ROW_BYTES that gets one uses it for every call)."""
+    kernels.PACKED_EVERY_ROW_BYTES that gets one uses it for every call where oneDNN is not on AMX)."""
 
     pack = False  # the unembedding's: one GEMM of every sampled row per step, where the copy pays for its memory
     packed: tuple[int, torch.Tensor | None] | None = None  # (the weight's data_ptr it was made from, the copy)
