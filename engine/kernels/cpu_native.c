@@ -28,8 +28,13 @@
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define GPTOSS_X86 1
+#endif
+#ifdef __linux__
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 #define MAX_TOKENS 4 /* tokens per pass over the weights in matvec and bf16mv (by_chunks splits more) */
@@ -469,10 +474,26 @@ static void by_chunks(const job_t *j) { /* matvec and bf16mv over any number of 
 
 typedef void (*kernel_t)(const job_t *);
 
-static int isa(void) { /* 3: AVX-512 with BF16, 2: AVX-512, 1: AVX2+FMA, 0: scalar */
+static int amx_granted(void) { /* cpuid has AMX-TILE and AMX-BF16, and Linux grants this process the tile data */
+#if defined(GPTOSS_X86) && defined(__linux__) && defined(__x86_64__)
+    unsigned a, b, c, d;
+    if (__get_cpuid_max(0, NULL) < 7) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    if (!((d >> 24) & 1) || !((d >> 22) & 1)) return 0;
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+#else
+    return 0;
+#endif
+}
+
+static int isa(void) { /* 4: AMX (and AVX-512 with BF16), 3: AVX-512 with BF16, 2: AVX-512, 1: AVX2+FMA, 0: scalar */
 #ifdef GPTOSS_X86
+    static int amx = -1;
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16")) return 3;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16")) {
+        if (amx < 0) amx = amx_granted();
+        return amx ? 4 : 3;
+    }
     if (__builtin_cpu_supports("avx512f")) return 2;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
 #endif
@@ -561,9 +582,15 @@ void gptoss_mxfp4_decode(const uint8_t *blocks, const uint8_t *scales, int64_t R
     run(pick(DECODE), job, threads, rows_per_thread(G * 16, 16));
 }
 
+static int amx_matvec_rows(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
+                           int64_t G, float *out, int threads);
+#define AMX_MIN_TOKENS 4 /* a matrix times this many tokens or more goes through AMX when they are bf16 values (the
+                            fused AVX-512 path is faster for fewer: one token of a [2048, 1024] W1 143 us against 223) */
+
 int gptoss_mxfp4_matvec(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
-                        int64_t G, float *out, int threads) {
+                        int64_t G, float *out, int bf16_valued, int threads) {
     if (n < 1) return -1;
+    if (bf16_valued && n >= AMX_MIN_TOKENS && amx_matvec_rows(xs, n, blocks, scales, R, G, out, threads) == 0) return 0;
     job_t job = {blocks, scales, G, 0, R, out, xs, n, R, 0, NULL, NULL, NULL, pick(MATVEC)};
     run(by_chunks, job, threads, rows_per_thread(G * 16 * ((n + MAX_TOKENS - 1) / MAX_TOKENS), 16));
     return 0;
@@ -747,6 +774,178 @@ void gptoss_decode_attention(const void *q, void *out, int act_bf16, int64_t B, 
     }
 }
 
+/* ---- AMX: MXFP4 rows decoded into bf16 tiles (16 rows x one scale group), times up to 64 tokens per pass ---- */
+
+#define AMX_CHUNKS 4 /* token tiles of 16 per pass over a row block's decoded weights: tmm0-3 accumulate */
+
+#ifdef GPTOSS_X86
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tilecfg_t;
+
+/* The A tiles of a row block: pairs of scale groups (g = 2p, 2p + 1), each pair two tiles, "low" with the even
+   elements of both groups (columns 0-15 group 2p, 16-31 group 2p + 1) and "high" with the odd ones: how the packed
+   bytes hold them (low nibble, high nibble), so a pair decodes with no shuffle. A phantom group past an odd G is zero.
+   The x side (amx_pack_x) puts the same elements in the same columns. k of tile q, column c, in split order: */
+static inline int64_t amx_k(int64_t q, int64_t c) { return (2 * (q / 2) + c / 16) * 32 + (q % 2) * 16 + c % 16; }
+
+/* xs [n, G * 32] fp32 in split order, bf16-valued -> [ceil(n / 16)][Q tiles][16 pairs][16 tokens][2] bf16 (the B
+   tiles: k pairs side by side, as tdpbf16ps takes them), zero past the last token and in a phantom group. Per token
+   and tile: 16 values of each of the two groups (contiguous in xs), truncated to bf16 (exact), their 16 pairs
+   scattered a tile row (64 bytes) apart */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static uint16_t *amx_pack_x(const float *xs, int64_t n, int64_t G) {
+    int64_t chunks = (n + 15) / 16, K = G * 32, Q = (G + 1) / 2 * 2;
+    uint16_t *v = calloc((size_t)(chunks * Q * 512), sizeof(uint16_t));
+    if (v == NULL) return NULL;
+    const __m512i rows = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t q = 0; q < Q; q++) {
+            int64_t g = q / 2 * 2, half = q % 2;
+            const float *x = xs + t * K + g * 32 + half * 16;
+            __m256i first = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(_mm512_loadu_ps(x)), 16));
+            __m256i second = _mm256_setzero_si256();
+            if (g + 1 < G)
+                second = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(_mm512_loadu_ps(x + 32)), 16));
+            __m512i pairs = _mm512_inserti64x4(_mm512_castsi256_si512(first), second, 1); /* columns 0-31 */
+            int32_t *tile = (int32_t *)(v + ((t / 16) * Q + q) * 512) + t % 16;
+            _mm512_i32scatter_epi32(tile, rows, pairs, 4);
+        }
+    return v;
+}
+
+#define AMX_DP(c)                                                                                                  \
+    case c:                                                                                                        \
+        _tile_loadd(5, xv + ((c0 + c) * Q + q) * 512, 64);                                                          \
+        _tile_dpbf16ps(c, 4, 5);                                                                                   \
+        break;
+#define AMX_STORE(c)                                                                                               \
+    case c:                                                                                                        \
+        _tile_stored(c, cbuf, 64);                                                                                 \
+        break;
+
+static const uint16_t FP4_BF16[32] = {0x0000, 0x3F00, 0x3F80, 0x3FC0, 0x4000, 0x4040, 0x4080, 0x40C0, /* FP4 as bf16 */
+                                     0x8000, 0xBF00, 0xBF80, 0xBFC0, 0xC000, 0xC040, 0xC080, 0xC0C0};
+
+/* one row's pair p of scale groups -> its 32 low and 32 high bf16 values: the E2M1 codes through a 16-bit table
+   (vpermw) to the bf16 of the value, then the scale's power of two added to the exponent field of every nonzero
+   code (exact for scales in [2, 252]: amx_scales_ok). e: the pair's exponent offsets, 16 lanes each */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static inline void amx_decode_pair(const uint8_t *b, int two, __m512i e,
+                                                                               uint16_t *lo_out, uint16_t *hi_out) {
+    const __m512i lut = _mm512_loadu_si512(FP4_BF16);
+    const __m512i fifteen = _mm512_set1_epi16(15), seven = _mm512_set1_epi16(7);
+    __m256i raw = two ? _mm256_loadu_si256((const __m256i *)b) : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)b));
+    __m512i w = _mm512_cvtepu8_epi16(raw);
+    __m512i lo = _mm512_and_si512(w, fifteen), hi = _mm512_srli_epi16(w, 4);
+    __m512i vlo = _mm512_permutexvar_epi16(lo, lut), vhi = _mm512_permutexvar_epi16(hi, lut);
+    _mm512_store_si512(lo_out, _mm512_mask_add_epi16(vlo, _mm512_test_epi16_mask(lo, seven), vlo, e));
+    _mm512_store_si512(hi_out, _mm512_mask_add_epi16(vhi, _mm512_test_epi16_mask(hi, seven), vhi, e));
+}
+
+/* a row's pairs of groups decoded into the A tiles' row i: the scales of 32 groups at a time widened to 16-bit
+   exponent offsets once, each pair's two picked out by one vpermw */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static inline void amx_decode_row(const uint8_t *b, const uint8_t *s,
+                                                                              int64_t G, uint16_t *a, int64_t i) {
+    const __m512i bias = _mm512_set1_epi16(127), first = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0x10001, 0x10001,
+                                                                              0x10001, 0x10001, 0x10001, 0x10001,
+                                                                              0x10001, 0x10001);
+    for (int64_t g0 = 0; g0 < G; g0 += 32) {
+        int64_t left = G - g0 < 32 ? G - g0 : 32;
+        __m256i raw = _mm256_maskz_loadu_epi8(left >= 32 ? 0xFFFFFFFFu : (1u << left) - 1, s + g0);
+        __m512i offsets = _mm512_slli_epi16(_mm512_sub_epi16(_mm512_cvtepu8_epi16(raw), bias), 7);
+        for (int64_t g = g0; g < g0 + left; g += 2) {
+            __m512i idx = _mm512_add_epi16(first, _mm512_set1_epi16((short)(g - g0))); /* g - g0: 16 lanes, g + 1 - g0 */
+            __m512i e = _mm512_permutexvar_epi16(idx, offsets);
+            amx_decode_pair(b + g * 16, g + 1 < G, e, a + (g * 16 + i) * 32, a + ((g + 1) * 16 + i) * 32);
+        }
+    }
+}
+
+/* out[t, r] = sum_k x[t, k] W[r, k] for the row blocks of 16 starting in [r0, r1): each block's rows decoded once
+   into its A tiles (bf16, exact), then tdpbf16ps against every token tile, AMX_CHUNKS at a time (fp32 sums); xb holds
+   amx_pack_x's tokens */
+__attribute__((target("avx512f,avx512bw,avx512vl,amx-tile,amx-bf16"))) static void amx_rows(const job_t *j) {
+    const int64_t G = j->G, Q = (G + 1) / 2 * 2, chunks = (j->n + 15) / 16;
+    const uint16_t *xv = j->xb;
+    uint16_t *a = aligned_alloc(64, (size_t)(Q * 1024)); /* [Q][16 rows][32] bf16 */
+    float cbuf[256] __attribute__((aligned(64))); /* a C tile: [16 rows][16 tokens] */
+    const __m512i column = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
+    if (a == NULL) return; /* amx_matvec_rows tried this size first: not reached */
+    tilecfg_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 6; i++) {
+        cfg.colsb[i] = 64;
+        cfg.rows[i] = 16;
+    }
+    _tile_loadconfig(&cfg);
+    for (int64_t blk = (j->r0 + 15) / 16; blk < (j->r1 + 15) / 16; blk++) {
+        int64_t r = blk * 16, rows = j->R - r < 16 ? j->R - r : 16;
+        for (int64_t i = 0; i < 16; i++) {
+            if (i < rows) {
+                amx_decode_row(j->blocks + (r + i) * G * 16, j->scales + (r + i) * G, G, a, i);
+            } else {
+                for (int64_t q = 0; q < Q; q++) memset(a + (q * 16 + i) * 32, 0, 64);
+            }
+        }
+        for (int64_t c0 = 0; c0 < chunks; c0 += AMX_CHUNKS) {
+            int nc = chunks - c0 < AMX_CHUNKS ? (int)(chunks - c0) : AMX_CHUNKS;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int64_t q = 0; q < Q; q++) {
+                _tile_loadd(4, a + q * 512, 64);
+                for (int c = 0; c < nc; c++) switch (c) {
+                        AMX_DP(0)
+                        AMX_DP(1)
+                        AMX_DP(2)
+                        AMX_DP(3)
+                    }
+            }
+            for (int c = 0; c < nc; c++) {
+                switch (c) {
+                    AMX_STORE(0)
+                    AMX_STORE(1)
+                    AMX_STORE(2)
+                    AMX_STORE(3)
+                }
+                for (int64_t tt = 0; tt < 16 && (c0 + c) * 16 + tt < j->n; tt++) /* a token's 16 rows: a column */
+                    _mm512_mask_storeu_ps((float *)j->out + ((c0 + c) * 16 + tt) * j->R + r, (__mmask16)((1u << rows) - 1),
+                                          _mm512_i32gather_ps(_mm512_add_epi32(column, _mm512_set1_epi32((int)tt)), cbuf, 4));
+            }
+        }
+    }
+    _tile_release();
+    free(a);
+}
+#endif
+
+static int amx_scales_ok(const uint8_t *scales, int64_t count) { /* every decoded value a normal bf16 */
+    int bad = 0;
+#pragma omp simd reduction(| : bad)
+    for (int64_t i = 0; i < count; i++) bad |= (scales[i] < 2) | (scales[i] > 252);
+    return !bad;
+}
+
+/* the matvec_rows of bf16-valued x through AMX where the CPU has it and the scales allow: 0, or -1 (not taken) */
+static int amx_matvec_rows(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
+                           int64_t G, float *out, int threads) {
+#ifdef GPTOSS_X86
+    if (gptoss_mxfp4_isa() < 4 || !amx_scales_ok(scales, R * G)) return -1;
+    uint16_t *xv = amx_pack_x(xs, n, G);
+    if (xv == NULL) return -1;
+    job_t job = {blocks, scales, G, 0, R, out, NULL, n, R, 0, NULL, xv, NULL, NULL};
+    run(amx_rows, job, threads, rows_per_thread(G * 16, 16));
+    free(xv);
+    return 0;
+#else
+    (void)xs, (void)n, (void)blocks, (void)scales, (void)R, (void)G, (void)out, (void)threads;
+    return -1;
+#endif
+}
+
 /* ---- the MoE MLP for decode ---- */
 
 static inline float bias_at(const void *bias, int bf16, int64_t i) {
@@ -765,6 +964,150 @@ static void matvec_rows(const float *xs, int64_t n, const uint8_t *blocks, const
    model's torch path holds them in bf16). Returns 0, or -1 when out of memory (out then partly written). */
 static inline float as_act(float v, int act_bf16) { return act_bf16 ? widen(round_bf16(v)) : v; }
 
+static inline float bf16_round(float v) { /* widen(round_bf16(v)) without a branch, so `omp simd` loops vectorize */
+    union {
+        float f;
+        uint32_t u;
+    } in = {v}, out;
+    uint32_t nan = (in.u & 0x7fffffffu) > 0x7f800000u; /* NaN stays NaN (quiet) */
+    out.u = (nan ? in.u | 0x400000u : in.u + 0x7fffu + ((in.u >> 16) & 1)) & 0xffff0000u;
+    return out.f;
+}
+
+static inline float exp_clamped(float x) { /* exp_le0's method on [-87, 88] (beyond: its value there), any sign */
+    x = x > -87.0f ? x : -87.0f;
+    x = x < 88.0f ? x : 88.0f;
+    float t = x * 1.44269504088896341f - 0.5f;
+    int32_t n = (int32_t)t;
+    n += 1 - (t < (float)n);
+    float r = x - (float)n * 0.693145751953125f;
+    r = r - (float)n * 1.428606765330187e-06f;
+    float p = 1.0f / 5040;
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union {
+        int32_t bits;
+        float value;
+    } scale = {(n + 127) << 23};
+    return p * scale.value;
+}
+
+static inline float swiglu_one(float gate, float up, float limit, float alpha, int act_bf16) {
+    if (act_bf16) { /* each step rounded, as the torch path's bf16 ops do */
+        gate = bf16_round(gate);
+        up = bf16_round(up);
+    }
+    gate = gate < limit ? gate : limit;
+    up = up < -limit ? -limit : (up > limit ? limit : up);
+    if (!act_bf16) return gate / (1.0f + exp_clamped(-alpha * gate)) * (up + 1.0f);
+    float scaled = bf16_round(alpha * gate), sig = bf16_round(1.0f / (1.0f + exp_clamped(-scaled)));
+    return bf16_round(bf16_round(gate * sig) * bf16_round(up + 1.0f));
+}
+
+#ifdef GPTOSS_X86
+__attribute__((target("avx512f"))) static inline __m512 bf16_round16(__m512 v) { /* bf16_round, 16 lanes */
+    __m512i u = _mm512_castps_si512(v);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb));
+    r = _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), u, _mm512_set1_epi32(0x400000));
+    return _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32((int)0xffff0000u)));
+}
+
+__attribute__((target("avx512f"))) static inline __m512 exp_clamped16(__m512 x) { /* exp_clamped, 16 lanes */
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    __m512 t = _mm512_sub_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _mm512_set1_ps(0.5f));
+    __m512 n = _mm512_add_ps(_mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC), _mm512_set1_ps(1.0f));
+    __m512 r = _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693145751953125f)));
+    r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(1.428606765330187e-06f)));
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 720));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 120));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 24));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 6));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0.5f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f));
+    __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+}
+
+/* swiglu_row for I a multiple of 16: swiglu_one's operations in the same order, 16 lanes at a time (a separate
+   multiply and add, as the scalar code compiles them for the baseline ISA, which has no FMA) */
+__attribute__((target("avx512f"))) static void swiglu_row16(const float *h, const float *b1, int64_t I, float limit,
+                                                            float alpha, int act_bf16, float *v) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m512 lim = _mm512_set1_ps(limit), nlim = _mm512_set1_ps(-limit), one = _mm512_set1_ps(1.0f);
+    const __m512 a = _mm512_set1_ps(alpha), na = _mm512_set1_ps(-alpha), zero = _mm512_setzero_ps();
+    for (int64_t c = 0; c < I; c += 16) {
+        __m512 lo = _mm512_add_ps(_mm512_loadu_ps(h + 2 * c), _mm512_loadu_ps(b1 + 2 * c));
+        __m512 hi = _mm512_add_ps(_mm512_loadu_ps(h + 2 * c + 16), _mm512_loadu_ps(b1 + 2 * c + 16));
+        __m512 gate = _mm512_permutex2var_ps(lo, even, hi), up = _mm512_permutex2var_ps(lo, odd, hi);
+        __m512 out;
+        if (act_bf16) {
+            gate = _mm512_min_ps(bf16_round16(gate), lim);
+            up = _mm512_max_ps(_mm512_min_ps(bf16_round16(up), lim), nlim);
+            __m512 scaled = bf16_round16(_mm512_mul_ps(a, gate));
+            __m512 sig = bf16_round16(_mm512_div_ps(one, _mm512_add_ps(one, exp_clamped16(_mm512_sub_ps(zero, scaled)))));
+            out = bf16_round16(_mm512_mul_ps(bf16_round16(_mm512_mul_ps(gate, sig)), bf16_round16(_mm512_add_ps(up, one))));
+        } else {
+            gate = _mm512_min_ps(gate, lim);
+            up = _mm512_max_ps(_mm512_min_ps(up, lim), nlim);
+            out = _mm512_mul_ps(_mm512_div_ps(gate, _mm512_add_ps(one, exp_clamped16(_mm512_mul_ps(na, gate)))),
+                                _mm512_add_ps(up, one));
+        }
+        _mm512_storeu_ps(v + c, out);
+    }
+}
+
+__attribute__((target("avx512f"))) static void add_weighted16(float *dst, const float *y, const float *b2, int64_t H,
+                                                              float w, int act_bf16) {
+    const __m512 weight = _mm512_set1_ps(w);
+    for (int64_t c = 0; c < H; c += 16) {
+        __m512 v = _mm512_add_ps(_mm512_loadu_ps(y + c), _mm512_loadu_ps(b2 + c));
+        if (act_bf16) v = bf16_round16(v);
+        _mm512_storeu_ps(dst + c, _mm512_add_ps(_mm512_loadu_ps(dst + c), _mm512_mul_ps(weight, v)));
+    }
+}
+#endif
+
+/* one token's h [2I] (+ b1 [2I] fp32) -> the clamped SwiGLU [I] (gate even, up odd), each step rounded to bf16 where
+   act_bf16 (as the torch path's bf16 ops round: the same bits up to exp's last place in fp32) */
+static void swiglu_row(const float *h, const float *b1, int64_t I, float limit, float alpha, int act_bf16, float *v) {
+#ifdef GPTOSS_X86
+    if (gptoss_mxfp4_isa() >= 2 && I % 16 == 0) {
+        swiglu_row16(h, b1, I, limit, alpha, act_bf16, v);
+        return;
+    }
+#endif
+    for (int64_t c = 0; c < I; c++) v[c] = swiglu_one(h[2 * c] + b1[2 * c], h[2 * c + 1] + b1[2 * c + 1], limit, alpha,
+                                                      act_bf16);
+}
+
+/* dst [H] += w * (y + b2), y + b2 rounded to bf16 where act_bf16 */
+static void add_weighted(float *dst, const float *y, const float *b2, int64_t H, float w, int act_bf16) {
+#ifdef GPTOSS_X86
+    if (gptoss_mxfp4_isa() >= 2 && H % 16 == 0) {
+        add_weighted16(dst, y, b2, H, w, act_bf16);
+        return;
+    }
+#endif
+    for (int64_t c = 0; c < H; c++) dst[c] += w * (act_bf16 ? bf16_round(y[c] + b2[c]) : y[c] + b2[c]);
+}
+
+static void to_split(const float *src, int64_t K, float *dst) { /* a row of K in natural order -> split order */
+    for (int64_t g = 0; g < K / 32; g++)
+        for (int j = 0; j < 16; j++) {
+            dst[g * 32 + j] = src[g * 32 + 2 * j];
+            dst[g * 32 + 16 + j] = src[g * 32 + 2 * j + 1];
+        }
+}
+
 int gptoss_moe_mxfp4(const float *x, int64_t T, int64_t H, const int64_t *ids, const float *weights, int64_t K,
                      const uint8_t *w1b, const uint8_t *w1s, const void *b1, const uint8_t *w2b, const uint8_t *w2s,
                      const void *b2, int bias_bf16, int act_bf16, int64_t E, int64_t I, float limit, float alpha,
@@ -774,8 +1117,9 @@ int gptoss_moe_mxfp4(const float *x, int64_t T, int64_t H, const int64_t *ids, c
     float *h = malloc((size_t)(A * 2 * I > 0 ? A * 2 * I : 1) * sizeof(float));
     float *act = malloc((size_t)(A * I > 0 ? A * I : 1) * sizeof(float));
     float *y = malloc((size_t)(A * H > 0 ? A * H : 1) * sizeof(float));
+    float *bias = malloc((size_t)(2 * I + H + I) * sizeof(float)); /* an expert's b1 [2I], b2 [H] in fp32; a row [I] */
     int status = 0;
-    if (!count || !order || !xs || !h || !act || !y) {
+    if (!count || !order || !xs || !h || !act || !y || !bias) {
         status = -1;
         goto done;
     }
@@ -793,43 +1137,26 @@ int gptoss_moe_mxfp4(const float *x, int64_t T, int64_t H, const int64_t *ids, c
             if (ids[a] >= 0 && ids[a] < E) order[next[ids[a]]++] = a;
         free(next);
     }
+    float *b1f = bias, *b2f = bias + 2 * I, *row = bias + 2 * I + H;
     for (int64_t e = 0; e < E; e++) {
         int64_t n = count[e + 1] - count[e];
         if (n == 0) continue;
         const int64_t *mine = order + count[e];
-        for (int64_t i = 0; i < n; i++) { /* the expert's tokens, each group of 32 in split order */
-            const float *src = x + (mine[i] / K) * H;
-            float *dst = xs + i * H;
-            for (int64_t g = 0; g < H / 32; g++)
-                for (int j = 0; j < 16; j++) {
-                    dst[g * 32 + j] = src[g * 32 + 2 * j];
-                    dst[g * 32 + 16 + j] = src[g * 32 + 2 * j + 1];
-                }
+        for (int64_t c = 0; c < 2 * I; c++) b1f[c] = bias_at(b1, bias_bf16, e * 2 * I + c);
+        for (int64_t c = 0; c < H; c++) b2f[c] = bias_at(b2, bias_bf16, e * H + c);
+        for (int64_t i = 0; i < n; i++) to_split(x + (mine[i] / K) * H, H, xs + i * H); /* the expert's tokens */
+        if (!(act_bf16 && n >= AMX_MIN_TOKENS &&
+              amx_matvec_rows(xs, n, w1b + e * 2 * I * H / 2, w1s + e * 2 * I * (H / 32), 2 * I, H / 32, h, threads) == 0))
+            matvec_rows(xs, n, w1b + e * 2 * I * H / 2, w1s + e * 2 * I * (H / 32), 2 * I, H / 32, h, threads);
+        for (int64_t i = 0; i < n; i++) { /* + b1, SwiGLU, written in split order for W2 */
+            swiglu_row(h + i * 2 * I, b1f, I, limit, alpha, act_bf16, row);
+            to_split(row, I, act + i * I);
         }
-        matvec_rows(xs, n, w1b + e * 2 * I * H / 2, w1s + e * 2 * I * (H / 32), 2 * I, H / 32, h, threads);
-        for (int64_t i = 0; i < n; i++) /* + b1, SwiGLU (gate even, up odd), written in split order for W2 */
-            for (int64_t c = 0; c < I; c++) {
-                float gate = as_act(h[i * 2 * I + 2 * c] + bias_at(b1, bias_bf16, e * 2 * I + 2 * c), act_bf16);
-                float up = as_act(h[i * 2 * I + 2 * c + 1] + bias_at(b1, bias_bf16, e * 2 * I + 2 * c + 1), act_bf16);
-                gate = gate < limit ? gate : limit;
-                up = up < -limit ? -limit : (up > limit ? limit : up);
-                float v;
-                if (act_bf16) { /* each step rounded, as the torch path's bf16 ops do: the same bits */
-                    float scaled = as_act(alpha * gate, 1), sig = as_act(1.0f / (1.0f + expf(-scaled)), 1);
-                    v = as_act(gate * sig, 1) * as_act(up + 1.0f, 1);
-                } else {
-                    v = gate / (1.0f + expf(-alpha * gate)) * (up + 1.0f);
-                }
-                int64_t g = c / 32, j = c % 32;
-                act[i * I + g * 32 + (j % 2) * 16 + j / 2] = as_act(v, act_bf16);
-            }
-        matvec_rows(act, n, w2b + e * H * I / 2, w2s + e * H * (I / 32), H, I / 32, y, threads);
-        for (int64_t i = 0; i < n; i++) {
-            float w = weights[mine[i]];
-            float *dst = out + (mine[i] / K) * H;
-            for (int64_t c = 0; c < H; c++)
-                dst[c] += w * as_act(y[i * H + c] + bias_at(b2, bias_bf16, e * H + c), act_bf16);
-        }
+        if (!(act_bf16 && n >= AMX_MIN_TOKENS &&
+              amx_matvec_rows(act, n, w2b + e * H * I / 2, w2s + e * H * (I / 32), H, I / 32, y, threads) == 0))
+            matvec_rows(act, n, w2b + e * H * I / 2, w2s + e * H * (I / 32), H, I / 32, y, threads);
+        for (int64_t i = 0; i < n; i++)
+            add_weighted(out + (mine[i] / K) * H, y + i * H, b2f, H, weights[mine[i]], act_bf16);
     }
 done:
     free(count);
@@ -838,6 +1165,7 @@ done:
     free(h);
     free(act);
     free(y);
+    free(bias);
     return status;
 }
 

@@ -38,7 +38,7 @@ SOURCE = Path(__file__).with_name("cpu_native.c")
 ENV_SWITCH = "GPTOSS_CPU_NATIVE"  # "0": never build or use the native kernels
 FLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-fopenmp-simd")  # the `omp simd` pragmas only: no OpenMP runtime
 LIBS = ("-lm",)
-ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512", 3: "avx512-bf16"}
+ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512", 3: "avx512-bf16", 4: "amx"}
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
@@ -59,7 +59,7 @@ def library() -> ctypes.CDLL | None:
         return None
     lib.gptoss_mxfp4_decode.argtypes = [_P, _P, _I64, _I64, _P, _INT, _INT]
     lib.gptoss_mxfp4_decode.restype = None
-    lib.gptoss_mxfp4_matvec.argtypes = [_P, _I64, _P, _P, _I64, _I64, _P, _INT]
+    lib.gptoss_mxfp4_matvec.argtypes = [_P, _I64, _P, _P, _I64, _I64, _P, _INT, _INT]
     lib.gptoss_mxfp4_matvec.restype = _INT
     lib.gptoss_bf16_matvec.argtypes = [_P, _I64, _P, _P, _I64, _I64, _P, _INT, _INT]
     lib.gptoss_bf16_matvec.restype = _INT
@@ -141,17 +141,24 @@ def decode(lib: ctypes.CDLL, blocks: torch.Tensor, scales: torch.Tensor, dtype: 
     return out
 
 
-def matvec(lib: ctypes.CDLL, xs: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+def matvec(lib: ctypes.CDLL, xs: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor,
+           bf16_valued: bool = False) -> torch.Tensor:
     """xs [n, K] fp32 in split order @ W.T -> [n, R] fp32, MAX_TOKENS tokens per pass over W (one call: each
-    thread takes its rows through every pass)."""
+    thread takes its rows through every pass); `bf16_valued` xs (a bf16 model's activations) from cpu_native.c's
+    AMX_MIN_TOKENS tokens through AMX where the CPU has it (`amx(lib)`): W decoded once into bf16 tiles for all the tokens."""
     rows, groups = _check(blocks, scales)
     xs = xs.float().contiguous()
     if xs.shape[1] != groups * 32:
         raise ValueError(f"x has {xs.shape[1]} columns, the matrix {groups * 32}")
     out = torch.empty(xs.shape[0], rows, dtype=torch.float32)
     lib.gptoss_mxfp4_matvec(xs.data_ptr(), xs.shape[0], blocks.data_ptr(), scales.data_ptr(), rows, groups,
-                            out.data_ptr(), torch.get_num_threads())
+                            out.data_ptr(), int(bf16_valued), torch.get_num_threads())
     return out
+
+
+def amx(lib: ctypes.CDLL) -> bool:
+    """Whether the native kernels run AMX here (the CPU has it, Linux grants it, and no test forced a lower ISA)."""
+    return lib.gptoss_mxfp4_isa() >= 4
 
 
 def linear_bf16(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

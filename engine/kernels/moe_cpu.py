@@ -4,12 +4,13 @@ Flow of `moe_mxfp4_cpu` (same arguments and result as moe.moe_mxfp4_ref, computi
   group  : the (token, k) assignments sorted by expert with one argsort; the per-expert counts read once
   expert : per active expert, its tokens gathered -> linear_mxfp4(W1) -> swiglu -> linear_mxfp4(W2)
   combine: weighted rows added into the fp32 output (index_add_)
-When every active expert has at most MATVEC_MAX_TOKENS tokens (decode), the whole MLP is one native call
-(cpu_native.moe, fp32 throughout); otherwise `linear_mxfp4` runs the native kernels of cpu_native.c (engine.kernels.cpu_native: AVX-512, AVX2 or scalar C,
-built on first use): for up to MATVEC_MAX_TOKENS tokens the decode fused into the dot products (a pass over the
-packed bytes per 4 tokens), for more a tile of rows decoded at a time then multiplied with all of the expert's
-tokens (fp32 tiles, or bf16 tiles into oneDNN's AMX GEMM for bf16 x where the CPU has AMX, cpu_native.ONEDNN_AMX,
-from AMX_MATVEC_MAX_TOKENS tokens). Without a C compiler, torch decodes the tiles (`engine.weights.mxfp4.decode_rows`, several times
+When every active expert has at most fused_max_tokens tokens (decode; any number for a bf16 model where the native
+kernels run AMX) and there are at most NATIVE_MOE_MAX_ASSIGNMENTS assignments, the whole MLP is one native call
+(cpu_native.moe, fp32 sums); otherwise `linear_mxfp4` runs the native kernels of cpu_native.c (engine.kernels.
+cpu_native: AMX, AVX-512, AVX2 or scalar C, built on first use): up to fused_max_tokens tokens the decode fused into
+the dot products (a pass over the packed bytes per 4 tokens) or, for bf16 x on AMX, the weights decoded once into
+bf16 tiles for all the tokens; for more, a tile of rows decoded to fp32 at a time then multiplied with all of the
+expert's tokens. Without a C compiler, torch decodes the tiles (`engine.weights.mxfp4.decode_rows`, several times
 slower). No dense copy of an expert, let alone of all of them, is ever made.
 """
 
@@ -45,8 +46,9 @@ def moe_mxfp4_cpu(
     flat = topk_ids.reshape(-1)
     counts = torch.bincount(flat + 1, minlength=w1_blocks.shape[0] + 1).tolist()  # [E + 1], index 0: id -1
     lib = cpu_native.library()
-    if lib is not None and max(counts[1:], default=0) <= fused_max_tokens(x, w1_blocks[0]) and x.device.type == "cpu":
-        # decode: every expert's tokens fit the fused matvec; the whole MLP in one native call
+    if lib is not None and x.device.type == "cpu" and max(counts[1:], default=0) <= fused_max_tokens(lib, x) and (
+            flat.numel() <= NATIVE_MOE_MAX_ASSIGNMENTS):
+        # every expert's tokens fit the native kernels: the whole MLP in one native call
         return cpu_native.moe(lib, x, topk_ids, topk_weights, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2,
                               swiglu_limit, alpha).to(x.dtype)
     order = flat.argsort(stable=True)  # assignment t * K + k, grouped by expert, the -1 ids first
@@ -69,51 +71,39 @@ TILE_BYTES = 1 << 18  # packed bytes decoded at a time on the tiled path: a tile
 MATVEC_MAX_TOKENS = 32  # up to this many tokens of an expert, the native kernel's decode fused into the dot products
 #                         beats decoding tiles for an fp32 GEMM (4 tokens per pass over the weights; measured on
 #                         AVX-512: 1.4 ms for one token of a gpt-oss-20b W1 where the tiled path takes 8 ms; even at 32)
-AMX_MATVEC_MAX_TOKENS = 8  # the same for bf16 x where oneDNN's GEMM runs on AMX (cpu_native.ONEDNN_AMX): bf16 tiles and that
-#                            GEMM win from 16 tokens (2026-12-02, 2 threads, an expert W1 of the larger test checkpoint
-#                            [2048, 1024] / gpt-oss-20b's [5760, 2880]: 16 tokens 0.91 / 5.2 ms against 1.22 / 8.1 fused,
-#                            64 tokens 1.2 / 8.5 against 2.7 / 21.6, 256 tokens 2.9 / 14.3 against 8.1 / 56.5)
-
-AMX_TILE_SCALE = 16  # bf16 tiles for the AMX GEMM are this many times TILE_BYTES (4 MiB packed): bigger GEMMs keep AMX
-#                      busy (gpt-oss-20b's W1 at 64 tokens: 8.1 ms against 11.3 with 256 KiB tiles)
+NATIVE_MOE_MAX_ASSIGNMENTS = 1024  # (token, expert) pairs the one native call takes at most: it holds every pair's
+#                                    x, h, SwiGLU and y in fp32 (gpt-oss-20b: 56 KiB a pair, 58 MiB at the most)
 
 
-
-
-def fused_max_tokens(x: torch.Tensor, blocks: torch.Tensor) -> int:
-    """Up to this many tokens of an expert (its matrix: `blocks`) take the fused decode-and-dot; more go through tiles
-    and a GEMM. An expert smaller than TILE_BYTES keeps MATVEC_MAX_TOKENS: its GEMMs are too small for AMX to make
-    up for the Python between them (the small test checkpoint's [128, 64] experts: 4x slower at 32 tokens)."""
-    if x.dtype == torch.bfloat16 and cpu_native.ONEDNN_AMX and blocks.numel() >= TILE_BYTES:
-        return min(MATVEC_MAX_TOKENS, AMX_MATVEC_MAX_TOKENS)
+def fused_max_tokens(lib, x: torch.Tensor) -> int:
+    """Up to this many tokens of an expert go through the native kernels (the fused decode-and-dot, or AMX); more
+    through tiles decoded to fp32 and a GEMM. A bf16 model where the native kernels run AMX has no such limit: the
+    weights are decoded once into bf16 tiles for all the tokens (cpu_native.c's amx_rows)."""
+    if x.dtype == torch.bfloat16 and cpu_native.amx(lib):
+        return 1 << 62
     return MATVEC_MAX_TOKENS
 
 
 def linear_mxfp4(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """x [n, K] @ W.T + bias with W [R, K] as MXFP4 blocks [R, K/32, 16] and scales [R, K/32]  ->  [n, R] in x's
-    dtype, summed in fp32. With the native kernels (engine.kernels.cpu_native): up to MATVEC_MAX_TOKENS tokens the
-    decode fused into the dot products, more a tile of rows decoded to fp32 at a time then one GEMM with all the
-    tokens (x reordered once to the kernels' split order). Without them: the same tiles decoded by torch."""
+    dtype, summed in fp32. With the native kernels (engine.kernels.cpu_native): up to fused_max_tokens tokens one
+    native call (AMX for a bf16 x where the CPU has it, else the decode fused into the dot products), more a tile of
+    rows decoded to fp32 at a time then one GEMM with all the tokens (x reordered once to the kernels' split order).
+    Without them: the same tiles decoded by torch."""
     lib = cpu_native.library()
     if lib is None:
         return _linear_torch(x, blocks, scales, bias)
-    if x.shape[0] <= fused_max_tokens(x, blocks):
-        return (cpu_native.matvec(lib, cpu_native.split_order(x.float()), blocks, scales) + bias.float()).to(x.dtype)
-    amx = x.dtype == torch.bfloat16 and cpu_native.ONEDNN_AMX
-    dtype = torch.bfloat16 if amx else torch.float32  # bf16 tiles: the AMX GEMM
-    xs = cpu_native.split_order(x.to(dtype))
+    xs = cpu_native.split_order(x.float())
+    if x.shape[0] <= fused_max_tokens(lib, x):
+        return (cpu_native.matvec(lib, xs, blocks, scales, x.dtype == torch.bfloat16) + bias.float()).to(x.dtype)
     R = blocks.shape[0]
-    tile_bytes = TILE_BYTES * (AMX_TILE_SCALE if dtype == torch.bfloat16 else 1)
-    tile = min(R, max(1, tile_bytes // (blocks.shape[1] * blocks.shape[2])))
+    tile = min(R, max(1, TILE_BYTES // (blocks.shape[1] * blocks.shape[2])))
     out = torch.empty(x.shape[0], R, dtype=x.dtype, device=x.device)
-    buffer = torch.empty(tile, xs.shape[1], dtype=dtype)
+    buffer = torch.empty(tile, xs.shape[1], dtype=torch.float32)
     for r in range(0, R, tile):
         b = blocks[r : r + tile]
-        w = cpu_native.decode(lib, b, scales[r : r + tile], dtype, buffer[: b.shape[0]])
-        if dtype == torch.bfloat16:  # W @ x.T: oneDNN reorders the few tokens for AMX, not the tile (1.5x F.linear)
-            out[:, r : r + tile] = torch.addmm(bias[r : r + tile, None].to(dtype), w, xs.T).T
-        else:
-            out[:, r : r + tile] = F.linear(xs, w, bias[r : r + tile].to(dtype))
+        w = cpu_native.decode(lib, b, scales[r : r + tile], torch.float32, buffer[: b.shape[0]])
+        out[:, r : r + tile] = F.linear(xs, w, bias[r : r + tile].float())
     return out
 
 

@@ -66,6 +66,30 @@ def test_native_matvec(isa, tokens, shape):
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(203, 7), (2048, 32), (16, 2)])  # a phantom group, a block tail; threads; one block
+@pytest.mark.parametrize("tokens", [1, 4, 5, 17, 64, 65, 130])  # under/at AMX_MIN_TOKENS, token tiles, 4+ tiles a pass
+@pytest.mark.parametrize("scale_range", [(120, 130), (0, 10)])  # scales AMX decodes exactly; some it cannot
+def test_native_matvec_bf16_valued(isa, tokens, shape, scale_range):
+    """bf16-valued x (a bf16 model's activations): on AMX, from cpu_native.c's AMX_MIN_TOKENS tokens, the weights
+    decoded into bf16 tiles once for every token (tdpbf16ps, fp32 sums): x @ W.T up to summation order, as the
+    fused path. A matrix with a scale whose values a bf16 cannot hold (under 2**-125, over 2**125) keeps that path."""
+    gen = torch.Generator().manual_seed(tokens)
+    rows, groups = shape
+    blocks = torch.randint(0, 256, (rows, groups, 16), dtype=torch.uint8, generator=gen)
+    scales = torch.randint(*scale_range, (rows, groups), dtype=torch.uint8, generator=gen)
+    x = torch.randn(tokens, groups * 32, generator=gen).to(torch.bfloat16).float()
+    w = decode_rows(blocks, scales, torch.float32).double()
+    expected = x.double() @ w.T
+    got = cpu_native.matvec(isa, cpu_native.split_order(x), blocks, scales, bf16_valued=True)
+    tol = 1e-5 * (x.double().abs() @ w.abs().T) + 1e-30  # fp32 sums of these terms, in any order
+    assert ((got.double() - expected).abs() <= tol).all()
+    if isa.gptoss_mxfp4_isa() == 4 and tokens >= 4 and rows == 2048:  # which path ran: AMX sums in another order
+        isa.gptoss_mxfp4_set_isa(3)
+        fused = cpu_native.matvec(isa, cpu_native.split_order(x), blocks, scales, bf16_valued=True)
+        isa.gptoss_mxfp4_set_isa(4)
+        assert torch.equal(got, fused) == (scale_range != (120, 130))
+
+
 @pytest.mark.parametrize("shape", [(203, 7 * 32), (37, 100), (5, 64 * 3 + 31), (1024, 512)])  # K tails; 1 MiB: threads
 @pytest.mark.parametrize("tokens", [1, 2, 4, 5])
 def test_linear_bf16(isa, shape, tokens):
