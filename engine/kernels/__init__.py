@@ -30,6 +30,7 @@ __all__ = [
     "use_triton",
     "argmax",
     "linear",
+    "rotate",
     "pack_linear",
     "moe_mxfp4",
     "paged_attention",
@@ -73,8 +74,8 @@ def _dispatch(module, name: str, off_triton: str | None = None, off_module=None)
 
 moe_mxfp4 = _dispatch(moe, "moe_mxfp4", "moe_mxfp4_cpu", moe_cpu)
 paged_attention = _dispatch(attention, "paged_attention", "paged_attention_cpu")
-write_kv = _dispatch(attention, "write_kv")
-rms_norm = _dispatch(norm, "rms_norm")
+write_kv = _dispatch(attention, "write_kv", "write_kv_cpu")
+rms_norm = _dispatch(norm, "rms_norm", "rms_norm_cpu")
 rope_and_write_kv = _dispatch(rope, "rope_and_write_kv")
 router_topk = _dispatch(router, "router_topk")
 
@@ -127,6 +128,17 @@ def pack_linear(weight: torch.Tensor) -> torch.Tensor | None:
     if not torch.backends.mkldnn.is_available():
         return None
     return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 64)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Half-split RoPE, x [T, heads, D] with cos, sin [T, D/2] fp32 (reference.rotate); on CPU for contiguous fp32 or
+    bf16 x the native kernel (cpu_native.rotate: the same bits, one call instead of torch's seven ops)."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous() and x.numel() and \
+            cos.dtype == sin.dtype == torch.float32 and cos.is_contiguous() and sin.is_contiguous():
+        lib = cpu_native.library()
+        if lib is not None:
+            return cpu_native.rotate(lib, x, cos, sin)
+    return rope._rotate_ref(x, cos, sin)
 
 
 def argmax(rows: torch.Tensor) -> torch.Tensor:

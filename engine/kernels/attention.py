@@ -26,6 +26,17 @@ def write_kv_ref(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_
     flat[1, slots] = v[keep].to(kv_cache.dtype)
 
 
+def write_kv_cpu(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """write_kv_ref off Triton: contiguous k and v in a contiguous CPU cache's dtype go through the native copy (one
+    call: cpu_native.write_kv) where it built."""
+    if kv_cache.device.type == "cpu" and k.dtype == v.dtype == kv_cache.dtype and k.is_contiguous() and \
+            v.is_contiguous() and kv_cache.is_contiguous():
+        lib = cpu_native.library()
+        if lib is not None:
+            return cpu_native.write_kv(lib, kv_cache, k, v, slot_mapping)
+    return write_kv_ref(kv_cache, k, v, slot_mapping)
+
+
 @triton.jit
 def _write_kv_kernel(
     k_ptr, v_ptr, cache_ptr, slot_ptr,  # k, v [T, KV, D]; cache [2, N, BS, KV, D]; slot [T]
@@ -132,11 +143,16 @@ def paged_attention_cpu(
     out = torch.empty_like(q)
     q_lens = query_start_loc[1:] - query_start_loc[:-1]
     lib = cpu_native.library() if q.device.type == "cpu" else None
+    native = lib is not None and q.is_contiguous() and kv_cache.is_contiguous()
+    if native and q.shape[0] == seq_lens.shape[0] and int(q_lens.min()) == 1:  # a decode step: one query each
+        cpu_native.decode_attention(lib, out, q, kv_cache, block_table, seq_lens, query_start_loc[:-1], sinks,
+                                    sliding_window, scale)
+        return out
     for decode, kind in ((True, q_lens == 1), (False, q_lens > 1)):  # two kinds of sequence, each one batched call
         seqs = kind.nonzero().squeeze(-1)
         if not seqs.numel():
             continue
-        if decode and lib is not None and q.is_contiguous() and kv_cache.is_contiguous():
+        if decode and native:
             cpu_native.decode_attention(lib, out, q, kv_cache, block_table[seqs], seq_lens[seqs],
                                         query_start_loc[seqs], sinks, sliding_window, scale)
         else:

@@ -1169,4 +1169,61 @@ done:
     return status;
 }
 
+/* ---- the small ops of a decode step (a torch op each costs more than their arithmetic at a few tokens) ---- */
+
+static inline float load_act(const void *p, int bf16, int64_t i) {
+    return bf16 ? widen(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+static inline void store_act(void *p, int bf16, int64_t i, float v) {
+    if (bf16)
+        ((uint16_t *)p)[i] = round_bf16(v);
+    else
+        ((float *)p)[i] = v;
+}
+
+/* out[t] = x[t] * (1 / sqrt(mean(x[t]^2) + eps)) * w in fp32, stored in x's dtype (norm.rms_norm_ref without the
+   residual: the same operations; the sum of squares in another order) */
+void gptoss_rms_norm(const void *x, const void *w, void *out, int64_t T, int64_t H, int x_bf16, int w_bf16,
+                     float eps) {
+    for (int64_t t = 0; t < T; t++) {
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t c = 0; c < H; c++) {
+            float v = load_act(x, x_bf16, t * H + c);
+            sum += v * v;
+        }
+        float r = 1.0f / sqrtf(sum / (float)H + eps);
+        for (int64_t c = 0; c < H; c++)
+            store_act(out, x_bf16, t * H + c, load_act(x, x_bf16, t * H + c) * r * load_act(w, w_bf16, c));
+    }
+}
+
+/* half-split RoPE of x [T, heads, D] with cos, sin [T, D/2] fp32 into out (x's dtype): first * cos - second * sin,
+   second * cos + first * sin, each product rounded in fp32 as torch's separate ops round them (reference.rotate) */
+__attribute__((optimize("fp-contract=off"))) void gptoss_rotate(const void *x, void *out, const float *cos, const float *sin, int64_t T, int64_t heads, int64_t D,
+                   int bf16) {
+    int64_t half = D / 2;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t h = 0; h < heads; h++) {
+            int64_t row = (t * heads + h) * D;
+            for (int64_t i = 0; i < half; i++) {
+                float a = load_act(x, bf16, row + i), b = load_act(x, bf16, row + half + i);
+                float c = cos[t * half + i], s = sin[t * half + i];
+                store_act(out, bf16, row + i, a * c - b * s); /* no FMA contraction (the attribute): as torch's */
+                store_act(out, bf16, row + half + i, b * c + a * s);
+            }
+        }
+}
+
+/* this step's k and v rows [T, row_bytes] into the cache's K and V planes at their slots (-1: skipped) */
+void gptoss_write_kv(char *cache, const char *k, const char *v, const int64_t *slots, int64_t T, int64_t row_bytes,
+                     int64_t plane_bytes) {
+    for (int64_t t = 0; t < T; t++) {
+        if (slots[t] < 0) continue;
+        memcpy(cache + slots[t] * row_bytes, k + t * row_bytes, (size_t)row_bytes);
+        memcpy(cache + plane_bytes + slots[t] * row_bytes, v + t * row_bytes, (size_t)row_bytes);
+    }
+}
+
 int gptoss_mxfp4_max_tokens(void) { return MAX_TOKENS; }

@@ -15,7 +15,9 @@ instead of the kernel interleaving every weight:
                                     speed: torch's bf16 GEMM reads a skinny product's weights at about half of it)
     argmax(rows)                    each row's first largest index, fp32 or bf16 rows (torch's CPU argmax: ~10x slower)
     decode_attention(...)           one query per sequence over the paged KV cache (attention.paged_attention_cpu)
-    moe(...)                        the whole MoE MLP for a few tokens per expert (moe_cpu.moe_mxfp4_cpu at decode)
+    moe(...)                        the whole MoE MLP (moe_cpu.moe_mxfp4_cpu at decode; any tokens on AMX)
+    rms_norm, rotate, write_kv      a decode step's small ops in one call each (torch's take several ops, each
+                                    costing more than the arithmetic at a few tokens)
 """
 
 import ctypes
@@ -72,6 +74,12 @@ def library() -> ctypes.CDLL | None:
     lib.gptoss_argmax.argtypes = [_P, _INT, _I64, _I64, _P, _INT]
     lib.gptoss_argmax.restype = None
     lib.gptoss_mxfp4_set_isa.argtypes = [_INT]
+    lib.gptoss_rms_norm.argtypes = [_P, _P, _P, _I64, _I64, _INT, _INT, ctypes.c_float]
+    lib.gptoss_rms_norm.restype = None
+    lib.gptoss_rotate.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, _INT]
+    lib.gptoss_rotate.restype = None
+    lib.gptoss_write_kv.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64]
+    lib.gptoss_write_kv.restype = None
     log.info("native CPU kernels: %s (%s)", ISA_NAMES[lib.gptoss_mxfp4_isa()], path)
     return lib
 
@@ -233,3 +241,29 @@ def moe(lib: ctypes.CDLL, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights:
                             swiglu_limit, alpha, out.data_ptr(), torch.get_num_threads()):
         raise MemoryError("the native MoE could not allocate its buffers")
     return out
+
+
+def rms_norm(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """norm.rms_norm_ref(x, weight, eps)[0] for contiguous 2-d fp32 or bf16 x (the sum of squares in another order)."""
+    out = torch.empty_like(x)
+    lib.gptoss_rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1],
+                        int(x.dtype == torch.bfloat16), int(weight.dtype == torch.bfloat16), eps)
+    return out
+
+
+def rotate(lib: ctypes.CDLL, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """reference.rotate(x, cos, sin) for contiguous fp32 or bf16 x [T, heads, D] and contiguous fp32 cos, sin
+    [T, D/2]: the same bits."""
+    out = torch.empty_like(x)
+    lib.gptoss_rotate(x.data_ptr(), out.data_ptr(), cos.data_ptr(), sin.data_ptr(), x.shape[0], x.shape[1],
+                      x.shape[2], int(x.dtype == torch.bfloat16))
+    return out
+
+
+def write_kv(lib: ctypes.CDLL, kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """attention.write_kv_ref for contiguous k, v in the contiguous cache's dtype: rows copied to their slots."""
+    slots = slot_mapping.to(torch.int64).contiguous()
+    row = k.shape[1] * k.shape[2] * k.element_size()
+    lib.gptoss_write_kv(kv_cache.data_ptr(), k.data_ptr(), v.data_ptr(), slots.data_ptr(), k.shape[0], row,
+                        kv_cache[0].numel() * kv_cache.element_size())

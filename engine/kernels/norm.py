@@ -6,6 +6,7 @@
 
 import torch
 
+from . import cpu_native
 from ._triton import next_pow2, tl, triton
 from .launch import Launch, run
 
@@ -18,6 +19,20 @@ def rms_norm_ref(
     h = new_residual.float()
     out = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + eps) * weight.float()
     return out.to(x.dtype), new_residual
+
+
+def rms_norm_cpu(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """rms_norm_ref off Triton: without a residual, a contiguous 2-d bf16 x goes through the native kernel (one call
+    instead of torch's eight ops: cpu_native.rms_norm) where it built. Its sum of squares runs in another order, which
+    the bf16 result hides; an fp32 x keeps the ref, so an fp32 model's kernel path stays the reference's bits."""
+    if residual is None and x.device.type == "cpu" and x.dim() == 2 and x.is_contiguous() and weight.is_contiguous() \
+            and x.dtype == torch.bfloat16 and weight.dtype in (torch.float32, torch.bfloat16):
+        lib = cpu_native.library()
+        if lib is not None:
+            return cpu_native.rms_norm(lib, x, weight, eps), x
+    return rms_norm_ref(x, weight, eps, residual)
 
 
 @triton.jit

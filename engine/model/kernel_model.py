@@ -78,6 +78,7 @@ def use_kernels(model: Transformer) -> Transformer:
     for block in model.layers:
         for name in ("q", "k", "v", "o"):
             setattr(block.attn, name, kernel_linear(getattr(block.attn, name)))
+        block.attn.rotate = kernels.rotate
         block.mlp = KernelMoE(config)
         block.attn_norm = KernelRMSNorm(config.hidden_size, config.rms_norm_eps)
         block.mlp_norm = KernelRMSNorm(config.hidden_size, config.rms_norm_eps)

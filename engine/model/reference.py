@@ -81,6 +81,8 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 class Attention(nn.Module):
+    rotate = staticmethod(rotate)  # the kernel model's attention layers take kernels.rotate
+
     def __init__(self, config: GptOssConfig, layer: int):
         super().__init__()
         D, Dh = config.hidden_size, config.head_dim
@@ -95,8 +97,8 @@ class Attention(nn.Module):
 
     def forward(self, x, positions, cos, sin, cache: KVCache):
         T = x.shape[0]
-        q = rotate(self.q(x).view(T, -1, self.head_dim), cos, sin)
-        k = rotate(self.k(x).view(T, -1, self.head_dim), cos, sin)
+        q = self.rotate(self.q(x).view(T, -1, self.head_dim), cos, sin)
+        k = self.rotate(self.k(x).view(T, -1, self.head_dim), cos, sin)
         v = self.v(x).view(T, -1, self.head_dim)
         out = cache.attend(self.layer, q, k, v, positions, self.sinks, self.window, self.scale)
         return self.o(out.reshape(T, -1))

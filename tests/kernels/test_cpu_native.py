@@ -212,3 +212,31 @@ def test_a_big_packed_weight_serves_every_row_count(onednn_amx, monkeypatch):
         torch.testing.assert_close(took, F.linear(x, weight))
     else:
         torch.testing.assert_close(took, F.linear(x, weight * 2), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_native_small_ops_match_torch(dtype):
+    """The decode step's small ops, each one native call: RoPE (kernels.rotate: reference.rotate's bits), the KV write
+    (write_kv_cpu: write_kv_ref's cache, skipped slots included) and, for bf16, the RMSNorm (rms_norm_cpu: the ref's
+    sum of squares in another order, within a bf16 rounding; fp32 keeps the ref)."""
+    from engine.kernels import attention, norm
+    from engine.model.reference import rotate
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 8, 64, generator=gen).to(dtype)
+    cos, sin = torch.randn(5, 32, generator=gen), torch.randn(5, 32, generator=gen)
+    assert torch.equal(kernels.rotate(x, cos, sin), rotate(x, cos, sin))
+    cache, expected = torch.zeros(2, 6, 4, 2, 64, dtype=dtype), torch.zeros(2, 6, 4, 2, 64, dtype=dtype)
+    k, v, slots = torch.randn(3, 2, 64, generator=gen).to(dtype), torch.randn(3, 2, 64, generator=gen).to(dtype), \
+        torch.tensor([5, -1, 17])
+    attention.write_kv_cpu(cache, k, v, slots)
+    attention.write_kv_ref(expected, k, v, slots)
+    assert torch.equal(cache, expected)
+    h, weight = torch.randn(7, 2880, generator=gen).to(dtype), torch.randn(2880, generator=gen).to(dtype)
+    got, residual = norm.rms_norm_cpu(h, weight, 1e-5)
+    ref = norm.rms_norm_ref(h, weight, 1e-5)[0]
+    assert residual is h
+    if dtype == torch.float32:
+        assert torch.equal(got, ref)
+    else:
+        torch.testing.assert_close(got.float(), ref.float(), rtol=8e-3, atol=1e-6)

@@ -9,7 +9,8 @@ from engine.kernels import attention, moe, moe_cpu, norm, rope, router
 OPS = [(moe, "moe_mxfp4"), (attention, "paged_attention"), (attention, "write_kv"), (norm, "rms_norm"),
        (rope, "rope_and_write_kv"), (router, "router_topk")]
 # off Triton: the CPU paths (the ref's math, batched; the MoE in its own module), else the ref
-OFF_TRITON = {"paged_attention": (attention, "paged_attention_cpu"), "moe_mxfp4": (moe_cpu, "moe_mxfp4_cpu")}
+OFF_TRITON = {"paged_attention": (attention, "paged_attention_cpu"), "moe_mxfp4": (moe_cpu, "moe_mxfp4_cpu"),
+              "write_kv": (attention, "write_kv_cpu"), "rms_norm": (norm, "rms_norm_cpu")}
 
 
 def test_use_triton_on_cpu_needs_the_override(monkeypatch):
