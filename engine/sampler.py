@@ -220,9 +220,9 @@ class Sampler:
         # afterwards). Each pass over [B, V] costs about as much as the unembedding at small hidden sizes, so stages
         # nobody asked for are skipped: greedy rows with nothing to edit or report take the argmax of the raw values
         # as they are (bf16 -> fp32 is exact, so the same token), without the conversion pass.
-        edits = len(batch.bias_rows) or len(batch.ban_rows) or batch.needs_frequency or batch.needs_repetition
+        edits = self.edits(batch)
         changed = edits or batch.bitmask is not None
-        if batch.all_greedy and not changed and not batch.any_logprobs:
+        if self.plain_greedy(batch):
             return _without_logprobs(kernels.argmax(logits))
         raw = logits.float()
         # `raw` stays the model's distribution for the logprobs; without them the edits go in place (a [B, V] copy
@@ -243,6 +243,22 @@ class Sampler:
             topn_ids=topn_ids,
             topn_logprobs=topn_logprobs,
         )
+
+    @staticmethod
+    def plain_greedy(batch: SamplingBatch) -> bool:
+        """Every row greedy, with nothing to edit (bias, bans, penalties, a grammar's mask) or report (logprobs): the
+        tokens are the argmax of the raw logits."""
+        return batch.all_greedy and not Sampler.edits(batch) and batch.bitmask is None and not batch.any_logprobs
+
+    @staticmethod
+    def edits(batch: SamplingBatch) -> bool:
+        """Whether some row's logits get a bias, a ban or a penalty."""
+        return bool(len(batch.bias_rows) or len(batch.ban_rows) or batch.needs_frequency or batch.needs_repetition)
+
+    @staticmethod
+    def greedy_output(token_ids: torch.Tensor) -> SamplerOutput:
+        """A plain greedy batch's output from its tokens (found without the logits: KernelLinear.greedy)."""
+        return _without_logprobs(token_ids)
 
     def _choose(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         if batch.all_greedy:

@@ -232,8 +232,12 @@ class Worker:
         if not inputs.sampled:
             self.last_sampled = None
             return SampledRows([], None, [])
-        logits = self.model.unembed(hidden[inputs.logits_indices])  # None off the sampling rank (tensor parallel)
-        rows = self._sample(logits, inputs.sampled) if logits is not None else None
+        h = hidden[inputs.logits_indices]
+        if not self.samples:  # the vocabulary-parallel unembedding gathers on every rank; the first one samples
+            self.model.unembed(h)
+            rows = None
+        else:
+            rows = self._sample(h, inputs.sampled)
         if self.keep_sampled:
             self._keep(None if rows is None else rows.output.token_ids, inputs.sampled)
         return rows
@@ -263,9 +267,11 @@ class Worker:
         return HarmonyConstraint.of(params.structured_outputs or StructuredOutputs(), self.tokenizer,
                                     self.vocab_size, params.max_reasoning_tokens, new.stop_ids)
 
-    def _sample(self, logits: torch.Tensor, request_ids: list[str]) -> "SampledRows":
-        """logits [S, V] (the model's dtype) -> the sampled tokens (with their logprobs); appended to the token history of the
-        requests that read it (penalties, min_tokens)."""
+    def _sample(self, h: torch.Tensor, request_ids: list[str]) -> "SampledRows":
+        """The sampled rows' final hidden states [S, D] -> the sampled tokens (with their logprobs); appended to the
+        token history of the requests that read it (penalties, min_tokens). The logits [S, V] (the model's dtype) are
+        made here, except for a plain greedy batch where the unembedding offers `greedy` (the kernel model's on an AMX
+        CPU: each row's argmax without the logits)."""
         states = [self.sampling[rid] for rid in request_ids]
         key = tuple(request_ids)
         if self.table is None or self.table[0] != key:  # decode steps of the same requests reuse it
@@ -276,7 +282,9 @@ class Worker:
         mask, constrained = self.mask_job.result() if self.mask_job is not None else (None, [])
         if constrained:
             batch.bitmask, batch.bitmask_rows = mask.to(self.device, non_blocking=True), constrained
-        out = self.sampler(logits, batch)
+        greedy = getattr(self.model.unembed, "greedy", None) if self.sampler.plain_greedy(batch) else None
+        tokens = greedy(h) if greedy is not None else None
+        out = Sampler.greedy_output(tokens) if tokens is not None else self.sampler(self.model.unembed(h), batch)
         if constrained:
             constraints = [states[i].constraint for i in constrained]
             accept_rows(constraints, out.token_ids[constrained].tolist(), constraints[0].compiler.batch_matcher)

@@ -29,6 +29,7 @@ from .rope import yarn_cos_sin_cache
 __all__ = [
     "use_triton",
     "argmax",
+    "greedy_tokens",
     "linear",
     "rotate",
     "pack_linear",
@@ -139,6 +140,18 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
         if lib is not None:
             return cpu_native.rotate(lib, x, cos, sin)
     return rope._rotate_ref(x, cos, sin)
+
+
+def greedy_tokens(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """argmax(linear(x, weight), -1) for bf16 x [n, K] and weight [V, K] without the logits (on an AMX CPU: the
+    weight's tiles times the rows, each logit rounded to bf16 and compared in vocabulary order: cpu_native.
+    greedy_tokens), or None where that kernel does not run (the caller makes the logits)."""
+    if x.device.type != "cpu" or x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16 or x.dim() != 2:
+        return None
+    lib = cpu_native.library()
+    if lib is None or not cpu_native.amx(lib) or not weight.is_contiguous():
+        return None
+    return cpu_native.greedy_tokens(lib, x.contiguous(), weight)
 
 
 def argmax(rows: torch.Tensor) -> torch.Tensor:

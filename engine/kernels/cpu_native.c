@@ -1169,6 +1169,179 @@ done:
     return status;
 }
 
+/* ---- greedy tokens straight from the hidden states: the unembedding's tiles on AMX, each row's argmax kept ---- */
+
+typedef struct {
+    const uint16_t *w, *hv; /* w: rows [w_row0, ..) of W [V, K] bf16; hv: the tokens as B tiles ([chunks][K / 32][16
+                               pairs][16][2]) */
+    int64_t w_row0;
+    int64_t n, V, K, v0, v1; /* vocabulary rows [v0, v1) for this thread */
+    float *best;             /* [n] the largest logit (rounded to bf16) seen; NaN above all */
+    int64_t *at;             /* [n] its first index */
+} greedy_t;
+
+#ifdef GPTOSS_X86
+/* h [n, K] bf16 -> B tiles: token chunk c, k-step s: [16 pairs][16 tokens][2], the pairs (2p, 2p + 1) of the 32 k */
+__attribute__((target("avx512f"))) static uint16_t *amx_pack_h(const uint16_t *h, int64_t n, int64_t K) {
+    int64_t chunks = (n + 15) / 16, steps = K / 32;
+    uint16_t *v = calloc((size_t)(chunks * steps * 512), sizeof(uint16_t));
+    if (v == NULL) return NULL;
+    const __m512i rows = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t st = 0; st < steps; st++)
+            _mm512_i32scatter_epi32((int32_t *)(v + ((t / 16) * steps + st) * 512) + t % 16, rows,
+                                    _mm512_loadu_si512(h + t * K + st * 32), 4);
+    return v;
+}
+
+#define GREEDY_DP(c)                                                                                               \
+    case c:                                                                                                        \
+        _tile_loadd(5, g->hv + ((c0 + c) * steps + st) * 512, 64);                                                  \
+        _tile_dpbf16ps(c, 4, 5);                                                                                   \
+        break;
+
+/* per 16 vocabulary rows: C tiles [16 rows][16 tokens] = W rows (A tiles read in place, a row stride apart) times
+   the tokens, each logit rounded to bf16 (as the unembedding's bf16 output) and compared in vocabulary order */
+__attribute__((target("avx512f,avx512bw,avx512vl,amx-tile,amx-bf16"))) static void greedy_rows(greedy_t *g) {
+    const int64_t steps = g->K / 32, chunks = (g->n + 15) / 16;
+    float cbuf[256] __attribute__((aligned(64)));
+    tilecfg_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 6; i++) {
+        cfg.colsb[i] = 64;
+        cfg.rows[i] = 16;
+    }
+    _tile_loadconfig(&cfg);
+    for (int64_t c0 = 0; c0 < chunks; c0 += AMX_CHUNKS) {
+        int nc = chunks - c0 < AMX_CHUNKS ? (int)(chunks - c0) : AMX_CHUNKS;
+        __m512 best[AMX_CHUNKS]; /* per token tile: each token's largest logit so far (bf16 value; NaN above all) */
+        __m512i at[AMX_CHUNKS];  /* and its first index */
+        for (int c = 0; c < AMX_CHUNKS; c++) {
+            best[c] = _mm512_set1_ps(-__builtin_inff());
+            at[c] = _mm512_set1_epi32((int)g->v0);
+        }
+        for (int64_t r = g->v0; r < g->v1; r += 16) {
+            int64_t rows = g->v1 - r < 16 ? g->v1 - r : 16;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int64_t st = 0; st < steps; st++) {
+                _tile_loadd(4, g->w + (r - g->w_row0) * g->K + st * 32, g->K * 2);
+                for (int c = 0; c < nc; c++) switch (c) {
+                        GREEDY_DP(0)
+                        GREEDY_DP(1)
+                        GREEDY_DP(2)
+                        GREEDY_DP(3)
+                    }
+            }
+            for (int c = 0; c < nc; c++) {
+                switch (c) {
+                    AMX_STORE(0)
+                    AMX_STORE(1)
+                    AMX_STORE(2)
+                    AMX_STORE(3)
+                }
+                for (int64_t i = 0; i < rows; i++) { /* row i: its logit for the 16 tokens, in vocabulary order */
+                    __m512 v = bf16_round16(_mm512_load_ps(cbuf + i * 16));
+                    __mmask16 settled = _mm512_cmp_ps_mask(best[c], best[c], _CMP_UNORD_Q); /* a NaN stays */
+                    __mmask16 take = _mm512_cmp_ps_mask(v, best[c], _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+                    take &= (__mmask16)~settled;
+                    best[c] = _mm512_mask_mov_ps(best[c], take, v);
+                    at[c] = _mm512_mask_mov_epi32(at[c], take, _mm512_set1_epi32((int)(r + i)));
+                }
+            }
+        }
+        for (int c = 0; c < nc; c++) {
+            float b[16];
+            int32_t a[16];
+            _mm512_storeu_ps(b, best[c]);
+            _mm512_storeu_si512(a, at[c]);
+            for (int64_t tt = 0; tt < 16 && (c0 + c) * 16 + tt < g->n; tt++) {
+                g->best[(c0 + c) * 16 + tt] = b[tt];
+                g->at[(c0 + c) * 16 + tt] = a[tt];
+            }
+        }
+    }
+    _tile_release();
+}
+
+static void *greedy_task(void *arg) {
+    greedy_rows(arg);
+    return NULL;
+}
+#endif
+
+/* out[t] = argmax over v of bf16(h[t] . W[v]) (torch.argmax of the bf16 logits: the first of equal maxima, NaN
+   largest) without writing the logits: h [n, K], W [V, K] bf16, K a multiple of 32, V >= 16. Returns 0, or -1 (no AMX
+   here, or no memory: the caller computes the logits) */
+int gptoss_greedy_tokens(const uint16_t *h, int64_t n, const uint16_t *w, int64_t V, int64_t K, int64_t *out,
+                         int threads) {
+#ifdef GPTOSS_X86
+    if (gptoss_mxfp4_isa() < 4 || K % 32 || V < 16 || n < 1) return -1;
+    uint16_t *hv = amx_pack_h(h, n, K);
+    float *best = malloc((size_t)((MAX_THREADS + 1) * n) * sizeof(float)); /* per thread, then the tail */
+    int64_t *at = malloc((size_t)((MAX_THREADS + 1) * n) * sizeof(int64_t));
+    if (hv == NULL || best == NULL || at == NULL) {
+        free(hv);
+        free(best);
+        free(at);
+        return -1;
+    }
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > V / 4096) threads = (int)(V / 4096); /* a thread's share worth its start */
+    if (threads < 1) threads = 1;
+    greedy_t parts[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    int64_t blocks = V / 16; /* the last thread takes the tail past the last whole block */
+    for (int i = 0; i < threads; i++) {
+        greedy_t p = {w, hv, 0, n, V, K, blocks * i / threads * 16, blocks * (i + 1) / threads * 16, best + i * n,
+                      at + i * n};
+        parts[i] = p;
+    }
+    int64_t tail = V % 16; /* rows after the last whole block: done alone from a padded copy (no read past W) */
+    for (int i = 1; i < threads; i++) started[i] = pthread_create(&ids[i], NULL, greedy_task, &parts[i]) == 0;
+    greedy_rows(&parts[0]);
+    for (int i = 1; i < threads; i++) {
+        if (started[i])
+            pthread_join(ids[i], NULL);
+        else
+            greedy_rows(&parts[i]);
+    }
+    int status = 0;
+    if (tail) { /* the last rows: a copy padded to 16 rows, so no read past W */
+        uint16_t *pad = calloc((size_t)(16 * K), sizeof(uint16_t));
+        if (pad == NULL) {
+            status = -1;
+        } else {
+            memcpy(pad, w + (V - tail) * K, (size_t)(tail * K) * sizeof(uint16_t));
+            greedy_t p = {pad, hv, V - tail, n, V, K, V - tail, V, best + threads * n, at + threads * n};
+            greedy_rows(&p);
+            free(pad);
+        }
+    }
+    for (int64_t t = 0; t < n; t++) { /* the threads' ranges in vocabulary order */
+        float b = best[t];
+        int64_t a = at[t];
+        for (int i = 1; i < threads + (tail > 0); i++) {
+            float v = best[i * n + t];
+            if (b != b) break;
+            if (v != v || v > b) b = v, a = at[i * n + t];
+        }
+        out[t] = a;
+    }
+    free(hv);
+    free(best);
+    free(at);
+    return status;
+#else
+    (void)h, (void)n, (void)w, (void)V, (void)K, (void)out, (void)threads;
+    return -1;
+#endif
+}
+
 /* ---- the small ops of a decode step (a torch op each costs more than their arithmetic at a few tokens) ---- */
 
 static inline float load_act(const void *p, int bf16, int64_t i) {

@@ -29,6 +29,12 @@ class KernelLinear(nn.Linear):
         return kernels.linear(x, self.weight, self.bias, self.packed[1] if self.packed else None)
 
 
+    def greedy(self, x: torch.Tensor) -> torch.Tensor | None:
+        """argmax(self(x), -1) without the [rows, out] result (kernels.greedy_tokens: the unembedding and a plain
+        greedy batch's sampler in one pass over the weight), or None where no such kernel runs."""
+        return kernels.greedy_tokens(x, self.weight) if self.bias is None else None
+
+
 def kernel_linear(linear: nn.Linear) -> KernelLinear:
     """A KernelLinear of `linear`'s shape (built on the current device: meta while a model is assembled)."""
     return KernelLinear(linear.in_features, linear.out_features, bias=linear.bias is not None)

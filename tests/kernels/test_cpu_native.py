@@ -240,3 +240,25 @@ def test_native_small_ops_match_torch(dtype):
         assert torch.equal(got, ref)
     else:
         torch.testing.assert_close(got.float(), ref.float(), rtol=8e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("vocab, k", [(1000, 64), (37, 32), (16, 96), (4099, 1024)])  # tails past whole 16-row blocks
+@pytest.mark.parametrize("rows", [1, 5, 16, 70])  # token tiles; more than 4 of them (a second pass over the weight)
+def test_greedy_tokens_equal_argmax_of_the_logits(vocab, k, rows):
+    """kernels.greedy_tokens (the unembedding and a plain greedy sampler in one pass on AMX, no logits written):
+    argmax of the bf16 logits, the first of equal maxima (two equal best rows), NaN largest (a row with a NaN weight);
+    None where it does not run."""
+    lib = cpu_native.library()
+    gen = torch.Generator().manual_seed(rows)
+    weight = (torch.randn(vocab, k, generator=gen) * 0.05).to(torch.bfloat16)
+    x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
+    if not cpu_native.amx(lib):
+        assert kernels.greedy_tokens(x, weight) is None
+        pytest.skip("no AMX here: the logits path runs")
+    assert torch.equal(kernels.greedy_tokens(x, weight), F.linear(x, weight).argmax(-1))
+    weight[vocab // 3] = weight[vocab - 1] = 1.0  # equal best rows (x > 0 below): the first one wins
+    x = x.abs()
+    assert torch.equal(kernels.greedy_tokens(x, weight), torch.full((rows,), vocab // 3))
+    weight[vocab // 2, 3] = float("nan")
+    assert torch.equal(kernels.greedy_tokens(x, weight), torch.full((rows,), vocab // 2))
+    assert kernels.greedy_tokens(x.float(), weight) is None
