@@ -1108,23 +1108,33 @@ static void to_split(const float *src, int64_t K, float *dst) { /* a row of K in
         }
 }
 
+#define MOE_CHUNK_TOKENS 512 /* an expert's tokens per pass of the MoE (its buffers: 24 KiB a token at gpt-oss-20b's shapes) */
+
 int gptoss_moe_mxfp4(const float *x, int64_t T, int64_t H, const int64_t *ids, const float *weights, int64_t K,
                      const uint8_t *w1b, const uint8_t *w1s, const void *b1, const uint8_t *w2b, const uint8_t *w2s,
                      const void *b2, int bias_bf16, int act_bf16, int64_t E, int64_t I, float limit, float alpha,
                      float *out, int threads) {
     int64_t A = T * K, *count = calloc((size_t)E + 1, sizeof(int64_t)), *order = malloc((size_t)(A > 0 ? A : 1) * 8);
-    float *xs = malloc((size_t)(A * H > 0 ? A * H : 1) * sizeof(float));
-    float *h = malloc((size_t)(A * 2 * I > 0 ? A * 2 * I : 1) * sizeof(float));
-    float *act = malloc((size_t)(A * I > 0 ? A * I : 1) * sizeof(float));
-    float *y = malloc((size_t)(A * H > 0 ? A * H : 1) * sizeof(float));
+    float *xs = NULL, *h = NULL, *act = NULL, *y = NULL;
     float *bias = malloc((size_t)(2 * I + H + I) * sizeof(float)); /* an expert's b1 [2I], b2 [H] in fp32; a row [I] */
     int status = 0;
-    if (!count || !order || !xs || !h || !act || !y || !bias) {
+    if (!count || !order || !bias) {
         status = -1;
         goto done;
     }
     for (int64_t a = 0; a < A; a++) /* assignments grouped by expert (counting sort, stable) */
         if (ids[a] >= 0 && ids[a] < E) count[ids[a] + 1]++;
+    int64_t most = 0; /* the buffers hold one chunk of an expert's tokens: at most MOE_CHUNK_TOKENS */
+    for (int64_t e = 0; e < E; e++) most = count[e + 1] > most ? count[e + 1] : most;
+    most = most < MOE_CHUNK_TOKENS ? (most > 0 ? most : 1) : MOE_CHUNK_TOKENS;
+    xs = malloc((size_t)(most * H) * sizeof(float));
+    h = malloc((size_t)(most * 2 * I) * sizeof(float));
+    act = malloc((size_t)(most * I) * sizeof(float));
+    y = malloc((size_t)(most * H) * sizeof(float));
+    if (!xs || !h || !act || !y) {
+        status = -1;
+        goto done;
+    }
     for (int64_t e = 0; e < E; e++) count[e + 1] += count[e];
     {
         int64_t *next = malloc((size_t)(E + 1) * sizeof(int64_t));
@@ -1139,24 +1149,27 @@ int gptoss_moe_mxfp4(const float *x, int64_t T, int64_t H, const int64_t *ids, c
     }
     float *b1f = bias, *b2f = bias + 2 * I, *row = bias + 2 * I + H;
     for (int64_t e = 0; e < E; e++) {
-        int64_t n = count[e + 1] - count[e];
-        if (n == 0) continue;
-        const int64_t *mine = order + count[e];
+        if (count[e + 1] == count[e]) continue;
         for (int64_t c = 0; c < 2 * I; c++) b1f[c] = bias_at(b1, bias_bf16, e * 2 * I + c);
         for (int64_t c = 0; c < H; c++) b2f[c] = bias_at(b2, bias_bf16, e * H + c);
-        for (int64_t i = 0; i < n; i++) to_split(x + (mine[i] / K) * H, H, xs + i * H); /* the expert's tokens */
-        if (!(act_bf16 && n >= AMX_MIN_TOKENS &&
-              amx_matvec_rows(xs, n, w1b + e * 2 * I * H / 2, w1s + e * 2 * I * (H / 32), 2 * I, H / 32, h, threads) == 0))
-            matvec_rows(xs, n, w1b + e * 2 * I * H / 2, w1s + e * 2 * I * (H / 32), 2 * I, H / 32, h, threads);
-        for (int64_t i = 0; i < n; i++) { /* + b1, SwiGLU, written in split order for W2 */
-            swiglu_row(h + i * 2 * I, b1f, I, limit, alpha, act_bf16, row);
-            to_split(row, I, act + i * I);
+        for (int64_t first = count[e]; first < count[e + 1]; first += most) {
+            int64_t n = count[e + 1] - first < most ? count[e + 1] - first : most;
+            const int64_t *mine = order + first;
+            for (int64_t i = 0; i < n; i++) to_split(x + (mine[i] / K) * H, H, xs + i * H); /* the tokens */
+            if (!(act_bf16 && n >= AMX_MIN_TOKENS && amx_matvec_rows(xs, n, w1b + e * 2 * I * H / 2,
+                                                                     w1s + e * 2 * I * (H / 32), 2 * I, H / 32, h,
+                                                                     threads) == 0))
+                matvec_rows(xs, n, w1b + e * 2 * I * H / 2, w1s + e * 2 * I * (H / 32), 2 * I, H / 32, h, threads);
+            for (int64_t i = 0; i < n; i++) { /* + b1, SwiGLU, written in split order for W2 */
+                swiglu_row(h + i * 2 * I, b1f, I, limit, alpha, act_bf16, row);
+                to_split(row, I, act + i * I);
+            }
+            if (!(act_bf16 && n >= AMX_MIN_TOKENS &&
+                  amx_matvec_rows(act, n, w2b + e * H * I / 2, w2s + e * H * (I / 32), H, I / 32, y, threads) == 0))
+                matvec_rows(act, n, w2b + e * H * I / 2, w2s + e * H * (I / 32), H, I / 32, y, threads);
+            for (int64_t i = 0; i < n; i++)
+                add_weighted(out + (mine[i] / K) * H, y + i * H, b2f, H, weights[mine[i]], act_bf16);
         }
-        if (!(act_bf16 && n >= AMX_MIN_TOKENS &&
-              amx_matvec_rows(act, n, w2b + e * H * I / 2, w2s + e * H * (I / 32), H, I / 32, y, threads) == 0))
-            matvec_rows(act, n, w2b + e * H * I / 2, w2s + e * H * (I / 32), H, I / 32, y, threads);
-        for (int64_t i = 0; i < n; i++)
-            add_weighted(out + (mine[i] / K) * H, y + i * H, b2f, H, weights[mine[i]], act_bf16);
     }
 done:
     free(count);

@@ -5,8 +5,7 @@ Flow of `moe_mxfp4_cpu` (same arguments and result as moe.moe_mxfp4_ref, computi
   expert : per active expert, its tokens gathered -> linear_mxfp4(W1) -> swiglu -> linear_mxfp4(W2)
   combine: weighted rows added into the fp32 output (index_add_)
 When every active expert has at most fused_max_tokens tokens (decode; any number for a bf16 model where the native
-kernels run AMX) and there are at most NATIVE_MOE_MAX_ASSIGNMENTS assignments, the whole MLP is one native call
-(cpu_native.moe, fp32 sums); otherwise `linear_mxfp4` runs the native kernels of cpu_native.c (engine.kernels.
+kernels run AMX), the whole MLP is one native call (cpu_native.moe, fp32 sums, 512 of an expert's tokens at a time); otherwise `linear_mxfp4` runs the native kernels of cpu_native.c (engine.kernels.
 cpu_native: AMX, AVX-512, AVX2 or scalar C, built on first use): up to fused_max_tokens tokens the decode fused into
 the dot products (a pass over the packed bytes per 4 tokens) or, for bf16 x on AMX, the weights decoded once into
 bf16 tiles for all the tokens; for more, a tile of rows decoded to fp32 at a time then multiplied with all of the
@@ -46,8 +45,7 @@ def moe_mxfp4_cpu(
     flat = topk_ids.reshape(-1)
     counts = torch.bincount(flat + 1, minlength=w1_blocks.shape[0] + 1).tolist()  # [E + 1], index 0: id -1
     lib = cpu_native.library()
-    if lib is not None and x.device.type == "cpu" and max(counts[1:], default=0) <= fused_max_tokens(lib, x) and (
-            flat.numel() <= NATIVE_MOE_MAX_ASSIGNMENTS):
+    if lib is not None and x.device.type == "cpu" and max(counts[1:], default=0) <= fused_max_tokens(lib, x):
         # every expert's tokens fit the native kernels: the whole MLP in one native call
         return cpu_native.moe(lib, x, topk_ids, topk_weights, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2,
                               swiglu_limit, alpha).to(x.dtype)
@@ -71,8 +69,6 @@ TILE_BYTES = 1 << 18  # packed bytes decoded at a time on the tiled path: a tile
 MATVEC_MAX_TOKENS = 32  # up to this many tokens of an expert, the native kernel's decode fused into the dot products
 #                         beats decoding tiles for an fp32 GEMM (4 tokens per pass over the weights; measured on
 #                         AVX-512: 1.4 ms for one token of a gpt-oss-20b W1 where the tiled path takes 8 ms; even at 32)
-NATIVE_MOE_MAX_ASSIGNMENTS = 1024  # (token, expert) pairs the one native call takes at most: it holds every pair's
-#                                    x, h, SwiGLU and y in fp32 (gpt-oss-20b: 56 KiB a pair, 58 MiB at the most)
 
 
 def fused_max_tokens(lib, x: torch.Tensor) -> int:

@@ -52,3 +52,22 @@ def test_moe_mxfp4_cpu_custom_limit_and_alpha():
     args = _args("odd-T", torch.float32, "cpu")
     torch.testing.assert_close(moe_mxfp4_cpu(*args, swiglu_limit=1.5, alpha=0.5),
                                moe_mxfp4_ref(*args, swiglu_limit=1.5, alpha=0.5), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_prefill_sized_batch_in_one_native_call(dtype, monkeypatch):
+    """A bf16 model on AMX takes every batch through the one native call, an expert's tokens 512 at a time (here
+    ~600 an expert: two passes); fp32 keeps the per-expert path past 32 tokens. Both the ref's result."""
+    from .test_moe import _experts
+
+    g = torch.Generator().manual_seed(5)
+    T, E, K, H, I = 1200, 4, 2, 64, 32
+    x = torch.randn(T, H, generator=g).to(dtype)
+    ids = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(T)])
+    weights = torch.softmax(torch.randn(T, K, generator=g), -1)
+    args = (x, ids, weights, *_experts(E, H, I))
+    calls = []
+    moe = cpu_native.moe
+    monkeypatch.setattr(cpu_native, "moe", lambda *a: calls.append(1) or moe(*a))
+    assert_close(moe_mxfp4_cpu(*args), moe_mxfp4_ref(*args), fp32_tol=1e-5)
+    assert calls == ([1] if dtype == torch.bfloat16 and cpu_native.amx(cpu_native.library()) else [])
