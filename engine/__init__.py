@@ -3,17 +3,17 @@
     from engine import LLM, AsyncLLM, EngineConfig, SamplingParams
 """
 
+import ctypes
 import os
-
+import platform
+import sys
 
 
 def _amx_usable() -> bool:
     """Whether this process may run AMX instructions: Linux on x86-64 grants the tile data state (arch_prctl
     ARCH_REQ_XCOMP_PERM for XTILEDATA), which it refuses where the CPU or the hypervisor has not enabled AMX."""
-    if os.uname().sysname != "Linux" or os.uname().machine != "x86_64":
+    if sys.platform != "linux" or platform.machine() != "x86_64":
         return False
-    import ctypes  # noqa: PLC0415 - only here, at import
-
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return libc.syscall(158, 0x1023, 18) == 0  # SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA
@@ -22,9 +22,10 @@ def _amx_usable() -> bool:
 
 
 # Some virtual machines advertise AMX tiles (cpuid) without the kernel enabling them, and oneDNN's bf16 matmuls then
-# die with SIGILL: there oneDNN is capped at AVX512-BF16. Where the kernel grants AMX, oneDNN keeps it (bf16 GEMMs of
-# the CPU path 1.7-5x faster at 64 rows: the unembedding, the prefill). Set ONEDNN_MAX_CPU_ISA yourself to override;
-# oneDNN reads it at its first primitive, so this must run early.
+# die with SIGILL: there oneDNN is capped at AVX512-BF16. Where the kernel grants AMX, oneDNN keeps it (the CPU path's
+# bf16 GEMMs 1.7-3.7x faster at 16-64 rows: the unembedding, the prefill). Set ONEDNN_MAX_CPU_ISA yourself to
+# override; oneDNN reads it at its first primitive, so this must run early. A process that imports engine passes
+# the setting on to the processes it starts (bench/peer.py's vLLM among them).
 AMX_USABLE = _amx_usable()
 if not AMX_USABLE:
     os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
