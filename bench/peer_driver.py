@@ -41,7 +41,8 @@ def vllm_side(spec: dict) -> tuple[Generate, dict]:
 
 
 def ours_side(spec: dict) -> tuple[Generate, dict]:
-    """Our engine as bench/cpu_path.py runs it (kernels backend: packed MXFP4 experts), the same KV budget."""
+    """Our engine as bench/cpu_path.py runs it (kernels backend: packed MXFP4 experts), the same KV budget; token
+    ids only, as vLLM's side (detokenize=False)."""
     import torch
 
     from engine import LLM, SamplingParams
@@ -51,7 +52,7 @@ def ours_side(spec: dict) -> tuple[Generate, dict]:
               kv_cache_memory=spec["kv_bytes"])
 
     def generate(prompts: list[list[int]], max_tokens: list[int]) -> list[list[int]]:
-        params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in max_tokens]
+        params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True, detokenize=False) for m in max_tokens]
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
         return [list(o.outputs[0].token_ids) for o in outs]
 

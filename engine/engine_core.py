@@ -127,7 +127,8 @@ class EngineCore:
                              "the engine more kv_cache_memory")
         rid = request_id if request_id is not None else str(next(self._ids))
         return [Request(rid if params.n == 1 else f"{rid}#{i}", ids, params, self.eos_token_ids, prompt=text,
-                        detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop, params.skip_special_tokens),
+                        detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop, params.skip_special_tokens)
+                        if params.detokenize else None,
                         index=i, parent_id=rid)
                 for i in range(params.n)]
 

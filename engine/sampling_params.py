@@ -48,6 +48,7 @@ class SamplingParams:
     stop_token_ids: list[int] | None = None  # token ids that end the request besides eos
     ignore_eos: bool = False  # keep generating past eos (until max_tokens or a stop)
     skip_special_tokens: bool = True  # leave special tokens out of the detokenized text
+    detokenize: bool = True  # False: token ids only, no text (vLLM's name; stop strings need the text)
     priority: int = 0  # scheduling priority; lower runs first
     structured_outputs: StructuredOutputs | None = None  # what the output must match (engine.structured); None: free
     max_reasoning_tokens: int | None = None  # harmony: tokens the analysis message may take before the engine ends it
@@ -138,3 +139,5 @@ class SamplingParams:
             _fail("stop", "a non-empty string or a list of them", self.stop)
         for tok in self.stop_token_ids or []:
             _check_int("stop_token_ids", tok)
+        if self.stop and not self.detokenize:
+            _fail("stop", "empty when detokenize is False (stop strings are matched in the text)", self.stop)

@@ -51,6 +51,15 @@ def test_stop_token_ids_and_max_tokens(llm):
     assert stopped.finish_reason == "stop" and stopped.stop_reason == third
 
 
+def test_token_ids_only(llm):
+    """detokenize=False (vLLM's name): the same tokens, no text; stop strings, matched in the text, are refused."""
+    full = llm.generate("The capital of France is", SamplingParams(temperature=0, max_tokens=8))[0].outputs[0]
+    ids = llm.generate("The capital of France is", SamplingParams(temperature=0, max_tokens=8, detokenize=False))[0]
+    assert ids.outputs[0].token_ids == full.token_ids and full.text and ids.outputs[0].text == ""
+    with pytest.raises(ValueError, match="stop must be empty when detokenize is False"):
+        SamplingParams(stop=["."], detokenize=False)
+
+
 @pytest.mark.parametrize("prompt, message", [
     ({"prompt_token_ids": [1, 201088]}, "prompt_token_ids must be in [0, 201088)"),
     ({"prompt_token_ids": []}, "non-empty list of token ids"),
