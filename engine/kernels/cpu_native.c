@@ -631,7 +631,7 @@ typedef struct {
     int64_t item0, item1; /* (sequence, KV head) items b * KV + h this thread does */
 } attn_t;
 
-/* exp(x) for x <= 0 (a score minus the row's largest), within 2 ulp of exp down to -87, where it stays (expf gives
+/* exp(x) for x <= 88 (here a score minus the row's largest: x <= 0), within 2 ulp of exp down to -87, where it stays (expf gives
    denormals below: a difference under 1e-37 against the row's largest term, 1): x = n ln 2 + r with |r| <= ln 2 / 2
    (ln 2 in two parts, n * the first exact), e^r by its Taylor series to r^7, times 2^n. Plain C without branches or
    calls, so `omp simd` loops vectorize it (libm's expf is a call per value) */
@@ -785,11 +785,23 @@ typedef struct {
     uint8_t rows[16];
 } tilecfg_t;
 
+/* tmm0-5 as 16 rows of 64 bytes (C tiles of 16 x 16 fp32, A and B tiles of 16 x 32 bf16); _tile_release after */
+__attribute__((target("amx-tile"))) static void amx_configure(void) {
+    tilecfg_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 6; i++) {
+        cfg.colsb[i] = 64;
+        cfg.rows[i] = 16;
+    }
+    _tile_loadconfig(&cfg);
+}
+
 /* The A tiles of a row block: pairs of scale groups (g = 2p, 2p + 1), each pair two tiles, "low" with the even
    elements of both groups (columns 0-15 group 2p, 16-31 group 2p + 1) and "high" with the odd ones: how the packed
    bytes hold them (low nibble, high nibble), so a pair decodes with no shuffle. A phantom group past an odd G is zero.
-   The x side (amx_pack_x) puts the same elements in the same columns. k of tile q, column c, in split order: */
-static inline int64_t amx_k(int64_t q, int64_t c) { return (2 * (q / 2) + c / 16) * 32 + (q % 2) * 16 + c % 16; }
+   The x side (amx_pack_x) puts the same elements in the same columns: tile q, column c holds split-order k =
+   (2 * (q / 2) + c / 16) * 32 + (q % 2) * 16 + c % 16. */
 
 /* xs [n, G * 32] fp32 in split order, bf16-valued -> [ceil(n / 16)][Q tiles][16 pairs][16 tokens][2] bf16 (the B
    tiles: k pairs side by side, as tdpbf16ps takes them), zero past the last token and in a phantom group. Per token
@@ -872,14 +884,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,amx-tile,amx-bf16"))) static vo
     float cbuf[256] __attribute__((aligned(64))); /* a C tile: [16 rows][16 tokens] */
     const __m512i column = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
     if (a == NULL) return; /* amx_matvec_rows tried this size first: not reached */
-    tilecfg_t cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int i = 0; i < 6; i++) {
-        cfg.colsb[i] = 64;
-        cfg.rows[i] = 16;
-    }
-    _tile_loadconfig(&cfg);
+    amx_configure();
     for (int64_t blk = (j->r0 + 15) / 16; blk < (j->r1 + 15) / 16; blk++) {
         int64_t r = blk * 16, rows = j->R - r < 16 ? j->R - r : 16;
         for (int64_t i = 0; i < 16; i++) {
@@ -974,27 +979,8 @@ static inline float bf16_round(float v) { /* widen(round_bf16(v)) without a bran
     return out.f;
 }
 
-static inline float exp_clamped(float x) { /* exp_le0's method on [-87, 88] (beyond: its value there), any sign */
-    x = x > -87.0f ? x : -87.0f;
-    x = x < 88.0f ? x : 88.0f;
-    float t = x * 1.44269504088896341f - 0.5f;
-    int32_t n = (int32_t)t;
-    n += 1 - (t < (float)n);
-    float r = x - (float)n * 0.693145751953125f;
-    r = r - (float)n * 1.428606765330187e-06f;
-    float p = 1.0f / 5040;
-    p = p * r + 1.0f / 720;
-    p = p * r + 1.0f / 120;
-    p = p * r + 1.0f / 24;
-    p = p * r + 1.0f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    union {
-        int32_t bits;
-        float value;
-    } scale = {(n + 127) << 23};
-    return p * scale.value;
+static inline float exp_clamped(float x) { /* exp_le0 for any sign: its method holds up to 88 (2^127) */
+    return exp_le0(x < 88.0f ? x : 88.0f);
 }
 
 static inline float swiglu_one(float gate, float up, float limit, float alpha, int act_bf16) {
@@ -1218,14 +1204,7 @@ __attribute__((target("avx512f"))) static uint16_t *amx_pack_h(const uint16_t *h
 __attribute__((target("avx512f,avx512bw,avx512vl,amx-tile,amx-bf16"))) static void greedy_rows(greedy_t *g) {
     const int64_t steps = g->K / 32, chunks = (g->n + 15) / 16;
     float cbuf[256] __attribute__((aligned(64)));
-    tilecfg_t cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int i = 0; i < 6; i++) {
-        cfg.colsb[i] = 64;
-        cfg.rows[i] = 16;
-    }
-    _tile_loadconfig(&cfg);
+    amx_configure();
     for (int64_t c0 = 0; c0 < chunks; c0 += AMX_CHUNKS) {
         int nc = chunks - c0 < AMX_CHUNKS ? (int)(chunks - c0) : AMX_CHUNKS;
         __m512 best[AMX_CHUNKS]; /* per token tile: each token's largest logit so far (bf16 value; NaN above all) */
