@@ -156,8 +156,9 @@ def decode(lib: ctypes.CDLL, blocks: torch.Tensor, scales: torch.Tensor, dtype: 
 def matvec(lib: ctypes.CDLL, xs: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor,
            bf16_valued: bool = False) -> torch.Tensor:
     """xs [n, K] fp32 in split order @ W.T -> [n, R] fp32, MAX_TOKENS tokens per pass over W (one call: each
-    thread takes its rows through every pass); `bf16_valued` xs (a bf16 model's activations) from cpu_native.c's
-    AMX_MIN_TOKENS tokens through AMX where the CPU has it (`amx(lib)`): W decoded once into bf16 tiles for all the tokens."""
+    thread takes its rows through every pass); `bf16_valued` xs (a bf16 model's activations) with W decoded once into
+    bf16 for all the tokens where the CPU allows it (`decodes_once(lib)`): AMX tiles from cpu_native.c's
+    AMX_MIN_TOKENS tokens, AVX512-BF16 panels from its PANEL_MIN_TOKENS."""
     rows, groups = _check(blocks, scales)
     xs = xs.float().contiguous()
     if xs.shape[1] != groups * 32:
@@ -171,6 +172,12 @@ def matvec(lib: ctypes.CDLL, xs: torch.Tensor, blocks: torch.Tensor, scales: tor
 def amx(lib: ctypes.CDLL) -> bool:
     """Whether the native kernels run AMX here (the CPU has it, Linux grants it, and no test forced a lower ISA)."""
     return lib.gptoss_mxfp4_isa() >= 4
+
+
+def decodes_once(lib: ctypes.CDLL) -> bool:
+    """Whether the MXFP4 matvec of bf16-valued tokens decodes the weights once into bf16 for any number of them
+    (AMX tiles, or AVX512-BF16 panels and vdpbf16ps), so a bf16 MoE of any batch is one native call."""
+    return lib.gptoss_mxfp4_isa() >= 3
 
 
 def linear_bf16(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -5,10 +5,11 @@ Flow of `moe_mxfp4_cpu` (same arguments and result as moe.moe_mxfp4_ref, computi
   expert : per active expert, its tokens gathered -> linear_mxfp4(W1) -> swiglu -> linear_mxfp4(W2)
   combine: weighted rows added into the fp32 output (index_add_)
 When every active expert has at most fused_max_tokens tokens (decode; any number for a bf16 model where the native
-kernels run AMX), the whole MLP is one native call (cpu_native.moe, fp32 sums, 512 of an expert's tokens at a time); otherwise `linear_mxfp4` runs the native kernels of cpu_native.c (engine.kernels.
-cpu_native: AMX, AVX-512, AVX2 or scalar C, built on first use): up to fused_max_tokens tokens the decode fused into
-the dot products (a pass over the packed bytes per 4 tokens) or, for bf16 x on AMX, the weights decoded once into
-bf16 tiles for all the tokens; for more, a tile of rows decoded to fp32 at a time then multiplied with all of the
+kernels decode the weights once: AMX or AVX512-BF16), the whole MLP is one native call (cpu_native.moe, fp32 sums,
+512 of an expert's tokens at a time); otherwise `linear_mxfp4` runs the native kernels of cpu_native.c
+(engine.kernels.cpu_native: AMX, AVX512-BF16, AVX-512, AVX2 or scalar C, built on first use): up to fused_max_tokens
+tokens the decode fused into the dot products (a pass over the packed bytes per 4 tokens) or, for bf16 x, the weights
+decoded once into bf16 (AMX tiles or AVX512-BF16 panels) for all the tokens; for more, a tile of rows decoded to fp32 at a time then multiplied with all of the
 expert's tokens. Without a C compiler, torch decodes the tiles (`engine.weights.mxfp4.decode_rows`, several times
 slower). No dense copy of an expert, let alone of all of them, is ever made.
 """
@@ -72,10 +73,11 @@ MATVEC_MAX_TOKENS = 32  # up to this many tokens of an expert, the native kernel
 
 
 def fused_max_tokens(lib, x: torch.Tensor) -> int:
-    """Up to this many tokens of an expert go through the native kernels (the fused decode-and-dot, or AMX); more
-    through tiles decoded to fp32 and a GEMM. A bf16 model where the native kernels run AMX has no such limit: the
-    weights are decoded once into bf16 tiles for all the tokens (cpu_native.c's amx_rows)."""
-    if x.dtype == torch.bfloat16 and cpu_native.amx(lib):
+    """Up to this many tokens of an expert go through the native kernels (the fused decode-and-dot, or the weights
+    decoded once); more through tiles decoded to fp32 and a GEMM. A bf16 model where the native kernels decode the
+    weights once into bf16 for all the tokens (cpu_native.decodes_once: AMX tiles, or AVX512-BF16 panels, 2.6-3.1x the
+    fp32 tiles' GEMM at 1,024 tokens here) has no such limit."""
+    if x.dtype == torch.bfloat16 and cpu_native.decodes_once(lib):
         return 1 << 62
     return MATVEC_MAX_TOKENS
 

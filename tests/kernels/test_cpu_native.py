@@ -67,12 +67,13 @@ def test_native_matvec(isa, tokens, shape):
 
 
 @pytest.mark.parametrize("shape", [(203, 7), (2048, 32), (16, 2)])  # a phantom group, a block tail; threads; one block
-@pytest.mark.parametrize("tokens", [1, 4, 5, 17, 64, 65, 130])  # under/at AMX_MIN_TOKENS, token tiles, 4+ tiles a pass
-@pytest.mark.parametrize("scale_range", [(120, 130), (0, 10)])  # scales AMX decodes exactly; some it cannot
+@pytest.mark.parametrize("tokens", [1, 4, 5, 12, 17, 64, 65, 130])  # around AMX_ and PANEL_MIN_TOKENS, tiles, passes
+@pytest.mark.parametrize("scale_range", [(120, 130), (0, 10)])  # scales a bf16 decode holds exactly; some it cannot
 def test_native_matvec_bf16_valued(isa, tokens, shape, scale_range):
-    """bf16-valued x (a bf16 model's activations): on AMX, from cpu_native.c's AMX_MIN_TOKENS tokens, the weights
-    decoded into bf16 tiles once for every token (tdpbf16ps, fp32 sums): x @ W.T up to summation order, as the
-    fused path. A matrix with a scale whose values a bf16 cannot hold (under 2**-125, over 2**125) keeps that path."""
+    """bf16-valued x (a bf16 model's activations): the weights decoded into bf16 once for every token, fp32 sums (on
+    AMX from cpu_native.c's AMX_MIN_TOKENS tokens, tdpbf16ps; on AVX512-BF16 from its PANEL_MIN_TOKENS, vdpbf16ps):
+    x @ W.T up to summation order, as the fused path. A matrix with a scale whose values a bf16 cannot hold (under
+    2**-125, over 2**125) keeps that path."""
     gen = torch.Generator().manual_seed(tokens)
     rows, groups = shape
     blocks = torch.randint(0, 256, (rows, groups, 16), dtype=torch.uint8, generator=gen)
@@ -83,10 +84,11 @@ def test_native_matvec_bf16_valued(isa, tokens, shape, scale_range):
     got = cpu_native.matvec(isa, cpu_native.split_order(x), blocks, scales, bf16_valued=True)
     tol = 1e-5 * (x.double().abs() @ w.abs().T) + 1e-30  # fp32 sums of these terms, in any order
     assert ((got.double() - expected).abs() <= tol).all()
-    if isa.gptoss_mxfp4_isa() == 4 and tokens >= 4 and rows == 2048:  # which path ran: AMX sums in another order
-        isa.gptoss_mxfp4_set_isa(3)
+    level = isa.gptoss_mxfp4_isa()
+    if level >= 3 and tokens >= {4: 4, 3: 12}[level] and rows == 2048:  # which path ran: they sum in another order
+        isa.gptoss_mxfp4_set_isa(2)
         fused = cpu_native.matvec(isa, cpu_native.split_order(x), blocks, scales, bf16_valued=True)
-        isa.gptoss_mxfp4_set_isa(4)
+        isa.gptoss_mxfp4_set_isa(level)
         assert torch.equal(got, fused) == (scale_range != (120, 130))
 
 

@@ -31,7 +31,8 @@ def test_moe_mxfp4_cpu_matches_ref(case, dtype, tile_bytes, tokens_fused, monkey
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", ["one-token", "skewed-multi-tile", "other-rank"])
 def test_every_native_isa_and_torch_match_ref(case, dtype, request, monkeypatch):
-    """The scalar, AVX2 and AVX-512 kernels (each this CPU has) and the torch decode without them, both paths."""
+    """The scalar, AVX2, AVX-512, AVX512-BF16 and AMX kernels (each this CPU has) and the torch decode without them,
+    both paths."""
     args = _args(case, dtype, "cpu")
     ref = moe_mxfp4_ref(*args)
     for tokens_fused in (32, 0):
@@ -56,8 +57,9 @@ def test_moe_mxfp4_cpu_custom_limit_and_alpha():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_a_prefill_sized_batch_in_one_native_call(dtype, monkeypatch):
-    """A bf16 model on AMX takes every batch through the one native call, an expert's tokens 512 at a time (here
-    ~600 an expert: two passes); fp32 keeps the per-expert path past 32 tokens. Both the ref's result."""
+    """A bf16 model where the native kernels decode the weights once (AMX, AVX512-BF16) takes every batch through the
+    one native call, an expert's tokens 512 at a time (here ~600 an expert: two passes); fp32 keeps the per-expert path
+    past 32 tokens. Both the ref's result."""
     from .test_moe import _experts
 
     g = torch.Generator().manual_seed(5)
@@ -70,4 +72,4 @@ def test_a_prefill_sized_batch_in_one_native_call(dtype, monkeypatch):
     moe = cpu_native.moe
     monkeypatch.setattr(cpu_native, "moe", lambda *a: calls.append(1) or moe(*a))
     assert_close(moe_mxfp4_cpu(*args), moe_mxfp4_ref(*args), fp32_tol=1e-5)
-    assert calls == ([1] if dtype == torch.bfloat16 and cpu_native.amx(cpu_native.library()) else [])
+    assert calls == ([1] if dtype == torch.bfloat16 and cpu_native.decodes_once(cpu_native.library()) else [])
