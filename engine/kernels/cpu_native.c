@@ -669,7 +669,25 @@ static inline void load_row(const void *base, int bf16, int64_t at, int64_t D, f
     }
 }
 
+/* the scores p [N] -> their softmax with the sink in the denominator, in place */
+static inline void softmax_sink(float *p, int64_t N, float sink) {
+    float m = sink, sum = 0.0f;
+#pragma omp simd reduction(max : m)
+    for (int64_t n = 0; n < N; n++) m = p[n] > m ? p[n] : m;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t n = 0; n < N; n++) {
+        p[n] = exp_le0(p[n] - m);
+        sum += p[n];
+    }
+    float inv = 1.0f / (sum + expf(sink - m));
+#pragma omp simd
+    for (int64_t n = 0; n < N; n++) p[n] *= inv;
+}
+
+static int attend_bf16_64(const attn_t *a); /* the AVX512-BF16 path for a bf16 cache and head_dim 64: 0, or -1 */
+
 __attribute__((target_clones("avx512f", "avx2", "default"))) static void attend_items(const attn_t *a) {
+    if (attend_bf16_64(a) == 0) return;
     int64_t G = a->G, D = a->D, cap = 0;
     float *buf = NULL; /* per item: q [G, D], acc [G, D], row [D], scores [G, N] */
     for (int64_t item = a->item0; item < a->item1; item++) {
@@ -702,19 +720,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) static void attend_
             }
         }
         memset(acc, 0, (size_t)(G * D) * sizeof(float));
-        for (int64_t g = 0; g < G; g++) { /* softmax over the keys and the sink, in place */
-            float sink = a->sinks[h * G + g], m = sink, sum = 0.0f, *p = sc + g * N;
-#pragma omp simd reduction(max : m)
-            for (int64_t n = 0; n < N; n++) m = p[n] > m ? p[n] : m;
-#pragma omp simd reduction(+ : sum)
-            for (int64_t n = 0; n < N; n++) {
-                p[n] = exp_le0(p[n] - m);
-                sum += p[n];
-            }
-            float inv = 1.0f / (sum + expf(sink - m));
-#pragma omp simd
-            for (int64_t n = 0; n < N; n++) p[n] *= inv;
-        }
+        for (int64_t g = 0; g < G; g++) softmax_sink(sc + g * N, N, a->sinks[h * G + g]);
         for (int64_t n = 0, blk = first / a->block_size, off = first % a->block_size; n < N; n++) {
             int64_t slot = (int64_t)a->block_table[b * a->bt_stride + blk] * a->block_size + off;
             if (++off == a->block_size) { /* the next key's place, without a division per key */
@@ -1322,6 +1328,112 @@ done:
     free(y);
     free(bias);
     return status;
+}
+
+/* ---- decode attention on AVX512-BF16: a bf16 cache, head_dim 64, query heads per KV head a multiple of 4 ---- */
+
+#define ATTN_HEADS 4 /* query heads whose 64 sums stay in registers through a pass over the values */
+
+#ifdef GPTOSS_X86
+/* One (sequence, KV head) item: 16 keys at a time transposed to [32 pairs][16 keys] (transpose16_store, as the
+   panels), so one vdpbf16ps per pair and query head sums 16 keys' products (bf16 products are exact; fp32 sums) and
+   the scores come out in key order; softmax_sink as attend_items; then each value row widened to fp32 (a bf16 is the
+   top half of its fp32: the even dims by a shift, the odd ones by a mask) times ATTN_HEADS heads' probabilities. */
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) static void attend_item_bf16_64(const attn_t *a, int64_t item,
+                                                                                     float *sc, int64_t *slots,
+                                                                                     uint32_t *kt) {
+    static const uint16_t zero[64] __attribute__((aligned(64)));
+    const int64_t G = a->G, KV = a->KV;
+    int64_t b = item / KV, h = item % KV, L = a->seq_lens[b], row = a->rows[b];
+    int64_t first = a->window > 0 && L > a->window ? L - a->window : 0, N = L - first;
+    const uint16_t *kv = a->kv, *q = (const uint16_t *)a->q + (row * KV * G + h * G) * 64;
+    for (int64_t n = 0, blk = first / a->block_size, off = first % a->block_size; n < N; n++) {
+        slots[n] = ((int64_t)a->block_table[b * a->bt_stride + blk] * a->block_size + off) * KV + h; /* its row */
+        if (++off == a->block_size) {
+            off = 0;
+            blk++;
+        }
+    }
+    const __m512 scale = _mm512_set1_ps(a->scale);
+    for (int64_t n0 = 0; n0 < N; n0 += 16) {
+        int m = N - n0 < 16 ? (int)(N - n0) : 16;
+        __m512i r[16];
+        for (int half = 0; half < 2; half++) {
+            for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512((i < m ? kv + slots[n0 + i] * 64 : zero) + half * 32);
+            transpose16_store(r, kt + half * 256);
+        }
+        for (int64_t g = 0; g < G; g++) {
+            const uint32_t *qp = (const uint32_t *)(q + g * 64);
+            __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+            for (int p = 0; p < 32; p += 2) {
+                s0 = _mm512_dpbf16_ps(s0, (__m512bh)_mm512_load_si512(kt + p * 16), (__m512bh)_mm512_set1_epi32((int)qp[p]));
+                s1 = _mm512_dpbf16_ps(s1, (__m512bh)_mm512_load_si512(kt + p * 16 + 16),
+                                      (__m512bh)_mm512_set1_epi32((int)qp[p + 1]));
+            }
+            _mm512_mask_storeu_ps(sc + g * N + n0, (__mmask16)((1u << m) - 1), _mm512_mul_ps(_mm512_add_ps(s0, s1), scale));
+        }
+    }
+    for (int64_t g = 0; g < G; g++) softmax_sink(sc + g * N, N, a->sinks[h * G + g]);
+    const __m512i top = _mm512_set1_epi32((int)0xffff0000u);
+    const __m512i lo_dims = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi_dims = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const uint16_t *values = kv + a->plane;
+    for (int64_t g0 = 0; g0 < G; g0 += ATTN_HEADS) {
+        __m512 acc[ATTN_HEADS][4]; /* [head][even dims 0-31, odd dims 0-31, even 32-63, odd 32-63] */
+        for (int i = 0; i < ATTN_HEADS; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = _mm512_setzero_ps();
+        for (int64_t n = 0; n < N; n++) {
+            const uint16_t *v = values + slots[n] * 64;
+            __m512i v0 = _mm512_loadu_si512(v), v1 = _mm512_loadu_si512(v + 32);
+            __m512 e0 = _mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), o0 = _mm512_castsi512_ps(_mm512_and_si512(v0, top));
+            __m512 e1 = _mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), o1 = _mm512_castsi512_ps(_mm512_and_si512(v1, top));
+            for (int i = 0; i < ATTN_HEADS; i++) {
+                __m512 p = _mm512_set1_ps(sc[(g0 + i) * N + n]);
+                acc[i][0] = _mm512_fmadd_ps(p, e0, acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(p, o0, acc[i][1]);
+                acc[i][2] = _mm512_fmadd_ps(p, e1, acc[i][2]);
+                acc[i][3] = _mm512_fmadd_ps(p, o1, acc[i][3]);
+            }
+        }
+        for (int i = 0; i < ATTN_HEADS; i++) {
+            uint16_t *out = (uint16_t *)a->out + (row * KV * G + h * G + g0 + i) * 64;
+            __m512 d[4] = {_mm512_permutex2var_ps(acc[i][0], lo_dims, acc[i][1]),
+                           _mm512_permutex2var_ps(acc[i][0], hi_dims, acc[i][1]),
+                           _mm512_permutex2var_ps(acc[i][2], lo_dims, acc[i][3]),
+                           _mm512_permutex2var_ps(acc[i][2], hi_dims, acc[i][3])};
+            for (int k = 0; k < 4; k++)
+                _mm256_storeu_si256((__m256i *)(out + k * 16),
+                                    _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(bf16_round16(d[k])), 16)));
+        }
+    }
+}
+#endif
+
+static int attend_bf16_64(const attn_t *a) {
+#ifdef GPTOSS_X86
+    if (gptoss_mxfp4_isa() < 3 || !a->act_bf16 || !a->kv_bf16 || a->D != 64 || a->G % ATTN_HEADS) return -1;
+    int64_t cap = 0;
+    float *sc = NULL;
+    int64_t *slots = NULL;
+    uint32_t kt[512] __attribute__((aligned(64)));
+    for (int64_t item = a->item0; item < a->item1; item++) {
+        int64_t L = a->seq_lens[item / a->KV], N = a->window > 0 && L > a->window ? a->window : L;
+        if (N > cap) {
+            free(sc);
+            free(slots);
+            cap = N * 2;
+            sc = malloc((size_t)(cap * a->G) * sizeof(float));
+            slots = malloc((size_t)cap * sizeof(int64_t));
+            if (sc == NULL || slots == NULL) break; /* the caller checks the output for this */
+        }
+        if (N > 0) attend_item_bf16_64(a, item, sc, slots, kt);
+    }
+    free(sc);
+    free(slots);
+    return 0;
+#else
+    (void)a;
+    return -1;
+#endif
 }
 
 /* ---- greedy tokens straight from the hidden states: the unembedding's tiles on AMX, each row's argmax kept ---- */
