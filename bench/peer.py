@@ -34,6 +34,7 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import engine
 from bench import peer_install
 from bench.cpu_path import ensure_larger_model
 from bench.engine import workload
@@ -117,6 +118,8 @@ def run_side(python: Path, side: str, spec: dict, env: dict, timeout_s: float) -
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps(spec))
         env = {**os.environ, **env, "PEER_SPAWNED": repr(time.time())}
+        if side == "vllm" and engine.OMP_PASSIVE_SET:  # our thread setting, not the user's: vLLM keeps its own
+            env.pop("OMP_WAIT_POLICY", None)
         proc = subprocess.Popen([str(python), "-m", "bench.peer_driver", side, str(spec_path), str(out_path)],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         peak, seen, log = [0], set(), []

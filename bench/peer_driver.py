@@ -42,10 +42,11 @@ def vllm_side(spec: dict) -> tuple[Generate, dict]:
 
 def ours_side(spec: dict) -> tuple[Generate, dict]:
     """Our engine as bench/cpu_path.py runs it (kernels backend: packed MXFP4 experts), the same KV budget; token
-    ids only, as vLLM's side (detokenize=False)."""
-    import torch
+    ids only, as vLLM's side (detokenize=False). engine is imported before torch, as the CLI and the replicas do (its
+    thread settings apply before torch loads)."""
+    from engine import LLM, SamplingParams  # noqa: I001 - first: see the docstring
 
-    from engine import LLM, SamplingParams
+    import torch
 
     start = time.perf_counter()
     llm = LLM(spec["model"], dtype=spec["dtype"], device="cpu", max_num_batched_tokens=2048,

@@ -30,6 +30,16 @@ AMX_USABLE = _amx_usable()
 if not AMX_USABLE:
     os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
 
+# torch's OpenMP workers spin for a while after each parallel region (libgomp's default policy), so on a CPU replica
+# the native kernels' own threads (engine.kernels.cpu_native) share the cores with a spinning worker after every torch
+# op of a step. Passive workers sleep at once: on a 2-core VM the larger checkpoint's mixed workload ran 1.18-1.40x and
+# its batch-1 decode 1.14-1.9x in an interleaved A/B (2026-12-02). libgomp reads the policy when torch loads, so this
+# applies where engine is imported before torch (the CLI, the cluster's replicas, bench); set OMP_WAIT_POLICY yourself
+# to override. OMP_PASSIVE_SET says whether this set it (bench/peer.py keeps it from vLLM's processes).
+OMP_PASSIVE_SET = "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ
+if OMP_PASSIVE_SET:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
 
 _EXPORTS = {  # name -> module; imported lazily so `import engine.<module>` stays light (the CLI and tools need
     #            only parts of it, and engine.text.vocab must import without site-packages)
