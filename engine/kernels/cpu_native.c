@@ -519,6 +519,119 @@ static kernel_t pick(int kind) {
     return scalar[kind];
 }
 
+#define MAX_THREADS 64
+
+typedef void *(*task_fn)(void *);
+
+/* ---- worker threads, started once and reused (starting and joining threads per call cost more than a decode step's
+   small matvecs gain from them: the larger checkpoint's MoE of one token took 1.19 ms on 2 threads, 0.78 on one) ----
+
+   parallel(n, fn, parts, stride) runs fn on parts 0 .. n-1 (`stride` bytes apart), part 0 on the caller, the others
+   on pool workers that wait for the next call a short while (POOL_SPIN), then sleep on a condition variable. One caller uses the pool at a time; another one
+   meanwhile (a second Python thread) starts threads of its own, as every call did before. A forked child starts a
+   pool of its own (the parent's workers do not exist there). */
+static pthread_mutex_t pool_user = PTHREAD_MUTEX_INITIALIZER; /* held by the caller whose parts the pool runs */
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;   /* guards everything below */
+static pthread_cond_t pool_wake = PTHREAD_COND_INITIALIZER, pool_idle = PTHREAD_COND_INITIALIZER;
+static int pool_started, pool_count, pool_busy; /* workers running; parts this round; workers still in it */
+static unsigned long pool_round, pool_seen[MAX_THREADS]; /* rounds posted; the round a worker last took */
+static task_fn pool_fn;
+static char *pool_parts;
+static size_t pool_stride;
+static pthread_once_t pool_fork_once = PTHREAD_ONCE_INIT;
+
+#define POOL_SPIN 4000 /* pauses (~0.1 ms) a worker waits for the next round, and the caller for the workers, before
+                          sleeping: waking a virtual CPU that went idle costs more than a small matvec */
+
+static inline void pause_once(void) {
+#ifdef GPTOSS_X86
+    _mm_pause();
+#endif
+}
+
+static void *pool_worker(void *arg) {
+    int i = (int)(intptr_t)arg;
+    pthread_mutex_lock(&pool_mu);
+    for (;;) {
+        unsigned long seen = pool_seen[i];
+        pthread_mutex_unlock(&pool_mu);
+        for (int k = 0; k < POOL_SPIN && __atomic_load_n(&pool_round, __ATOMIC_ACQUIRE) == seen; k++) pause_once();
+        pthread_mutex_lock(&pool_mu);
+        while (pool_round == pool_seen[i]) pthread_cond_wait(&pool_wake, &pool_mu);
+        pool_seen[i] = pool_round;
+        if (i >= pool_count) continue; /* not needed this round */
+        task_fn fn = pool_fn;
+        void *part = pool_parts + (size_t)i * pool_stride;
+        pthread_mutex_unlock(&pool_mu);
+        fn(part);
+        pthread_mutex_lock(&pool_mu);
+        if (__atomic_sub_fetch(&pool_busy, 1, __ATOMIC_ACQ_REL) == 0) pthread_cond_signal(&pool_idle);
+    }
+    return NULL;
+}
+
+static void pool_after_fork(void) { /* in the child: no workers, every lock free */
+    pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t c = PTHREAD_COND_INITIALIZER;
+    pool_user = pool_mu = m;
+    pool_wake = pool_idle = c;
+    pool_started = pool_count = pool_busy = 0;
+}
+
+static void pool_fork_handler(void) { pthread_atfork(NULL, NULL, pool_after_fork); }
+
+static void spawn_parts(int n, task_fn fn, char *parts, size_t stride) { /* threads of its own for parts 1 .. n-1 */
+    pthread_t ids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int i = 1; i < n; i++) started[i] = pthread_create(&ids[i], NULL, fn, parts + (size_t)i * stride) == 0;
+    fn(parts);
+    for (int i = 1; i < n; i++) {
+        if (started[i])
+            pthread_join(ids[i], NULL);
+        else
+            fn(parts + (size_t)i * stride); /* no thread to be had: this one does the share */
+    }
+}
+
+static void parallel(int n, task_fn fn, void *parts_, size_t stride) {
+    char *parts = parts_;
+    if (n > MAX_THREADS) n = MAX_THREADS;
+    if (n < 2) {
+        fn(parts);
+        return;
+    }
+    pthread_once(&pool_fork_once, pool_fork_handler);
+    if (pthread_mutex_trylock(&pool_user) != 0) {
+        spawn_parts(n, fn, parts, stride);
+        return;
+    }
+    pthread_mutex_lock(&pool_mu);
+    while (pool_started < n - 1) {
+        pthread_t id;
+        int i = pool_started + 1;
+        pool_seen[i] = pool_round; /* it takes the rounds posted from now on */
+        if (pthread_create(&id, NULL, pool_worker, (void *)(intptr_t)i) != 0) break;
+        pthread_detach(id);
+        pool_started++;
+    }
+    int workers = pool_started < n - 1 ? pool_started : n - 1;
+    pool_fn = fn;
+    pool_parts = parts;
+    pool_stride = stride;
+    pool_count = workers + 1;
+    __atomic_store_n(&pool_busy, workers, __ATOMIC_RELEASE);
+    __atomic_store_n(&pool_round, pool_round + 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&pool_wake);
+    pthread_mutex_unlock(&pool_mu);
+    fn(parts);
+    for (int i = workers + 1; i < n; i++) fn(parts + (size_t)i * stride); /* parts no worker could be started for */
+    for (int k = 0; k < POOL_SPIN && __atomic_load_n(&pool_busy, __ATOMIC_ACQUIRE) > 0; k++) pause_once();
+    pthread_mutex_lock(&pool_mu);
+    while (pool_busy > 0) pthread_cond_wait(&pool_idle, &pool_mu);
+    pthread_mutex_unlock(&pool_mu);
+    pthread_mutex_unlock(&pool_user);
+}
+
 typedef struct {
     kernel_t fn;
     job_t job;
@@ -529,8 +642,6 @@ static void *run_task(void *arg) {
     t->fn(&t->job);
     return NULL;
 }
-
-#define MAX_THREADS 64
 
 #define MIN_THREAD_BYTES (256 << 10) /* a thread's start (tens of microseconds) pays for itself past this much work */
 
@@ -548,22 +659,13 @@ static void run(kernel_t fn, job_t job, int threads, int64_t min_rows) { /* min_
         return;
     }
     task_t tasks[MAX_THREADS];
-    pthread_t ids[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
     for (int i = 0; i < threads; i++) {
         tasks[i].fn = fn;
         tasks[i].job = job;
         tasks[i].job.r0 = job.r0 + rows * i / threads;
         tasks[i].job.r1 = job.r0 + rows * (i + 1) / threads;
     }
-    for (int i = 1; i < threads; i++) started[i] = pthread_create(&ids[i], NULL, run_task, &tasks[i]) == 0;
-    run_task(&tasks[0]);
-    for (int i = 1; i < threads; i++) {
-        if (started[i])
-            pthread_join(ids[i], NULL);
-        else
-            run_task(&tasks[i]); /* no thread to be had: this one does the share */
-    }
+    parallel(threads, run_task, tasks, sizeof(task_t));
 }
 
 /* ---- exported ---- */
@@ -766,21 +868,12 @@ void gptoss_decode_attention(const void *q, void *out, int act_bf16, int64_t B, 
         return;
     }
     attn_t parts[MAX_THREADS];
-    pthread_t ids[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
     for (int i = 0; i < threads; i++) {
         parts[i] = base;
         parts[i].item0 = items * i / threads;
         parts[i].item1 = items * (i + 1) / threads;
     }
-    for (int i = 1; i < threads; i++) started[i] = pthread_create(&ids[i], NULL, attend_task, &parts[i]) == 0;
-    attend_items(&parts[0]);
-    for (int i = 1; i < threads; i++) {
-        if (started[i])
-            pthread_join(ids[i], NULL);
-        else
-            attend_items(&parts[i]);
-    }
+    parallel(threads, attend_task, parts, sizeof(attn_t));
 }
 
 /* ---- AMX: MXFP4 rows decoded into bf16 tiles (16 rows x one scale group), times up to 64 tokens per pass ---- */
@@ -1553,8 +1646,6 @@ int gptoss_greedy_tokens(const uint16_t *h, int64_t n, const uint16_t *w, int64_
     if (threads > V / 4096) threads = (int)(V / 4096); /* a thread's share worth its start */
     if (threads < 1) threads = 1;
     greedy_t parts[MAX_THREADS];
-    pthread_t ids[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
     int64_t blocks = V / 16; /* the last thread takes the tail past the last whole block */
     for (int i = 0; i < threads; i++) {
         greedy_t p = {w, hv, 0, n, V, K, blocks * i / threads * 16, blocks * (i + 1) / threads * 16, best + i * n,
@@ -1562,14 +1653,7 @@ int gptoss_greedy_tokens(const uint16_t *h, int64_t n, const uint16_t *w, int64_
         parts[i] = p;
     }
     int64_t tail = V % 16; /* rows after the last whole block: done alone from a padded copy (no read past W) */
-    for (int i = 1; i < threads; i++) started[i] = pthread_create(&ids[i], NULL, greedy_task, &parts[i]) == 0;
-    greedy_rows(&parts[0]);
-    for (int i = 1; i < threads; i++) {
-        if (started[i])
-            pthread_join(ids[i], NULL);
-        else
-            greedy_rows(&parts[i]);
-    }
+    parallel(threads, greedy_task, parts, sizeof(greedy_t));
     int status = 0;
     if (tail) { /* the last rows: a copy padded to 16 rows, so no read past W */
         uint16_t *pad = calloc((size_t)(16 * K), sizeof(uint16_t));
