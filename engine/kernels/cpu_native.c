@@ -1349,6 +1349,52 @@ static void to_split(const float *src, int64_t K, float *dst) { /* a row of K in
         }
 }
 
+/* the per-token steps of an expert's pass, on a range of its tokens [i0, i1) (a thread's share) */
+typedef struct {
+    int stage; /* 0: the tokens' x rows in split order; 1: h + b1, the SwiGLU, in split order; 2: y + b2, weighted,
+                  added to the token's output row */
+    const float *x, *h, *b1f, *y, *b2f, *weights;
+    float *xs, *act, *out;
+    const int64_t *mine; /* the expert's assignments t * K + k */
+    int64_t H, I, K, i0, i1;
+    float limit, alpha;
+    int act_bf16;
+} moe_rows_t;
+
+static void *moe_rows_task(void *arg) {
+    const moe_rows_t *m = arg;
+    float row[m->I > 0 ? m->I : 1];
+    for (int64_t i = m->i0; i < m->i1; i++) {
+        int64_t a = m->mine[i], t = a / m->K;
+        if (m->stage == 0) {
+            to_split(m->x + t * m->H, m->H, m->xs + i * m->H);
+        } else if (m->stage == 1) {
+            swiglu_row(m->h + i * 2 * m->I, m->b1f, m->I, m->limit, m->alpha, m->act_bf16, row);
+            to_split(row, m->I, m->act + i * m->I);
+        } else { /* an expert holds a token once: no two threads add to one row */
+            add_weighted(m->out + t * m->H, m->y + i * m->H, m->b2f, m->H, m->weights[a], m->act_bf16);
+        }
+    }
+    return NULL;
+}
+
+#define MOE_PARALLEL_TOKENS 16 /* an expert's tokens from which its per-token steps are split between threads */
+
+static void moe_rows(moe_rows_t m, int threads) { /* m.i1 tokens from 0 */
+    int64_t n = m.i1;
+    int parts = n >= MOE_PARALLEL_TOKENS ? threads : 1;
+    if (parts > MAX_THREADS) parts = MAX_THREADS;
+    if (parts > n) parts = (int)n;
+    if (parts < 1) parts = 1;
+    moe_rows_t shares[MAX_THREADS];
+    for (int i = 0; i < parts; i++) {
+        shares[i] = m;
+        shares[i].i0 = n * i / parts;
+        shares[i].i1 = n * (i + 1) / parts;
+    }
+    parallel(parts, moe_rows_task, shares, sizeof(moe_rows_t));
+}
+
 #define MOE_CHUNK_TOKENS 512 /* an expert's tokens per pass of the MoE (its buffers: 24 KiB a token at gpt-oss-20b's shapes) */
 
 int gptoss_moe_mxfp4(const float *x, int64_t T, int64_t H, const int64_t *ids, const float *weights, int64_t K,
@@ -1357,7 +1403,7 @@ int gptoss_moe_mxfp4(const float *x, int64_t T, int64_t H, const int64_t *ids, c
                      float *out, int threads) {
     int64_t A = T * K, *count = calloc((size_t)E + 1, sizeof(int64_t)), *order = malloc((size_t)(A > 0 ? A : 1) * 8);
     float *xs = NULL, *h = NULL, *act = NULL, *y = NULL;
-    float *bias = malloc((size_t)(2 * I + H + I) * sizeof(float)); /* an expert's b1 [2I], b2 [H] in fp32; a row [I] */
+    float *bias = malloc((size_t)(2 * I + H) * sizeof(float)); /* an expert's b1 [2I], b2 [H] in fp32 */
     int status = 0;
     if (!count || !order || !bias) {
         status = -1;
@@ -1388,7 +1434,7 @@ int gptoss_moe_mxfp4(const float *x, int64_t T, int64_t H, const int64_t *ids, c
             if (ids[a] >= 0 && ids[a] < E) order[next[ids[a]]++] = a;
         free(next);
     }
-    float *b1f = bias, *b2f = bias + 2 * I, *row = bias + 2 * I + H;
+    float *b1f = bias, *b2f = bias + 2 * I;
     for (int64_t e = 0; e < E; e++) {
         if (count[e + 1] == count[e]) continue;
         for (int64_t c = 0; c < 2 * I; c++) b1f[c] = bias_at(b1, bias_bf16, e * 2 * I + c);
@@ -1396,20 +1442,19 @@ int gptoss_moe_mxfp4(const float *x, int64_t T, int64_t H, const int64_t *ids, c
         for (int64_t first = count[e]; first < count[e + 1]; first += most) {
             int64_t n = count[e + 1] - first < most ? count[e + 1] - first : most;
             const int64_t *mine = order + first;
-            for (int64_t i = 0; i < n; i++) to_split(x + (mine[i] / K) * H, H, xs + i * H); /* the tokens */
+            moe_rows_t rows = {0, x, h, b1f, y, b2f, weights, xs, act, out, mine, H, I, K, 0, n, limit, alpha, act_bf16};
+            moe_rows(rows, threads); /* the tokens */
             if (!(act_bf16 && decoded_matvec_rows(xs, n, w1b + e * 2 * I * H / 2,
                                                                      w1s + e * 2 * I * (H / 32), 2 * I, H / 32, h,
                                                                      threads) == 0))
                 matvec_rows(xs, n, w1b + e * 2 * I * H / 2, w1s + e * 2 * I * (H / 32), 2 * I, H / 32, h, threads);
-            for (int64_t i = 0; i < n; i++) { /* + b1, SwiGLU, written in split order for W2 */
-                swiglu_row(h + i * 2 * I, b1f, I, limit, alpha, act_bf16, row);
-                to_split(row, I, act + i * I);
-            }
+            rows.stage = 1; /* + b1, SwiGLU, written in split order for W2 */
+            moe_rows(rows, threads);
             if (!(act_bf16 &&
                   decoded_matvec_rows(act, n, w2b + e * H * I / 2, w2s + e * H * (I / 32), H, I / 32, y, threads) == 0))
                 matvec_rows(act, n, w2b + e * H * I / 2, w2s + e * H * (I / 32), H, I / 32, y, threads);
-            for (int64_t i = 0; i < n; i++)
-                add_weighted(out + (mine[i] / K) * H, y + i * H, b2f, H, weights[mine[i]], act_bf16);
+            rows.stage = 2; /* + b2, times the router's weight, added to the token's output */
+            moe_rows(rows, threads);
         }
     }
 done:
