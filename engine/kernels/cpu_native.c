@@ -1473,6 +1473,29 @@ done:
 #define ATTN_HEADS 4 /* query heads whose 64 sums stay in registers through a pass over the values */
 
 #ifdef GPTOSS_X86
+/* softmax_sink 16 lanes at a time (exp_clamped16: exp_le0's method; the compiler leaves softmax_sink's loops scalar
+   in this target) */
+__attribute__((target("avx512f"))) static void softmax_sink16(float *p, int64_t N, float sink) {
+    __m512 m = _mm512_set1_ps(sink), sum = _mm512_setzero_ps();
+    for (int64_t n = 0; n < N; n += 16) {
+        __mmask16 k = N - n < 16 ? (__mmask16)((1u << (N - n)) - 1) : 0xFFFF;
+        m = _mm512_mask_max_ps(m, k, m, _mm512_maskz_loadu_ps(k, p + n));
+    }
+    float top = _mm512_reduce_max_ps(m);
+    __m512 mv = _mm512_set1_ps(top);
+    for (int64_t n = 0; n < N; n += 16) {
+        __mmask16 k = N - n < 16 ? (__mmask16)((1u << (N - n)) - 1) : 0xFFFF;
+        __m512 e = _mm512_maskz_mov_ps(k, exp_clamped16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p + n), mv)));
+        _mm512_mask_storeu_ps(p + n, k, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    __m512 inv = _mm512_set1_ps(1.0f / (_mm512_reduce_add_ps(sum) + expf(sink - top)));
+    for (int64_t n = 0; n < N; n += 16) {
+        __mmask16 k = N - n < 16 ? (__mmask16)((1u << (N - n)) - 1) : 0xFFFF;
+        _mm512_mask_storeu_ps(p + n, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p + n), inv));
+    }
+}
+
 /* One (sequence, KV head) item: 16 keys at a time transposed to [32 pairs][16 keys] (transpose16_store, as the
    panels), so one vdpbf16ps per pair and query head sums 16 keys' products (bf16 products are exact; fp32 sums) and
    the scores come out in key order; softmax_sink as attend_items; then each value row widened to fp32 (a bf16 is the
@@ -1511,7 +1534,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void attend_item_b
             _mm512_mask_storeu_ps(sc + g * N + n0, (__mmask16)((1u << m) - 1), _mm512_mul_ps(_mm512_add_ps(s0, s1), scale));
         }
     }
-    for (int64_t g = 0; g < G; g++) softmax_sink(sc + g * N, N, a->sinks[h * G + g]);
+    for (int64_t g = 0; g < G; g++) softmax_sink16(sc + g * N, N, a->sinks[h * G + g]);
     const __m512i top = _mm512_set1_epi32((int)0xffff0000u);
     const __m512i lo_dims = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i hi_dims = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
