@@ -1085,11 +1085,17 @@ __attribute__((target("avx512f"))) static inline void transpose16_store(const __
 __attribute__((target("avx512f"))) static void panel_decode(const uint8_t *blocks, const uint8_t *scales, int64_t G,
                                                             int64_t r, int rows, uint32_t *half) {
     __m512i v[16];
+    const uint8_t *b = blocks + r * G * 16, *s = scales + r * G;
+    if (rows == 16) { /* a constant count: the 16 vectors stay in registers */
+        for (int64_t g = 0; g < G; g++) {
+            for (int i = 0; i < 16; i++) v[i] = panel_pairs(b + (i * G + g) * 16, ((int32_t)s[i * G + g] - 127) * 128);
+            transpose16_store(v, half + g * 256);
+        }
+        return;
+    }
     for (int i = rows; i < 16; i++) v[i] = _mm512_setzero_si512();
     for (int64_t g = 0; g < G; g++) {
-        for (int i = 0; i < rows; i++) {
-            v[i] = panel_pairs(blocks + ((r + i) * G + g) * 16, ((int32_t)scales[(r + i) * G + g] - 127) * 128);
-        }
+        for (int i = 0; i < rows; i++) v[i] = panel_pairs(b + (i * G + g) * 16, ((int32_t)s[i * G + g] - 127) * 128);
         transpose16_store(v, half + g * 256);
     }
 }
