@@ -24,7 +24,8 @@ def test_sends_stay_on_schedule_and_latency_includes_stall(fake_server):
     assert len(recs) == 20 and all(r.status == "ok" for r in recs)
     for i, r in enumerate(recs):
         assert r.scheduled == pytest.approx(i / RATE, abs=1e-9)      # the schedule itself
-        assert r.send_lag_ms < 30                                   # ... kept while the server is frozen
+        assert r.send_lag_ms < 100  # ... kept while the server is frozen (a send that waited would lag up to 500 ms;
+        #                             a busy 2-core VM delayed one by 31 ms in a full `make test`)
     stall_end = STALL_AT / RATE + STALL_S
     stalled = [r for r in recs if STALL_AT / RATE < r.scheduled < stall_end - 0.05]
     assert len(stalled) >= 7
