@@ -20,9 +20,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
+from engine import LLM, SamplingParams  # noqa: I001 - before torch, so engine's thread settings apply (engine/__init__)
 
-from engine import LLM, SamplingParams
+import torch
 from engine.kernels import cpu_native
 from engine.kv_cache_manager import KVCacheLayout, blocks_for_sequence
 from engine.memory import GiB, rss_bytes
