@@ -264,3 +264,38 @@ def test_greedy_tokens_equal_argmax_of_the_logits(vocab, k, rows):
     weight[vocab // 2, 3] = float("nan")
     assert torch.equal(kernels.greedy_tokens(x, weight), torch.full((rows,), vocab // 2))
     assert kernels.greedy_tokens(x.float(), weight) is None
+
+
+def _matvec_here(xs, blocks, scales):  # in a forked child: this process's library, its pool
+    return cpu_native.matvec(cpu_native.library(), xs, blocks, scales)
+
+
+def test_the_worker_pool_under_concurrent_callers_and_after_fork():
+    """The native kernels' one pool of worker threads: two Python threads calling at once (the second one starts
+    threads of its own while the first holds the pool) get the serial results, and a forked child, where the
+    parent's workers do not exist, starts a pool of its own instead of waiting on them."""
+    import multiprocessing
+    import threading
+
+    lib = cpu_native.library()
+    gen = torch.Generator().manual_seed(3)
+    blocks = torch.randint(0, 256, (2048, 32, 16), dtype=torch.uint8, generator=gen)  # 1 MiB: split between threads
+    scales = torch.randint(120, 130, (2048, 32), dtype=torch.uint8, generator=gen)
+    xs = [cpu_native.split_order(torch.randn(n, 1024, generator=gen)) for n in (1, 3, 4, 5)]
+    expected = [cpu_native.matvec(lib, x, blocks, scales) for x in xs]
+    errors = []
+
+    def call(k):
+        for _ in range(30):
+            if not torch.equal(cpu_native.matvec(lib, xs[k], blocks, scales), expected[k]):
+                errors.append(k)
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and not any(t.is_alive() for t in threads)
+    with multiprocessing.get_context("fork").Pool(1) as pool:  # this process's pool has run: its workers exist
+        child = pool.apply_async(_matvec_here, (xs[3], blocks, scales)).get(timeout=60)
+    assert torch.equal(child, expected[3])
