@@ -266,15 +266,32 @@ def test_greedy_tokens_equal_argmax_of_the_logits(vocab, k, rows):
     assert kernels.greedy_tokens(x.float(), weight) is None
 
 
-def _matvec_here(xs, blocks, scales):  # in a forked child: this process's library, its pool
-    return cpu_native.matvec(cpu_native.library(), xs, blocks, scales)
+FORKED_CHILD = """
+import os, signal, torch
+from engine.kernels import cpu_native
+lib = cpu_native.library()
+blocks = torch.randint(0, 256, (2048, 32, 16), dtype=torch.uint8)
+scales = torch.randint(120, 130, (2048, 32), dtype=torch.uint8)
+xs = cpu_native.split_order(torch.randn(5, 1024))
+expected = cpu_native.matvec(lib, xs, blocks, scales)  # the pool's worker is started here
+pid = os.fork()
+if pid == 0:  # the child: without the parent's worker, a pool of its own (torch itself is not used after the fork)
+    signal.alarm(60)
+    out = torch.empty_like(expected)
+    lib.gptoss_mxfp4_matvec(xs.data_ptr(), 5, blocks.data_ptr(), scales.data_ptr(), 2048, 32, out.data_ptr(), 0, 2)
+    os._exit(0 if torch.equal(out, expected) else 1)
+_, status = os.waitpid(pid, 0)
+raise SystemExit(os.waitstatus_to_exitcode(status))
+"""
 
 
 def test_the_worker_pool_under_concurrent_callers_and_after_fork():
     """The native kernels' one pool of worker threads: two Python threads calling at once (the second one starts
     threads of its own while the first holds the pool) get the serial results, and a forked child, where the
-    parent's workers do not exist, starts a pool of its own instead of waiting on them."""
-    import multiprocessing
+    parent's workers do not exist, starts a pool of its own instead of waiting on them (in a fresh interpreter:
+    torch's own OpenMP ops are not fork-safe once they have run)."""
+    import subprocess
+    import sys
     import threading
 
     lib = cpu_native.library()
@@ -296,6 +313,5 @@ def test_the_worker_pool_under_concurrent_callers_and_after_fork():
     for t in threads:
         t.join(60)
     assert not errors and not any(t.is_alive() for t in threads)
-    with multiprocessing.get_context("fork").Pool(1) as pool:  # this process's pool has run: its workers exist
-        child = pool.apply_async(_matvec_here, (xs[3], blocks, scales)).get(timeout=60)
-    assert torch.equal(child, expected[3])
+    done = subprocess.run([sys.executable, "-c", FORKED_CHILD], timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
