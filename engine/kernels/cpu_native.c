@@ -521,23 +521,26 @@ static kernel_t pick(int kind) {
 
 #define MAX_THREADS 64
 
-typedef void *(*task_fn)(void *);
+typedef void (*part_fn)(const void *shared, int i, int n); /* does part i of n of the work `shared` describes */
+
+static inline int64_t share_at(int64_t lo, int64_t hi, int i, int n) { /* where part i of [lo, hi) in n starts */
+    return lo + (hi - lo) * i / n;
+}
 
 /* ---- worker threads, started once and reused (starting and joining threads per call cost more than a decode step's
    small matvecs gain from them: the larger checkpoint's MoE of one token took 1.19 ms on 2 threads, 0.78 on one) ----
 
-   parallel(n, fn, parts, stride) runs fn on parts 0 .. n-1 (`stride` bytes apart), part 0 on the caller, the others
-   on pool workers that wait for the next call a short while (POOL_SPIN), then sleep on a condition variable. One caller uses the pool at a time; another one
+   parallel(n, fn, shared) runs fn(shared, i, n) for the parts i = 0 .. n-1 (each takes its share_at), part 0 on the
+   caller, the others on pool workers that wait for the next call a short while (POOL_SPIN), then sleep on a condition variable. One caller uses the pool at a time; another one
    meanwhile (a second Python thread) starts threads of its own, as every call did before. A forked child starts a
    pool of its own (the parent's workers do not exist there). */
 static pthread_mutex_t pool_user = PTHREAD_MUTEX_INITIALIZER; /* held by the caller whose parts the pool runs */
 static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;   /* guards everything below */
 static pthread_cond_t pool_wake = PTHREAD_COND_INITIALIZER, pool_idle = PTHREAD_COND_INITIALIZER;
-static int pool_started, pool_count, pool_busy; /* workers running; parts this round; workers still in it */
+static int pool_started, pool_workers, pool_count, pool_busy; /* workers running; in this round; its parts; still in it */
 static unsigned long pool_round, pool_seen[MAX_THREADS]; /* rounds posted; the round a worker last took */
-static task_fn pool_fn;
-static char *pool_parts;
-static size_t pool_stride;
+static part_fn pool_fn;
+static const void *pool_shared;
 static pthread_once_t pool_fork_once = PTHREAD_ONCE_INIT;
 
 #define POOL_SPIN 4000 /* pauses (~0.1 ms) a worker waits for the next round, and the caller for the workers, before
@@ -559,11 +562,12 @@ static void *pool_worker(void *arg) {
         pthread_mutex_lock(&pool_mu);
         while (pool_round == pool_seen[i]) pthread_cond_wait(&pool_wake, &pool_mu);
         pool_seen[i] = pool_round;
-        if (i >= pool_count) continue; /* not needed this round */
-        task_fn fn = pool_fn;
-        void *part = pool_parts + (size_t)i * pool_stride;
+        if (i > pool_workers) continue; /* not needed this round */
+        part_fn fn = pool_fn;
+        const void *shared = pool_shared;
+        int n = pool_count;
         pthread_mutex_unlock(&pool_mu);
-        fn(part);
+        fn(shared, i, n);
         pthread_mutex_lock(&pool_mu);
         if (__atomic_sub_fetch(&pool_busy, 1, __ATOMIC_ACQ_REL) == 0) pthread_cond_signal(&pool_idle);
     }
@@ -575,34 +579,49 @@ static void pool_after_fork(void) { /* in the child: no workers, every lock free
     pthread_cond_t c = PTHREAD_COND_INITIALIZER;
     pool_user = pool_mu = m;
     pool_wake = pool_idle = c;
-    pool_started = pool_count = pool_busy = 0;
+    pool_started = pool_workers = pool_count = pool_busy = 0;
 }
 
 static void pool_fork_handler(void) { pthread_atfork(NULL, NULL, pool_after_fork); }
 
-static void spawn_parts(int n, task_fn fn, char *parts, size_t stride) { /* threads of its own for parts 1 .. n-1 */
+typedef struct {
+    part_fn fn;
+    const void *shared;
+    int i, n;
+} spawned_t;
+
+static void *spawned_part(void *arg) {
+    const spawned_t *p = arg;
+    p->fn(p->shared, p->i, p->n);
+    return NULL;
+}
+
+static void spawn_parts(int n, part_fn fn, const void *shared) { /* threads of its own for parts 1 .. n-1 */
     pthread_t ids[MAX_THREADS];
+    spawned_t parts[MAX_THREADS];
     int started[MAX_THREADS] = {0};
-    for (int i = 1; i < n; i++) started[i] = pthread_create(&ids[i], NULL, fn, parts + (size_t)i * stride) == 0;
-    fn(parts);
+    for (int i = 1; i < n; i++) {
+        parts[i] = (spawned_t){fn, shared, i, n};
+        started[i] = pthread_create(&ids[i], NULL, spawned_part, &parts[i]) == 0;
+    }
+    fn(shared, 0, n);
     for (int i = 1; i < n; i++) {
         if (started[i])
             pthread_join(ids[i], NULL);
         else
-            fn(parts + (size_t)i * stride); /* no thread to be had: this one does the share */
+            fn(shared, i, n); /* no thread to be had: this one does the share */
     }
 }
 
-static void parallel(int n, task_fn fn, void *parts_, size_t stride) {
-    char *parts = parts_;
+static void parallel(int n, part_fn fn, const void *shared) {
     if (n > MAX_THREADS) n = MAX_THREADS;
     if (n < 2) {
-        fn(parts);
+        fn(shared, 0, 1);
         return;
     }
     pthread_once(&pool_fork_once, pool_fork_handler);
     if (pthread_mutex_trylock(&pool_user) != 0) {
-        spawn_parts(n, fn, parts, stride);
+        spawn_parts(n, fn, shared);
         return;
     }
     pthread_mutex_lock(&pool_mu);
@@ -616,15 +635,15 @@ static void parallel(int n, task_fn fn, void *parts_, size_t stride) {
     }
     int workers = pool_started < n - 1 ? pool_started : n - 1;
     pool_fn = fn;
-    pool_parts = parts;
-    pool_stride = stride;
-    pool_count = workers + 1;
+    pool_shared = shared;
+    pool_workers = workers;
+    pool_count = n;
     __atomic_store_n(&pool_busy, workers, __ATOMIC_RELEASE);
     __atomic_store_n(&pool_round, pool_round + 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&pool_wake);
     pthread_mutex_unlock(&pool_mu);
-    fn(parts);
-    for (int i = workers + 1; i < n; i++) fn(parts + (size_t)i * stride); /* parts no worker could be started for */
+    fn(shared, 0, n);
+    for (int i = workers + 1; i < n; i++) fn(shared, i, n); /* parts no worker could be started for */
     for (int k = 0; k < POOL_SPIN && __atomic_load_n(&pool_busy, __ATOMIC_ACQUIRE) > 0; k++) pause_once();
     pthread_mutex_lock(&pool_mu);
     while (pool_busy > 0) pthread_cond_wait(&pool_idle, &pool_mu);
@@ -637,10 +656,12 @@ typedef struct {
     job_t job;
 } task_t;
 
-static void *run_task(void *arg) {
-    task_t *t = arg;
-    t->fn(&t->job);
-    return NULL;
+static void run_part(const void *shared, int i, int n) { /* the job's rows [r0, r1) split between the parts */
+    const task_t *t = shared;
+    job_t part = t->job;
+    part.r0 = share_at(t->job.r0, t->job.r1, i, n);
+    part.r1 = share_at(t->job.r0, t->job.r1, i + 1, n);
+    t->fn(&part);
 }
 
 #define MIN_THREAD_BYTES (256 << 10) /* a thread's start (tens of microseconds) pays for itself past this much work */
@@ -654,18 +675,8 @@ static void run(kernel_t fn, job_t job, int threads, int64_t min_rows) { /* min_
     int64_t rows = job.r1 - job.r0;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > rows / min_rows) threads = (int)(rows / min_rows); /* a thread's start-up is worth that much */
-    if (threads < 2) {
-        fn(&job);
-        return;
-    }
-    task_t tasks[MAX_THREADS];
-    for (int i = 0; i < threads; i++) {
-        tasks[i].fn = fn;
-        tasks[i].job = job;
-        tasks[i].job.r0 = job.r0 + rows * i / threads;
-        tasks[i].job.r1 = job.r0 + rows * (i + 1) / threads;
-    }
-    parallel(threads, run_task, tasks, sizeof(task_t));
+    task_t task = {fn, job};
+    parallel(threads, run_part, &task);
 }
 
 /* ---- exported ---- */
@@ -846,9 +857,11 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) static void attend_
     free(buf);
 }
 
-static void *attend_task(void *arg) {
-    attend_items(arg);
-    return NULL;
+static void attend_part(const void *shared, int i, int n) { /* the items [item0, item1) split between the parts */
+    attn_t part = *(const attn_t *)shared;
+    part.item0 = share_at(((const attn_t *)shared)->item0, ((const attn_t *)shared)->item1, i, n);
+    part.item1 = share_at(((const attn_t *)shared)->item0, ((const attn_t *)shared)->item1, i + 1, n);
+    attend_items(&part);
 }
 
 void gptoss_decode_attention(const void *q, void *out, int act_bf16, int64_t B, const int32_t *rows,
@@ -863,17 +876,7 @@ void gptoss_decode_attention(const void *q, void *out, int act_bf16, int64_t B, 
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > items) threads = (int)items;
     if (threads > bytes / MIN_THREAD_BYTES) threads = (int)(bytes / MIN_THREAD_BYTES);
-    if (threads < 2) {
-        attend_items(&base);
-        return;
-    }
-    attn_t parts[MAX_THREADS];
-    for (int i = 0; i < threads; i++) {
-        parts[i] = base;
-        parts[i].item0 = items * i / threads;
-        parts[i].item1 = items * (i + 1) / threads;
-    }
-    parallel(threads, attend_task, parts, sizeof(attn_t));
+    parallel(threads, attend_part, &base);
 }
 
 /* ---- AMX: MXFP4 rows decoded into bf16 tiles (16 rows x one scale group), times up to 64 tokens per pass ---- */
@@ -985,7 +988,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,amx-tile,amx-bf16"))) static vo
     uint16_t *a = aligned_alloc(64, (size_t)(Q * 1024)); /* [Q][16 rows][32] bf16 */
     float cbuf[256] __attribute__((aligned(64))); /* a C tile: [16 rows][16 tokens] */
     const __m512i column = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
-    if (a == NULL) return; /* decoded_matvec_rows tried this size first: not reached */
+    if (a == NULL) return; /* Q KiB: not expected to fail (the output then stays unwritten) */
     amx_configure();
     for (int64_t blk = (j->r0 + 15) / 16; blk < (j->r1 + 15) / 16; blk++) {
         int64_t r = blk * 16, rows = j->R - r < 16 ? j->R - r : 16;
@@ -1367,10 +1370,10 @@ typedef struct {
     int act_bf16;
 } moe_rows_t;
 
-static void *moe_rows_task(void *arg) {
-    const moe_rows_t *m = arg;
+static void moe_rows_part(const void *shared, int part, int parts) { /* the tokens [i0, i1) split between parts */
+    const moe_rows_t *m = shared;
     float row[m->I > 0 ? m->I : 1];
-    for (int64_t i = m->i0; i < m->i1; i++) {
+    for (int64_t i = share_at(m->i0, m->i1, part, parts); i < share_at(m->i0, m->i1, part + 1, parts); i++) {
         int64_t a = m->mine[i], t = a / m->K;
         if (m->stage == 0) {
             to_split(m->x + t * m->H, m->H, m->xs + i * m->H);
@@ -1381,24 +1384,12 @@ static void *moe_rows_task(void *arg) {
             add_weighted(m->out + t * m->H, m->y + i * m->H, m->b2f, m->H, m->weights[a], m->act_bf16);
         }
     }
-    return NULL;
 }
 
 #define MOE_PARALLEL_TOKENS 16 /* an expert's tokens from which its per-token steps are split between threads */
 
-static void moe_rows(moe_rows_t m, int threads) { /* m.i1 tokens from 0 */
-    int64_t n = m.i1;
-    int parts = n >= MOE_PARALLEL_TOKENS ? threads : 1;
-    if (parts > MAX_THREADS) parts = MAX_THREADS;
-    if (parts > n) parts = (int)n;
-    if (parts < 1) parts = 1;
-    moe_rows_t shares[MAX_THREADS];
-    for (int i = 0; i < parts; i++) {
-        shares[i] = m;
-        shares[i].i0 = n * i / parts;
-        shares[i].i1 = n * (i + 1) / parts;
-    }
-    parallel(parts, moe_rows_task, shares, sizeof(moe_rows_t));
+static void moe_rows(const moe_rows_t *m, int threads) {
+    parallel(m->i1 - m->i0 >= MOE_PARALLEL_TOKENS ? threads : 1, moe_rows_part, m);
 }
 
 #define MOE_CHUNK_TOKENS 512 /* an expert's tokens per pass of the MoE (its buffers: 24 KiB a token at gpt-oss-20b's shapes) */
@@ -1449,18 +1440,18 @@ int gptoss_moe_mxfp4(const float *x, int64_t T, int64_t H, const int64_t *ids, c
             int64_t n = count[e + 1] - first < most ? count[e + 1] - first : most;
             const int64_t *mine = order + first;
             moe_rows_t rows = {0, x, h, b1f, y, b2f, weights, xs, act, out, mine, H, I, K, 0, n, limit, alpha, act_bf16};
-            moe_rows(rows, threads); /* the tokens */
+            moe_rows(&rows, threads); /* the tokens */
             if (!(act_bf16 && decoded_matvec_rows(xs, n, w1b + e * 2 * I * H / 2,
                                                                      w1s + e * 2 * I * (H / 32), 2 * I, H / 32, h,
                                                                      threads) == 0))
                 matvec_rows(xs, n, w1b + e * 2 * I * H / 2, w1s + e * 2 * I * (H / 32), 2 * I, H / 32, h, threads);
             rows.stage = 1; /* + b1, SwiGLU, written in split order for W2 */
-            moe_rows(rows, threads);
+            moe_rows(&rows, threads);
             if (!(act_bf16 &&
                   decoded_matvec_rows(act, n, w2b + e * H * I / 2, w2s + e * H * (I / 32), H, I / 32, y, threads) == 0))
                 matvec_rows(act, n, w2b + e * H * I / 2, w2s + e * H * (I / 32), H, I / 32, y, threads);
             rows.stage = 2; /* + b2, times the router's weight, added to the token's output */
-            moe_rows(rows, threads);
+            moe_rows(&rows, threads);
         }
     }
 done:
@@ -1694,9 +1685,15 @@ __attribute__((target("avx512f,avx512bw,avx512vl,amx-tile,amx-bf16"))) static vo
     _tile_release();
 }
 
-static void *greedy_task(void *arg) {
-    greedy_rows(arg);
-    return NULL;
+static void greedy_part(const void *shared, int i, int n) { /* whole blocks of 16 rows between the parts, each part
+                                                              its own best and at */
+    const greedy_t *g = shared;
+    greedy_t part = *g;
+    part.v0 = share_at(0, g->V / 16, i, n) * 16;
+    part.v1 = share_at(0, g->V / 16, i + 1, n) * 16;
+    part.best = g->best + i * g->n;
+    part.at = g->at + i * g->n;
+    greedy_rows(&part);
 }
 #endif
 
@@ -1719,15 +1716,9 @@ int gptoss_greedy_tokens(const uint16_t *h, int64_t n, const uint16_t *w, int64_
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > V / 4096) threads = (int)(V / 4096); /* a thread's share worth its start */
     if (threads < 1) threads = 1;
-    greedy_t parts[MAX_THREADS];
-    int64_t blocks = V / 16; /* the last thread takes the tail past the last whole block */
-    for (int i = 0; i < threads; i++) {
-        greedy_t p = {w, hv, 0, n, V, K, blocks * i / threads * 16, blocks * (i + 1) / threads * 16, best + i * n,
-                      at + i * n};
-        parts[i] = p;
-    }
+    greedy_t all = {w, hv, 0, n, V, K, 0, V, best, at};
     int64_t tail = V % 16; /* rows after the last whole block: done alone from a padded copy (no read past W) */
-    parallel(threads, greedy_task, parts, sizeof(greedy_t));
+    parallel(threads, greedy_part, &all);
     int status = 0;
     if (tail) { /* the last rows: a copy padded to 16 rows, so no read past W */
         uint16_t *pad = calloc((size_t)(16 * K), sizeof(uint16_t));
