@@ -88,13 +88,14 @@ LINEAR_MAX_TOKENS = 4  # up to this many rows, bf16 on CPU: the native kernel (o
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            packed: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias); on CPU with bf16 x and weight, at most LINEAR_MAX_TOKENS rows go through the native
-    kernel (cpu_native.linear_bf16: fp32 sums, as torch's bf16 GEMM) where it built, and more rows through oneDNN
+    kernel (cpu_native.linear_bf16: fp32 sums, as torch's bf16 GEMM) where it built (any number of rows where oneDNN
+    has no bf16 on this CPU: 41-52 GFLOP/s on an AVX2-only EPYC, torch's bf16 GEMM 3-5), and more rows through oneDNN
     with `packed` (pack_linear's copy of weight) when there is one; a weight of more than PACKED_EVERY_ROW_BYTES
     with a packed copy goes through it for any number of rows."""
     if x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16 and x.numel() > 0:
         if packed is not None and x.dim() == 2 and packed_serves(x.shape[0], weight):
             return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-        if x.numel() <= LINEAR_MAX_TOKENS * x.shape[-1] and weight.is_contiguous():
+        if (x.numel() <= LINEAR_MAX_TOKENS * x.shape[-1] or not onednn_bf16()) and weight.is_contiguous():
             lib = cpu_native.library()
             if lib is not None:
                 return cpu_native.linear_bf16(lib, x, weight, bias)
@@ -126,9 +127,17 @@ def pack_linear(weight: torch.Tensor) -> torch.Tensor | None:
     dtype, too big, or a torch without mkldnn)."""
     if weight.device.type != "cpu" or weight.dtype != torch.bfloat16 or weight.numel() * 2 > PACK_MAX_BYTES:
         return None
-    if not torch.backends.mkldnn.is_available():
+    if not onednn_bf16():
         return None
     return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 64)
+
+
+@functools.cache
+def onednn_bf16() -> bool:
+    """Whether oneDNN computes in bf16 on this CPU (AVX-512 BW/VL/DQ or AVX-NE-CONVERT): without it its bf16 reorder
+    raises ("bf16 path needs the cpu support ...") and torch's bf16 GEMM falls back to a slow path (an AVX2-only
+    EPYC: 4.7 GFLOP/s against 22 in fp32 at 256 rows)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

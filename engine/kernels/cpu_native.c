@@ -268,6 +268,69 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void bf16mv_avx
 
 __attribute__((target("avx2,fma"))) static void bf16mv_avx2(const job_t *j) { BY_TOKEN_COUNT(bf16mv_avx2_n, j); }
 
+/* ---- AVX2 panels: an MXFP4 matrix decoded once into fp32 for every token (the CPUs without AVX-512) ---- */
+
+#define F32_PANEL_ROWS 16 /* rows decoded at a time (16 x 2880 x 4 bytes = 180 KiB at gpt-oss's widest K: in L2) */
+
+/* nr rows (1 or 2) times nt tokens (constants in each instance: nr * nt * 2 accumulators in registers, at most 12),
+   each sum in matvec_avx2_n's order (the same bits); two rows share each load of x */
+__attribute__((target("avx2,fma"), always_inline)) static inline void f32panel_block(
+    const float *w, int64_t K, const float *xs, float *out, int64_t R, const int nr, const int nt) {
+    __m256 acc[2][3][2];
+    for (int i = 0; i < nr; i++)
+        for (int t = 0; t < nt; t++) acc[i][t][0] = acc[i][t][1] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16) /* vectors 0, 2 of a group into the first sum, 1, 3 into the second */
+        for (int h = 0; h < 2; h++) {
+            __m256 w0 = _mm256_load_ps(w + k + 8 * h), w1 = nr > 1 ? _mm256_load_ps(w + K + k + 8 * h) : w0;
+            for (int t = 0; t < nt; t++) {
+                __m256 x = _mm256_loadu_ps(xs + t * K + k + 8 * h);
+                acc[0][t][h] = _mm256_fmadd_ps(w0, x, acc[0][t][h]);
+                if (nr > 1) acc[1][t][h] = _mm256_fmadd_ps(w1, x, acc[1][t][h]);
+            }
+        }
+    for (int i = 0; i < nr; i++)
+        for (int t = 0; t < nt; t++) out[t * R + i] = hsum_avx2(_mm256_add_ps(acc[i][t][0], acc[i][t][1]));
+}
+
+#define F32_BLOCK(nr, nt)                                                                                          \
+    case nt: f32panel_block(w, K, x, o, R, nr, nt); break;
+
+/* `rows` decoded rows times n tokens: pairs of rows, three tokens at a time */
+__attribute__((target("avx2,fma"))) static void f32panel_tokens(const float *panel, int rows, int64_t K,
+                                                               const float *xs, int64_t n, float *out, int64_t R) {
+    for (int i = 0; i < rows; i += 2) {
+        const float *w = panel + i * K;
+        for (int64_t t = 0; t < n; t += 3) {
+            const float *x = xs + t * K;
+            float *o = out + t * R + i;
+            int nt = n - t < 3 ? (int)(n - t) : 3;
+            if (rows - i >= 2) {
+                switch (nt) { F32_BLOCK(2, 1) F32_BLOCK(2, 2) default: f32panel_block(w, K, x, o, R, 2, 3); }
+            } else {
+                switch (nt) { F32_BLOCK(1, 1) F32_BLOCK(1, 2) default: f32panel_block(w, K, x, o, R, 1, 3); }
+            }
+        }
+    }
+}
+
+/* matvec_avx2 for any number of tokens: rows [r0, r1) F32_PANEL_ROWS at a time, each block decoded once (split
+   order, as group_avx2 yields it, the order of xs) and then run against every token */
+__attribute__((target("avx2,fma"))) static void f32panel_rows_avx2(const job_t *j) {
+    const int64_t G = j->G, K = G * 32;
+    float panel[F32_PANEL_ROWS * K] __attribute__((aligned(32)));
+    float *out = j->out;
+    for (int64_t r = j->r0; r < j->r1; r += F32_PANEL_ROWS) {
+        int rows = j->r1 - r < F32_PANEL_ROWS ? (int)(j->r1 - r) : F32_PANEL_ROWS;
+        for (int i = 0; i < rows; i++)
+            for (int64_t g = 0; g < G; g++) {
+                __m256 v[4];
+                group_avx2(j->blocks + ((r + i) * G + g) * 16, scale_of(j->scales[(r + i) * G + g]), v);
+                for (int q = 0; q < 4; q++) _mm256_store_ps(panel + i * K + g * 32 + 8 * q, v[q]);
+            }
+        f32panel_tokens(panel, rows, K, j->xs, j->n, out + r, j->R);
+    }
+}
+
 /* ---- AVX-512: 16 lanes, the whole signed E2M1 table in one vpermps ---- */
 
 __attribute__((target("avx512f"))) static inline void group_avx512(const uint8_t *b, float f, __m512 v[2]) {
@@ -460,16 +523,24 @@ __attribute__((target("avx512f"))) static void argmax_avx512(const job_t *j) {
 
 /* ---- dispatch and threads ---- */
 
-static void by_chunks(const job_t *j) { /* matvec and bf16mv over any number of tokens, MAX_TOKENS per pass */
-    int64_t K = j->w ? j->G : j->G * 32, size = j->bf16 ? 2 : 4;
-    for (int64_t t = 0; t < j->n; t += MAX_TOKENS) {
-        job_t part = *j;
-        part.n = j->n - t < MAX_TOKENS ? j->n - t : MAX_TOKENS;
-        if (part.xs) part.xs += t * K;
-        if (part.xb) part.xb += t * K;
-        part.out = (char *)j->out + t * j->R * size;
-        j->inner(&part);
-    }
+#define CHUNK_WEIGHT_BYTES (128 << 10) /* by_chunks: a block of rows this big serves every token while in L2 */
+
+/* matvec and bf16mv over any number of tokens, MAX_TOKENS per pass: the rows in blocks of CHUNK_WEIGHT_BYTES, each
+   block run against every token before the next (a weight read from memory once, not once per MAX_TOKENS tokens) */
+static void by_chunks(const job_t *j) {
+    int64_t K = j->w ? j->G : j->G * 32, size = j->bf16 ? 2 : 4, row_bytes = j->w ? K * 2 : j->G * 17;
+    int64_t block = j->n <= MAX_TOKENS ? j->r1 - j->r0 : CHUNK_WEIGHT_BYTES / row_bytes + 1;
+    for (int64_t r = j->r0; r < j->r1; r += block)
+        for (int64_t t = 0; t < j->n; t += MAX_TOKENS) {
+            job_t part = *j;
+            part.r0 = r;
+            part.r1 = j->r1 - r < block ? j->r1 : r + block;
+            part.n = j->n - t < MAX_TOKENS ? j->n - t : MAX_TOKENS;
+            if (part.xs) part.xs += t * K;
+            if (part.xb) part.xb += t * K;
+            part.out = (char *)j->out + t * j->R * size;
+            j->inner(&part);
+        }
 }
 
 typedef void (*kernel_t)(const job_t *);
@@ -701,14 +772,15 @@ static int decoded_matvec_rows(const float *xs, int64_t n, const uint8_t *blocks
                             fused AVX-512 path is faster for fewer: one token of a [2048, 1024] W1 143 us against 223) */
 #define PANEL_MIN_TOKENS 12 /* the same for AVX512-BF16 panels (12 tokens of a [2048, 1024] W1: 0.38 ms against 0.42;
                               8: 0.30 against 0.33; [1024, 1024] at 8: 0.24 against 0.18, 2026-12-02, AMD EPYC, 2 threads) */
+static void matvec_rows(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
+                        int64_t G, float *out, int threads);
 static int decoded_min_tokens(void) { return gptoss_mxfp4_isa() >= 4 ? AMX_MIN_TOKENS : PANEL_MIN_TOKENS; }
 
 int gptoss_mxfp4_matvec(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
                         int64_t G, float *out, int bf16_valued, int threads) {
     if (n < 1) return -1;
     if (bf16_valued && decoded_matvec_rows(xs, n, blocks, scales, R, G, out, threads) == 0) return 0;
-    job_t job = {blocks, scales, G, 0, R, out, xs, n, R, 0, NULL, NULL, NULL, pick(MATVEC)};
-    run(by_chunks, job, threads, rows_per_thread(G * 16 * ((n + MAX_TOKENS - 1) / MAX_TOKENS), 16));
+    matvec_rows(xs, n, blocks, scales, R, G, out, threads);
     return 0;
 }
 
@@ -1221,9 +1293,19 @@ static inline float bias_at(const void *bias, int bf16, int64_t i) {
     return bf16 ? widen(((const uint16_t *)bias)[i]) : ((const float *)bias)[i];
 }
 
+#define F32_PANEL_MIN_TOKENS 8 /* from this many tokens the AVX2 path decodes each block of rows once */
+
+/* out [n, R] = xs [n, G * 32] (split order) times the MXFP4 matrix: the fused path, or on AVX2 for F32_PANEL_MIN_TOKENS
+   tokens or more the fp32 panels (the same sums in the same order) */
 static void matvec_rows(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
                         int64_t G, float *out, int threads) {
     job_t job = {blocks, scales, G, 0, R, out, xs, n, R, 0, NULL, NULL, NULL, pick(MATVEC)};
+#ifdef GPTOSS_X86
+    if (gptoss_mxfp4_isa() == 1 && n >= F32_PANEL_MIN_TOKENS) {
+        run(f32panel_rows_avx2, job, threads, rows_per_thread(G * 16, F32_PANEL_ROWS));
+        return;
+    }
+#endif
     run(by_chunks, job, threads, rows_per_thread(G * 16 * ((n + MAX_TOKENS - 1) / MAX_TOKENS), 16));
 }
 

@@ -51,19 +51,26 @@ def test_native_decode_is_exact(isa, dtype):
     assert torch.equal(cpu_native.decode(isa, blocks[:7], scales[:7], dtype, buffer[:7]), expected[:7])
 
 
-@pytest.mark.parametrize("shape", [(203, 7), (2048, 32)])  # odd groups (the AVX-512 pair loop's tail); 1 MiB: threads
-@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("shape", [(203, 7), (2048, 32), (17, 90)])  # odd groups (the AVX-512 pair loop's tail);
+#                                                                      1 MiB: threads; a panel block's row tail
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 8, 9, 30])  # from 8 on AVX2: fp32 panels (F32_PANEL_MIN_TOKENS)
 def test_native_matvec(isa, tokens, shape):
     """x @ W.T with the decode fused in, any token count (4 per pass), rows split between threads when the matrix is
-    big enough to pay for a thread's start."""
+    big enough to pay for a thread's start; on AVX2 from F32_PANEL_MIN_TOKENS tokens each block of rows decoded once
+    for all of them, the same bits as the fused path (its sums in its order): every count equals 4 tokens at a time."""
     gen = torch.Generator().manual_seed(tokens)
     rows, groups = shape
     blocks = torch.randint(0, 256, (rows, groups, 16), dtype=torch.uint8, generator=gen)
-    scales = torch.randint(120, 130, (rows, groups), dtype=torch.uint8, generator=gen)
+    scales = torch.randint(0, 200, (rows, groups), dtype=torch.uint8, generator=gen)  # subnormal 2**-127 to 2**72
+    scales[:, ::2] = torch.randint(120, 130, (rows, (groups + 1) // 2), dtype=torch.uint8, generator=gen)
     x = torch.randn(tokens, groups * 32, generator=gen)
-    expected = x.double() @ decode_rows(blocks, scales, torch.float32).double().T
+    w = decode_rows(blocks, scales, torch.float32).double()
+    expected = x.double() @ w.T
     got = cpu_native.matvec(isa, cpu_native.split_order(x), blocks, scales)
-    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-4)
+    tol = 1e-5 * (x.double().abs() @ w.abs().T) + 1e-30  # fp32 sums of these terms, in any order
+    assert ((got.double() - expected).abs() <= tol).all()
+    fours = [cpu_native.matvec(isa, cpu_native.split_order(x[t:t + 4]), blocks, scales) for t in range(0, tokens, 4)]
+    assert torch.equal(got, torch.cat(fours))
 
 
 @pytest.mark.parametrize("shape", [(203, 7), (2048, 32), (16, 2)])  # a phantom group, a block tail; threads; one block
@@ -93,7 +100,7 @@ def test_native_matvec_bf16_valued(isa, tokens, shape, scale_range):
 
 
 @pytest.mark.parametrize("shape", [(203, 7 * 32), (37, 100), (5, 64 * 3 + 31), (1024, 512)])  # K tails; 1 MiB: threads
-@pytest.mark.parametrize("tokens", [1, 2, 4, 5])
+@pytest.mark.parametrize("tokens", [1, 2, 4, 5, 33])  # 33: by_chunks' blocks of rows, each against 9 passes
 def test_linear_bf16(isa, shape, tokens):
     """bf16 x @ W.T + b summed in fp32 (the bf16 result within one bf16 rounding of the fp64 product); through
     kernels.linear the same for up to LINEAR_MAX_TOKENS rows, F.linear's beyond."""
@@ -106,7 +113,7 @@ def test_linear_bf16(isa, shape, tokens):
     assert got.dtype == torch.bfloat16 and got.shape == (tokens, shape[0])
     torch.testing.assert_close(got.double(), expected, rtol=1e-2, atol=1e-2)
     via = kernels.linear(x, weight, bias)
-    if tokens <= kernels.LINEAR_MAX_TOKENS:
+    if tokens <= kernels.LINEAR_MAX_TOKENS or not kernels.onednn_bf16():  # without oneDNN's bf16: any row count
         assert torch.equal(via, got)
     else:
         assert torch.equal(via, F.linear(x, weight, bias))
@@ -189,6 +196,9 @@ def test_linear_on_a_packed_weight(with_bias):
     weight = torch.randn(300, 64, generator=gen).to(torch.bfloat16)
     bias = torch.randn(300, generator=gen).to(torch.bfloat16) if with_bias else None
     packed = kernels.pack_linear(weight)
+    if not kernels.onednn_bf16():  # oneDNN cannot reorder bf16 on this CPU (no AVX-512 BW/VL/DQ, no AVX-NE-CONVERT)
+        assert packed is None
+        pytest.skip("oneDNN has no bf16 on this CPU: no packed copies (the native kernel takes every row count)")
     assert packed is not None
     for rows in (5, 64):
         x = torch.randn(rows, 64, generator=gen).to(torch.bfloat16)
@@ -202,6 +212,8 @@ def test_linear_on_a_packed_weight(with_bias):
 def test_a_big_packed_weight_serves_every_row_count(onednn_amx, monkeypatch):
     """Past PACKED_EVERY_ROW_BYTES, one row goes through the packed copy too (here a copy of 2 x weight shows which
     path ran) unless oneDNN runs on AMX; under it, up to LINEAR_MAX_TOKENS rows keep the native kernel."""
+    if not kernels.onednn_bf16():
+        pytest.skip("oneDNN has no bf16 on this CPU: no packed copies")
     monkeypatch.setattr(cpu_native, "ONEDNN_AMX", onednn_amx)
     gen = torch.Generator().manual_seed(2)
     weight = torch.randn(300, 64, generator=gen).to(torch.bfloat16)
