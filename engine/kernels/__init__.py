@@ -85,13 +85,19 @@ LINEAR_MAX_TOKENS = 4  # up to this many rows, bf16 on CPU: the native kernel (o
 #                        torch's at gpt-oss-20b's shapes for 1-4 rows on AVX512-BF16, slower than its GEMM beyond)
 
 
+F32_NATIVE_MAX_TOKENS = 64  # up to this many rows, fp32 on an AVX2-only CPU: the native kernel (1.7-4x MKL's sgemm at
+#                             1-33 rows of the unembeddings, 1.9x at 16 rows of a [2048, 1024] projection; 0.66x at
+#                             256 rows: MKL beyond; AMD EPYC Zen 1 VM, 2026-12-02)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            packed: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias); on CPU with bf16 x and weight, at most LINEAR_MAX_TOKENS rows go through the native
     kernel (cpu_native.linear_bf16: fp32 sums, as torch's bf16 GEMM) where it built (any number of rows where oneDNN
     has no bf16 on this CPU: 41-52 GFLOP/s on an AVX2-only EPYC, torch's bf16 GEMM 3-5), and more rows through oneDNN
     with `packed` (pack_linear's copy of weight) when there is one; a weight of more than PACKED_EVERY_ROW_BYTES
-    with a packed copy goes through it for any number of rows."""
+    with a packed copy goes through it for any number of rows. fp32 on an AVX2-only CPU: up to F32_NATIVE_MAX_TOKENS
+    rows the native kernel (cpu_native.linear_f32), then the bias added."""
     if x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16 and x.numel() > 0:
         if packed is not None and x.dim() == 2 and packed_serves(x.shape[0], weight):
             return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
@@ -99,6 +105,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
             lib = cpu_native.library()
             if lib is not None:
                 return cpu_native.linear_bf16(lib, x, weight, bias)
+    if x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and weight.is_contiguous() and \
+            0 < x.numel() <= F32_NATIVE_MAX_TOKENS * x.shape[-1]:
+        lib = cpu_native.library()
+        out = None if lib is None else cpu_native.linear_f32(lib, x.reshape(-1, x.shape[-1]).contiguous(), weight)
+        if out is not None:
+            if bias is not None:
+                out += bias
+            return out.reshape(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
 
 

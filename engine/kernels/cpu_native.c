@@ -68,6 +68,7 @@ typedef struct job {
     const uint16_t *xb; /* bf16mv: [n, K] bf16 (xs holds it widened for the paths without AVX512-BF16) */
     const uint16_t *bias; /* bf16mv: [R] bf16 or NULL; out is bf16 when bf16 is set, else fp32 */
     void (*inner)(const struct job *); /* by_chunks: the kernel run on MAX_TOKENS tokens at a time */
+    const float *wf;                   /* f32linear: [R, K] fp32 (K is G here) */
 } job_t;
 
 /* ---- scalar ---- */
@@ -271,6 +272,7 @@ __attribute__((target("avx2,fma"))) static void bf16mv_avx2(const job_t *j) { BY
 /* ---- AVX2 panels: an MXFP4 matrix decoded once into fp32 for every token (the CPUs without AVX-512) ---- */
 
 #define F32_PANEL_ROWS 16 /* rows decoded at a time (16 x 2880 x 4 bytes = 180 KiB at gpt-oss's widest K: in L2) */
+#define F32_PANEL_MIN_TOKENS 8 /* from this many tokens the AVX2 paths decode (widen) each block of rows once */
 
 /* nr rows (1 or 2) times nt tokens (constants in each instance: nr * nt * 2 accumulators in registers, at most 12),
    each sum in matvec_avx2_n's order (the same bits); two rows share each load of x */
@@ -310,6 +312,42 @@ __attribute__((target("avx2,fma"))) static void f32panel_tokens(const float *pan
                 switch (nt) { F32_BLOCK(1, 1) F32_BLOCK(1, 2) default: f32panel_block(w, K, x, o, R, 1, 3); }
             }
         }
+    }
+}
+
+#define F32_PANEL_MAX_K 8192 /* a panel of F32_PANEL_ROWS rows lives on the stack: at most 512 KiB */
+#define F32_PANEL_TOKENS 96  /* bf16 panels: tokens per pass over a panel (their sums: 6 KiB on the stack) */
+
+/* bf16mv_avx2 for any number of tokens, K a multiple of 16: rows [r0, r1) F32_PANEL_ROWS at a time, each block
+   widened once into fp32 and then run against every token (the same sums in bf16mv_avx2_n's order: the same bits) */
+__attribute__((target("avx2,fma"))) static void bf16panel_rows_avx2(const job_t *j) {
+    const int64_t K = j->G;
+    float panel[F32_PANEL_ROWS * K] __attribute__((aligned(32))), sums[F32_PANEL_TOKENS * F32_PANEL_ROWS];
+    for (int64_t r = j->r0; r < j->r1; r += F32_PANEL_ROWS) {
+        int rows = j->r1 - r < F32_PANEL_ROWS ? (int)(j->r1 - r) : F32_PANEL_ROWS;
+        for (int i = 0; i < rows; i++)
+            for (int64_t k = 0; k < K; k += 8) _mm256_store_ps(panel + i * K + k, widen_avx2(j->w + (r + i) * K + k));
+        for (int64_t t0 = 0; t0 < j->n; t0 += F32_PANEL_TOKENS) {
+            int64_t nt = j->n - t0 < F32_PANEL_TOKENS ? j->n - t0 : F32_PANEL_TOKENS;
+            f32panel_tokens(panel, rows, K, j->xs + t0 * K, nt, sums, F32_PANEL_ROWS);
+            for (int64_t t = 0; t < nt; t++)
+                for (int i = 0; i < rows; i++) put_linear(j, t0 + t, r + i, sums[t * F32_PANEL_ROWS + i]);
+        }
+    }
+}
+
+#define F32_LINEAR_TOKENS 48 /* fp32 linear: tokens per pass over a block of rows (48 x 2880 x 4 bytes: 540 KiB) */
+
+/* out [n, R] fp32 = xs [n, K] times the fp32 rows [r0, r1) of j->wf (K a multiple of 16, rows 32-byte aligned): the
+   panel kernel straight on the weight, F32_PANEL_ROWS rows at a time against F32_LINEAR_TOKENS tokens a pass */
+__attribute__((target("avx2,fma"))) static void f32linear_rows_avx2(const job_t *j) {
+    const int64_t K = j->G;
+    for (int64_t r = j->r0; r < j->r1; r += F32_PANEL_ROWS) {
+        int rows = j->r1 - r < F32_PANEL_ROWS ? (int)(j->r1 - r) : F32_PANEL_ROWS;
+        for (int64_t t0 = 0; t0 < j->n; t0 += F32_LINEAR_TOKENS)
+            f32panel_tokens(j->wf + r * K, rows, K, j->xs + t0 * K,
+                            j->n - t0 < F32_LINEAR_TOKENS ? j->n - t0 : F32_LINEAR_TOKENS,
+                            (float *)j->out + t0 * j->R + r, j->R);
     }
 }
 
@@ -762,7 +800,7 @@ int gptoss_mxfp4_set_isa(int level) { /* -1: back to the best; returns the level
 
 void gptoss_mxfp4_decode(const uint8_t *blocks, const uint8_t *scales, int64_t R, int64_t G, void *out, int bf16,
                          int threads) {
-    job_t job = {blocks, scales, G, 0, R, out, NULL, 0, R, bf16, NULL, NULL, NULL, NULL};
+    job_t job = {blocks, scales, G, 0, R, out, NULL, 0, R, bf16, NULL, NULL, NULL, NULL, NULL};
     run(pick(DECODE), job, threads, rows_per_thread(G * 16, 16));
 }
 
@@ -793,14 +831,35 @@ int gptoss_bf16_matvec(const uint16_t *xb, int64_t n, const uint16_t *w, const u
         if (xs == NULL) return -2;
         for (int64_t i = 0; i < n * K; i++) xs[i] = widen(xb[i]);
     }
-    job_t job = {NULL, NULL, K, 0, R, out, xs, n, R, out_bf16, w, xb, bias, pick(BF16MV)};
+    job_t job = {NULL, NULL, K, 0, R, out, xs, n, R, out_bf16, w, xb, bias, pick(BF16MV), NULL};
+#ifdef GPTOSS_X86
+    if (gptoss_mxfp4_isa() == 1 && n >= F32_PANEL_MIN_TOKENS && K % 16 == 0 && K <= F32_PANEL_MAX_K) {
+        run(bf16panel_rows_avx2, job, threads, rows_per_thread(K * 2, F32_PANEL_ROWS));
+        free(xs);
+        return 0;
+    }
+#endif
     run(by_chunks, job, threads, rows_per_thread(K * 2 * ((n + MAX_TOKENS - 1) / MAX_TOKENS), 16));
     free(xs);
     return 0;
 }
 
+/* out [n, R] fp32 = x [n, K] @ w.T for fp32 w [R, K] on AVX2: 0, or -1 where this kernel does not run (another CPU,
+   K not a multiple of 16, w not 32-byte aligned: the caller takes its GEMM) */
+int gptoss_f32_linear(const float *x, int64_t n, const float *w, int64_t R, int64_t K, float *out, int threads) {
+#ifdef GPTOSS_X86
+    if (n < 1 || gptoss_mxfp4_isa() != 1 || K % 16 || ((uintptr_t)w & 31)) return -1;
+    job_t job = {NULL, NULL, K, 0, R, out, x, n, R, 0, NULL, NULL, NULL, NULL, w};
+    run(f32linear_rows_avx2, job, threads, rows_per_thread(K * 4, F32_PANEL_ROWS));
+    return 0;
+#else
+    (void)x, (void)n, (void)w, (void)R, (void)K, (void)out, (void)threads;
+    return -1;
+#endif
+}
+
 void gptoss_argmax(const void *rows, int bf16, int64_t n, int64_t V, int64_t *out, int threads) {
-    job_t job = {NULL, NULL, V, 0, n, out, bf16 ? NULL : rows, n, n, 0, NULL, bf16 ? rows : NULL, NULL, NULL};
+    job_t job = {NULL, NULL, V, 0, n, out, bf16 ? NULL : rows, n, n, 0, NULL, bf16 ? rows : NULL, NULL, NULL, NULL};
     run(pick(ARGMAX), job, threads, rows_per_thread(V * (bf16 ? 2 : 4), 1));
 }
 
@@ -1270,14 +1329,14 @@ static int decoded_matvec_rows(const float *xs, int64_t n, const uint8_t *blocks
     if (level == 3) {
         uint32_t *xv = panel_pack_x(xs, n, G);
         if (xv == NULL) return -1;
-        job_t job = {blocks, scales, G, 0, R, out, NULL, n, R, 0, NULL, (const uint16_t *)xv, NULL, NULL};
+        job_t job = {blocks, scales, G, 0, R, out, NULL, n, R, 0, NULL, (const uint16_t *)xv, NULL, NULL, NULL};
         run(panel_rows, job, threads, rows_per_thread(G * 16, 32));
         free(xv);
         return 0;
     }
     uint16_t *xv = amx_pack_x(xs, n, G);
     if (xv == NULL) return -1;
-    job_t job = {blocks, scales, G, 0, R, out, NULL, n, R, 0, NULL, xv, NULL, NULL};
+    job_t job = {blocks, scales, G, 0, R, out, NULL, n, R, 0, NULL, xv, NULL, NULL, NULL};
     run(amx_rows, job, threads, rows_per_thread(G * 16, 16));
     free(xv);
     return 0;
@@ -1293,13 +1352,12 @@ static inline float bias_at(const void *bias, int bf16, int64_t i) {
     return bf16 ? widen(((const uint16_t *)bias)[i]) : ((const float *)bias)[i];
 }
 
-#define F32_PANEL_MIN_TOKENS 8 /* from this many tokens the AVX2 path decodes each block of rows once */
 
 /* out [n, R] = xs [n, G * 32] (split order) times the MXFP4 matrix: the fused path, or on AVX2 for F32_PANEL_MIN_TOKENS
    tokens or more the fp32 panels (the same sums in the same order) */
 static void matvec_rows(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
                         int64_t G, float *out, int threads) {
-    job_t job = {blocks, scales, G, 0, R, out, xs, n, R, 0, NULL, NULL, NULL, pick(MATVEC)};
+    job_t job = {blocks, scales, G, 0, R, out, xs, n, R, 0, NULL, NULL, NULL, pick(MATVEC), NULL};
 #ifdef GPTOSS_X86
     if (gptoss_mxfp4_isa() == 1 && n >= F32_PANEL_MIN_TOKENS) {
         run(f32panel_rows_avx2, job, threads, rows_per_thread(G * 16, F32_PANEL_ROWS));

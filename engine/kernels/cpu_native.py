@@ -67,6 +67,8 @@ def library() -> ctypes.CDLL | None:
     lib.gptoss_mxfp4_matvec.restype = _INT
     lib.gptoss_bf16_matvec.argtypes = [_P, _I64, _P, _P, _I64, _I64, _P, _INT, _INT]
     lib.gptoss_bf16_matvec.restype = _INT
+    lib.gptoss_f32_linear.argtypes = [_P, _I64, _P, _I64, _I64, _P, _INT]
+    lib.gptoss_f32_linear.restype = _INT
     lib.gptoss_decode_attention.argtypes = [_P, _P, _INT, _I64, _P, _P, _P, _I64, _P, _INT, _I64, _I64, _I64, _I64,
                                             _I64, _P, _I64, ctypes.c_float, _INT]
     lib.gptoss_decode_attention.restype = None
@@ -195,6 +197,17 @@ def linear_bf16(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: t
                               rows, k, out.data_ptr(), 1, torch.get_num_threads()):
         raise MemoryError("linear_bf16: no memory for the widened input")
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], rows)
+
+
+def linear_f32(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """x [n, K] @ weight.T for contiguous fp32 x and weight [R, K] on an AVX2-only CPU (2 rows x 3 tokens a block,
+    fp32 sums; MKL's sgemm runs its generic path on AMD: 12 GFLOP/s at 16 rows of the larger unembedding, this 2-4x
+    that), or None where the kernel does not run (another CPU, K not a multiple of 16, a misaligned weight)."""
+    out = torch.empty(x.shape[0], weight.shape[0])
+    if lib.gptoss_f32_linear(x.data_ptr(), x.shape[0], weight.data_ptr(), weight.shape[0], weight.shape[1],
+                             out.data_ptr(), torch.get_num_threads()):
+        return None
+    return out
 
 
 def argmax(lib: ctypes.CDLL, rows: torch.Tensor) -> torch.Tensor:

@@ -100,7 +100,8 @@ def test_native_matvec_bf16_valued(isa, tokens, shape, scale_range):
 
 
 @pytest.mark.parametrize("shape", [(203, 7 * 32), (37, 100), (5, 64 * 3 + 31), (1024, 512)])  # K tails; 1 MiB: threads
-@pytest.mark.parametrize("tokens", [1, 2, 4, 5, 33])  # 33: by_chunks' blocks of rows, each against 9 passes
+@pytest.mark.parametrize("tokens", [1, 2, 4, 5, 8, 33, 200])  # 33: by_chunks' blocks of rows against 9 passes; AVX2
+#                                                               panels from 8, 200: more than F32_PANEL_TOKENS
 def test_linear_bf16(isa, shape, tokens):
     """bf16 x @ W.T + b summed in fp32 (the bf16 result within one bf16 rounding of the fp64 product); through
     kernels.linear the same for up to LINEAR_MAX_TOKENS rows, F.linear's beyond."""
@@ -119,6 +120,27 @@ def test_linear_bf16(isa, shape, tokens):
         assert torch.equal(via, F.linear(x, weight, bias))
     assert torch.equal(cpu_native.linear_bf16(isa, x[None], weight, None)[0], cpu_native.linear_bf16(isa, x, weight,
                                                                                                      None))
+    # on AVX2 from F32_PANEL_MIN_TOKENS rows (K a multiple of 16) each block of rows widened once: the same bits
+    fours = [cpu_native.linear_bf16(isa, x[t:t + 4], weight, bias) for t in range(0, tokens, 4)]
+    assert torch.equal(got, torch.cat(fours))
+
+
+@pytest.mark.parametrize("shape", [(203, 7 * 32), (1024, 512), (37, 100)])  # threads; K not a multiple of 16
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 7, 64])
+def test_linear_f32(isa, shape, tokens):
+    """fp32 x @ W.T on an AVX2-only CPU (2 rows x 3 tokens a block; elsewhere None: the caller takes MKL) within fp32
+    rounding of the fp64 product; kernels.linear takes it up to F32_NATIVE_MAX_TOKENS rows, the bias added after."""
+    gen = torch.Generator().manual_seed(tokens)
+    weight, bias = torch.randn(shape, generator=gen), torch.randn(shape[0], generator=gen)
+    x = torch.randn(tokens, shape[1], generator=gen)
+    got = cpu_native.linear_f32(isa, x, weight)
+    if isa.gptoss_mxfp4_isa() != 1 or shape[1] % 16:
+        assert got is None
+        return
+    tol = 1e-5 * (x.double().abs() @ weight.double().abs().T) + 1e-30
+    assert ((got.double() - x.double() @ weight.double().T).abs() <= tol).all()
+    if cpu_native.library().gptoss_mxfp4_isa() == 1:  # the engine's level: kernels.linear takes the kernel
+        assert torch.equal(kernels.linear(x[None], weight, bias)[0], got + bias)
 
 
 def test_native_rejects_mismatched_shapes():
@@ -206,6 +228,19 @@ def test_linear_on_a_packed_weight(with_bias):
                                    atol=1e-2)
     assert kernels.pack_linear(weight.float()) is None
     assert kernels.pack_linear(torch.empty(kernels.PACK_MAX_BYTES // 2 + 1, dtype=torch.bfloat16)[None]) is None
+
+
+def test_without_onednn_bf16_every_row_count_takes_the_native_kernel(monkeypatch):
+    """A CPU whose oneDNN has no bf16 (AVX2 only: its bf16 reorder raises, torch's bf16 GEMM runs at a tenth of the
+    native kernel's speed): no packed copy, and any number of rows through cpu_native.linear_bf16."""
+    monkeypatch.setattr(kernels, "onednn_bf16", lambda: False)
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(300, 64, generator=gen).to(torch.bfloat16)
+    assert kernels.pack_linear(weight) is None
+    lib = cpu_native.library()
+    for rows in (1, 5, 64):
+        x = torch.randn(rows, 64, generator=gen).to(torch.bfloat16)
+        assert torch.equal(kernels.linear(x, weight), cpu_native.linear_bf16(lib, x, weight, None))
 
 
 @pytest.mark.parametrize("onednn_amx", [False, True])
