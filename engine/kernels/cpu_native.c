@@ -273,6 +273,8 @@ __attribute__((target("avx2,fma"))) static void bf16mv_avx2(const job_t *j) { BY
 
 #define F32_PANEL_ROWS 16 /* rows decoded at a time (16 x 2880 x 4 bytes = 180 KiB at gpt-oss's widest K: in L2) */
 #define F32_PANEL_MIN_TOKENS 8 /* from this many tokens the AVX2 paths decode (widen) each block of rows once */
+#define F32_PASS_TOKENS 48 /* tokens per pass over a block of rows (their x: 48 x 2880 x 4 bytes = 540 KiB at most) */
+#define F32_PANEL_MAX_K 8192 /* a block of F32_PANEL_ROWS fp32 rows on the stack: at most 512 KiB */
 
 /* nr rows (1 or 2) times nt tokens (constants in each instance: nr * nt * 2 accumulators in registers, at most 12),
    each sum in matvec_avx2_n's order (the same bits); two rows share each load of x */
@@ -315,20 +317,17 @@ __attribute__((target("avx2,fma"))) static void f32panel_tokens(const float *pan
     }
 }
 
-#define F32_PANEL_MAX_K 8192 /* a panel of F32_PANEL_ROWS rows lives on the stack: at most 512 KiB */
-#define F32_PANEL_TOKENS 96  /* bf16 panels: tokens per pass over a panel (their sums: 6 KiB on the stack) */
-
 /* bf16mv_avx2 for any number of tokens, K a multiple of 16: rows [r0, r1) F32_PANEL_ROWS at a time, each block
    widened once into fp32 and then run against every token (the same sums in bf16mv_avx2_n's order: the same bits) */
 __attribute__((target("avx2,fma"))) static void bf16panel_rows_avx2(const job_t *j) {
     const int64_t K = j->G;
-    float panel[F32_PANEL_ROWS * K] __attribute__((aligned(32))), sums[F32_PANEL_TOKENS * F32_PANEL_ROWS];
+    float panel[F32_PANEL_ROWS * K] __attribute__((aligned(32))), sums[F32_PASS_TOKENS * F32_PANEL_ROWS];
     for (int64_t r = j->r0; r < j->r1; r += F32_PANEL_ROWS) {
         int rows = j->r1 - r < F32_PANEL_ROWS ? (int)(j->r1 - r) : F32_PANEL_ROWS;
         for (int i = 0; i < rows; i++)
             for (int64_t k = 0; k < K; k += 8) _mm256_store_ps(panel + i * K + k, widen_avx2(j->w + (r + i) * K + k));
-        for (int64_t t0 = 0; t0 < j->n; t0 += F32_PANEL_TOKENS) {
-            int64_t nt = j->n - t0 < F32_PANEL_TOKENS ? j->n - t0 : F32_PANEL_TOKENS;
+        for (int64_t t0 = 0; t0 < j->n; t0 += F32_PASS_TOKENS) {
+            int64_t nt = j->n - t0 < F32_PASS_TOKENS ? j->n - t0 : F32_PASS_TOKENS;
             f32panel_tokens(panel, rows, K, j->xs + t0 * K, nt, sums, F32_PANEL_ROWS);
             for (int64_t t = 0; t < nt; t++)
                 for (int i = 0; i < rows; i++) put_linear(j, t0 + t, r + i, sums[t * F32_PANEL_ROWS + i]);
@@ -336,23 +335,21 @@ __attribute__((target("avx2,fma"))) static void bf16panel_rows_avx2(const job_t 
     }
 }
 
-#define F32_LINEAR_TOKENS 48 /* fp32 linear: tokens per pass over a block of rows (48 x 2880 x 4 bytes: 540 KiB) */
-
 /* out [n, R] fp32 = xs [n, K] times the fp32 rows [r0, r1) of j->wf (K a multiple of 16, rows 32-byte aligned): the
-   panel kernel straight on the weight, F32_PANEL_ROWS rows at a time against F32_LINEAR_TOKENS tokens a pass */
+   panel kernel straight on the weight, F32_PANEL_ROWS rows at a time against F32_PASS_TOKENS tokens a pass */
 __attribute__((target("avx2,fma"))) static void f32linear_rows_avx2(const job_t *j) {
     const int64_t K = j->G;
     for (int64_t r = j->r0; r < j->r1; r += F32_PANEL_ROWS) {
         int rows = j->r1 - r < F32_PANEL_ROWS ? (int)(j->r1 - r) : F32_PANEL_ROWS;
-        for (int64_t t0 = 0; t0 < j->n; t0 += F32_LINEAR_TOKENS)
+        for (int64_t t0 = 0; t0 < j->n; t0 += F32_PASS_TOKENS)
             f32panel_tokens(j->wf + r * K, rows, K, j->xs + t0 * K,
-                            j->n - t0 < F32_LINEAR_TOKENS ? j->n - t0 : F32_LINEAR_TOKENS,
-                            (float *)j->out + t0 * j->R + r, j->R);
+                            j->n - t0 < F32_PASS_TOKENS ? j->n - t0 : F32_PASS_TOKENS, (float *)j->out + t0 * j->R + r,
+                            j->R);
     }
 }
 
 /* matvec_avx2 for any number of tokens: rows [r0, r1) F32_PANEL_ROWS at a time, each block decoded once (split
-   order, as group_avx2 yields it, the order of xs) and then run against every token */
+   order, as group_avx2 yields it, the order of xs) and then run against every token, F32_PASS_TOKENS a pass */
 __attribute__((target("avx2,fma"))) static void f32panel_rows_avx2(const job_t *j) {
     const int64_t G = j->G, K = G * 32;
     float panel[F32_PANEL_ROWS * K] __attribute__((aligned(32)));
@@ -365,7 +362,9 @@ __attribute__((target("avx2,fma"))) static void f32panel_rows_avx2(const job_t *
                 group_avx2(j->blocks + ((r + i) * G + g) * 16, scale_of(j->scales[(r + i) * G + g]), v);
                 for (int q = 0; q < 4; q++) _mm256_store_ps(panel + i * K + g * 32 + 8 * q, v[q]);
             }
-        f32panel_tokens(panel, rows, K, j->xs, j->n, out + r, j->R);
+        for (int64_t t0 = 0; t0 < j->n; t0 += F32_PASS_TOKENS)
+            f32panel_tokens(panel, rows, K, j->xs + t0 * K, j->n - t0 < F32_PASS_TOKENS ? j->n - t0 : F32_PASS_TOKENS,
+                            out + t0 * j->R + r, j->R);
     }
 }
 
@@ -1352,14 +1351,13 @@ static inline float bias_at(const void *bias, int bf16, int64_t i) {
     return bf16 ? widen(((const uint16_t *)bias)[i]) : ((const float *)bias)[i];
 }
 
-
 /* out [n, R] = xs [n, G * 32] (split order) times the MXFP4 matrix: the fused path, or on AVX2 for F32_PANEL_MIN_TOKENS
    tokens or more the fp32 panels (the same sums in the same order) */
 static void matvec_rows(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
                         int64_t G, float *out, int threads) {
     job_t job = {blocks, scales, G, 0, R, out, xs, n, R, 0, NULL, NULL, NULL, pick(MATVEC), NULL};
 #ifdef GPTOSS_X86
-    if (gptoss_mxfp4_isa() == 1 && n >= F32_PANEL_MIN_TOKENS) {
+    if (gptoss_mxfp4_isa() == 1 && n >= F32_PANEL_MIN_TOKENS && G * 32 <= F32_PANEL_MAX_K) {
         run(f32panel_rows_avx2, job, threads, rows_per_thread(G * 16, F32_PANEL_ROWS));
         return;
     }

@@ -53,7 +53,7 @@ def test_native_decode_is_exact(isa, dtype):
 
 @pytest.mark.parametrize("shape", [(203, 7), (2048, 32), (17, 90)])  # odd groups (the AVX-512 pair loop's tail);
 #                                                                      1 MiB: threads; a panel block's row tail
-@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 8, 9, 30])  # from 8 on AVX2: fp32 panels (F32_PANEL_MIN_TOKENS)
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 8, 9, 50])  # AVX2 panels from 8 (F32_PANEL_MIN_TOKENS); 50: 2 passes
 def test_native_matvec(isa, tokens, shape):
     """x @ W.T with the decode fused in, any token count (4 per pass), rows split between threads when the matrix is
     big enough to pay for a thread's start; on AVX2 from F32_PANEL_MIN_TOKENS tokens each block of rows decoded once
@@ -101,7 +101,7 @@ def test_native_matvec_bf16_valued(isa, tokens, shape, scale_range):
 
 @pytest.mark.parametrize("shape", [(203, 7 * 32), (37, 100), (5, 64 * 3 + 31), (1024, 512)])  # K tails; 1 MiB: threads
 @pytest.mark.parametrize("tokens", [1, 2, 4, 5, 8, 33, 200])  # 33: by_chunks' blocks of rows against 9 passes; AVX2
-#                                                               panels from 8, 200: more than F32_PANEL_TOKENS
+#                                                               panels from 8, 200: more than F32_PASS_TOKENS
 def test_linear_bf16(isa, shape, tokens):
     """bf16 x @ W.T + b summed in fp32 (the bf16 result within one bf16 rounding of the fp64 product); through
     kernels.linear the same for up to LINEAR_MAX_TOKENS rows, F.linear's beyond."""
