@@ -107,8 +107,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
                 return cpu_native.linear_bf16(lib, x, weight, bias)
     if x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and weight.is_contiguous() and \
             0 < x.numel() <= F32_NATIVE_MAX_TOKENS * x.shape[-1]:
-        lib = cpu_native.library()
-        out = None if lib is None else cpu_native.linear_f32(lib, x.reshape(-1, x.shape[-1]).contiguous(), weight)
+        lib = cpu_native.library()  # elsewhere than AVX2 nothing is allocated or reshaped: MKL's GEMM as before
+        out = cpu_native.linear_f32(lib, x.reshape(-1, x.shape[-1]).contiguous(), weight) \
+            if lib is not None and cpu_native.f32_linear_runs(lib) else None
         if out is not None:
             if bias is not None:
                 out += bias

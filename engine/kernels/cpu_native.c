@@ -299,26 +299,31 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void f32panel_b
 #define F32_BLOCK(nr, nt)                                                                                          \
     case nt: f32panel_block(w, K, x, o, R, nr, nt); break;
 
-/* `rows` decoded rows times n tokens: pairs of rows, three tokens at a time */
+/* `rows` decoded rows times n tokens: F32_PASS_TOKENS tokens a pass (their x stays in L2), in each pass pairs of
+   rows, three tokens at a time */
 __attribute__((target("avx2,fma"))) static void f32panel_tokens(const float *panel, int rows, int64_t K,
                                                                const float *xs, int64_t n, float *out, int64_t R) {
-    for (int i = 0; i < rows; i += 2) {
-        const float *w = panel + i * K;
-        for (int64_t t = 0; t < n; t += 3) {
-            const float *x = xs + t * K;
-            float *o = out + t * R + i;
-            int nt = n - t < 3 ? (int)(n - t) : 3;
-            if (rows - i >= 2) {
-                switch (nt) { F32_BLOCK(2, 1) F32_BLOCK(2, 2) default: f32panel_block(w, K, x, o, R, 2, 3); }
-            } else {
-                switch (nt) { F32_BLOCK(1, 1) F32_BLOCK(1, 2) default: f32panel_block(w, K, x, o, R, 1, 3); }
+    for (int64_t t0 = 0; t0 < n; t0 += F32_PASS_TOKENS) {
+        int64_t t1 = n - t0 < F32_PASS_TOKENS ? n : t0 + F32_PASS_TOKENS;
+        for (int i = 0; i < rows; i += 2) {
+            const float *w = panel + i * K;
+            for (int64_t t = t0; t < t1; t += 3) {
+                const float *x = xs + t * K;
+                float *o = out + t * R + i;
+                int nt = t1 - t < 3 ? (int)(t1 - t) : 3;
+                if (rows - i >= 2) {
+                    switch (nt) { F32_BLOCK(2, 1) F32_BLOCK(2, 2) default: f32panel_block(w, K, x, o, R, 2, 3); }
+                } else {
+                    switch (nt) { F32_BLOCK(1, 1) F32_BLOCK(1, 2) default: f32panel_block(w, K, x, o, R, 1, 3); }
+                }
             }
         }
     }
 }
 
 /* bf16mv_avx2 for any number of tokens, K a multiple of 16: rows [r0, r1) F32_PANEL_ROWS at a time, each block
-   widened once into fp32 and then run against every token (the same sums in bf16mv_avx2_n's order: the same bits) */
+   widened once into fp32 and then run against every token, a pass of F32_PASS_TOKENS at a time into `sums` for the
+   bias and the store (the same sums in bf16mv_avx2_n's order: the same bits) */
 __attribute__((target("avx2,fma"))) static void bf16panel_rows_avx2(const job_t *j) {
     const int64_t K = j->G;
     float panel[F32_PANEL_ROWS * K] __attribute__((aligned(32))), sums[F32_PASS_TOKENS * F32_PANEL_ROWS];
@@ -336,20 +341,17 @@ __attribute__((target("avx2,fma"))) static void bf16panel_rows_avx2(const job_t 
 }
 
 /* out [n, R] fp32 = xs [n, K] times the fp32 rows [r0, r1) of j->wf (K a multiple of 16, rows 32-byte aligned): the
-   panel kernel straight on the weight, F32_PANEL_ROWS rows at a time against F32_PASS_TOKENS tokens a pass */
+   panel kernel straight on the weight, F32_PANEL_ROWS rows at a time */
 __attribute__((target("avx2,fma"))) static void f32linear_rows_avx2(const job_t *j) {
     const int64_t K = j->G;
     for (int64_t r = j->r0; r < j->r1; r += F32_PANEL_ROWS) {
         int rows = j->r1 - r < F32_PANEL_ROWS ? (int)(j->r1 - r) : F32_PANEL_ROWS;
-        for (int64_t t0 = 0; t0 < j->n; t0 += F32_PASS_TOKENS)
-            f32panel_tokens(j->wf + r * K, rows, K, j->xs + t0 * K,
-                            j->n - t0 < F32_PASS_TOKENS ? j->n - t0 : F32_PASS_TOKENS, (float *)j->out + t0 * j->R + r,
-                            j->R);
+        f32panel_tokens(j->wf + r * K, rows, K, j->xs, j->n, (float *)j->out + r, j->R);
     }
 }
 
 /* matvec_avx2 for any number of tokens: rows [r0, r1) F32_PANEL_ROWS at a time, each block decoded once (split
-   order, as group_avx2 yields it, the order of xs) and then run against every token, F32_PASS_TOKENS a pass */
+   order, as group_avx2 yields it, the order of xs) and then run against every token */
 __attribute__((target("avx2,fma"))) static void f32panel_rows_avx2(const job_t *j) {
     const int64_t G = j->G, K = G * 32;
     float panel[F32_PANEL_ROWS * K] __attribute__((aligned(32)));
@@ -362,9 +364,7 @@ __attribute__((target("avx2,fma"))) static void f32panel_rows_avx2(const job_t *
                 group_avx2(j->blocks + ((r + i) * G + g) * 16, scale_of(j->scales[(r + i) * G + g]), v);
                 for (int q = 0; q < 4; q++) _mm256_store_ps(panel + i * K + g * 32 + 8 * q, v[q]);
             }
-        for (int64_t t0 = 0; t0 < j->n; t0 += F32_PASS_TOKENS)
-            f32panel_tokens(panel, rows, K, j->xs + t0 * K, j->n - t0 < F32_PASS_TOKENS ? j->n - t0 : F32_PASS_TOKENS,
-                            out + t0 * j->R + r, j->R);
+        f32panel_tokens(panel, rows, K, j->xs, j->n, out + r, j->R);
     }
 }
 

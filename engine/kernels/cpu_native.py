@@ -199,6 +199,11 @@ def linear_bf16(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: t
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], rows)
 
 
+def f32_linear_runs(lib: ctypes.CDLL) -> bool:
+    """Whether linear_f32's kernel runs at the level in use (AVX2 without AVX-512: the only CPU it was measured on)."""
+    return lib.gptoss_mxfp4_isa() == 1
+
+
 def linear_f32(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     """x [n, K] @ weight.T for contiguous fp32 x and weight [R, K] on an AVX2-only CPU (2 rows x 3 tokens a block,
     fp32 sums; MKL's sgemm runs its generic path on AMD: 12 GFLOP/s at 16 rows of the larger unembedding, this 2-4x
