@@ -85,9 +85,10 @@ LINEAR_MAX_TOKENS = 4  # up to this many rows, bf16 on CPU: the native kernel (o
 #                        torch's at gpt-oss-20b's shapes for 1-4 rows on AVX512-BF16, slower than its GEMM beyond)
 
 
-F32_NATIVE_MAX_TOKENS = 64  # up to this many rows, fp32 on an AVX2-only CPU: the native kernel (1.7-4x MKL's sgemm at
-#                             1-33 rows of the unembeddings, 1.9x at 16 rows of a [2048, 1024] projection; 0.66x at
-#                             256 rows: MKL beyond; AMD EPYC Zen 1 VM, 2026-12-02)
+F32_NATIVE_MAX_TOKENS = 256  # up to this many rows, fp32 on an AVX2-only CPU: the native kernel (from 8 rows its
+#                              transposed panels: 62-70 GFLOP/s at 64-256 rows of a [2048, 1024] projection against
+#                              MKL's sgemm 44-56, even at 512, 0.8x at 2048; below 8 rows 1.7-4x MKL on the
+#                              unembeddings; AMD EPYC Zen 1 VM, 2 threads, 2026-12-02)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

@@ -269,15 +269,17 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void bf16mv_avx
 
 __attribute__((target("avx2,fma"))) static void bf16mv_avx2(const job_t *j) { BY_TOKEN_COUNT(bf16mv_avx2_n, j); }
 
-/* ---- AVX2 panels: an MXFP4 matrix decoded once into fp32 for every token (the CPUs without AVX-512) ---- */
+/* ---- AVX2 panels: a block of rows decoded (widened) once into fp32 for every token (the CPUs without AVX-512) ---- */
 
 #define F32_PANEL_ROWS 16 /* rows decoded at a time (16 x 2880 x 4 bytes = 180 KiB at gpt-oss's widest K: in L2) */
 #define F32_PANEL_MIN_TOKENS 8 /* from this many tokens the AVX2 paths decode (widen) each block of rows once */
 #define F32_PASS_TOKENS 48 /* tokens per pass over a block of rows (their x: 48 x 2880 x 4 bytes = 540 KiB at most) */
 #define F32_PANEL_MAX_K 8192 /* a block of F32_PANEL_ROWS fp32 rows on the stack: at most 512 KiB */
+#define TPANEL_TOKENS 6 /* tokens per register block of a transposed panel: 2 x 6 accumulators, 2 weight vectors */
 
 /* nr rows (1 or 2) times nt tokens (constants in each instance: nr * nt * 2 accumulators in registers, at most 12),
-   each sum in matvec_avx2_n's order (the same bits); two rows share each load of x */
+   each sum in matvec_avx2_n's order; two rows share each load of x (fp32 linear for fewer than F32_PANEL_MIN_TOKENS
+   tokens, straight on the weight) */
 __attribute__((target("avx2,fma"), always_inline)) static inline void f32panel_block(
     const float *w, int64_t K, const float *xs, float *out, int64_t R, const int nr, const int nt) {
     __m256 acc[2][3][2];
@@ -299,7 +301,7 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void f32panel_b
 #define F32_BLOCK(nr, nt)                                                                                          \
     case nt: f32panel_block(w, K, x, o, R, nr, nt); break;
 
-/* `rows` decoded rows times n tokens: F32_PASS_TOKENS tokens a pass (their x stays in L2), in each pass pairs of
+/* `rows` rows [rows, K] times n tokens: F32_PASS_TOKENS tokens a pass (their x stays in L2), in each pass pairs of
    rows, three tokens at a time */
 __attribute__((target("avx2,fma"))) static void f32panel_tokens(const float *panel, int rows, int64_t K,
                                                                const float *xs, int64_t n, float *out, int64_t R) {
@@ -321,50 +323,143 @@ __attribute__((target("avx2,fma"))) static void f32panel_tokens(const float *pan
     }
 }
 
+/* A transposed panel holds F32_PANEL_ROWS rows as columns: pT[k * 16 + i] is row i's k-th value, so one vector load
+   brings 8 rows' values at k and each x value is broadcast to them: no horizontal sums, 12 FMAs per 2 weight loads
+   and 6 broadcasts (1.4-1.8x the 2 x 3 dot-product blocks on a Zen 1 EPYC at K 64-2880, one thread). */
+
+/* r[i] (8 values of row i0 + i at k .. k + 7) into the transposed panel pT: an 8 x 8 transpose in registers, then
+   pT[(k + l) * 16 + i0 ..] = the 8 rows' value l (rows past a block's tail: zero vectors) */
+__attribute__((target("avx2,fma"))) static inline void tpanel_put8(float *pT, int64_t k, int i0, const __m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int h = 0; h < 2; h++) /* h = 0: rows 0-3, h = 1: rows 4-7 */
+        for (int i = 0; i < 2; i++) {
+            u[4 * h + 2 * i] = _mm256_shuffle_ps(t[4 * h + i], t[4 * h + 2 + i], 0x44);
+            u[4 * h + 2 * i + 1] = _mm256_shuffle_ps(t[4 * h + i], t[4 * h + 2 + i], 0xEE);
+        }
+    for (int l = 0; l < 4; l++) {
+        _mm256_store_ps(pT + (k + l) * F32_PANEL_ROWS + i0, _mm256_permute2f128_ps(u[l], u[4 + l], 0x20));
+        _mm256_store_ps(pT + (k + 4 + l) * F32_PANEL_ROWS + i0, _mm256_permute2f128_ps(u[l], u[4 + l], 0x31));
+    }
+}
+
+/* the panel's 16 rows times nt tokens (a constant in each instance), each sum over k in k's order; o [nt][ostride] */
+__attribute__((target("avx2,fma"), always_inline)) static inline void tpanel_block(
+    const float *pT, int64_t K, const float *xs, float *o, int64_t ostride, const int nt) {
+    __m256 acc[TPANEL_TOKENS][2];
+    for (int t = 0; t < nt; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k++) {
+        __m256 w0 = _mm256_load_ps(pT + k * F32_PANEL_ROWS), w1 = _mm256_load_ps(pT + k * F32_PANEL_ROWS + 8);
+        for (int t = 0; t < nt; t++) {
+            __m256 x = _mm256_broadcast_ss(xs + t * K + k);
+            acc[t][0] = _mm256_fmadd_ps(w0, x, acc[t][0]);
+            acc[t][1] = _mm256_fmadd_ps(w1, x, acc[t][1]);
+        }
+    }
+    for (int t = 0; t < nt; t++) {
+        _mm256_storeu_ps(o + t * ostride, acc[t][0]);
+        _mm256_storeu_ps(o + t * ostride + 8, acc[t][1]);
+    }
+}
+
+#define TPANEL_BLOCK(nt)                                                                                           \
+    case nt: tpanel_block(pT, K, x, o, stride, nt); break;
+
+/* `rows` rows of a transposed panel (F32_PANEL_ROWS columns, those past `rows` zero) times n tokens into out [n, R]
+   (out at the block's first row), at most TPANEL_TOKENS tokens at a time; a token's sums do not depend on the others */
+__attribute__((target("avx2,fma"))) static void tpanel_tokens(const float *pT, int rows, int64_t K, const float *xs,
+                                                             int64_t n, float *out, int64_t R) {
+    float tail[TPANEL_TOKENS * F32_PANEL_ROWS];
+    int64_t groups = (n + TPANEL_TOKENS - 1) / TPANEL_TOKENS;
+    for (int64_t t = 0, nt; t < n; t += nt, groups--) {
+        const float *x = xs + t * K;
+        float *o = rows == F32_PANEL_ROWS ? out + t * R : tail;
+        int64_t stride = rows == F32_PANEL_ROWS ? R : F32_PANEL_ROWS;
+        nt = (n - t + groups - 1) / groups; /* the tokens left evenly over the blocks left: 8 = 4 + 4, not 6 + 2 */
+        switch ((int)nt) {
+            TPANEL_BLOCK(1) TPANEL_BLOCK(2) TPANEL_BLOCK(3) TPANEL_BLOCK(4) TPANEL_BLOCK(5)
+            default: tpanel_block(pT, K, x, o, stride, TPANEL_TOKENS);
+        }
+        for (int u = 0; rows < F32_PANEL_ROWS && u < nt; u++)
+            memcpy(out + (t + u) * R, tail + u * F32_PANEL_ROWS, (size_t)rows * sizeof(float));
+    }
+}
+
 /* bf16mv_avx2 for any number of tokens, K a multiple of 16: rows [r0, r1) F32_PANEL_ROWS at a time, each block
-   widened once into fp32 and then run against every token, a pass of F32_PASS_TOKENS at a time into `sums` for the
-   bias and the store (the same sums in bf16mv_avx2_n's order: the same bits) */
+   widened once into a transposed panel and then run against every token, a pass of F32_PASS_TOKENS at a time into
+   `sums` for the bias and the store */
 __attribute__((target("avx2,fma"))) static void bf16panel_rows_avx2(const job_t *j) {
     const int64_t K = j->G;
     float panel[F32_PANEL_ROWS * K] __attribute__((aligned(32))), sums[F32_PASS_TOKENS * F32_PANEL_ROWS];
     for (int64_t r = j->r0; r < j->r1; r += F32_PANEL_ROWS) {
         int rows = j->r1 - r < F32_PANEL_ROWS ? (int)(j->r1 - r) : F32_PANEL_ROWS;
-        for (int i = 0; i < rows; i++)
-            for (int64_t k = 0; k < K; k += 8) _mm256_store_ps(panel + i * K + k, widen_avx2(j->w + (r + i) * K + k));
+        for (int i0 = 0; i0 < F32_PANEL_ROWS; i0 += 8)
+            for (int64_t k = 0; k < K; k += 8) {
+                __m256 v[8];
+                for (int i = 0; i < 8; i++)
+                    v[i] = i0 + i < rows ? widen_avx2(j->w + (r + i0 + i) * K + k) : _mm256_setzero_ps();
+                tpanel_put8(panel, k, i0, v);
+            }
         for (int64_t t0 = 0; t0 < j->n; t0 += F32_PASS_TOKENS) {
             int64_t nt = j->n - t0 < F32_PASS_TOKENS ? j->n - t0 : F32_PASS_TOKENS;
-            f32panel_tokens(panel, rows, K, j->xs + t0 * K, nt, sums, F32_PANEL_ROWS);
+            tpanel_tokens(panel, F32_PANEL_ROWS, K, j->xs + t0 * K, nt, sums, F32_PANEL_ROWS);
             for (int64_t t = 0; t < nt; t++)
                 for (int i = 0; i < rows; i++) put_linear(j, t0 + t, r + i, sums[t * F32_PANEL_ROWS + i]);
         }
     }
 }
 
-/* out [n, R] fp32 = xs [n, K] times the fp32 rows [r0, r1) of j->wf (K a multiple of 16, rows 32-byte aligned): the
-   panel kernel straight on the weight, F32_PANEL_ROWS rows at a time */
+/* out [n, R] fp32 = xs [n, K] times the fp32 rows [r0, r1) of j->wf (K a multiple of 16, rows 32-byte aligned),
+   F32_PANEL_ROWS rows at a time: from F32_PANEL_MIN_TOKENS tokens each block copied into a transposed panel, for
+   fewer the 2 x 3 dot-product blocks straight on the weight */
 __attribute__((target("avx2,fma"))) static void f32linear_rows_avx2(const job_t *j) {
     const int64_t K = j->G;
+    const int transpose = j->n >= F32_PANEL_MIN_TOKENS && K <= F32_PANEL_MAX_K;
+    float panel[transpose ? F32_PANEL_ROWS * K : 8] __attribute__((aligned(32)));
     for (int64_t r = j->r0; r < j->r1; r += F32_PANEL_ROWS) {
         int rows = j->r1 - r < F32_PANEL_ROWS ? (int)(j->r1 - r) : F32_PANEL_ROWS;
-        f32panel_tokens(j->wf + r * K, rows, K, j->xs, j->n, (float *)j->out + r, j->R);
+        if (!transpose) {
+            f32panel_tokens(j->wf + r * K, rows, K, j->xs, j->n, (float *)j->out + r, j->R);
+            continue;
+        }
+        for (int i0 = 0; i0 < F32_PANEL_ROWS; i0 += 8)
+            for (int64_t k = 0; k < K; k += 8) {
+                __m256 v[8];
+                for (int i = 0; i < 8; i++)
+                    v[i] = i0 + i < rows ? _mm256_load_ps(j->wf + (r + i0 + i) * K + k) : _mm256_setzero_ps();
+                tpanel_put8(panel, k, i0, v);
+            }
+        tpanel_tokens(panel, rows, K, j->xs, j->n, (float *)j->out + r, j->R);
     }
 }
 
 /* matvec_avx2 for any number of tokens: rows [r0, r1) F32_PANEL_ROWS at a time, each block decoded once (split
-   order, as group_avx2 yields it, the order of xs) and then run against every token */
+   order, as group_avx2 yields it, the order of xs) into a transposed panel and then run against every token */
 __attribute__((target("avx2,fma"))) static void f32panel_rows_avx2(const job_t *j) {
     const int64_t G = j->G, K = G * 32;
     float panel[F32_PANEL_ROWS * K] __attribute__((aligned(32)));
     float *out = j->out;
     for (int64_t r = j->r0; r < j->r1; r += F32_PANEL_ROWS) {
         int rows = j->r1 - r < F32_PANEL_ROWS ? (int)(j->r1 - r) : F32_PANEL_ROWS;
-        for (int i = 0; i < rows; i++)
+        for (int i0 = 0; i0 < F32_PANEL_ROWS; i0 += 8)
             for (int64_t g = 0; g < G; g++) {
-                __m256 v[4];
-                group_avx2(j->blocks + ((r + i) * G + g) * 16, scale_of(j->scales[(r + i) * G + g]), v);
-                for (int q = 0; q < 4; q++) _mm256_store_ps(panel + i * K + g * 32 + 8 * q, v[q]);
+                __m256 v[8][4], col[8]; /* 8 rows' 32 values of group g, then each fourth of them transposed */
+                for (int i = 0; i < 8; i++) {
+                    int64_t at = (r + i0 + i) * G + g;
+                    if (i0 + i < rows)
+                        group_avx2(j->blocks + at * 16, scale_of(j->scales[at]), v[i]);
+                    else
+                        v[i][0] = v[i][1] = v[i][2] = v[i][3] = _mm256_setzero_ps();
+                }
+                for (int q = 0; q < 4; q++) {
+                    for (int i = 0; i < 8; i++) col[i] = v[i][q];
+                    tpanel_put8(panel, g * 32 + 8 * q, i0, col);
+                }
             }
-        f32panel_tokens(panel, rows, K, j->xs, j->n, out + r, j->R);
+        tpanel_tokens(panel, rows, K, j->xs, j->n, out + r, j->R);
     }
 }
 

@@ -18,6 +18,21 @@ from ._util import DTYPES, assert_close
 from .test_moe import _args
 
 
+
+PANEL_MIN_TOKENS = 8  # cpu_native.c's F32_PANEL_MIN_TOKENS: from this many tokens the AVX2 paths use panels
+
+
+def assert_token_independent(got, run, x, isa, panels=True):
+    """got = run(x): below the AVX2 panels' token count (or elsewhere) every count equals 4 tokens at a time (the
+    fused kernels' passes); with panels each token's sums are its own, whichever tokens share the call (the first and
+    last PANEL_MIN_TOKENS tokens run alone give the same bits)."""
+    tokens = x.shape[0]
+    if isa.gptoss_mxfp4_isa() == 1 and panels and tokens >= PANEL_MIN_TOKENS:
+        assert torch.equal(got[:PANEL_MIN_TOKENS], run(x[:PANEL_MIN_TOKENS]))
+        assert torch.equal(got[-PANEL_MIN_TOKENS:], run(x[-PANEL_MIN_TOKENS:]))
+    elif tokens > 4:
+        assert torch.equal(got, torch.cat([run(x[t:t + 4]) for t in range(0, tokens, 4)]))
+
 @pytest.fixture(params=sorted(cpu_native.ISA_NAMES), ids=cpu_native.ISA_NAMES.get)
 def isa(request):
     """Each of the native kernels' code paths this CPU can run (the best one is what the engine uses)."""
@@ -53,11 +68,12 @@ def test_native_decode_is_exact(isa, dtype):
 
 @pytest.mark.parametrize("shape", [(203, 7), (2048, 32), (17, 90)])  # odd groups (the AVX-512 pair loop's tail);
 #                                                                      1 MiB: threads; a panel block's row tail
-@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 8, 9, 50])  # AVX2 panels from 8 (F32_PANEL_MIN_TOKENS); 50: 2 passes
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 8, 9, 13, 50])  # AVX2 panels from 8; 13: blocks of 5, 4, 4
 def test_native_matvec(isa, tokens, shape):
     """x @ W.T with the decode fused in, any token count (4 per pass), rows split between threads when the matrix is
     big enough to pay for a thread's start; on AVX2 from F32_PANEL_MIN_TOKENS tokens each block of rows decoded once
-    for all of them, the same bits as the fused path (its sums in its order): every count equals 4 tokens at a time."""
+    into a transposed panel for all of them (each sum in k's order): below that every count equals 4 tokens at a
+    time, from it a token's sums do not depend on the other tokens of the call."""
     gen = torch.Generator().manual_seed(tokens)
     rows, groups = shape
     blocks = torch.randint(0, 256, (rows, groups, 16), dtype=torch.uint8, generator=gen)
@@ -69,8 +85,7 @@ def test_native_matvec(isa, tokens, shape):
     got = cpu_native.matvec(isa, cpu_native.split_order(x), blocks, scales)
     tol = 1e-5 * (x.double().abs() @ w.abs().T) + 1e-30  # fp32 sums of these terms, in any order
     assert ((got.double() - expected).abs() <= tol).all()
-    fours = [cpu_native.matvec(isa, cpu_native.split_order(x[t:t + 4]), blocks, scales) for t in range(0, tokens, 4)]
-    assert torch.equal(got, torch.cat(fours))
+    assert_token_independent(got, lambda x: cpu_native.matvec(isa, cpu_native.split_order(x), blocks, scales), x, isa)
 
 
 @pytest.mark.parametrize("shape", [(203, 7), (2048, 32), (16, 2)])  # a phantom group, a block tail; threads; one block
@@ -120,16 +135,17 @@ def test_linear_bf16(isa, shape, tokens):
         assert torch.equal(via, F.linear(x, weight, bias))
     assert torch.equal(cpu_native.linear_bf16(isa, x[None], weight, None)[0], cpu_native.linear_bf16(isa, x, weight,
                                                                                                      None))
-    # on AVX2 from F32_PANEL_MIN_TOKENS rows (K a multiple of 16) each block of rows widened once: the same bits
-    fours = [cpu_native.linear_bf16(isa, x[t:t + 4], weight, bias) for t in range(0, tokens, 4)]
-    assert torch.equal(got, torch.cat(fours))
+    # on AVX2 from F32_PANEL_MIN_TOKENS rows (K a multiple of 16) each block of rows widened once into a panel
+    assert_token_independent(got, lambda x: cpu_native.linear_bf16(isa, x, weight, bias), x, isa,
+                             panels=shape[1] % 16 == 0)
 
 
 @pytest.mark.parametrize("shape", [(203, 7 * 32), (1024, 512), (37, 100)])  # threads; K not a multiple of 16
-@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 7, 64])
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 7, 8, 64, 200])
 def test_linear_f32(isa, shape, tokens):
-    """fp32 x @ W.T on an AVX2-only CPU (2 rows x 3 tokens a block; elsewhere None: the caller takes MKL) within fp32
-    rounding of the fp64 product; kernels.linear takes it up to F32_NATIVE_MAX_TOKENS rows, the bias added after."""
+    """fp32 x @ W.T on an AVX2-only CPU (up to 7 tokens 2 rows x 3 tokens a block straight on the weight, from
+    F32_PANEL_MIN_TOKENS a transposed panel; elsewhere None: the caller takes MKL) within fp32 rounding of the fp64
+    product; kernels.linear takes it up to F32_NATIVE_MAX_TOKENS rows, the bias added after."""
     gen = torch.Generator().manual_seed(tokens)
     weight, bias = torch.randn(shape, generator=gen), torch.randn(shape[0], generator=gen)
     x = torch.randn(tokens, shape[1], generator=gen)
@@ -139,6 +155,7 @@ def test_linear_f32(isa, shape, tokens):
         return
     tol = 1e-5 * (x.double().abs() @ weight.double().abs().T) + 1e-30
     assert ((got.double() - x.double() @ weight.double().T).abs() <= tol).all()
+    assert_token_independent(got, lambda x: cpu_native.linear_f32(isa, x, weight), x, isa)
     if cpu_native.library().gptoss_mxfp4_isa() == 1:  # the engine's level: kernels.linear takes the kernel
         assert torch.equal(kernels.linear(x[None], weight, bias)[0], got + bias)
 
