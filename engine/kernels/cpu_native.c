@@ -269,6 +269,55 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void bf16mv_avx
 
 __attribute__((target("avx2,fma"))) static void bf16mv_avx2(const job_t *j) { BY_TOKEN_COUNT(bf16mv_avx2_n, j); }
 
+/* argmax_avx512's 8-lane twin: each lane keeps its largest value and first index; a NaN anywhere: the scalar row */
+__attribute__((target("avx2,fma"))) static void argmax_avx2(const job_t *j) {
+    int64_t V = j->G;
+    const __m256i step = _mm256_set1_epi32(8);
+    for (int64_t r = j->r0; r < j->r1; r++) {
+        __m256 top = _mm256_set1_ps(-__builtin_inff()), nan = _mm256_setzero_ps();
+        __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), best = idx;
+        int64_t i = 0;
+        for (; i + 8 <= V; i += 8) {
+            __m256 v = j->xb ? widen_avx2(j->xb + r * V + i) : _mm256_loadu_ps(j->xs + r * V + i);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            __m256 up = _mm256_cmp_ps(v, top, _CMP_GT_OQ);
+            top = _mm256_blendv_ps(top, v, up);
+            best = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best), _mm256_castsi256_ps(idx), up));
+            idx = _mm256_add_epi32(idx, step);
+        }
+        if (_mm256_movemask_ps(nan) || V < 8 || V > 0x7fffffff) {
+            argmax_row_scalar(j, r);
+            continue;
+        }
+        float lanes[8];
+        int32_t at[8];
+        _mm256_storeu_ps(lanes, top);
+        _mm256_storeu_si256((__m256i *)at, best);
+        float m = lanes[0];
+        int64_t pick = at[0];
+        for (int l = 1; l < 8; l++)
+            if (lanes[l] > m || (lanes[l] == m && at[l] < pick)) {
+                m = lanes[l];
+                pick = at[l];
+            }
+        for (; i < V; i++) { /* the tail comes after every lane's elements */
+            float v = j->xb ? widen(j->xb[r * V + i]) : j->xs[r * V + i];
+            if (v != v) {
+                pick = -1;
+                break;
+            }
+            if (v > m) {
+                m = v;
+                pick = i;
+            }
+        }
+        if (pick < 0)
+            argmax_row_scalar(j, r);
+        else
+            ((int64_t *)j->out)[r] = pick;
+    }
+}
+
 /* ---- AVX2 panels: a block of rows decoded (widened) once into fp32 for every token (the CPUs without AVX-512) ---- */
 
 #define F32_PANEL_ROWS 16 /* rows decoded at a time (16 x 2880 x 4 bytes = 180 KiB at gpt-oss's widest K: in L2) */
@@ -711,7 +760,7 @@ static kernel_t pick(int kind) {
     static const kernel_t scalar[] = {decode_scalar, matvec_scalar, bf16mv_scalar, argmax_scalar};
     int level = forced_isa >= 0 ? forced_isa : isa();
 #ifdef GPTOSS_X86
-    static const kernel_t avx2[] = {decode_avx2, matvec_avx2, bf16mv_avx2, argmax_scalar};
+    static const kernel_t avx2[] = {decode_avx2, matvec_avx2, bf16mv_avx2, argmax_avx2};
     static const kernel_t avx512[] = {decode_avx512, matvec_avx512, bf16mv_avx512, argmax_avx512};
     static const kernel_t avx512bf16[] = {decode_avx512, matvec_avx512, bf16mv_avx512bf16, argmax_avx512};
     if (level >= 3) return avx512bf16[kind];

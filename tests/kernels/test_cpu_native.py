@@ -215,12 +215,12 @@ def test_argmax_matches_torch(isa, dtype):
     gen = torch.Generator().manual_seed(0)
     rows = torch.randn(12, 1000, generator=gen).to(dtype)
     rows[1, 5] = rows[1, 700] = rows[1, 21] = 9  # tie across lanes and within one
-    rows[2, 999] = 9  # in the tail (1000 = 62 * 16 + 8)
+    rows[2, 999] = 9  # in the tail (1000 = 62 * 16 + 8; rows[:, 3:]: 997 = 124 * 8 + 5)
     rows[3] = -torch.inf
     rows[4, 10], rows[4, 500] = torch.nan, torch.nan
     rows[5, 998] = torch.nan
     rows[6] = 0.0
-    for r in (rows, rows[:, :7], rows[:, :16], rows[:, :17]):
+    for r in (rows, rows[:, :7], rows[:, :16], rows[:, :17], rows[:, 3:]):
         assert torch.equal(cpu_native.argmax(isa, r), r.argmax(dim=-1)), r.shape
     assert torch.equal(kernels.argmax(rows), rows.argmax(dim=-1))
     vocab = torch.randn(3, 201088, generator=gen).to(dtype)  # the real vocabulary: rows split between threads
