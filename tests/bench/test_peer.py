@@ -53,6 +53,19 @@ def test_verdict_holds_bf16_rows_against_the_faster_vllm_layout():
     assert v["batch1"]["met"] is False and v["startup"]["met"] is True
 
 
+def test_verdict_takes_vllms_faster_dtype_on_the_same_requests():
+    """Where vLLM's fp32 beats its bf16 (a CPU without bf16 instructions), ours in bf16 is held against its fp32; a
+    row of fewer requests (the fp32 agreement check) is not the same workload and does not count."""
+    ours, bf16, fp32 = side(300, 40, 2.0), side(100, 20, 30.0), side(250, 35, 25.0)
+    rows = [{"model": "m", "dtype": "bfloat16", "requests": 64, "contenders": {"ours": ours, "vllm_one": bf16}},
+            {"model": "m", "dtype": "float32", "requests": 64, "contenders": {"ours": ours, "vllm_one": fp32}},
+            {"model": "m", "dtype": "float32", "requests": 16,
+             "contenders": {"ours": ours, "vllm_one": side(900, 90, 9.0)}}]
+    [v] = verdict(rows)
+    assert (v["against"], v["against_dtype"]) == ("vllm_one", "float32")
+    assert v["mixed"]["ratio"] == pytest.approx(1.2) and v["mixed"]["met"] and not v["batch1"]["met"]
+
+
 def test_write_makes_the_folder_and_ends_with_a_newline(tmp_path):
     path = tmp_path / "results" / "peer.json"
     write({"benchmark": "peer"}, path)
@@ -95,7 +108,8 @@ def test_a_peer_that_refuses_the_mxfp4_checkpoint_runs_the_dequantized_copy(tmp_
 
     monkeypatch.setattr(peer, "run_side", run_side)
     monkeypatch.setattr(peer, "dequantized_copy", lambda src, dst: dense)
-    row = peer.compare(packed, "bfloat16", {"model": str(packed)}, ["vllm_one_process"], 2, 60)
+    spec = {"model": str(packed), "requests": []}
+    row = peer.compare(packed, "bfloat16", spec, ["vllm_one_process"], 2, 60)
     assert row["peer_model"] == str(dense) and row["peer_refused_mxfp4"].startswith("exit code 1")
     assert seen == [("ours", str(packed)), ("vllm", str(packed.resolve())), ("vllm", str(dense.resolve())),
                     ("ours", str(packed)), ("vllm", str(dense.resolve()))]  # refused once, then the copy every time
