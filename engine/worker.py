@@ -271,7 +271,7 @@ class Worker:
         """The sampled rows' final hidden states [S, D] -> the sampled tokens (with their logprobs); appended to the
         token history of the requests that read it (penalties, min_tokens). The logits [S, V] (the model's dtype) are
         made here, except for a plain greedy batch where the unembedding offers `greedy` (the kernel model's on an AMX
-        CPU: each row's argmax without the logits)."""
+        CPU, or an AVX2-only one from 8 rows: each row's argmax without the logits)."""
         states = [self.sampling[rid] for rid in request_ids]
         key = tuple(request_ids)
         if self.table is None or self.table[0] != key:  # decode steps of the same requests reuse it

@@ -168,14 +168,22 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 def greedy_tokens(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-    """argmax(linear(x, weight), -1) for bf16 x [n, K] and weight [V, K] without the logits (on an AMX CPU: the
-    weight's tiles times the rows, each logit rounded to bf16 and compared in vocabulary order: cpu_native.
-    greedy_tokens), or None where that kernel does not run (the caller makes the logits)."""
-    if x.device.type != "cpu" or x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16 or x.dim() != 2:
+    """argmax(linear(x, weight), -1) for x [n, K] and weight [V, K] without the logits: on an AMX CPU bf16 (the
+    weight's tiles times the rows, each logit rounded to bf16 and compared in vocabulary order); on an AVX2-only CPU
+    bf16 or fp32 from 8 rows where `linear` itself takes the native panels (bf16 without oneDNN's bf16; fp32 up to
+    F32_NATIVE_MAX_TOKENS rows): the same logits, compared as they are made (cpu_native.greedy_tokens). None where
+    neither runs (the caller makes the logits)."""
+    if x.device.type != "cpu" or x.dim() != 2 or x.dtype != weight.dtype or not weight.is_contiguous() or \
+            x.dtype not in (torch.bfloat16, torch.float32):
         return None
     lib = cpu_native.library()
-    if lib is None or not cpu_native.amx(lib) or not weight.is_contiguous():
+    if lib is None:
         return None
+    if cpu_native.amx(lib):
+        if x.dtype != torch.bfloat16:
+            return None
+    elif (onednn_bf16() if x.dtype == torch.bfloat16 else x.shape[0] > F32_NATIVE_MAX_TOKENS):
+        return None  # linear takes oneDNN or MKL here: their logits, not the panels'
     return cpu_native.greedy_tokens(lib, x.contiguous(), weight)
 
 

@@ -1982,10 +1982,125 @@ static void greedy_part(const void *shared, int i, int n) { /* whole blocks of 1
 /* out[t] = argmax over v of bf16(h[t] . W[v]) (torch.argmax of the bf16 logits: the first of equal maxima, NaN
    largest) without writing the logits: h [n, K], W [V, K] bf16, K a multiple of 32, V >= 16. Returns 0, or -1 (no AMX
    here, or no memory: the caller computes the logits) */
-int gptoss_greedy_tokens(const uint16_t *h, int64_t n, const uint16_t *w, int64_t V, int64_t K, int64_t *out,
+/* ---- greedy tokens on AVX2: the unembedding a transposed panel at a time, each token's argmax kept ---- */
+
+#ifdef GPTOSS_X86
+typedef struct {
+    const void *w;   /* W [V, K]: bf16 (bf16 set) or fp32 */
+    const float *xs; /* [n, K] fp32 (bf16 tokens widened) */
+    int64_t n, V, K;
+    int bf16;
+    float *best;  /* [parts][n] each part's largest logit (bf16-rounded when bf16, as linear's); NaN above all */
+    int64_t *at;  /* [parts][n] its first index */
+} pgreedy_t;
+
+/* part i of the vocabulary (whole blocks of F32_PANEL_ROWS rows): the sums of bf16panel_rows_avx2 and
+   f32linear_rows_avx2 (the same panels and blocks: the same bits as their logits), compared in vocabulary order; a
+   token's 16 sums of a block are checked one by one only where some lies above its best so far (or is a NaN) */
+__attribute__((target("avx2,fma"))) static void greedy_panels_part(const void *shared, int i, int parts) {
+    const pgreedy_t *g = shared;
+    const int64_t K = g->K, n = g->n, blocks = (g->V + F32_PANEL_ROWS - 1) / F32_PANEL_ROWS;
+    const int64_t v0 = share_at(0, blocks, i, parts) * F32_PANEL_ROWS;
+    const int64_t v1 = share_at(0, blocks, i + 1, parts) * F32_PANEL_ROWS;
+    float *best = g->best + i * n;
+    int64_t *at = g->at + i * n;
+    float panel[F32_PANEL_ROWS * K] __attribute__((aligned(32))), sums[F32_PASS_TOKENS * F32_PANEL_ROWS];
+    for (int64_t t = 0; t < n; t++) best[t] = -__builtin_inff(), at[t] = v0;
+    for (int64_t r = v0; r < v1 && r < g->V; r += F32_PANEL_ROWS) {
+        int rows = g->V - r < F32_PANEL_ROWS ? (int)(g->V - r) : F32_PANEL_ROWS;
+        for (int i0 = 0; i0 < F32_PANEL_ROWS; i0 += 8)
+            for (int64_t k = 0; k < K; k += 8) {
+                __m256 v[8];
+                for (int u = 0; u < 8; u++) {
+                    int64_t at_w = (r + i0 + u) * K + k;
+                    v[u] = i0 + u >= rows ? _mm256_setzero_ps()
+                           : g->bf16      ? widen_avx2((const uint16_t *)g->w + at_w)
+                                          : _mm256_loadu_ps((const float *)g->w + at_w);
+                }
+                tpanel_put8(panel, k, i0, v);
+            }
+        for (int64_t t0 = 0; t0 < n; t0 += F32_PASS_TOKENS) {
+            int64_t nt = n - t0 < F32_PASS_TOKENS ? n - t0 : F32_PASS_TOKENS;
+            tpanel_tokens(panel, F32_PANEL_ROWS, K, g->xs + t0 * K, nt, sums, F32_PANEL_ROWS);
+            for (int64_t t = 0; t < nt; t++) {
+                float *b = best + t0 + t;
+                if (*b != *b) continue; /* a NaN came first: settled */
+                const float *s = sums + t * F32_PANEL_ROWS;
+                __m256 above = _mm256_set1_ps(*b);
+                unsigned cand = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(s), above, _CMP_NLE_UQ)) |
+                                (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(s + 8), above, _CMP_NLE_UQ))
+                                    << 8;
+                for (cand &= (1u << rows) - 1; cand; cand &= cand - 1) { /* in vocabulary order */
+                    int u = __builtin_ctz(cand);
+                    float v = g->bf16 ? widen(round_bf16(s[u])) : s[u];
+                    if (v != v || v > *b) {
+                        *b = v;
+                        at[t0 + t] = r + u;
+                        if (v != v) break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#endif
+
+static void greedy_merge(const float *best, const int64_t *at, int64_t n, int parts, int64_t *out) {
+    for (int64_t t = 0; t < n; t++) { /* the parts' ranges in vocabulary order */
+        float b = best[t];
+        int64_t a = at[t];
+        for (int i = 1; i < parts; i++) {
+            float v = best[i * n + t];
+            if (b != b) break;
+            if (v != v || v > b) b = v, a = at[i * n + t];
+        }
+        out[t] = a;
+    }
+}
+
+#ifdef GPTOSS_X86
+/* the AVX2 panels' greedy tokens: 0, or -1 (no memory) */
+static int greedy_panels(const void *h, int64_t n, const void *w, int64_t V, int64_t K, int bf16, int64_t *out,
+                         int threads) {
+    float *xs = bf16 ? malloc((size_t)(n * K) * sizeof(float)) : NULL;
+    float *best = malloc((size_t)(MAX_THREADS * n) * sizeof(float));
+    int64_t *at = malloc((size_t)(MAX_THREADS * n) * sizeof(int64_t));
+    if ((bf16 && xs == NULL) || best == NULL || at == NULL) {
+        free(xs);
+        free(best);
+        free(at);
+        return -1;
+    }
+    for (int64_t i = 0; bf16 && i < n * K; i++) xs[i] = widen(((const uint16_t *)h)[i]);
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > V / 4096) threads = (int)(V / 4096); /* a thread's share worth its start */
+    if (threads < 1) threads = 1;
+    pgreedy_t all = {w, bf16 ? xs : h, n, V, K, bf16, best, at};
+    parallel(threads, greedy_panels_part, &all);
+    greedy_merge(best, at, n, threads, out);
+    free(xs);
+    free(best);
+    free(at);
+    return 0;
+}
+#endif
+
+/* out[t] = argmax over v of the logit h[t] . W[v] (torch.argmax of linear's logits: the first of equal maxima, NaN
+   largest) without writing the logits: h [n, K], W [V, K], both bf16 (bf16 set: each logit rounded to bf16, as the
+   logits are) or both fp32. On AMX (bf16, K a multiple of 32, V >= 16) the weight's tiles; on AVX2 from
+   F32_PANEL_MIN_TOKENS tokens (K a multiple of 16 up to F32_PANEL_MAX_K; an fp32 W 32-byte aligned) the panels of
+   the bf16 and fp32 linear paths, so the same logits as theirs. Returns 0, or -1 (not here, or no memory: the caller
+   computes the logits) */
+int gptoss_greedy_tokens(const void *h, int64_t n, const void *w, int64_t V, int64_t K, int bf16, int64_t *out,
                          int threads) {
 #ifdef GPTOSS_X86
-    if (gptoss_mxfp4_isa() < 4 || K % 32 || V < 16 || n < 1) return -1;
+    if (n < 1) return -1;
+    if (gptoss_mxfp4_isa() == 1 && n >= F32_PANEL_MIN_TOKENS && K % 16 == 0 && K <= F32_PANEL_MAX_K &&
+        (bf16 || !((uintptr_t)w & 31)))
+        return greedy_panels(h, n, w, V, K, bf16, out, threads);
+    if (!bf16 || gptoss_mxfp4_isa() < 4 || K % 32 || V < 16) return -1;
+    const uint16_t *wb = w;
     uint16_t *hv = amx_pack_h(h, n, K);
     float *best = malloc((size_t)((MAX_THREADS + 1) * n) * sizeof(float)); /* per thread, then the tail */
     int64_t *at = malloc((size_t)((MAX_THREADS + 1) * n) * sizeof(int64_t));
@@ -1998,7 +2113,7 @@ int gptoss_greedy_tokens(const uint16_t *h, int64_t n, const uint16_t *w, int64_
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > V / 4096) threads = (int)(V / 4096); /* a thread's share worth its start */
     if (threads < 1) threads = 1;
-    greedy_t all = {w, hv, 0, n, V, K, 0, V, best, at};
+    greedy_t all = {wb, hv, 0, n, V, K, 0, V, best, at};
     int64_t tail = V % 16; /* rows after the last whole block: done alone from a padded copy (no read past W) */
     parallel(threads, greedy_part, &all);
     int status = 0;
@@ -2007,28 +2122,19 @@ int gptoss_greedy_tokens(const uint16_t *h, int64_t n, const uint16_t *w, int64_
         if (pad == NULL) {
             status = -1;
         } else {
-            memcpy(pad, w + (V - tail) * K, (size_t)(tail * K) * sizeof(uint16_t));
+            memcpy(pad, wb + (V - tail) * K, (size_t)(tail * K) * sizeof(uint16_t));
             greedy_t p = {pad, hv, V - tail, n, V, K, V - tail, V, best + threads * n, at + threads * n};
             greedy_rows(&p);
             free(pad);
         }
     }
-    for (int64_t t = 0; t < n; t++) { /* the threads' ranges in vocabulary order */
-        float b = best[t];
-        int64_t a = at[t];
-        for (int i = 1; i < threads + (tail > 0); i++) {
-            float v = best[i * n + t];
-            if (b != b) break;
-            if (v != v || v > b) b = v, a = at[i * n + t];
-        }
-        out[t] = a;
-    }
+    greedy_merge(best, at, n, threads + (tail > 0), out);
     free(hv);
     free(best);
     free(at);
     return status;
 #else
-    (void)h, (void)n, (void)w, (void)V, (void)K, (void)out, (void)threads;
+    (void)h, (void)n, (void)w, (void)V, (void)K, (void)bf16, (void)out, (void)threads;
     return -1;
 #endif
 }

@@ -16,8 +16,9 @@ instead of the kernel interleaving every weight:
     argmax(rows)                    each row's first largest index, fp32 or bf16 rows (torch's CPU argmax: ~10x slower)
     decode_attention(...)           one query per sequence over the paged KV cache (attention.paged_attention_cpu)
     moe(...)                        the whole MoE MLP (moe_cpu.moe_mxfp4_cpu at decode; any tokens on AMX)
-    greedy_tokens(h, weight)        argmax of bf16 h @ weight.T on AMX without writing the logits (the unembedding and
-                                    the greedy sampler of a plain batch in one pass over the weight)
+    greedy_tokens(h, weight)        argmax of h @ weight.T without writing the logits (the unembedding and the greedy
+                                    sampler of a plain batch in one pass over the weight): bf16 on AMX, bf16 or fp32
+                                    on AVX2 from 8 rows (the linear paths' panels)
     rms_norm, rotate, write_kv      a decode step's small ops in one call each (torch's take several ops, each
                                     costing more than the arithmetic at a few tokens)
 """
@@ -84,7 +85,7 @@ def library() -> ctypes.CDLL | None:
     lib.gptoss_rotate.restype = None
     lib.gptoss_write_kv.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64]
     lib.gptoss_write_kv.restype = None
-    lib.gptoss_greedy_tokens.argtypes = [_P, _I64, _P, _I64, _I64, _P, _INT]
+    lib.gptoss_greedy_tokens.argtypes = [_P, _I64, _P, _I64, _I64, _INT, _P, _INT]
     lib.gptoss_greedy_tokens.restype = _INT
     log.info("native CPU kernels: %s (%s)", ISA_NAMES[lib.gptoss_mxfp4_isa()], path)
     return lib
@@ -299,10 +300,14 @@ def write_kv(lib: ctypes.CDLL, kv_cache: torch.Tensor, k: torch.Tensor, v: torch
 
 
 def greedy_tokens(lib: ctypes.CDLL, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-    """argmax(bf16 logits of h [n, K] @ weight.T, -1) for contiguous bf16 h and weight [V, K] (the first of equal
-    maxima, NaN largest), the logits never written; None where it cannot run (no AMX, K not a multiple of 32)."""
+    """argmax(logits of h [n, K] @ weight.T, -1) for contiguous h and weight [V, K], both bf16 (each logit rounded to
+    bf16, as linear_bf16's) or both fp32 (the first of equal maxima, NaN largest), the logits never written; None
+    where it cannot run (on AMX: bf16, K a multiple of 32; on AVX2: from 8 rows, K a multiple of 16, as the panels of
+    linear_bf16 and linear_f32, whose logits these are; elsewhere never)."""
+    if h.dtype != weight.dtype or h.dtype not in (torch.bfloat16, torch.float32):
+        raise ValueError(f"greedy_tokens takes bf16 or fp32 h and weight of one dtype, not {h.dtype}, {weight.dtype}")
     out = torch.empty(h.shape[0], dtype=torch.int64)
     if lib.gptoss_greedy_tokens(h.data_ptr(), h.shape[0], weight.data_ptr(), weight.shape[0], weight.shape[1],
-                                out.data_ptr(), torch.get_num_threads()):
+                                int(h.dtype == torch.bfloat16), out.data_ptr(), torch.get_num_threads()):
         return None
     return out

@@ -309,25 +309,32 @@ def test_native_small_ops_match_torch(dtype):
 
 
 @pytest.mark.parametrize("vocab, k", [(1000, 64), (37, 32), (16, 96), (4099, 1024)])  # tails past whole 16-row blocks
-@pytest.mark.parametrize("rows", [1, 5, 16, 70])  # token tiles; more than 4 of them (a second pass over the weight)
-def test_greedy_tokens_equal_argmax_of_the_logits(vocab, k, rows):
-    """kernels.greedy_tokens (the unembedding and a plain greedy sampler in one pass on AMX, no logits written):
-    argmax of the bf16 logits, the first of equal maxima (two equal best rows), NaN largest (a row with a NaN weight);
-    None where it does not run."""
+@pytest.mark.parametrize("rows", [1, 5, 8, 16, 70])  # token tiles; more than 4 of them (a second pass over the weight)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_greedy_tokens_equal_argmax_of_the_logits(vocab, k, rows, dtype):
+    """kernels.greedy_tokens (the unembedding and a plain greedy sampler in one pass, no logits written): argmax of
+    the logits kernels.linear makes (bf16 on AMX; bf16 and fp32 on AVX2 from 8 rows, the linear paths' panels), the
+    first of equal maxima (two equal best rows), NaN largest (a row with a NaN weight); None where it does not run."""
     lib = cpu_native.library()
     gen = torch.Generator().manual_seed(rows)
-    weight = (torch.randn(vocab, k, generator=gen) * 0.05).to(torch.bfloat16)
-    x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
-    if not cpu_native.amx(lib):
+    weight = (torch.randn(vocab, k, generator=gen) * 0.05).to(dtype)
+    x = torch.randn(rows, k, generator=gen).to(dtype)
+    runs = (dtype == torch.bfloat16 and cpu_native.amx(lib) or lib.gptoss_mxfp4_isa() == 1 and rows >= 8 and
+            k % 16 == 0 and (dtype == torch.float32 or not kernels.onednn_bf16()))
+    if not runs:
         assert kernels.greedy_tokens(x, weight) is None
-        pytest.skip("no AMX here: the logits path runs")
-    assert torch.equal(kernels.greedy_tokens(x, weight), F.linear(x, weight).argmax(-1))
+        pytest.skip("the logits path runs here")
+    assert torch.equal(kernels.greedy_tokens(x, weight), kernels.linear(x, weight).argmax(-1))
+    if cpu_native.amx(lib):
+        assert torch.equal(kernels.greedy_tokens(x, weight), F.linear(x, weight).argmax(-1))
     weight[vocab // 3] = weight[vocab - 1] = 1.0  # equal best rows (x > 0 below): the first one wins
     x = x.abs()
     assert torch.equal(kernels.greedy_tokens(x, weight), torch.full((rows,), vocab // 3))
     weight[vocab // 2, 3] = float("nan")
     assert torch.equal(kernels.greedy_tokens(x, weight), torch.full((rows,), vocab // 2))
-    assert kernels.greedy_tokens(x.float(), weight) is None
+    assert kernels.greedy_tokens(x.double(), weight) is None
+    weight[:] = -torch.inf  # every logit -inf (x > 0): the first index, as torch.argmax
+    assert torch.equal(kernels.greedy_tokens(x, weight), torch.zeros(rows, dtype=torch.int64))
 
 
 FORKED_CHILD = """
