@@ -1,6 +1,7 @@
 """Our engine next to vLLM's CPU build, side by side on the same checkpoints and workload (`make bench-peer`).
 
-    python -m bench.peer [--requests 64] [--dtypes bfloat16] [--models small larger] [--repeat 1] [--fp32-requests 16]
+    python -m bench.peer [--requests 64] [--dtypes bfloat16 float32] [--models small larger] [--repeat 1]
+                         [--fp32-requests 0]
 
 Flow: vLLM's CPU build installed in .cache/peer-venv (bench/peer_install.py; skipped with the reason when it cannot
 be) -> per checkpoint (small: 2 layers, hidden 64, head_dim 64; larger: bench.cpu_path's, 4 layers, hidden 1024, 8
@@ -15,7 +16,7 @@ Where vLLM refuses the MXFP4 checkpoint (its 4-bit expert kernel needs AMX: "No 
 deployment configuration"), its best configuration on this CPU is that dequantized copy in the run's dtype (4x the
 experts' memory), and the row says so (peer_refused_mxfp4).
 The targets hold ours in bf16 against vLLM's best configuration on the same checkpoint and requests: its faster
-layout, and with `--dtypes bfloat16 float32` its faster dtype (fp32 where the CPU has no bf16 instructions).
+layout, and its faster dtype (fp32 where the CPU has no bf16 instructions; both dtypes run by default).
 Both get the same KV budget (VLLM_CPU_KVCACHE_SPACE, whole GiB) and the same two cores; --repeat > 1 keeps each
 contender's best run (a shared machine only ever slows a run).
 """
@@ -303,13 +304,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=["small", "larger"], choices=["small", "larger"])
-    parser.add_argument("--dtypes", nargs="*", default=["bfloat16"],
-                        help="vllm-cpu 0.32.0 refuses float32 for MXFP4 checkpoints (gpt_oss_mxfp4: bf16 only)")
+    parser.add_argument("--dtypes", nargs="*", default=["bfloat16", "float32"],
+                        help="float32: vLLM on the dequantized copy (vllm-cpu 0.32.0 refuses fp32 for MXFP4), ours on "
+                             "the packed checkpoint: the token agreement oracle, and vLLM's best where it beats its bf16")
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--batch1-steps", type=int, default=32)
-    parser.add_argument("--fp32-requests", type=int, default=16,
-                        help="requests of the fp32 agreement check (vLLM one process on the dequantized copy); 0: none")
+    parser.add_argument("--fp32-requests", type=int, default=0,
+                        help="an extra fp32 agreement check on this many requests (vLLM one process on the dequantized "
+                             "copy), for runs without float32 in --dtypes; 0: none")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per contender run")
     parser.add_argument("--out", type=Path, default=RESULTS / "peer.json")
     parser.add_argument("--append", action="store_true", help="add this run's rows to --out instead of replacing it")
