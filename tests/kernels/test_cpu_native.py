@@ -311,11 +311,12 @@ def test_native_small_ops_match_torch(dtype):
 @pytest.mark.parametrize("vocab, k", [(1000, 64), (37, 32), (16, 96), (4099, 1024)])  # tails past whole 16-row blocks
 @pytest.mark.parametrize("rows", [1, 5, 8, 16, 70])  # token tiles; more than 4 of them (a second pass over the weight)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_greedy_tokens_equal_argmax_of_the_logits(vocab, k, rows, dtype):
+def test_greedy_tokens_equal_argmax_of_the_logits(isa, vocab, k, rows, dtype):
     """kernels.greedy_tokens (the unembedding and a plain greedy sampler in one pass, no logits written): argmax of
     the logits kernels.linear makes (bf16 on AMX; bf16 and fp32 on AVX2 from 8 rows, the linear paths' panels), the
-    first of equal maxima (two equal best rows), NaN largest (a row with a NaN weight); None where it does not run."""
-    lib = cpu_native.library()
+    first of equal maxima (two equal best rows), NaN largest (a row with a NaN weight); None where it does not run.
+    At each level the CPU has (an AVX-512 machine runs the AVX2 panels in fp32; its oneDNN takes bf16 there)."""
+    lib = isa
     gen = torch.Generator().manual_seed(rows)
     weight = (torch.randn(vocab, k, generator=gen) * 0.05).to(dtype)
     x = torch.randn(rows, k, generator=gen).to(dtype)
