@@ -68,7 +68,8 @@ def test_native_decode_is_exact(isa, dtype):
 
 @pytest.mark.parametrize("shape", [(203, 7), (2048, 32), (17, 90)])  # odd groups (the AVX-512 pair loop's tail);
 #                                                                      1 MiB: threads; a panel block's row tail
-@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 8, 9, 13, 50])  # AVX2 panels from 8; 13: blocks of 5, 4, 4
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 8, 9, 13, 50, 200])  # AVX2 panels from 8; 13: blocks of 5, 4,
+#                                                                      4; 200: passes of TPANEL_PASS_TOKENS
 def test_native_matvec(isa, tokens, shape):
     """x @ W.T with the decode fused in, any token count (4 per pass), rows split between threads when the matrix is
     big enough to pay for a thread's start; on AVX2 from F32_PANEL_MIN_TOKENS tokens each block of rows decoded once
