@@ -14,13 +14,13 @@ import argparse
 import json
 import os
 import platform
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from bench.cpu_decode_pieces import best_of
 from bench.peer import cpu
 from engine import kernels
 from engine.kernels import cpu_native
@@ -34,16 +34,6 @@ SHAPES = {  # name: (rows, K, mxfp4, most tokens): what the CPU path multiplies 
     "small unembedding": (201088, 64, False, 256),
 }
 MAX_FLOP = 60e9  # a shape and token count above this much work per call is left out (minutes on 2 cores)
-
-
-def best_of(fn, repeat: int) -> float:
-    fn()  # warm-up (the native kernels are built on first use)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def measure(rows: int, k: int, mxfp4: bool, tokens: int, repeat: int, greedy: bool = False) -> dict:

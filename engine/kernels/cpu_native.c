@@ -167,6 +167,30 @@ static void argmax_row_scalar(const job_t *j, int64_t r) {
     ((int64_t *)j->out)[r] = best;
 }
 
+/* the SIMD argmax's end for row r: the lanes' largest (the first index of equal ones), then the elements from i on
+   (the tail after every lane's); a NaN there: the scalar row */
+static void argmax_finish(const job_t *j, int64_t r, const float *lanes, const int32_t *at, int n, int64_t i) {
+    int64_t V = j->G, pick = at[0];
+    float m = lanes[0];
+    for (int l = 1; l < n; l++)
+        if (lanes[l] > m || (lanes[l] == m && at[l] < pick)) {
+            m = lanes[l];
+            pick = at[l];
+        }
+    for (; i < V; i++) {
+        float v = j->xb ? widen(j->xb[r * V + i]) : j->xs[r * V + i];
+        if (v != v) {
+            argmax_row_scalar(j, r);
+            return;
+        }
+        if (v > m) {
+            m = v;
+            pick = i;
+        }
+    }
+    ((int64_t *)j->out)[r] = pick;
+}
+
 static void argmax_scalar(const job_t *j) {
     for (int64_t r = j->r0; r < j->r1; r++) argmax_row_scalar(j, r);
 }
@@ -293,28 +317,7 @@ __attribute__((target("avx2,fma"))) static void argmax_avx2(const job_t *j) {
         int32_t at[8];
         _mm256_storeu_ps(lanes, top);
         _mm256_storeu_si256((__m256i *)at, best);
-        float m = lanes[0];
-        int64_t pick = at[0];
-        for (int l = 1; l < 8; l++)
-            if (lanes[l] > m || (lanes[l] == m && at[l] < pick)) {
-                m = lanes[l];
-                pick = at[l];
-            }
-        for (; i < V; i++) { /* the tail comes after every lane's elements */
-            float v = j->xb ? widen(j->xb[r * V + i]) : j->xs[r * V + i];
-            if (v != v) {
-                pick = -1;
-                break;
-            }
-            if (v > m) {
-                m = v;
-                pick = i;
-            }
-        }
-        if (pick < 0)
-            argmax_row_scalar(j, r);
-        else
-            ((int64_t *)j->out)[r] = pick;
+        argmax_finish(j, r, lanes, at, 8, i);
     }
 }
 
@@ -683,28 +686,7 @@ __attribute__((target("avx512f"))) static void argmax_avx512(const job_t *j) {
         int32_t at[16];
         _mm512_storeu_ps(lanes, top);
         _mm512_storeu_si512(at, best);
-        float m = lanes[0];
-        int64_t pick = at[0];
-        for (int l = 1; l < 16; l++)
-            if (lanes[l] > m || (lanes[l] == m && at[l] < pick)) {
-                m = lanes[l];
-                pick = at[l];
-            }
-        for (; i < V; i++) { /* the tail comes after every lane's elements */
-            float v = j->xb ? widen(j->xb[r * V + i]) : j->xs[r * V + i];
-            if (v != v) {
-                pick = -1;
-                break;
-            }
-            if (v > m) {
-                m = v;
-                pick = i;
-            }
-        }
-        if (pick < 0)
-            argmax_row_scalar(j, r);
-        else
-            ((int64_t *)j->out)[r] = pick;
+        argmax_finish(j, r, lanes, at, 16, i);
     }
 }
 #endif
