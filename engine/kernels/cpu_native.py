@@ -206,9 +206,10 @@ def f32_linear_runs(lib: ctypes.CDLL) -> bool:
 
 
 def linear_f32(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-    """x [n, K] @ weight.T for contiguous fp32 x and weight [R, K] on an AVX2-only CPU (2 rows x 3 tokens a block,
-    fp32 sums; MKL's sgemm runs its generic path on AMD: 12 GFLOP/s at 16 rows of the larger unembedding, this 2-4x
-    that), or None where the kernel does not run (another CPU, K not a multiple of 16, a misaligned weight)."""
+    """x [n, K] @ weight.T for contiguous fp32 x and weight [R, K] on an AVX2-only CPU (below 8 rows 2 rows x 3 tokens
+    a block, from 8 the transposed panels; fp32 sums; MKL's sgemm runs its generic path on AMD: 12 GFLOP/s at 16 rows
+    of the larger unembedding, this 2-4x that), or None where the kernel does not run (another CPU, K not a multiple of
+    16, a misaligned weight)."""
     out = torch.empty(x.shape[0], weight.shape[0])
     if lib.gptoss_f32_linear(x.data_ptr(), x.shape[0], weight.data_ptr(), weight.shape[0], weight.shape[1],
                              out.data_ptr(), torch.get_num_threads()):
