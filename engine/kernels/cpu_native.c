@@ -49,6 +49,9 @@
 
 static const float FP4[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
                               -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+/* FP4 as bf16 (32 entries: vpermw's table) */
+static const uint16_t FP4_BF16[32] = {0x0000, 0x3F00, 0x3F80, 0x3FC0, 0x4000, 0x4040, 0x4080, 0x40C0,
+                                     0x8000, 0xBF00, 0xBF80, 0xBFC0, 0xC000, 0xC040, 0xC080, 0xC0C0};
 
 static inline float scale_of(uint8_t s) { /* 2 ** (s - 127) exactly; s = 0 is the subnormal 2 ** -127 */
     uint32_t bits = s ? (uint32_t)s << 23 : 0x400000u;
@@ -196,20 +199,26 @@ static void argmax_scalar(const job_t *j) {
 }
 
 #ifdef GPTOSS_X86
-/* ---- AVX2 + FMA: 8 lanes; the magnitude from an 8-entry table (vpermps reads the low 3 bits), the sign ORed in ---- */
+/* ---- AVX2 + FMA: 8 lanes; each code's bf16 bits from two 16-byte tables (vpshufb: the high and the low byte, the
+   sign included), widened to fp32 and times the scale ---- */
 
+/* a scale group's 16 bytes -> its 32 values in split order (v[0]: the low codes of bytes 0-7, v[1]: of bytes 8-15,
+   v[2], v[3]: the high codes), each an exact product (a power-of-two scale): 128-bit table lookups and unpacks (one
+   micro-op each on Zen 1, where a 256-bit vpermps takes three) */
 __attribute__((target("avx2,fma"))) static inline void group_avx2(const uint8_t *b, float f, __m256 v[4]) {
-    const __m256 lut = _mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f);
-    const __m256i fifteen = _mm256_set1_epi32(15), eight = _mm256_set1_epi32(8);
+    const __m128i t0 = _mm_loadu_si128((const __m128i *)FP4_BF16), t1 = _mm_loadu_si128((const __m128i *)FP4_BF16 + 1);
+    const __m128i mask = _mm_set1_epi8(15), byte = _mm_set1_epi16(255);
+    const __m128i high = _mm_packus_epi16(_mm_srli_epi16(t0, 8), _mm_srli_epi16(t1, 8));
+    const __m128i low = _mm_packus_epi16(_mm_and_si128(t0, byte), _mm_and_si128(t1, byte));
     const __m256 scale = _mm256_set1_ps(f);
     __m128i raw = _mm_loadu_si128((const __m128i *)b);
-    __m256i half[2] = {_mm256_cvtepu8_epi32(raw), _mm256_cvtepu8_epi32(_mm_srli_si128(raw, 8))};
+    __m128i codes[2] = {_mm_and_si128(raw, mask), _mm_and_si128(_mm_srli_epi16(raw, 4), mask)};
     for (int h = 0; h < 2; h++) {
-        __m256i lo = _mm256_and_si256(half[h], fifteen), hi = _mm256_srli_epi32(half[h], 4);
-        __m256 slo = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(lo, eight), 28));
-        __m256 shi = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(hi, eight), 28));
-        v[h] = _mm256_mul_ps(_mm256_or_ps(_mm256_permutevar8x32_ps(lut, lo), slo), scale);
-        v[2 + h] = _mm256_mul_ps(_mm256_or_ps(_mm256_permutevar8x32_ps(lut, hi), shi), scale);
+        __m128i hb = _mm_shuffle_epi8(high, codes[h]), lb = _mm_shuffle_epi8(low, codes[h]);
+        __m128i words[2] = {_mm_unpacklo_epi8(lb, hb), _mm_unpackhi_epi8(lb, hb)}; /* bf16 bits, bytes 0-7, 8-15 */
+        for (int q = 0; q < 2; q++)
+            v[2 * h + q] = _mm256_mul_ps(
+                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(words[q]), 16)), scale);
     }
 }
 
@@ -1205,8 +1214,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static uint16_t *amx_pack_x
         _tile_stored(c, cbuf, 64);                                                                                 \
         break;
 
-static const uint16_t FP4_BF16[32] = {0x0000, 0x3F00, 0x3F80, 0x3FC0, 0x4000, 0x4040, 0x4080, 0x40C0, /* FP4 as bf16 */
-                                     0x8000, 0xBF00, 0xBF80, 0xBFC0, 0xC000, 0xC040, 0xC080, 0xC0C0};
 
 /* one row's pair p of scale groups -> its 32 low and 32 high bf16 values: the E2M1 codes through a 16-bit table
    (vpermw) to the bf16 of the value, then the scale's power of two added to the exponent field of every nonzero
@@ -1595,6 +1602,71 @@ __attribute__((target("avx512f"))) static void add_weighted16(float *dst, const 
         _mm512_storeu_ps(dst + c, _mm512_add_ps(_mm512_loadu_ps(dst + c), _mm512_mul_ps(weight, v)));
     }
 }
+/* the AVX2 twins of bf16_round16, exp_clamped16, swiglu_row16 and add_weighted16: 8 lanes, the same operations */
+__attribute__((target("avx2,fma"))) static inline __m256 bf16_round8(__m256 v) {
+    __m256i u = _mm256_castps_si256(v);
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb));
+    __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    r = _mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x400000)), nan);
+    return _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32((int)0xffff0000u)));
+}
+
+__attribute__((target("avx2,fma"))) static inline __m256 exp_clamped8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 t = _mm256_sub_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _mm256_set1_ps(0.5f));
+    __m256 n = _mm256_add_ps(_mm256_floor_ps(t), _mm256_set1_ps(1.0f));
+    __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693145751953125f)));
+    r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(1.428606765330187e-06f)));
+    __m256 p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f / 720));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f / 120));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f / 24));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f / 6));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(0.5f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+__attribute__((target("avx2,fma"))) static void swiglu_row8(const float *h, const float *b1, int64_t I, float limit,
+                                                           float alpha, int act_bf16, float *v) {
+    const __m256 lim = _mm256_set1_ps(limit), nlim = _mm256_set1_ps(-limit), one = _mm256_set1_ps(1.0f);
+    const __m256 a = _mm256_set1_ps(alpha), na = _mm256_set1_ps(-alpha), zero = _mm256_setzero_ps();
+    for (int64_t c = 0; c < I; c += 8) {
+        __m256 lo = _mm256_add_ps(_mm256_loadu_ps(h + 2 * c), _mm256_loadu_ps(b1 + 2 * c));
+        __m256 hi = _mm256_add_ps(_mm256_loadu_ps(h + 2 * c + 8), _mm256_loadu_ps(b1 + 2 * c + 8));
+        /* gate (even) and up (odd) of 8 pairs: in-lane shuffles leave lanes [0 1 4 5 | 2 3 6 7], one 64-bit permute */
+        __m256 gate = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
+        __m256 up = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
+        __m256 out;
+        if (act_bf16) {
+            gate = _mm256_min_ps(bf16_round8(gate), lim);
+            up = _mm256_max_ps(_mm256_min_ps(bf16_round8(up), lim), nlim);
+            __m256 scaled = bf16_round8(_mm256_mul_ps(a, gate));
+            __m256 sig = bf16_round8(_mm256_div_ps(one, _mm256_add_ps(one, exp_clamped8(_mm256_sub_ps(zero, scaled)))));
+            out = bf16_round8(_mm256_mul_ps(bf16_round8(_mm256_mul_ps(gate, sig)), bf16_round8(_mm256_add_ps(up, one))));
+        } else {
+            gate = _mm256_min_ps(gate, lim);
+            up = _mm256_max_ps(_mm256_min_ps(up, lim), nlim);
+            out = _mm256_mul_ps(_mm256_div_ps(gate, _mm256_add_ps(one, exp_clamped8(_mm256_mul_ps(na, gate)))),
+                                _mm256_add_ps(up, one));
+        }
+        _mm256_storeu_ps(v + c, out);
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void add_weighted8(float *dst, const float *y, const float *b2, int64_t H,
+                                                             float w, int act_bf16) {
+    const __m256 weight = _mm256_set1_ps(w);
+    for (int64_t c = 0; c < H; c += 8) {
+        __m256 v = _mm256_add_ps(_mm256_loadu_ps(y + c), _mm256_loadu_ps(b2 + c));
+        if (act_bf16) v = bf16_round8(v);
+        _mm256_storeu_ps(dst + c, _mm256_add_ps(_mm256_loadu_ps(dst + c), _mm256_mul_ps(weight, v)));
+    }
+}
+
 #endif
 
 /* one token's h [2I] (+ b1 [2I] fp32) -> the clamped SwiGLU [I] (gate even, up odd), each step rounded to bf16 where
@@ -1603,6 +1675,10 @@ static void swiglu_row(const float *h, const float *b1, int64_t I, float limit, 
 #ifdef GPTOSS_X86
     if (gptoss_mxfp4_isa() >= 2 && I % 16 == 0) {
         swiglu_row16(h, b1, I, limit, alpha, act_bf16, v);
+        return;
+    }
+    if (gptoss_mxfp4_isa() == 1 && I % 8 == 0) {
+        swiglu_row8(h, b1, I, limit, alpha, act_bf16, v);
         return;
     }
 #endif
@@ -1615,6 +1691,10 @@ static void add_weighted(float *dst, const float *y, const float *b2, int64_t H,
 #ifdef GPTOSS_X86
     if (gptoss_mxfp4_isa() >= 2 && H % 16 == 0) {
         add_weighted16(dst, y, b2, H, w, act_bf16);
+        return;
+    }
+    if (gptoss_mxfp4_isa() == 1 && H % 8 == 0) {
+        add_weighted8(dst, y, b2, H, w, act_bf16);
         return;
     }
 #endif

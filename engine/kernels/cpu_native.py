@@ -177,10 +177,12 @@ def amx(lib: ctypes.CDLL) -> bool:
     return lib.gptoss_mxfp4_isa() >= 4
 
 
-def decodes_once(lib: ctypes.CDLL) -> bool:
-    """Whether the MXFP4 matvec of bf16-valued tokens decodes the weights once into bf16 for any number of them
-    (AMX tiles, or AVX512-BF16 panels and vdpbf16ps), so a bf16 MoE of any batch is one native call."""
-    return lib.gptoss_mxfp4_isa() >= 3
+def decodes_once(lib: ctypes.CDLL, dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether the MXFP4 matvec of tokens of this dtype decodes each block of the weights once for any number of them,
+    so an MoE of any batch is one native call: bf16-valued tokens on AMX tiles or AVX512-BF16 panels (vdpbf16ps),
+    any tokens on the AVX2 level's fp32 panels (from 8 tokens; fewer take the fused path)."""
+    level = lib.gptoss_mxfp4_isa()
+    return level == 1 or (level >= 3 and dtype == torch.bfloat16)
 
 
 def linear_bf16(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

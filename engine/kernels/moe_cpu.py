@@ -4,9 +4,9 @@ Flow of `moe_mxfp4_cpu` (same arguments and result as moe.moe_mxfp4_ref, computi
   group  : the (token, k) assignments sorted by expert with one argsort; the per-expert counts read once
   expert : per active expert, its tokens gathered -> linear_mxfp4(W1) -> swiglu -> linear_mxfp4(W2)
   combine: weighted rows added into the fp32 output (index_add_)
-When every active expert has at most fused_max_tokens tokens (decode; any number for a bf16 model where the native
-kernels decode the weights once: AMX or AVX512-BF16), the whole MLP is one native call (cpu_native.moe, fp32 sums,
-512 of an expert's tokens at a time); otherwise `linear_mxfp4` runs the native kernels of cpu_native.c
+When every active expert has at most fused_max_tokens tokens (decode; any number where the native kernels decode the
+weights once: AMX or AVX512-BF16 for a bf16 model, AVX2's fp32 panels for any), the whole MLP is one native call
+(cpu_native.moe, fp32 sums, 512 of an expert's tokens at a time); otherwise `linear_mxfp4` runs the native kernels of cpu_native.c
 (engine.kernels.cpu_native: AMX, AVX512-BF16, AVX-512, AVX2 or scalar C, built on first use): up to fused_max_tokens
 tokens the decode fused into the dot products (a pass over the packed bytes per 4 tokens) or, for bf16 x, the weights
 decoded once into bf16 (AMX tiles or AVX512-BF16 panels) for all the tokens; for more, a tile of rows decoded to fp32 at a time then multiplied with all of the
@@ -74,10 +74,11 @@ MATVEC_MAX_TOKENS = 32  # up to this many tokens of an expert, the native kernel
 
 def fused_max_tokens(lib, x: torch.Tensor) -> int:
     """Up to this many tokens of an expert go through the native kernels (the fused decode-and-dot, or the weights
-    decoded once); more through tiles decoded to fp32 and a GEMM. A bf16 model where the native kernels decode the
-    weights once into bf16 for all the tokens (cpu_native.decodes_once: AMX tiles, or AVX512-BF16 panels: the larger
-    checkpoint's 2,048-token MoE 2.4x the fp32 tiles' GEMM on an AMD EPYC) has no such limit."""
-    if x.dtype == torch.bfloat16 and cpu_native.decodes_once(lib):
+    decoded once); more through tiles decoded to fp32 and a GEMM. Where the native kernels decode the weights once for
+    x's dtype (cpu_native.decodes_once: AMX tiles or AVX512-BF16 panels for bf16, the AVX2 level's fp32 panels for
+    any; the larger checkpoint's 2,048-token MoE 2.4x the fp32 tiles' GEMM on AVX512-BF16, 1.25x on a Zen 1 EPYC's
+    AVX2) there is no such limit."""
+    if cpu_native.decodes_once(lib, x.dtype):
         return 1 << 62
     return MATVEC_MAX_TOKENS
 

@@ -57,9 +57,9 @@ def test_moe_mxfp4_cpu_custom_limit_and_alpha():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_a_prefill_sized_batch_in_one_native_call(dtype, monkeypatch):
-    """A bf16 model where the native kernels decode the weights once (AMX, AVX512-BF16) takes every batch through the
-    one native call, an expert's tokens 512 at a time (here ~600 an expert: two passes); fp32 keeps the per-expert path
-    past 32 tokens. Both the ref's result."""
+    """Where the native kernels decode the weights once for x's dtype (AMX, AVX512-BF16 for bf16; AVX2's fp32 panels
+    for either) every batch goes through the one native call, an expert's tokens 512 at a time (here ~600 an expert:
+    two passes); elsewhere the per-expert path past 32 tokens. Both the ref's result."""
     from .test_moe import _experts
 
     g = torch.Generator().manual_seed(5)
@@ -72,4 +72,4 @@ def test_a_prefill_sized_batch_in_one_native_call(dtype, monkeypatch):
     moe = cpu_native.moe
     monkeypatch.setattr(cpu_native, "moe", lambda *a: calls.append(1) or moe(*a))
     assert_close(moe_mxfp4_cpu(*args), moe_mxfp4_ref(*args), fp32_tol=1e-5)
-    assert calls == ([1] if dtype == torch.bfloat16 and cpu_native.decodes_once(cpu_native.library()) else [])
+    assert calls == ([1] if cpu_native.decodes_once(cpu_native.library(), dtype) else [])
