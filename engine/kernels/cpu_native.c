@@ -391,9 +391,12 @@ __attribute__((target("avx2,fma"))) static void f32panel_tokens(const float *pan
    brings 8 rows' values at k and each x value is broadcast to them: no horizontal sums, 12 FMAs per 2 weight loads
    and 6 broadcasts (1.4-1.8x the 2 x 3 dot-product blocks on a Zen 1 EPYC at K 64-2880, one thread). */
 
-/* r[i] (8 values of row i0 + i at k .. k + 7) into the transposed panel pT: an 8 x 8 transpose in registers, then
-   pT[(k + l) * 16 + i0 ..] = the 8 rows' value l (rows past a block's tail: zero vectors) */
-__attribute__((target("avx2,fma"))) static inline void tpanel_put8(float *pT, int64_t k, int i0, const __m256 r[8]) {
+/* r[i] (8 values of row i0 + i: its low lane's at k_lo .. k_lo + 3, its high lane's at k_hi .. k_hi + 3) into the
+   transposed panel pT: in-lane unpacks and shuffles, then pT[(k_lo + l) * 16 + i0 ..] and pT[(k_hi + l) * 16 + i0 ..]
+   = the 8 rows' value l of each lane, stored 128 bits at a time (a lane-crossing permute takes 8 micro-ops on Zen 1;
+   rows past a block's tail: zero vectors) */
+__attribute__((target("avx2,fma"))) static inline void tpanel_put8(float *pT, int64_t k_lo, int64_t k_hi, int i0,
+                                                                  const __m256 r[8]) {
     __m256 t[8], u[8];
     for (int i = 0; i < 4; i++) {
         t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
@@ -405,9 +408,40 @@ __attribute__((target("avx2,fma"))) static inline void tpanel_put8(float *pT, in
             u[4 * h + 2 * i + 1] = _mm256_shuffle_ps(t[4 * h + i], t[4 * h + 2 + i], 0xEE);
         }
     for (int l = 0; l < 4; l++) {
-        _mm256_store_ps(pT + (k + l) * F32_PANEL_ROWS + i0, _mm256_permute2f128_ps(u[l], u[4 + l], 0x20));
-        _mm256_store_ps(pT + (k + 4 + l) * F32_PANEL_ROWS + i0, _mm256_permute2f128_ps(u[l], u[4 + l], 0x31));
+        float *lo = pT + (k_lo + l) * F32_PANEL_ROWS + i0, *hi = pT + (k_hi + l) * F32_PANEL_ROWS + i0;
+        _mm_store_ps(lo, _mm256_castps256_ps128(u[l]));
+        _mm_store_ps(lo + 4, _mm256_castps256_ps128(u[4 + l]));
+        _mm_store_ps(hi, _mm256_extractf128_ps(u[l], 1));
+        _mm_store_ps(hi + 4, _mm256_extractf128_ps(u[4 + l], 1));
     }
+}
+
+/* `rows` rows of a bf16 W [.., K] (K a multiple of 16) from w into a transposed panel: 16 values of a row at a time
+   widened by interleaving them with zeros (in-lane: k .. k + 3 and k + 8 .. k + 11, then k + 4 .. and k + 12 ..) */
+__attribute__((target("avx2,fma"))) static inline void tpanel_fill_bf16(float *pT, const uint16_t *w, int64_t K,
+                                                                       int rows) {
+    const __m256i zero = _mm256_setzero_si256();
+    for (int i0 = 0; i0 < F32_PANEL_ROWS; i0 += 8)
+        for (int64_t k = 0; k < K; k += 16) {
+            __m256 lo[8], hi[8];
+            for (int i = 0; i < 8; i++) {
+                __m256i v = i0 + i < rows ? _mm256_loadu_si256((const __m256i *)(w + (i0 + i) * K + k)) : zero;
+                lo[i] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v));
+                hi[i] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v));
+            }
+            tpanel_put8(pT, k, k + 8, i0, lo);
+            tpanel_put8(pT, k + 4, k + 12, i0, hi);
+        }
+}
+
+/* `rows` rows of an fp32 W [.., K] (K a multiple of 8) from w into a transposed panel */
+__attribute__((target("avx2,fma"))) static inline void tpanel_fill_f32(float *pT, const float *w, int64_t K, int rows) {
+    for (int i0 = 0; i0 < F32_PANEL_ROWS; i0 += 8)
+        for (int64_t k = 0; k < K; k += 8) {
+            __m256 v[8];
+            for (int i = 0; i < 8; i++) v[i] = i0 + i < rows ? _mm256_loadu_ps(w + (i0 + i) * K + k) : _mm256_setzero_ps();
+            tpanel_put8(pT, k, k + 4, i0, v);
+        }
 }
 
 /* the panel's 16 rows times nt tokens (a constant in each instance), each sum over k in k's order; o [nt][ostride] */
@@ -462,13 +496,7 @@ __attribute__((target("avx2,fma"))) static void bf16panel_rows_avx2(const job_t 
     for (int64_t r = j->r0; r < j->r1; r += F32_PANEL_ROWS) {
         int rows = j->r1 - r < F32_PANEL_ROWS ? (int)(j->r1 - r) : F32_PANEL_ROWS;
         int64_t p1 = j->n - p0 < TPANEL_PASS_TOKENS ? j->n : p0 + TPANEL_PASS_TOKENS;
-        for (int i0 = 0; i0 < F32_PANEL_ROWS; i0 += 8)
-            for (int64_t k = 0; k < K; k += 8) {
-                __m256 v[8];
-                for (int i = 0; i < 8; i++)
-                    v[i] = i0 + i < rows ? widen_avx2(j->w + (r + i0 + i) * K + k) : _mm256_setzero_ps();
-                tpanel_put8(panel, k, i0, v);
-            }
+        tpanel_fill_bf16(panel, j->w + r * K, K, rows);
         for (int64_t t0 = p0; t0 < p1; t0 += F32_PASS_TOKENS) {
             int64_t nt = p1 - t0 < F32_PASS_TOKENS ? p1 - t0 : F32_PASS_TOKENS;
             tpanel_tokens(panel, F32_PANEL_ROWS, K, j->xs + t0 * K, nt, sums, F32_PANEL_ROWS);
@@ -491,13 +519,7 @@ __attribute__((target("avx2,fma"))) static void f32linear_rows_avx2(const job_t 
             f32panel_tokens(j->wf + r * K, rows, K, j->xs, j->n, (float *)j->out + r, j->R);
             continue;
         }
-        for (int i0 = 0; i0 < F32_PANEL_ROWS; i0 += 8)
-            for (int64_t k = 0; k < K; k += 8) {
-                __m256 v[8];
-                for (int i = 0; i < 8; i++)
-                    v[i] = i0 + i < rows ? _mm256_load_ps(j->wf + (r + i0 + i) * K + k) : _mm256_setzero_ps();
-                tpanel_put8(panel, k, i0, v);
-            }
+        tpanel_fill_f32(panel, j->wf + r * K, K, rows);
         tpanel_tokens(panel, rows, K, j->xs, j->n, (float *)j->out + r, j->R);
     }
 }
@@ -524,7 +546,7 @@ __attribute__((target("avx2,fma"))) static void f32panel_rows_avx2(const job_t *
                 }
                 for (int q = 0; q < 4; q++) {
                     for (int i = 0; i < 8; i++) col[i] = v[i][q];
-                    tpanel_put8(panel, g * 32 + 8 * q, i0, col);
+                    tpanel_put8(panel, g * 32 + 8 * q, g * 32 + 8 * q + 4, i0, col);
                 }
             }
         tpanel_tokens(panel, rows, K, j->xs + t0 * K, nt, out + t0 * j->R + r, j->R);
@@ -2077,17 +2099,10 @@ __attribute__((target("avx2,fma"))) static void greedy_panels_part(const void *s
     for (int64_t t = 0; t < n; t++) best[t] = -__builtin_inff(), at[t] = v0;
     for (int64_t r = v0; r < v1 && r < g->V; r += F32_PANEL_ROWS) {
         int rows = g->V - r < F32_PANEL_ROWS ? (int)(g->V - r) : F32_PANEL_ROWS;
-        for (int i0 = 0; i0 < F32_PANEL_ROWS; i0 += 8)
-            for (int64_t k = 0; k < K; k += 8) {
-                __m256 v[8];
-                for (int u = 0; u < 8; u++) {
-                    int64_t at_w = (r + i0 + u) * K + k;
-                    v[u] = i0 + u >= rows ? _mm256_setzero_ps()
-                           : g->bf16      ? widen_avx2((const uint16_t *)g->w + at_w)
-                                          : _mm256_loadu_ps((const float *)g->w + at_w);
-                }
-                tpanel_put8(panel, k, i0, v);
-            }
+        if (g->bf16)
+            tpanel_fill_bf16(panel, (const uint16_t *)g->w + r * K, K, rows);
+        else
+            tpanel_fill_f32(panel, (const float *)g->w + r * K, K, rows);
         for (int64_t t0 = 0; t0 < n; t0 += F32_PASS_TOKENS) {
             int64_t nt = n - t0 < F32_PASS_TOKENS ? n - t0 : F32_PASS_TOKENS;
             tpanel_tokens(panel, F32_PANEL_ROWS, K, g->xs + t0 * K, nt, sums, F32_PANEL_ROWS);
