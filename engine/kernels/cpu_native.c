@@ -439,7 +439,8 @@ __attribute__((target("avx2,fma"))) static inline void tpanel_fill_f32(float *pT
     for (int i0 = 0; i0 < F32_PANEL_ROWS; i0 += 8)
         for (int64_t k = 0; k < K; k += 8) {
             __m256 v[8];
-            for (int i = 0; i < 8; i++) v[i] = i0 + i < rows ? _mm256_loadu_ps(w + (i0 + i) * K + k) : _mm256_setzero_ps();
+            for (int i = 0; i < 8; i++)
+                v[i] = i0 + i < rows ? _mm256_loadu_ps(w + (i0 + i) * K + k) : _mm256_setzero_ps();
             tpanel_put8(pT, k, k + 4, i0, v);
         }
 }
