@@ -10,7 +10,8 @@ The MXFP4 kernels take the input dimension in "split" order (each 32-value scale
 instead of the kernel interleaving every weight:
 
     decode(blocks, scales, dtype)   W [R, K] in split order, fp32 or bf16  (for a GEMM with many tokens)
-    matvec(xs, blocks, scales)      xs [n, K] @ W.T in fp32, the decode fused in (a pass over W per MAX_TOKENS)
+    matvec(xs, blocks, scales)      xs [n, K] @ W.T in fp32 (AVX2: W decoded once into panels; else the decode fused
+                                    in, a pass over W per MAX_TOKENS)
     linear_bf16(x, weight, bias)    x [n, K] @ W.T + bias for a bf16 W [R, K] and a few tokens (read at the memory's
                                     speed: torch's bf16 GEMM reads a skinny product's weights at about half of it)
     argmax(rows)                    each row's first largest index, fp32 or bf16 rows (torch's CPU argmax: ~10x slower)
@@ -158,10 +159,11 @@ def decode(lib: ctypes.CDLL, blocks: torch.Tensor, scales: torch.Tensor, dtype: 
 
 def matvec(lib: ctypes.CDLL, xs: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor,
            bf16_valued: bool = False) -> torch.Tensor:
-    """xs [n, K] fp32 in split order @ W.T -> [n, R] fp32, MAX_TOKENS tokens per pass over W (one call: each
-    thread takes its rows through every pass); `bf16_valued` xs (a bf16 model's activations) with W decoded once into
-    bf16 for all the tokens where the CPU allows it (`decodes_once(lib)`): AMX tiles from cpu_native.c's
-    AMX_MIN_TOKENS tokens, AVX512-BF16 panels from its PANEL_MIN_TOKENS."""
+    """xs [n, K] fp32 in split order @ W.T -> [n, R] fp32: on the AVX2 level each block of W's rows decoded once into
+    an fp32 panel for all the tokens (each token's sums its own), elsewhere MAX_TOKENS tokens per pass over W (one
+    call: each thread takes its rows through every pass); `bf16_valued` xs (a bf16 model's activations) with W
+    decoded once into bf16 for all the tokens where the CPU allows it (`decodes_once(lib)`): AMX tiles from
+    cpu_native.c's AMX_MIN_TOKENS tokens, AVX512-BF16 panels from its PANEL_MIN_TOKENS."""
     rows, groups = _check(blocks, scales)
     xs = xs.float().contiguous()
     if xs.shape[1] != groups * 32:
@@ -180,7 +182,7 @@ def amx(lib: ctypes.CDLL) -> bool:
 def decodes_once(lib: ctypes.CDLL, dtype: torch.dtype = torch.bfloat16) -> bool:
     """Whether the MXFP4 matvec of tokens of this dtype decodes each block of the weights once for any number of them,
     so an MoE of any batch is one native call: bf16-valued tokens on AMX tiles or AVX512-BF16 panels (vdpbf16ps),
-    any tokens on the AVX2 level's fp32 panels (from 8 tokens; fewer take the fused path)."""
+    any tokens on the AVX2 level's fp32 panels (from one token)."""
     level = lib.gptoss_mxfp4_isa()
     return level == 1 or (level >= 3 and dtype == torch.bfloat16)
 
@@ -255,8 +257,8 @@ def moe(lib: ctypes.CDLL, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights:
         w1_scales: torch.Tensor, b1: torch.Tensor, w2_blocks: torch.Tensor, w2_scales: torch.Tensor, b2: torch.Tensor,
         swiglu_limit: float, alpha: float) -> torch.Tensor:
     """moe_mxfp4's result [T, H] in fp32 (the caller casts): every step in C, fp32 sums, one pass over each active
-    expert's weights per 4 of its tokens; with bf16 x, h, the SwiGLU and each expert's output rounded to bf16 as the
-    torch path holds them. Ids outside this rank's experts are skipped."""
+    expert's weights for all its tokens where `decodes_once`, else per 4 of them; with bf16 x, h, the SwiGLU and each
+    expert's output rounded to bf16 as the torch path holds them. Ids outside this rank's experts are skipped."""
     tensors = (w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2)
     if not all(t.is_contiguous() for t in tensors) or b1.dtype != b2.dtype or b1.dtype not in (torch.float32,
                                                                                               torch.bfloat16):

@@ -19,17 +19,17 @@ from .test_moe import _args
 
 
 
-PANEL_MIN_TOKENS = 8  # cpu_native.c's F32_PANEL_MIN_TOKENS: from this many tokens the AVX2 paths use panels
+PANEL_MIN_TOKENS = 8  # cpu_native.c's F32_PANEL_MIN_TOKENS: from this many tokens the AVX2 linear paths use panels
 
 
-def assert_token_independent(got, run, x, isa, panels=True):
-    """got = run(x): below the AVX2 panels' token count (or elsewhere) every count equals 4 tokens at a time (the
-    fused kernels' passes); with panels each token's sums are its own, whichever tokens share the call (the first and
-    last PANEL_MIN_TOKENS tokens run alone give the same bits)."""
+def assert_token_independent(got, run, x, isa, panels=True, panels_from=PANEL_MIN_TOKENS):
+    """got = run(x): below the AVX2 panels' token count `panels_from` (or elsewhere) every count equals 4 tokens at a
+    time (the fused kernels' passes); with panels each token's sums are its own, whichever tokens share the call (the
+    first and last `panels_from` tokens run alone give the same bits)."""
     tokens = x.shape[0]
-    if isa.gptoss_mxfp4_isa() == 1 and panels and tokens >= PANEL_MIN_TOKENS:
-        assert torch.equal(got[:PANEL_MIN_TOKENS], run(x[:PANEL_MIN_TOKENS]))
-        assert torch.equal(got[-PANEL_MIN_TOKENS:], run(x[-PANEL_MIN_TOKENS:]))
+    if isa.gptoss_mxfp4_isa() == 1 and panels and tokens >= panels_from:
+        assert torch.equal(got[:panels_from], run(x[:panels_from]))
+        assert torch.equal(got[-panels_from:], run(x[-panels_from:]))
     elif tokens > 4:
         assert torch.equal(got, torch.cat([run(x[t:t + 4]) for t in range(0, tokens, 4)]))
 
@@ -68,13 +68,13 @@ def test_native_decode_is_exact(isa, dtype):
 
 @pytest.mark.parametrize("shape", [(203, 7), (2048, 32), (17, 90)])  # odd groups (the AVX-512 pair loop's tail);
 #                                                                      1 MiB: threads; a panel block's row tail
-@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 8, 9, 13, 50, 200])  # AVX2 panels from 8; 13: blocks of 5, 4,
-#                                                                      4; 200: passes of TPANEL_PASS_TOKENS
+# AVX2: 1-5 tokens a register block each; 13: blocks of 5, 4, 4; 200: passes of TPANEL_PASS_TOKENS
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 8, 9, 13, 50, 200])
 def test_native_matvec(isa, tokens, shape):
     """x @ W.T with the decode fused in, any token count (4 per pass), rows split between threads when the matrix is
-    big enough to pay for a thread's start; on AVX2 from F32_PANEL_MIN_TOKENS tokens each block of rows decoded once
-    into a transposed panel for all of them (each sum in k's order): below that every count equals 4 tokens at a
-    time, from it a token's sums do not depend on the other tokens of the call."""
+    big enough to pay for a thread's start; on AVX2 each block of rows decoded once into a transposed panel for all
+    the tokens (each sum in k's order), so a token's sums do not depend on the other tokens of the call, one token
+    alone included; elsewhere every count equals 4 tokens at a time."""
     gen = torch.Generator().manual_seed(tokens)
     rows, groups = shape
     blocks = torch.randint(0, 256, (rows, groups, 16), dtype=torch.uint8, generator=gen)
@@ -86,7 +86,8 @@ def test_native_matvec(isa, tokens, shape):
     got = cpu_native.matvec(isa, cpu_native.split_order(x), blocks, scales)
     tol = 1e-5 * (x.double().abs() @ w.abs().T) + 1e-30  # fp32 sums of these terms, in any order
     assert ((got.double() - expected).abs() <= tol).all()
-    assert_token_independent(got, lambda x: cpu_native.matvec(isa, cpu_native.split_order(x), blocks, scales), x, isa)
+    assert_token_independent(got, lambda x: cpu_native.matvec(isa, cpu_native.split_order(x), blocks, scales), x, isa,
+                             panels_from=1)
 
 
 @pytest.mark.parametrize("shape", [(203, 7), (2048, 32), (16, 2)])  # a phantom group, a block tail; threads; one block

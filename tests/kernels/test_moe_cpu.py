@@ -73,3 +73,28 @@ def test_a_prefill_sized_batch_in_one_native_call(dtype, monkeypatch):
     monkeypatch.setattr(cpu_native, "moe", lambda *a: calls.append(1) or moe(*a))
     assert_close(moe_mxfp4_cpu(*args), moe_mxfp4_ref(*args), fp32_tol=1e-5)
     assert calls == ([1] if cpu_native.decodes_once(cpu_native.library(), dtype) else [])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_avx2_moe_batch_invariant(dtype):
+    """On the AVX2 level every expert matrix goes through the fp32 panels at any token count (each sum in k's order,
+    each token's sums its own) and the per-token steps are the token's alone, so a token's MoE output is the same bits
+    whichever tokens share the step: here alone, in a pair, and among 40 (experts with 1 to 20 tokens)."""
+    from .test_moe import _experts
+
+    lib = cpu_native.library()
+    if lib.gptoss_mxfp4_set_isa(1) < 0:
+        pytest.skip("this CPU has no AVX2")
+    try:
+        g = torch.Generator().manual_seed(9)
+        T, E, K, H, I = 40, 8, 4, 64, 32
+        x = torch.randn(T, H, generator=g).to(dtype)
+        ids = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(T)])
+        weights = torch.softmax(torch.randn(T, K, generator=g), -1)
+        experts = _experts(E, H, I)
+        every = cpu_native.moe(lib, x, ids, weights, *experts, 7.0, 1.702)
+        for rows in ([0], [T - 1], [3, 17]):
+            alone = cpu_native.moe(lib, x[rows], ids[rows], weights[rows], *experts, 7.0, 1.702)
+            assert torch.equal(alone, every[rows])
+    finally:
+        lib.gptoss_mxfp4_set_isa(-1)
