@@ -1160,9 +1160,10 @@ static inline void softmax_sink(float *p, int64_t N, float sink) {
 }
 
 static int attend_bf16_64(const attn_t *a); /* the AVX512-BF16 path for a bf16 cache and head_dim 64: 0, or -1 */
+static int attend_avx2_64(const attn_t *a); /* the AVX2 path for head_dim 64: 0, or -1 */
 
 __attribute__((target_clones("avx512f", "avx2", "default"))) static void attend_items(const attn_t *a) {
-    if (attend_bf16_64(a) == 0) return;
+    if (attend_bf16_64(a) == 0 || attend_avx2_64(a) == 0) return;
     int64_t G = a->G, D = a->D, cap = 0;
     float *buf = NULL; /* per item: q [G, D], acc [G, D], row [D], scores [G, N] */
     for (int64_t item = a->item0; item < a->item1; item++) {
@@ -1941,8 +1942,9 @@ __attribute__((target("avx512f"))) static void softmax_sink16(float *p, int64_t 
    top half of its fp32: the even dims by a shift, the odd ones by a mask) times ATTN_HEADS heads' probabilities. */
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void attend_item_bf16_64(const attn_t *a, int64_t item,
                                                                                      float *sc, int64_t *slots,
-                                                                                     uint32_t *kt) {
+                                                                                     void *scratch) {
     static const uint16_t zero[64] __attribute__((aligned(64)));
+    uint32_t *kt = scratch; /* [64 / 2 pairs][16 keys] */
     const int64_t G = a->G, KV = a->KV;
     int64_t b = item / KV, h = item % KV, L = a->seq_lens[b], row = a->rows[b];
     int64_t first = a->window > 0 && L > a->window ? L - a->window : 0, N = L - first;
@@ -2008,13 +2010,15 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void attend_item_b
 }
 #endif
 
-static int attend_bf16_64(const attn_t *a) {
 #ifdef GPTOSS_X86
-    if (gptoss_mxfp4_isa() < 3 || !a->act_bf16 || !a->kv_bf16 || a->D != 64 || a->G % ATTN_HEADS) return -1;
+/* runs one(a, item, scores, slots, scratch) on each of a's items, the scores [G, N] and slots [N] buffers grown to
+   each item's keys; 0 (out of memory: items left unwritten, which the caller checks the output for) */
+typedef void (*attend_item_t)(const attn_t *a, int64_t item, float *sc, int64_t *slots, void *scratch);
+
+static int attend_each(const attn_t *a, attend_item_t one, void *scratch) {
     int64_t cap = 0;
     float *sc = NULL;
     int64_t *slots = NULL;
-    uint32_t kt[512] __attribute__((aligned(64)));
     for (int64_t item = a->item0; item < a->item1; item++) {
         int64_t L = a->seq_lens[item / a->KV], N = a->window > 0 && L > a->window ? a->window : L;
         if (N > cap) {
@@ -2023,13 +2027,133 @@ static int attend_bf16_64(const attn_t *a) {
             cap = N * 2;
             sc = malloc((size_t)(cap * a->G) * sizeof(float));
             slots = malloc((size_t)cap * sizeof(int64_t));
-            if (sc == NULL || slots == NULL) break; /* the caller checks the output for this */
+            if (sc == NULL || slots == NULL) break;
         }
-        if (N > 0) attend_item_bf16_64(a, item, sc, slots, kt);
+        if (N > 0) one(a, item, sc, slots, scratch);
     }
     free(sc);
     free(slots);
     return 0;
+}
+#endif
+
+static int attend_bf16_64(const attn_t *a) {
+#ifdef GPTOSS_X86
+    if (gptoss_mxfp4_isa() < 3 || !a->act_bf16 || !a->kv_bf16 || a->D != 64 || a->G % ATTN_HEADS) return -1;
+    uint32_t kt[512] __attribute__((aligned(64)));
+    return attend_each(a, attend_item_bf16_64, kt);
+#else
+    (void)a;
+    return -1;
+#endif
+}
+
+#ifdef GPTOSS_X86
+/* softmax_sink 8 lanes at a time (exp_clamped8: exp_le0's method; the tail's lanes one at a time by exp_le0) */
+__attribute__((target("avx2,fma"))) static void softmax_sink8(float *p, int64_t N, float sink) {
+    __m256 m = _mm256_set1_ps(sink), sum = _mm256_setzero_ps();
+    int64_t body = N / 8 * 8;
+    for (int64_t n = 0; n < body; n += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(p + n));
+    float lanes[8], top, total = 0.0f;
+    _mm256_storeu_ps(lanes, m);
+    top = lanes[0];
+    for (int i = 1; i < 8; i++) top = lanes[i] > top ? lanes[i] : top;
+    for (int64_t n = body; n < N; n++) top = p[n] > top ? p[n] : top;
+    const __m256 mv = _mm256_set1_ps(top);
+    for (int64_t n = 0; n < body; n += 8) {
+        __m256 e = exp_clamped8(_mm256_sub_ps(_mm256_loadu_ps(p + n), mv));
+        _mm256_storeu_ps(p + n, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    _mm256_storeu_ps(lanes, sum);
+    for (int i = 0; i < 8; i++) total += lanes[i];
+    for (int64_t n = body; n < N; n++) total += p[n] = exp_le0(p[n] - top);
+    const float inv = 1.0f / (total + expf(sink - top));
+    const __m256 iv = _mm256_set1_ps(inv);
+    for (int64_t n = 0; n < body; n += 8) _mm256_storeu_ps(p + n, _mm256_mul_ps(_mm256_loadu_ps(p + n), iv));
+    for (int64_t n = body; n < N; n++) p[n] *= inv;
+}
+
+/* 8 values of a cache row from `at` (bf16 widened, or fp32) */
+__attribute__((target("avx2,fma"))) static inline __m256 kv_row8(const void *base, int bf16, int64_t at) {
+    return bf16 ? widen_avx2((const uint16_t *)base + at) : _mm256_loadu_ps((const float *)base + at);
+}
+
+/* One (sequence, KV head) item on AVX2, head_dim 64: the keys F32_PANEL_ROWS at a time copied into a transposed
+   panel (tpanel_fill_bf16 / _f32), the scores of all G query heads against them by tpanel_tokens (the heads as its
+   tokens: each score summed in d's order), softmax_sink8, then the values: ATTN_HEADS heads x 16 dims accumulate in
+   registers over the keys, a quarter of the dims at a time */
+__attribute__((target("avx2,fma"))) static void attend_item_avx2_64(const attn_t *a, int64_t item, float *sc,
+                                                                   int64_t *slots, void *scratch) {
+    const int64_t G = a->G, KV = a->KV, D = 64;
+    float *qf = scratch; /* [G, 64] */
+    int64_t b = item / KV, h = item % KV, L = a->seq_lens[b], row = a->rows[b];
+    int64_t first = a->window > 0 && L > a->window ? L - a->window : 0, N = L - first;
+    float panel[F32_PANEL_ROWS * 64] __attribute__((aligned(32)));
+    union {
+        uint16_t b[F32_PANEL_ROWS * 64];
+        float f[F32_PANEL_ROWS * 64];
+    } keys;
+    for (int64_t n = 0, blk = first / a->block_size, off = first % a->block_size; n < N; n++) {
+        slots[n] = ((int64_t)a->block_table[b * a->bt_stride + blk] * a->block_size + off) * KV + h; /* its row */
+        if (++off == a->block_size) {
+            off = 0;
+            blk++;
+        }
+    }
+    for (int64_t g = 0; g < G; g++) {
+        load_row(a->q, a->act_bf16, (row * KV * G + h * G + g) * D, D, qf + g * D);
+        for (int64_t d = 0; d < D; d++) qf[g * D + d] *= a->scale;
+    }
+    for (int64_t n0 = 0; n0 < N; n0 += F32_PANEL_ROWS) {
+        int m = N - n0 < F32_PANEL_ROWS ? (int)(N - n0) : F32_PANEL_ROWS;
+        for (int i = 0; i < m; i++)
+            if (a->kv_bf16)
+                memcpy(keys.b + i * D, (const uint16_t *)a->kv + slots[n0 + i] * D, D * sizeof(uint16_t));
+            else
+                memcpy(keys.f + i * D, (const float *)a->kv + slots[n0 + i] * D, D * sizeof(float));
+        if (a->kv_bf16)
+            tpanel_fill_bf16(panel, keys.b, D, m, 0);
+        else
+            tpanel_fill_f32(panel, keys.f, D, m);
+        tpanel_tokens(panel, m, D, qf, G, sc + n0, N);
+    }
+    for (int64_t g = 0; g < G; g++) softmax_sink8(sc + g * N, N, a->sinks[h * G + g]);
+    const int64_t plane = a->plane;
+    for (int64_t g0 = 0; g0 < G; g0 += ATTN_HEADS)
+        for (int64_t d0 = 0; d0 < D; d0 += 16) {
+            __m256 acc[ATTN_HEADS][2];
+            for (int i = 0; i < ATTN_HEADS; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+            for (int64_t n = 0; n < N; n++) {
+                int64_t at = plane + slots[n] * D + d0;
+                __m256 v0 = kv_row8(a->kv, a->kv_bf16, at), v1 = kv_row8(a->kv, a->kv_bf16, at + 8);
+                for (int i = 0; i < ATTN_HEADS; i++) {
+                    __m256 p = _mm256_broadcast_ss(sc + (g0 + i) * N + n);
+                    acc[i][0] = _mm256_fmadd_ps(p, v0, acc[i][0]);
+                    acc[i][1] = _mm256_fmadd_ps(p, v1, acc[i][1]);
+                }
+            }
+            for (int i = 0; i < ATTN_HEADS; i++) {
+                float o[16];
+                int64_t at = (row * KV * G + h * G + g0 + i) * D + d0;
+                _mm256_storeu_ps(o, acc[i][0]);
+                _mm256_storeu_ps(o + 8, acc[i][1]);
+                if (a->act_bf16)
+                    for (int d = 0; d < 16; d++) ((uint16_t *)a->out)[at + d] = round_bf16(o[d]);
+                else
+                    memcpy((float *)a->out + at, o, sizeof o);
+            }
+        }
+}
+#endif
+
+/* the AVX2 path (head_dim 64, query heads per KV head a multiple of ATTN_HEADS) where the CPU has no AVX512-BF16
+   path for this cache: 0, or -1 */
+static int attend_avx2_64(const attn_t *a) {
+#ifdef GPTOSS_X86
+    if (gptoss_mxfp4_isa() < 1 || a->D != 64 || a->G % ATTN_HEADS) return -1;
+    float qf[a->G * 64]; /* the item's query heads, scaled, in fp32 */
+    return attend_each(a, attend_item_avx2_64, qf);
 #else
     (void)a;
     return -1;

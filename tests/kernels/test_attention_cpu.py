@@ -64,8 +64,9 @@ def test_long_sequences_many_threads():
 def test_bf16_head_dim_64_decode(kv, hq, window, path):
     """A bf16 cache with head_dim 64 (gpt-oss's): on AVX512-BF16, 16 keys at a time through vdpbf16ps and 4 heads'
     sums in registers (keys past a multiple of 16, windows, a batch split between threads); the ref's result to bf16's
-    precision, and not the generic kernel's bits (which scales q before the dot product, the ref and this path the
-    score after: with a sharp softmax and a scale that is no power of two, some outputs differ: that path ran)."""
+    precision, and not the AVX-512 level's bits (the AVX2 path, which scales q before the dot product, the ref and
+    this path the score after: with a sharp softmax and a scale that is no power of two, some outputs differ: that path
+    ran)."""
     q, cache, *rest = make_case([1] * 8, [1, 15, 16, 17, 200, 700, 33, 129], window, kv=kv, hq=hq, d=64,
                                 block_size=16)
     args = ((q * 8).bfloat16(), cache.bfloat16(), *rest[:-1], 0.3)
@@ -80,3 +81,32 @@ def test_bf16_head_dim_64_decode(kv, hq, window, path):
             lib.gptoss_mxfp4_set_isa(-1)
         torch.testing.assert_close(generic, ref, rtol=1e-2, atol=2e-3)
         assert not torch.equal(got, generic)  # the generic kernel's error is larger, too
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window", [None, 128])
+def test_avx2_head_dim_64(dtype, window, path):
+    """head_dim 64 with 4 and 8 query heads a KV head on the AVX2 level: the keys 16 at a time in a transposed panel
+    (all the heads' scores by tpanel_tokens), softmax_sink8, 4 heads x 16 dims of the values in registers; the ref's
+    result as the generic kernel's (the scalar level), with the keys' tail past 16, windows, and prefill-sized
+    decode batches split between threads."""
+    lib = cpu_native.library()
+    if path != "native" or lib.gptoss_mxfp4_set_isa(1) < 0:
+        pytest.skip("the AVX2 level of the native kernel")
+    lib.gptoss_mxfp4_set_isa(-1)
+    for kv, hq in ((4, 16), (2, 16)):
+        q, cache, *rest = make_case([1] * 8, [1, 15, 16, 17, 200, 700, 33, 129], window, kv=kv, hq=hq, d=64,
+                                    block_size=16)
+        args = (q.to(dtype), cache.to(dtype), *rest)
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=2e-3)
+        got = {}
+        for level in (1, 0):
+            lib.gptoss_mxfp4_set_isa(level)
+            try:
+                got[level] = paged_attention_cpu(*args).float()
+            finally:
+                lib.gptoss_mxfp4_set_isa(-1)
+        ref = paged_attention_ref(*args).float()
+        torch.testing.assert_close(got[1], ref, **tol)
+        torch.testing.assert_close(got[0], ref, **tol)
+        assert not torch.equal(got[1], got[0])  # the AVX2 path ran (its sums in another order)
