@@ -184,16 +184,18 @@ def ratios(ours: dict, peer: dict) -> dict:
 
 
 def best(runs: list[dict]) -> dict:
-    """The fastest of a contender's runs, each number on its own (token ids from the first)."""
+    """The fastest of a contender's runs, each number on its own (token ids from the first); every run's numbers,
+    in the order they ran, under "runs" (how much the host moved them)."""
     ok = [r for r in runs if "error" not in r]
     if not ok:
         return runs[0]
     pick = {"_per_s": max, "_s": min, "_bytes": min}  # "_per_s" first: it ends in "_s" too
     out = dict(ok[0])
-    for key, value in ok[0].items():
-        fn = next((f for suffix, f in pick.items() if key.endswith(suffix)), None)
-        if fn and isinstance(value, (int, float)):
-            out[key] = fn(r[key] for r in ok)
+    kept = [key for key, value in ok[0].items()
+            if isinstance(value, (int, float)) and any(key.endswith(suffix) for suffix in pick)]
+    for key in kept:
+        out[key] = next(f for suffix, f in pick.items() if key.endswith(suffix))(r[key] for r in ok)
+    out["runs"] = [{key: r[key] for key in kept} if "error" not in r else {"error": r["error"]} for r in runs]
     return out
 
 

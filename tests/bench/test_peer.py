@@ -40,6 +40,8 @@ def test_best_keeps_the_fastest_number_of_each_kind():
     picked = best([a, b, {"error": "timed out"}])
     assert (picked["mixed_tokens_per_s"], picked["batch1_tokens_per_s"], picked["startup_s"]) == (120, 50, 3.0)
     assert picked["peak_rss_bytes"] == 10 and picked["token_ids"] == [[1]]
+    assert [r.get("mixed_tokens_per_s") for r in picked["runs"]] == [100, 120, None]
+    assert picked["runs"][2] == {"error": "timed out"} and "token_ids" not in picked["runs"][0]
 
 
 def test_verdict_holds_bf16_rows_against_the_faster_vllm_layout():
