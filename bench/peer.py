@@ -191,11 +191,11 @@ def best(runs: list[dict]) -> dict:
         return runs[0]
     pick = {"_per_s": max, "_s": min, "_bytes": min}  # "_per_s" first: it ends in "_s" too
     out = dict(ok[0])
-    kept = [key for key, value in ok[0].items()
-            if isinstance(value, (int, float)) and any(key.endswith(suffix) for suffix in pick)]
-    for key in kept:
-        out[key] = next(f for suffix, f in pick.items() if key.endswith(suffix))(r[key] for r in ok)
-    out["runs"] = [{key: r[key] for key in kept} if "error" not in r else {"error": r["error"]} for r in runs]
+    kinds = {key: fn for key, value in ok[0].items() if isinstance(value, (int, float))
+             and (fn := next((f for suffix, f in pick.items() if key.endswith(suffix)), None))}
+    for key, fn in kinds.items():
+        out[key] = fn(r[key] for r in ok)
+    out["runs"] = [{key: r[key] for key in kinds} if "error" not in r else {"error": r["error"]} for r in runs]
     return out
 
 
