@@ -96,11 +96,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """F.linear(x, weight, bias); on CPU with bf16 x and weight, at most LINEAR_MAX_TOKENS rows go through the native
     kernel (cpu_native.linear_bf16: fp32 sums, as torch's bf16 GEMM) where it built (any number of rows where oneDNN
     has no bf16 on this CPU: 41-52 GFLOP/s on an AVX2-only EPYC, torch's bf16 GEMM 3-5), and more rows through oneDNN
-    with `packed` (pack_linear's copy of weight) when there is one; a weight of more than PACKED_EVERY_ROW_BYTES
-    with a packed copy goes through it for any number of rows. fp32 on an AVX2-only CPU: up to F32_NATIVE_MAX_TOKENS
+    with `packed` (pack_linear's copy of weight) when there is one. fp32 on an AVX2-only CPU: up to F32_NATIVE_MAX_TOKENS
     rows the native kernel (cpu_native.linear_f32), then the bias added."""
     if x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16 and x.numel() > 0:
-        if packed is not None and x.dim() == 2 and packed_serves(x.shape[0], weight):
+        if packed is not None and x.dim() == 2 and packed_serves(x.shape[0]):
             return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
         if (x.numel() <= LINEAR_MAX_TOKENS * x.shape[-1] or not onednn_bf16()) and weight.is_contiguous():
             lib = cpu_native.library()
@@ -118,24 +117,24 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
-def packed_serves(rows: int, weight: torch.Tensor) -> bool:
-    """Whether `linear` takes a packed copy of `weight` (one there is) for `rows` rows: more than LINEAR_MAX_TOKENS,
-    or any number for a weight of more than PACKED_EVERY_ROW_BYTES where oneDNN is not on AMX (its AMX layout reads
-    one row's product slower than the native kernel: the larger checkpoint's unembedding 30-34 ms against 22)."""
-    big = weight.numel() * weight.element_size() > PACKED_EVERY_ROW_BYTES and not cpu_native.ONEDNN_AMX
-    return rows > LINEAR_MAX_TOKENS or big
+def packed_serves(rows: int) -> bool:
+    """Whether `linear` takes a packed copy of a weight (one there is) for `rows` rows: more than LINEAR_MAX_TOKENS (up
+    to that the native kernel reads the weight faster than oneDNN's packed GEMM, even a big one: the larger
+    checkpoint's 412 MB unembedding 12.8-14.0 against 14.5-16.8 ms at 1 row, 13.2-14.6 against 14.1-15.7 at 4; AMD
+    EPYC Zen 4 VM, 2 threads, 2026-12-03)."""
+    return rows > LINEAR_MAX_TOKENS
 
 
 PACK_MAX_BYTES = 512 << 20  # bf16 weights up to this size may get a oneDNN-packed second copy for GEMMs of more
 #                             than LINEAR_MAX_TOKENS rows (1.3-1.7x F.linear's speed at 16-64 rows on the small
 #                             checkpoint's unembedding, 1.15-1.3x at 8-32 rows on the larger one's: oneDNN otherwise
 #                             reorders the weight on every call); bigger ones are not worth their memory twice
-#                             (gpt-oss-20b's unembedding: 1.1 GiB, within 1.04-1.17x). The kernel model packs only its
-#                             unembedding (0.84-1.4x at gpt-oss-20b's projection shapes: not worth 1.3 GiB)
-PACKED_EVERY_ROW_BYTES = 256 << 20  # a packed weight bigger than this serves every row count, one row included:
-#                                     oneDNN streams a big packed weight faster than the native kernel reads the plain
-#                                     one (the larger checkpoint's 412 MB unembedding: 21.5 against 24.9 ms at 1 row,
-#                                     23.8 against 31.7 ms at 4; 2026-12-02, 2 threads)
+#                             (gpt-oss-20b's unembedding: 1.1 GiB, within 1.04-1.17x). The kernel model packs its
+#                             unembedding, and its attention projections where they fit PACKED_PROJECTIONS_BYTES
+PACKED_PROJECTIONS_BYTES = 256 << 20  # all the attention projections' packed copies together at most this big: 1.1-1.9x
+#                                       F.linear at 8-64 rows (decode) on a Zen 4 VM at gpt-oss-20b's and the larger test
+#                                       checkpoint's shapes, ~1x at prefill sizes (2026-12-03; 0.84-1.4x on the Xeon),
+#                                       but gpt-oss-20b's would be 1.27 GiB more on a 16 GiB machine: not packed
 
 
 def pack_linear(weight: torch.Tensor) -> torch.Tensor | None:
@@ -169,7 +168,9 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 def greedy_tokens(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     """argmax(linear(x, weight), -1) for x [n, K] and weight [V, K] without the logits: on an AMX CPU bf16 (the
-    weight's tiles times the rows, each logit rounded to bf16 and compared in vocabulary order); on an AVX2-only CPU
+    weight's tiles times the rows, each logit rounded to bf16 and compared in vocabulary order), on AVX512-BF16 bf16
+    from 12 rows where K <= 128, from 128 rows beyond (vdpbf16ps, 16 rows' sums of one vocabulary row at a time:
+    where the logits cost as much as the sums, 1.4-2.1x oneDNN's GEMM and the argmax); on an AVX2-only CPU
     bf16 or fp32 from 8 rows where `linear` itself takes the native panels (bf16 without oneDNN's bf16; fp32 up to
     F32_NATIVE_MAX_TOKENS rows): the same logits, compared as they are made (cpu_native.greedy_tokens). None where
     neither runs (the caller makes the logits)."""
@@ -179,7 +180,7 @@ def greedy_tokens(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     lib = cpu_native.library()
     if lib is None:
         return None
-    if cpu_native.amx(lib):
+    if lib.gptoss_mxfp4_isa() >= 3:  # AMX, or AVX512-BF16 where it pays (cpu_native.c's bgreedy_min_tokens): bf16 only
         if x.dtype != torch.bfloat16:
             return None
     elif (onednn_bf16() if x.dtype == torch.bfloat16 else x.shape[0] > F32_NATIVE_MAX_TOKENS):

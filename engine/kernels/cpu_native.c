@@ -716,41 +716,28 @@ __attribute__((target("avx512f"), always_inline)) static inline void bf16mv_avx5
 
 __attribute__((target("avx512f"))) static void bf16mv_avx512(const job_t *j) { BY_TOKEN_COUNT(bf16mv_avx512_n, j); }
 
-#define PREFETCH_BF16 2048 /* weights read ahead of the two rows' streams (4 KiB): the hardware prefetcher alone
-                             leaves a 412 MB unembedding at 18 GB/s for one token, this 20-22 (2 threads) */
-
-/* AVX512-BF16: 32 weights and 32 inputs per vdpbf16ps (pairs multiplied and summed into fp32 lanes); two rows at a
-   time share the loads of x, and each keeps two chains */
+/* AVX512-BF16: 32 weights and 32 inputs per vdpbf16ps (pairs multiplied and summed into fp32 lanes), two chains a
+   token; one row at a time, so the weight is read as one sequential stream: two rows' interleaved streams (with or
+   without software prefetch) read a 412 MB unembedding at 17-20 GB/s on a Zen 4 VM (2 threads), one row at a time
+   27-38 (the same sums, the same bits) */
 __attribute__((target("avx512f,avx512bf16"), always_inline)) static inline void bf16dp_n(const job_t *j, const int n) {
     int64_t K = j->G, body = K / 64 * 64;
-    for (int64_t r = j->r0; r < j->r1; r += 2) {
-        int two = r + 1 < j->r1;
-        const uint16_t *w0 = j->w + r * K, *w1 = two ? w0 + K : w0;
-        __m512 acc[MAX_TOKENS][4];
-        for (int t = 0; t < n; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = _mm512_setzero_ps();
+    for (int64_t r = j->r0; r < j->r1; r++) {
+        const uint16_t *w = j->w + r * K;
+        __m512 acc[MAX_TOKENS][2];
+        for (int t = 0; t < n; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
         for (int64_t k = 0; k < body; k += 64) {
-            _mm_prefetch((const char *)(w0 + k + PREFETCH_BF16), _MM_HINT_T0); /* harmless past the end */
-            _mm_prefetch((const char *)(w1 + k + PREFETCH_BF16), _MM_HINT_T0);
-            __m512bh a0 = (__m512bh)_mm512_loadu_si512(w0 + k), a1 = (__m512bh)_mm512_loadu_si512(w0 + k + 32);
-            __m512bh b0 = (__m512bh)_mm512_loadu_si512(w1 + k), b1 = (__m512bh)_mm512_loadu_si512(w1 + k + 32);
+            __m512bh a0 = (__m512bh)_mm512_loadu_si512(w + k), a1 = (__m512bh)_mm512_loadu_si512(w + k + 32);
             for (int t = 0; t < n; t++) {
                 const uint16_t *x = j->xb + t * K + k;
-                __m512bh x0 = (__m512bh)_mm512_loadu_si512(x), x1 = (__m512bh)_mm512_loadu_si512(x + 32);
-                acc[t][0] = _mm512_dpbf16_ps(acc[t][0], a0, x0);
-                acc[t][1] = _mm512_dpbf16_ps(acc[t][1], a1, x1);
-                acc[t][2] = _mm512_dpbf16_ps(acc[t][2], b0, x0);
-                acc[t][3] = _mm512_dpbf16_ps(acc[t][3], b1, x1);
+                acc[t][0] = _mm512_dpbf16_ps(acc[t][0], a0, (__m512bh)_mm512_loadu_si512(x));
+                acc[t][1] = _mm512_dpbf16_ps(acc[t][1], a1, (__m512bh)_mm512_loadu_si512(x + 32));
             }
         }
         for (int t = 0; t < n; t++) {
-            float s0 = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
-            float s1 = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][2], acc[t][3]));
-            for (int64_t i = body; i < K; i++) {
-                s0 += widen(w0[i]) * widen(j->xb[t * K + i]);
-                s1 += widen(w1[i]) * widen(j->xb[t * K + i]);
-            }
-            put_linear(j, t, r, s0);
-            if (two) put_linear(j, t, r + 1, s1);
+            float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
+            for (int64_t i = body; i < K; i++) s += widen(w[i]) * widen(j->xb[t * K + i]);
+            put_linear(j, t, r, s);
         }
     }
 }
@@ -2363,6 +2350,117 @@ static int greedy_panels(const void *h, int64_t n, const void *w, int64_t V, int
 }
 #endif
 
+/* ---- greedy tokens on AVX512-BF16: the tokens in the AMX path's B layout, W read in place ---- */
+
+#define BGREEDY_ROWS 6   /* vocabulary rows per register block: 6 x 4 accumulators, 4 token vectors, 1 broadcast */
+#define BGREEDY_CHUNKS 4 /* token vectors (16 tokens each) per pass over a block of rows */
+/* from how many tokens this beats the logits path (oneDNN's GEMM, then argmax) on a 201,088-row vocabulary (Zen 4 VM,
+   2 threads, 2026-12-03): with K up to 128 the logits cost as much as the sums, so from 12 tokens (K 64: 1.75-2.1x
+   at 16-128; below 12 most lanes of each vdpbf16ps are padding); with a wider K from 128 (K 1024: 0.77x at 16, 0.97x
+   at 64, 1.08x at 128; K 256-512: 1.3-1.6x at 256) */
+static int bgreedy_min_tokens(int64_t K) { return K <= 128 ? 12 : 128; }
+
+#ifdef GPTOSS_X86
+typedef struct {
+    const uint16_t *w;  /* W [V, K] bf16 */
+    const uint16_t *hv; /* the tokens: [chunk][K / 2 pairs][16 tokens][2] (amx_pack_h's layout) */
+    int64_t n, V, K;
+    float *best;  /* [parts][chunks * 16] each part's largest logit per token (a bf16 value); NaN above all */
+    int32_t *at;  /* [parts][chunks * 16] its first index */
+} bgreedy_t;
+
+/* rows [r, r + R) against token vectors [c0, c0 + nc): per pair p one broadcast of each row's pair (W[r][2p],
+   W[r][2p + 1]) times each token vector, one chain per logit (a token's sums do not depend on the others in the
+   call); then each logit rounded to bf16 and compared in vocabulary order, as greedy_rows does */
+__attribute__((target("avx512f,avx512bf16"), always_inline)) static inline void bgreedy_block(
+        const bgreedy_t *g, int64_t r, int64_t c0, float *best, int32_t *at, const int R, const int nc) {
+    const int64_t P = g->K / 2;
+    const uint32_t *w = (const uint32_t *)(g->w + r * g->K);
+    const uint16_t *hv = g->hv + c0 * P * 32;
+    __m512 acc[BGREEDY_ROWS][BGREEDY_CHUNKS];
+    for (int i = 0; i < R; i++)
+        for (int c = 0; c < nc; c++) acc[i][c] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < P; p++) {
+        __m512bh h[BGREEDY_CHUNKS];
+        for (int c = 0; c < nc; c++) h[c] = (__m512bh)_mm512_loadu_si512(hv + (c * P + p) * 32);
+        for (int i = 0; i < R; i++) {
+            __m512bh pair = (__m512bh)_mm512_set1_epi32((int)w[i * P + p]);
+            for (int c = 0; c < nc; c++) acc[i][c] = _mm512_dpbf16_ps(acc[i][c], pair, h[c]);
+        }
+    }
+    for (int c = 0; c < nc; c++) {
+        __m512 top = _mm512_loadu_ps(best + (c0 + c) * 16);
+        __m512i idx = _mm512_loadu_si512(at + (c0 + c) * 16);
+        for (int i = 0; i < R; i++) {
+            __m512 v = bf16_round16(acc[i][c]);
+            __mmask16 settled = _mm512_cmp_ps_mask(top, top, _CMP_UNORD_Q); /* a NaN stays */
+            __mmask16 take = _mm512_cmp_ps_mask(v, top, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+            take &= (__mmask16)~settled;
+            top = _mm512_mask_mov_ps(top, take, v);
+            idx = _mm512_mask_mov_epi32(idx, take, _mm512_set1_epi32((int)(r + i)));
+        }
+        _mm512_storeu_ps(best + (c0 + c) * 16, top);
+        _mm512_storeu_si512(at + (c0 + c) * 16, idx);
+    }
+}
+
+#define BGREEDY_NC(R, left)                                                                                        \
+    switch (left < BGREEDY_CHUNKS ? left : BGREEDY_CHUNKS) {                                                       \
+        case 1: bgreedy_block(g, r, c0, best, at, R, 1); break;                                                    \
+        case 2: bgreedy_block(g, r, c0, best, at, R, 2); break;                                                    \
+        case 3: bgreedy_block(g, r, c0, best, at, R, 3); break;                                                    \
+        default: bgreedy_block(g, r, c0, best, at, R, 4); break;                                                   \
+    }
+
+/* part i of the vocabulary (whole blocks of BGREEDY_ROWS rows; the last part takes the rows after them one at a
+   time): each block against every token vector while its rows are in L1 */
+__attribute__((target("avx512f,avx512bf16"))) static void bgreedy_part(const void *shared, int i, int parts) {
+    const bgreedy_t *g = shared;
+    const int64_t chunks = (g->n + 15) / 16, blocks = g->V / BGREEDY_ROWS;
+    const int64_t v0 = share_at(0, blocks, i, parts) * BGREEDY_ROWS;
+    const int64_t v1 = i + 1 == parts ? g->V : share_at(0, blocks, i + 1, parts) * BGREEDY_ROWS;
+    float *best = g->best + i * chunks * 16;
+    int32_t *at = g->at + i * chunks * 16;
+    for (int64_t t = 0; t < chunks * 16; t++) best[t] = -__builtin_inff(), at[t] = (int32_t)v0;
+    int64_t r = v0;
+    for (; r + BGREEDY_ROWS <= v1; r += BGREEDY_ROWS)
+        for (int64_t c0 = 0; c0 < chunks; c0 += BGREEDY_CHUNKS) BGREEDY_NC(BGREEDY_ROWS, chunks - c0)
+    for (; r < v1; r++)
+        for (int64_t c0 = 0; c0 < chunks; c0 += BGREEDY_CHUNKS) BGREEDY_NC(1, chunks - c0)
+}
+
+/* AVX512-BF16's greedy tokens (bf16, K a multiple of 32, V < 2^31): 0, or -1 (no memory) */
+static int greedy_bf16dp(const uint16_t *h, int64_t n, const uint16_t *w, int64_t V, int64_t K, int64_t *out,
+                         int threads) {
+    int64_t chunks = (n + 15) / 16;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > V / 4096) threads = (int)(V / 4096); /* a thread's share worth its start */
+    if (threads < 1) threads = 1;
+    uint16_t *hv = amx_pack_h(h, n, K);
+    float *best = malloc((size_t)(threads * chunks * 16) * sizeof(float));
+    int32_t *at = malloc((size_t)(threads * chunks * 16) * sizeof(int32_t));
+    float *tops = malloc((size_t)(threads * n) * sizeof(float));
+    int64_t *ats = malloc((size_t)(threads * n) * sizeof(int64_t));
+    int status = hv && best && at && tops && ats ? 0 : -1;
+    if (status == 0) {
+        bgreedy_t all = {w, hv, n, V, K, best, at};
+        parallel(threads, bgreedy_part, &all);
+        for (int i = 0; i < threads; i++) /* greedy_merge's layout: [parts][n] */
+            for (int64_t t = 0; t < n; t++) {
+                tops[i * n + t] = best[i * chunks * 16 + t];
+                ats[i * n + t] = at[i * chunks * 16 + t];
+            }
+        greedy_merge(tops, ats, n, threads, out);
+    }
+    free(hv);
+    free(best);
+    free(at);
+    free(tops);
+    free(ats);
+    return status;
+}
+#endif
+
 /* out[t] = argmax over v of the logit h[t] . W[v] (torch.argmax of linear's logits: the first of equal maxima, NaN
    largest) without writing the logits: h [n, K], W [V, K], both bf16 (bf16 set: each logit rounded to bf16, as the
    logits are) or both fp32. On AMX (bf16, K a multiple of 32, V >= 16) the weight's tiles; on AVX2 from
@@ -2376,6 +2474,8 @@ int gptoss_greedy_tokens(const void *h, int64_t n, const void *w, int64_t V, int
     if (gptoss_mxfp4_isa() == 1 && n >= F32_PANEL_MIN_TOKENS && K % 16 == 0 && K <= F32_PANEL_MAX_K &&
         (bf16 || !((uintptr_t)w & 31)))
         return greedy_panels(h, n, w, V, K, bf16, out, threads);
+    if (bf16 && gptoss_mxfp4_isa() == 3 && n >= bgreedy_min_tokens(K) && K % 32 == 0 && V < 0x7fffffff)
+        return greedy_bf16dp(h, n, w, V, K, out, threads);
     if (!bf16 || gptoss_mxfp4_isa() < 4 || K % 32 || V < 16) return -1;
     const uint16_t *wb = w;
     uint16_t *hv = amx_pack_h(h, n, K);

@@ -18,8 +18,9 @@ instead of the kernel interleaving every weight:
     decode_attention(...)           one query per sequence over the paged KV cache (attention.paged_attention_cpu)
     moe(...)                        the whole MoE MLP (moe_cpu.moe_mxfp4_cpu at decode; any tokens on AMX)
     greedy_tokens(h, weight)        argmax of h @ weight.T without writing the logits (the unembedding and the greedy
-                                    sampler of a plain batch in one pass over the weight): bf16 on AMX, bf16 or fp32
-                                    on AVX2 from 8 rows (the linear paths' panels)
+                                    sampler of a plain batch in one pass over the weight): bf16 on AMX, bf16 on
+                                    AVX512-BF16 from 12 rows (K <= 128) or 128, bf16 or fp32 on AVX2 from 8 rows (the linear paths'
+                                    panels)
     rms_norm, rotate, write_kv      a decode step's small ops in one call each (torch's take several ops, each
                                     costing more than the arithmetic at a few tokens)
 """
@@ -108,18 +109,6 @@ def build(path: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def _onednn_amx() -> bool:
-    """Whether torch's bf16 GEMMs (oneDNN) run on AMX tiles here: the kernel grants AMX (engine.AMX_USABLE) and
-    ONEDNN_MAX_CPU_ISA does not cap oneDNN below it."""
-    import engine  # noqa: PLC0415 - its import already ran (this module is engine.kernels.cpu_native)
-
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
-    return engine.AMX_USABLE and (isa == "ALL" or "AMX" in isa)
-
-
-ONEDNN_AMX = _onednn_amx()
 
 
 MAX_TOKENS = 4  # tokens per pass over the weights in matvec and linear_bf16 (cpu_native.c's MAX_TOKENS)
@@ -307,7 +296,7 @@ def write_kv(lib: ctypes.CDLL, kv_cache: torch.Tensor, k: torch.Tensor, v: torch
 def greedy_tokens(lib: ctypes.CDLL, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     """argmax(logits of h [n, K] @ weight.T, -1) for contiguous h and weight [V, K], both bf16 (each logit rounded to
     bf16, as linear_bf16's) or both fp32 (the first of equal maxima, NaN largest), the logits never written; None
-    where it cannot run (on AMX: bf16, K a multiple of 32; on AVX2: from 8 rows, K a multiple of 16, as the panels of
+    where it cannot run (on AMX: bf16, K a multiple of 32; on AVX512-BF16 the same from 12 rows where K <= 128, else from 128; on AVX2: from 8 rows, K a multiple of 16, as the panels of
     linear_bf16 and linear_f32, whose logits these are; elsewhere never)."""
     if h.dtype != weight.dtype or h.dtype not in (torch.bfloat16, torch.float32):
         raise ValueError(f"greedy_tokens takes bf16 or fp32 h and weight of one dtype, not {h.dtype}, {weight.dtype}")

@@ -16,14 +16,13 @@ from engine.model.reference import RMSNorm, Transformer
 
 class KernelLinear(nn.Linear):
     """nn.Linear through kernels.linear (on CPU, bf16: the native kernel for a few tokens; for more, with `pack` set,
-    oneDNN on a packed copy of the weight if it is small enough, made at the first such call; a weight of more than
-    kernels.PACKED_EVERY_ROW_BYTES that gets one uses it for every call where oneDNN is not on AMX)."""
+    oneDNN on a packed copy of the weight if it is small enough, made at the first such call)."""
 
     pack = False  # the unembedding's: one GEMM of every sampled row per step, where the copy pays for its memory
     packed: tuple[int, torch.Tensor | None] | None = None  # (the weight's data_ptr it was made from, the copy)
 
     def forward(self, x):
-        if self.pack and x.dim() == 2 and kernels.packed_serves(x.shape[0], self.weight) and (
+        if self.pack and x.dim() == 2 and kernels.packed_serves(x.shape[0]) and (
                 self.packed is None or self.packed[0] != self.weight.data_ptr()):
             self.packed = self.weight.data_ptr(), kernels.pack_linear(self.weight)
         return kernels.linear(x, self.weight, self.bias, self.packed[1] if self.packed else None)
@@ -81,9 +80,12 @@ def build_kernel_model(config: GptOssConfig, weights: dict[str, torch.Tensor]) -
 def use_kernels(model: Transformer) -> Transformer:
     """Swap the MoE layers, norms and linear layers of a (meta) model for their kernel versions, in place."""
     config = model.config
+    projections = [getattr(block.attn, name) for block in model.layers for name in ("q", "k", "v", "o")]
+    pack = sum(p.in_features * p.out_features * 2 for p in projections) <= kernels.PACKED_PROJECTIONS_BYTES
     for block in model.layers:
         for name in ("q", "k", "v", "o"):
             setattr(block.attn, name, kernel_linear(getattr(block.attn, name)))
+            getattr(block.attn, name).pack = pack
         block.attn.rotate = kernels.rotate
         block.mlp = KernelMoE(config)
         block.attn_norm = KernelRMSNorm(config.hidden_size, config.rms_norm_eps)

@@ -262,24 +262,18 @@ def test_without_onednn_bf16_every_row_count_takes_the_native_kernel(monkeypatch
         assert torch.equal(kernels.linear(x, weight), cpu_native.linear_bf16(lib, x, weight, None))
 
 
-@pytest.mark.parametrize("onednn_amx", [False, True])
-def test_a_big_packed_weight_serves_every_row_count(onednn_amx, monkeypatch):
-    """Past PACKED_EVERY_ROW_BYTES, one row goes through the packed copy too (here a copy of 2 x weight shows which
-    path ran) unless oneDNN runs on AMX; under it, up to LINEAR_MAX_TOKENS rows keep the native kernel."""
+def test_a_packed_copy_serves_more_than_linear_max_tokens_rows():
+    """With a packed copy (here of 2 x weight, to show which path ran) up to LINEAR_MAX_TOKENS rows keep the native
+    kernel, whatever the weight's size, and more rows take the copy."""
     if not kernels.onednn_bf16():
         pytest.skip("oneDNN has no bf16 on this CPU: no packed copies")
-    monkeypatch.setattr(cpu_native, "ONEDNN_AMX", onednn_amx)
     gen = torch.Generator().manual_seed(2)
     weight = torch.randn(300, 64, generator=gen).to(torch.bfloat16)
     doubled = kernels.pack_linear(weight * 2)
-    x = torch.randn(1, 64, generator=gen).to(torch.bfloat16)
-    torch.testing.assert_close(kernels.linear(x, weight, None, doubled), F.linear(x, weight))
-    monkeypatch.setattr(kernels, "PACKED_EVERY_ROW_BYTES", weight.numel() * 2 - 1)
-    took = kernels.linear(x, weight, None, doubled)
-    if onednn_amx:
-        torch.testing.assert_close(took, F.linear(x, weight))
-    else:
-        torch.testing.assert_close(took, F.linear(x, weight * 2), rtol=1e-2, atol=1e-2)
+    for rows in (1, kernels.LINEAR_MAX_TOKENS, kernels.LINEAR_MAX_TOKENS + 1):
+        x = torch.randn(rows, 64, generator=gen).to(torch.bfloat16)
+        expected = F.linear(x, weight * 2 if rows > kernels.LINEAR_MAX_TOKENS else weight)
+        torch.testing.assert_close(kernels.linear(x, weight, None, doubled), expected, rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -311,24 +305,26 @@ def test_native_small_ops_match_torch(dtype):
 
 
 @pytest.mark.parametrize("vocab, k", [(1000, 64), (37, 32), (16, 96), (4099, 1024)])  # tails past whole 16-row blocks
-@pytest.mark.parametrize("rows", [1, 5, 8, 16, 70])  # token tiles; more than 4 of them (a second pass over the weight)
+@pytest.mark.parametrize("rows", [1, 5, 8, 16, 70, 130])  # token tiles; more than 4 of them (a second pass over W)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_greedy_tokens_equal_argmax_of_the_logits(isa, vocab, k, rows, dtype):
     """kernels.greedy_tokens (the unembedding and a plain greedy sampler in one pass, no logits written): argmax of
-    the logits kernels.linear makes (bf16 on AMX; bf16 and fp32 on AVX2 from 8 rows, the linear paths' panels), the
-    first of equal maxima (two equal best rows), NaN largest (a row with a NaN weight); None where it does not run.
+    the logits kernels.linear makes (bf16 on AMX, and on AVX512-BF16 from 12 or 128 rows; bf16 and fp32 on AVX2 from 8 rows,
+    the linear paths' panels), the first of equal maxima (two equal best rows), NaN largest (a row with a NaN weight);
+    None where it does not run.
     At each level the CPU has (an AVX-512 machine runs the AVX2 panels in fp32; its oneDNN takes bf16 there)."""
     lib = isa
     gen = torch.Generator().manual_seed(rows)
     weight = (torch.randn(vocab, k, generator=gen) * 0.05).to(dtype)
     x = torch.randn(rows, k, generator=gen).to(dtype)
-    runs = (dtype == torch.bfloat16 and cpu_native.amx(lib) or lib.gptoss_mxfp4_isa() == 1 and rows >= 8 and
+    level = lib.gptoss_mxfp4_isa()
+    runs = (dtype == torch.bfloat16 and (level == 4 or level == 3 and rows >= (12 if k <= 128 else 128)) or level == 1 and rows >= 8 and
             k % 16 == 0 and (dtype == torch.float32 or not kernels.onednn_bf16()))
     if not runs:
         assert kernels.greedy_tokens(x, weight) is None
         pytest.skip("the logits path runs here")
     assert torch.equal(kernels.greedy_tokens(x, weight), kernels.linear(x, weight).argmax(-1))
-    if cpu_native.amx(lib):
+    if level >= 3:
         assert torch.equal(kernels.greedy_tokens(x, weight), F.linear(x, weight).argmax(-1))
     weight[vocab // 3] = weight[vocab - 1] = 1.0  # equal best rows (x > 0 below): the first one wins
     x = x.abs()
