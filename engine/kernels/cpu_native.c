@@ -1535,6 +1535,99 @@ static int exponent_add_ok(const uint8_t *scales, int64_t count) { /* every deco
     return !bad;
 }
 
+/* ---- AVX512-BF16, fewer tokens than the panels take: each 64 packed bytes (4 scale groups) decoded in registers,
+   the E2M1 codes to bf16 bytes by vpshufb, then vdpbf16ps against every token and each group's sums scaled once ---- */
+
+#define DPF_MAX_TOKENS (PANEL_MIN_TOKENS - 1)
+
+#ifdef GPTOSS_X86
+static const uint8_t E2M1_BF16_HI[16] = {0x00, 0x3F, 0x3F, 0x3F, 0x40, 0x40, 0x40, 0x40,
+                                         0x80, 0xBF, 0xBF, 0xBF, 0xC0, 0xC0, 0xC0, 0xC0}; /* FP4's bf16 high bytes */
+static const uint8_t E2M1_BF16_LO[16] = {0x00, 0x00, 0x80, 0xC0, 0x00, 0x40, 0x80, 0xC0,
+                                         0x00, 0x00, 0x80, 0xC0, 0x00, 0x40, 0x80, 0xC0}; /* and low bytes */
+
+/* xs [n, G * 32] fp32 in split order, bf16 values -> [n][chunk of 4 groups][4 vectors][4 groups][8] bf16: vector q
+   of a chunk holds in its 128-bit lane g that group's split-order values 8q .. 8q + 7 (how dpf_rows decodes the
+   bytes: low nibbles of bytes 0-7, of 8-15, high nibbles of 0-7, of 8-15); groups past G zero */
+static uint16_t *dpf_pack_x(const float *xs, int64_t n, int64_t G) {
+    int64_t C = (G + 3) / 4;
+    uint16_t *v = calloc((size_t)(n * C * 128), sizeof(uint16_t));
+    if (v == NULL) return NULL;
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t g = 0; g < G; g++)
+            for (int q = 0; q < 4; q++)
+                for (int w = 0; w < 8; w++) {
+                    uint32_t bits;
+                    memcpy(&bits, xs + t * G * 32 + g * 32 + 8 * q + w, 4);
+                    v[((t * C + g / 4) * 4 + q) * 32 + (g % 4) * 8 + w] = (uint16_t)(bits >> 16);
+                }
+    return v;
+}
+
+/* rows [r0, r1) times n tokens (a constant in each instance: the accumulators stay in registers); the scale of each
+   group as scale_of (2 ** -127 for 0), applied in fp32 to its 32 sums at once: exact, a power of two */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) static inline void dpf_rows_n(
+        const job_t *j, const int n) {
+    const int64_t G = j->G, C = (G + 3) / 4;
+    const __m512i hi_t = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)E2M1_BF16_HI));
+    const __m512i lo_t = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)E2M1_BF16_LO));
+    const __m512i nibble = _mm512_set1_epi8(0x0F), subnormal = _mm512_set1_epi32(0x400000);
+    const __m512i lanes = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    for (int64_t r = j->r0; r < j->r1; r++) {
+        const uint8_t *b = j->blocks + r * G * 16, *s = j->scales + r * G;
+        __m512 acc[DPF_MAX_TOKENS];
+        for (int t = 0; t < n; t++) acc[t] = _mm512_setzero_ps();
+        for (int64_t c = 0; c < C; c++) {
+            int64_t left = G - 4 * c;
+            __m512i v;
+            __m128i sc;
+            if (left >= 4) {
+                int32_t four;
+                memcpy(&four, s + 4 * c, 4);
+                v = _mm512_loadu_si512(b + c * 64);
+                sc = _mm_cvtsi32_si128(four);
+            } else { /* the last 1-3 groups: no read past the row */
+                v = _mm512_maskz_loadu_epi8((1ULL << (left * 16)) - 1, b + c * 64);
+                sc = _mm_maskz_loadu_epi8((__mmask16)((1u << left) - 1), s + 4 * c);
+            }
+            __m512i lo = _mm512_and_si512(v, nibble), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+            __m512i lh = _mm512_shuffle_epi8(hi_t, lo), ll = _mm512_shuffle_epi8(lo_t, lo);
+            __m512i oh = _mm512_shuffle_epi8(hi_t, hi), ol = _mm512_shuffle_epi8(lo_t, hi);
+            __m512bh e0 = (__m512bh)_mm512_unpacklo_epi8(ll, lh), e1 = (__m512bh)_mm512_unpackhi_epi8(ll, lh);
+            __m512bh o0 = (__m512bh)_mm512_unpacklo_epi8(ol, oh), o1 = (__m512bh)_mm512_unpackhi_epi8(ol, oh);
+            __m512i sb = _mm512_permutexvar_epi32(lanes, _mm512_cvtepu8_epi32(sc));
+            __m512 scale = _mm512_castsi512_ps(_mm512_mask_mov_epi32(
+                _mm512_slli_epi32(sb, 23), _mm512_cmpeq_epi32_mask(sb, _mm512_setzero_si512()), subnormal));
+            for (int t = 0; t < n; t++) {
+                const uint16_t *x = j->xb + (t * C + c) * 128;
+                __m512 p = _mm512_dpbf16_ps(_mm512_setzero_ps(), e0, (__m512bh)_mm512_loadu_si512(x));
+                p = _mm512_dpbf16_ps(p, e1, (__m512bh)_mm512_loadu_si512(x + 32));
+                p = _mm512_dpbf16_ps(p, o0, (__m512bh)_mm512_loadu_si512(x + 64));
+                p = _mm512_dpbf16_ps(p, o1, (__m512bh)_mm512_loadu_si512(x + 96));
+                acc[t] = _mm512_fmadd_ps(p, scale, acc[t]);
+            }
+        }
+        for (int t = 0; t < n; t++) ((float *)j->out)[t * j->R + r] = _mm512_reduce_add_ps(acc[t]);
+    }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void dpf_rows(const job_t *j) {
+    switch (j->n) {
+        case 1: dpf_rows_n(j, 1); break;
+        case 2: dpf_rows_n(j, 2); break;
+        case 3: dpf_rows_n(j, 3); break;
+        case 4: dpf_rows_n(j, 4); break;
+        case 5: dpf_rows_n(j, 5); break;
+        case 6: dpf_rows_n(j, 6); break;
+        case 7: dpf_rows_n(j, 7); break;
+        case 8: dpf_rows_n(j, 8); break;
+        case 9: dpf_rows_n(j, 9); break;
+        case 10: dpf_rows_n(j, 10); break;
+        default: dpf_rows_n(j, DPF_MAX_TOKENS); break;
+    }
+}
+#endif
+
 /* the matvec_rows of bf16-valued x with the weights decoded once into bf16 for all the tokens: AMX tiles where the
    CPU has them, else AVX512-BF16 panels, where the scales allow (exponent_add_ok) and there are enough tokens to pay
    for the decode (decoded_min_tokens): 0, or -1 (not taken: the caller runs the fused path) */
@@ -1542,6 +1635,14 @@ static int decoded_matvec_rows(const float *xs, int64_t n, const uint8_t *blocks
                                int64_t G, float *out, int threads) {
 #ifdef GPTOSS_X86
     int level = gptoss_mxfp4_isa();
+    if (level == 3 && n <= DPF_MAX_TOKENS) { /* fewer tokens than the panels pay for: decoded in registers */
+        uint16_t *xv = dpf_pack_x(xs, n, G);
+        if (xv == NULL) return -1;
+        job_t job = {blocks, scales, G, 0, R, out, NULL, n, R, 0, NULL, xv, NULL, NULL, NULL};
+        run(dpf_rows, job, threads, rows_per_thread(G * 16 * n, 16));
+        free(xv);
+        return 0;
+    }
     if (level < 3 || n < decoded_min_tokens() || !exponent_add_ok(scales, R * G)) return -1;
     if (level == 3) {
         uint32_t *xv = panel_pack_x(xs, n, G);

@@ -95,8 +95,9 @@ def test_native_matvec(isa, tokens, shape):
 @pytest.mark.parametrize("scale_range", [(120, 130), (0, 10)])  # scales a bf16 decode holds exactly; some it cannot
 def test_native_matvec_bf16_valued(isa, tokens, shape, scale_range):
     """bf16-valued x (a bf16 model's activations): the weights decoded into bf16 once for every token, fp32 sums (on
-    AMX from cpu_native.c's AMX_MIN_TOKENS tokens, tdpbf16ps; on AVX512-BF16 from its PANEL_MIN_TOKENS, vdpbf16ps):
-    x @ W.T up to summation order, as the fused path. A matrix with a scale whose values a bf16 cannot hold (under
+    AMX from cpu_native.c's AMX_MIN_TOKENS tokens, tdpbf16ps; on AVX512-BF16 from its PANEL_MIN_TOKENS, vdpbf16ps,
+    and below it each 4 groups decoded in registers, vdpbf16ps, any scale): x @ W.T up to summation order, as the
+    fused path. A matrix with a scale whose values a bf16 cannot hold (under
     2**-125, over 2**125) keeps that path."""
     gen = torch.Generator().manual_seed(tokens)
     rows, groups = shape
@@ -114,6 +115,11 @@ def test_native_matvec_bf16_valued(isa, tokens, shape, scale_range):
         fused = cpu_native.matvec(isa, cpu_native.split_order(x), blocks, scales, bf16_valued=True)
         isa.gptoss_mxfp4_set_isa(level)
         assert torch.equal(got, fused) == (scale_range != (120, 130))
+    if level == 3 and tokens < 12 and rows == 2048:  # decoded in registers whatever the scales: another order
+        isa.gptoss_mxfp4_set_isa(2)
+        fused = cpu_native.matvec(isa, cpu_native.split_order(x), blocks, scales, bf16_valued=True)
+        isa.gptoss_mxfp4_set_isa(level)
+        assert not torch.equal(got, fused)
 
 
 @pytest.mark.parametrize("shape", [(203, 7 * 32), (37, 100), (5, 64 * 3 + 31), (1024, 512)])  # K tails; 1 MiB: threads
