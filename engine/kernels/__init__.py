@@ -96,8 +96,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """F.linear(x, weight, bias); on CPU with bf16 x and weight, at most LINEAR_MAX_TOKENS rows go through the native
     kernel (cpu_native.linear_bf16: fp32 sums, as torch's bf16 GEMM) where it built (any number of rows where oneDNN
     has no bf16 on this CPU: 41-52 GFLOP/s on an AVX2-only EPYC, torch's bf16 GEMM 3-5), and more rows through oneDNN
-    with `packed` (pack_linear's copy of weight) when there is one. fp32 on an AVX2-only CPU: up to F32_NATIVE_MAX_TOKENS
-    rows the native kernel (cpu_native.linear_f32), then the bias added."""
+    with `packed` (pack_linear's copy of weight) when there is one. fp32 on an AVX2-only CPU: up to
+    F32_NATIVE_MAX_TOKENS rows the native kernel (cpu_native.linear_f32), then the bias added."""
     if x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16 and x.numel() > 0:
         if packed is not None and x.dim() == 2 and packed_serves(x.shape[0]):
             return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
@@ -131,10 +131,11 @@ PACK_MAX_BYTES = 512 << 20  # bf16 weights up to this size may get a oneDNN-pack
 #                             reorders the weight on every call); bigger ones are not worth their memory twice
 #                             (gpt-oss-20b's unembedding: 1.1 GiB, within 1.04-1.17x). The kernel model packs its
 #                             unembedding, and its attention projections where they fit PACKED_PROJECTIONS_BYTES
-PACKED_PROJECTIONS_BYTES = 256 << 20  # all the attention projections' packed copies together at most this big: 1.1-1.9x
-#                                       F.linear at 8-64 rows (decode) on a Zen 4 VM at gpt-oss-20b's and the larger test
-#                                       checkpoint's shapes, ~1x at prefill sizes (2026-12-03; 0.84-1.4x on the Xeon),
-#                                       but gpt-oss-20b's would be 1.27 GiB more on a 16 GiB machine: not packed
+PACKED_PROJECTIONS_BYTES = 256 << 20  # all the attention projections' packed copies together at most this big:
+#                                       1.1-1.9x F.linear at 8-64 rows (decode) on a Zen 4 VM at gpt-oss-20b's and the
+#                                       larger test checkpoint's shapes, ~1x at prefill sizes (2026-12-03; 0.84-1.4x on
+#                                       the Xeon), but gpt-oss-20b's would be 1.27 GiB more on a 16 GiB machine: not
+#                                       packed
 
 
 def pack_linear(weight: torch.Tensor) -> torch.Tensor | None:

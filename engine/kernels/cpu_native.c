@@ -1630,7 +1630,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void dpf_
 
 /* the matvec_rows of bf16-valued x with the weights decoded once into bf16 for all the tokens: AMX tiles where the
    CPU has them, else AVX512-BF16 panels, where the scales allow (exponent_add_ok) and there are enough tokens to pay
-   for the decode (decoded_min_tokens): 0, or -1 (not taken: the caller runs the fused path) */
+   for the decode (decoded_min_tokens), and on AVX512-BF16 below that the bytes decoded in registers (dpf_rows, any
+   scale): 0, or -1 (not taken: the caller runs the fused path) */
 static int decoded_matvec_rows(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
                                int64_t G, float *out, int threads) {
 #ifdef GPTOSS_X86
@@ -2411,6 +2412,12 @@ __attribute__((target("avx2,fma"))) static void greedy_panels_part(const void *s
 
 #endif
 
+static int greedy_threads(int threads, int64_t V) { /* the greedy kernels' parts: a share of V worth its start */
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > V / 4096) threads = (int)(V / 4096);
+    return threads < 1 ? 1 : threads;
+}
+
 static void greedy_merge(const float *best, const int64_t *at, int64_t n, int parts, int64_t *out) {
     for (int64_t t = 0; t < n; t++) { /* the parts' ranges in vocabulary order */
         float b = best[t];
@@ -2438,9 +2445,7 @@ static int greedy_panels(const void *h, int64_t n, const void *w, int64_t V, int
         return -1;
     }
     for (int64_t i = 0; bf16 && i < n * K; i++) xs[i] = widen(((const uint16_t *)h)[i]);
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > V / 4096) threads = (int)(V / 4096); /* a thread's share worth its start */
-    if (threads < 1) threads = 1;
+    threads = greedy_threads(threads, V);
     pgreedy_t all = {w, bf16 ? xs : h, n, V, K, bf16, best, at};
     parallel(threads, greedy_panels_part, &all);
     greedy_merge(best, at, n, threads, out);
@@ -2459,15 +2464,15 @@ static int greedy_panels(const void *h, int64_t n, const void *w, int64_t V, int
    2 threads, 2026-12-03): with K up to 128 the logits cost as much as the sums, so from 12 tokens (K 64: 1.75-2.1x
    at 16-128; below 12 most lanes of each vdpbf16ps are padding); with a wider K from 128 (K 1024: 0.77x at 16, 0.97x
    at 64, 1.08x at 128; K 256-512: 1.3-1.6x at 256) */
+#ifdef GPTOSS_X86
 static int bgreedy_min_tokens(int64_t K) { return K <= 128 ? 12 : 128; }
 
-#ifdef GPTOSS_X86
 typedef struct {
     const uint16_t *w;  /* W [V, K] bf16 */
     const uint16_t *hv; /* the tokens: [chunk][K / 2 pairs][16 tokens][2] (amx_pack_h's layout) */
     int64_t n, V, K;
-    float *best;  /* [parts][chunks * 16] each part's largest logit per token (a bf16 value); NaN above all */
-    int32_t *at;  /* [parts][chunks * 16] its first index */
+    float *best;  /* [parts][n] each part's largest logit per token (a bf16 value); NaN above all (greedy_merge's) */
+    int64_t *at;  /* [parts][n] its first index */
 } bgreedy_t;
 
 /* rows [r, r + R) against token vectors [c0, c0 + nc): per pair p one broadcast of each row's pair (W[r][2p],
@@ -2520,44 +2525,33 @@ __attribute__((target("avx512f,avx512bf16"))) static void bgreedy_part(const voi
     const int64_t chunks = (g->n + 15) / 16, blocks = g->V / BGREEDY_ROWS;
     const int64_t v0 = share_at(0, blocks, i, parts) * BGREEDY_ROWS;
     const int64_t v1 = i + 1 == parts ? g->V : share_at(0, blocks, i + 1, parts) * BGREEDY_ROWS;
-    float *best = g->best + i * chunks * 16;
-    int32_t *at = g->at + i * chunks * 16;
+    float best[chunks * 16]; /* whole token vectors, the lanes past n padding */
+    int32_t at[chunks * 16];
     for (int64_t t = 0; t < chunks * 16; t++) best[t] = -__builtin_inff(), at[t] = (int32_t)v0;
     int64_t r = v0;
     for (; r + BGREEDY_ROWS <= v1; r += BGREEDY_ROWS)
         for (int64_t c0 = 0; c0 < chunks; c0 += BGREEDY_CHUNKS) BGREEDY_NC(BGREEDY_ROWS, chunks - c0)
     for (; r < v1; r++)
         for (int64_t c0 = 0; c0 < chunks; c0 += BGREEDY_CHUNKS) BGREEDY_NC(1, chunks - c0)
+    for (int64_t t = 0; t < g->n; t++) g->best[i * g->n + t] = best[t], g->at[i * g->n + t] = at[t];
 }
 
 /* AVX512-BF16's greedy tokens (bf16, K a multiple of 32, V < 2^31): 0, or -1 (no memory) */
 static int greedy_bf16dp(const uint16_t *h, int64_t n, const uint16_t *w, int64_t V, int64_t K, int64_t *out,
                          int threads) {
-    int64_t chunks = (n + 15) / 16;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > V / 4096) threads = (int)(V / 4096); /* a thread's share worth its start */
-    if (threads < 1) threads = 1;
+    threads = greedy_threads(threads, V);
     uint16_t *hv = amx_pack_h(h, n, K);
-    float *best = malloc((size_t)(threads * chunks * 16) * sizeof(float));
-    int32_t *at = malloc((size_t)(threads * chunks * 16) * sizeof(int32_t));
-    float *tops = malloc((size_t)(threads * n) * sizeof(float));
-    int64_t *ats = malloc((size_t)(threads * n) * sizeof(int64_t));
-    int status = hv && best && at && tops && ats ? 0 : -1;
+    float *best = malloc((size_t)(threads * n) * sizeof(float));
+    int64_t *at = malloc((size_t)(threads * n) * sizeof(int64_t));
+    int status = hv && best && at ? 0 : -1;
     if (status == 0) {
         bgreedy_t all = {w, hv, n, V, K, best, at};
         parallel(threads, bgreedy_part, &all);
-        for (int i = 0; i < threads; i++) /* greedy_merge's layout: [parts][n] */
-            for (int64_t t = 0; t < n; t++) {
-                tops[i * n + t] = best[i * chunks * 16 + t];
-                ats[i * n + t] = at[i * chunks * 16 + t];
-            }
-        greedy_merge(tops, ats, n, threads, out);
+        greedy_merge(best, at, n, threads, out);
     }
     free(hv);
     free(best);
     free(at);
-    free(tops);
-    free(ats);
     return status;
 }
 #endif
@@ -2588,9 +2582,7 @@ int gptoss_greedy_tokens(const void *h, int64_t n, const void *w, int64_t V, int
         free(at);
         return -1;
     }
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > V / 4096) threads = (int)(V / 4096); /* a thread's share worth its start */
-    if (threads < 1) threads = 1;
+    threads = greedy_threads(threads, V);
     greedy_t all = {wb, hv, 0, n, V, K, 0, V, best, at};
     int64_t tail = V % 16; /* rows after the last whole block: done alone from a padded copy (no read past W) */
     parallel(threads, greedy_part, &all);

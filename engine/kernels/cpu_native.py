@@ -19,8 +19,8 @@ instead of the kernel interleaving every weight:
     moe(...)                        the whole MoE MLP (moe_cpu.moe_mxfp4_cpu at decode; any tokens on AMX)
     greedy_tokens(h, weight)        argmax of h @ weight.T without writing the logits (the unembedding and the greedy
                                     sampler of a plain batch in one pass over the weight): bf16 on AMX, bf16 on
-                                    AVX512-BF16 from 12 rows (K <= 128) or 128, bf16 or fp32 on AVX2 from 8 rows (the linear paths'
-                                    panels)
+                                    AVX512-BF16 from 12 rows (K <= 128) or 128, bf16 or fp32 on AVX2 from 8 rows
+                                    (the linear paths' panels)
     rms_norm, rotate, write_kv      a decode step's small ops in one call each (torch's take several ops, each
                                     costing more than the arithmetic at a few tokens)
 """
