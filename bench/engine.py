@@ -67,9 +67,9 @@ def run_engine(model: Path, requests, async_scheduling: bool | None = None, dtyp
 
 
 def run_transformers(model: Path, requests) -> tuple[float, int]:
-    from transformers import GptOssForCausalLM
+    from tests.hf_oracle import load_hf_model  # noqa: PLC0415 - the same loader the tests use
 
-    hf = GptOssForCausalLM.from_pretrained(str(model), dtype=torch.float32, attn_implementation="eager").eval()
+    hf = load_hf_model(model)
     width = max(len(p) for p, _ in requests)
     ids = torch.zeros(len(requests), width, dtype=torch.long)
     mask = torch.zeros_like(ids)

@@ -6,15 +6,22 @@ import logging
 import torch
 
 
-@functools.lru_cache(maxsize=4)
-def hf_model(path):
-    from transformers import GptOssForCausalLM
+def load_hf_model(path):
+    """The oracle in fp32, its MXFP4 experts decoded on load. `dequantize=True` is said outright: transformers 5.25
+    otherwise fetches its MXFP4 kernels from the Hugging Face Hub (no network in CI) whenever triton is installed."""
+    from transformers import GptOssForCausalLM, Mxfp4Config
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    model = GptOssForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="eager")
+    model = GptOssForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="eager",
+                                              quantization_config=Mxfp4Config(dequantize=True))
     return model.float().eval()
+
+
+@functools.lru_cache(maxsize=4)
+def hf_model(path):
+    return load_hf_model(path)
 
 
 @torch.no_grad()
