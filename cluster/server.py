@@ -165,8 +165,8 @@ class LLMServer:
         else:
             sampling["max_tokens"] -= generated
         if req.kind != "completion" or req.parse_harmony:  # harmony: stop at the end of the turn or a tool call
-            sampling["stop_token_ids"] = sorted(set(sampling.get("stop_token_ids") or ())
-                                                | set(self.tokenizer.stop_token_ids))
+            sampling["stop_token_ids"] = self.tokenizer.turn_stop_ids(sampling.get("stop_token_ids"),
+                                                                      bool(sampling.get("ignore_eos")))
             sampling["skip_special_tokens"] = False
         try:
             return SamplingParams(**sampling)

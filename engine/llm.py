@@ -38,7 +38,7 @@ class LLM:
         """Render with harmony, generate until <|return|> or <|call|>, and parse the channels."""
         prompt = self.tokenizer.render_chat(messages, reasoning_effort=reasoning_effort, tools=tools)
         params = sampling_params or SamplingParams(temperature=0, max_tokens=256)
-        params.stop_token_ids = sorted(set(params.stop_token_ids or ()) | set(self.tokenizer.stop_token_ids))
+        params.stop_token_ids = self.tokenizer.turn_stop_ids(params.stop_token_ids, params.ignore_eos)
         out = self.generate([{"prompt_token_ids": prompt}], params)[0].outputs[0]
         parsed = self.tokenizer.parse_completion(out.token_ids)
         return ChatResult(parsed.analysis, parsed.final, parsed.tool_calls, out.token_ids, out.finish_reason,

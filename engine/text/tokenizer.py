@@ -88,6 +88,11 @@ class Tokenizer:
         """Ids that end an assistant action: `<|return|>` (answer done) and `<|call|>` (tool call)."""
         return [vocab.RETURN, vocab.CALL]
 
+    def turn_stop_ids(self, stop_token_ids, ignore_eos: bool) -> list[int]:
+        """A harmony request's stop ids: its own and the end of an assistant action, which ends a turn as eos ends a
+        text; with ignore_eos (generate past the end of the turn) only its own."""
+        return sorted(set(stop_token_ids or ()) | (set() if ignore_eos else set(self.stop_token_ids)))
+
     def is_special(self, token_id: int) -> bool:
         return token_id >= vocab.FIRST_SPECIAL
 

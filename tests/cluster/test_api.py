@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from cluster.metrics import COUNTERS, GAUGES, HISTOGRAMS
+from engine.text import vocab
 from tests.cluster.conftest import API_KEY, has, model_entry, scrape, total
 
 CHAT = [{"role": "user", "content": "Say hello."}]
@@ -59,6 +60,17 @@ def test_chat(client):
     again = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=12, temperature=0)
     assert again.choices[0].message.content == choice.message.content  # greedy is deterministic
     assert again.usage.prompt_tokens_details.cached_tokens > 0  # the prefix cache served the repeat
+
+
+def test_ignore_eos_generates_past_the_end_of_the_turn(client):
+    """logit_bias makes <|return|> certain: it ends the turn (finish "stop"), unless the ignore_eos extension says to
+    go on (then max_tokens ends it), as it goes on past a completion's eos."""
+    bias = {str(vocab.RETURN): 100}
+    ended = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=6, logit_bias=bias)
+    assert ended.choices[0].finish_reason == "stop" and ended.usage.completion_tokens == 1
+    past = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=6, logit_bias=bias,
+                                          extra_body={"ignore_eos": True})
+    assert past.choices[0].finish_reason == "length" and past.usage.completion_tokens == 6
 
 
 def test_chat_stream_with_usage(client):
