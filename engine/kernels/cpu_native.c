@@ -998,12 +998,58 @@ static int64_t rows_per_thread(int64_t row_bytes, int64_t floor) { /* MIN_THREAD
     return rows > floor ? rows : floor;
 }
 
-static void run(kernel_t fn, job_t job, int threads, int64_t min_rows) { /* min_rows: per thread, at least */
-    int64_t rows = job.r1 - job.r0;
+static int parts_for(int64_t rows, int threads, int64_t min_rows) { /* min_rows: per part, at least */
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > rows / min_rows) threads = (int)(rows / min_rows); /* a thread's start-up is worth that much */
+    return threads > 1 ? threads : 1;
+}
+
+static void run(kernel_t fn, job_t job, int threads, int64_t min_rows) {
     task_t task = {fn, job};
-    parallel(threads, run_part, &task);
+    parallel(parts_for(job.r1 - job.r0, threads, min_rows), run_part, &task);
+}
+
+/* one MXFP4 product out [n, R] = xs [n, G * 32] (split order) times W, ready to run: its kernel and job, the parts it
+   is worth (parts_for), and the tokens packed for the kernel (owned: freed by mv_free) */
+typedef struct {
+    kernel_t fn;
+    job_t job;
+    int parts;
+    void *owned;
+} mv_task_t;
+
+typedef struct {
+    const mv_task_t *tasks;
+    int count;
+} mv_tasks_t;
+
+static void mv_tasks_part(const void *shared, int i, int n) { /* each task's rows split between its parts; a task of
+                                                                  one part goes to part k % n */
+    const mv_tasks_t *ts = shared;
+    for (int k = 0; k < ts->count; k++) {
+        const mv_task_t *t = ts->tasks + k;
+        int parts = t->parts < n ? t->parts : n;
+        if (parts == 1 ? i != k % n : i >= parts) continue;
+        job_t part = t->job;
+        if (parts > 1) {
+            part.r0 = share_at(t->job.r0, t->job.r1, i, parts);
+            part.r1 = share_at(t->job.r0, t->job.r1, i + 1, parts);
+        }
+        t->fn(&part);
+    }
+}
+
+static void mv_run(const mv_task_t *tasks, int count, int threads) { /* all of them in one parallel region */
+    int parts = 1;
+    for (int k = 0; k < count; k++) parts = tasks[k].parts > parts ? tasks[k].parts : parts;
+    parts = count > parts ? (count < threads ? count : threads) : parts;
+    mv_tasks_t ts = {tasks, count};
+    parallel(parts, mv_tasks_part, &ts);
+}
+
+static void mv_free(mv_task_t *t) {
+    free(t->owned);
+    t->owned = NULL;
 }
 
 /* ---- exported ---- */
@@ -1022,21 +1068,21 @@ void gptoss_mxfp4_decode(const uint8_t *blocks, const uint8_t *scales, int64_t R
     run(pick(DECODE), job, threads, rows_per_thread(G * 16, 16));
 }
 
-static int decoded_matvec_rows(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
-                               int64_t G, float *out, int threads);
+static void mv_task(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R, int64_t G,
+                    float *out, int bf16_valued, int threads, mv_task_t *t);
 #define AMX_MIN_TOKENS 4 /* a matrix times this many tokens or more goes through AMX when they are bf16 values (the
                             fused AVX-512 path is faster for fewer: one token of a [2048, 1024] W1 143 us against 223) */
 #define PANEL_MIN_TOKENS 12 /* the same for AVX512-BF16 panels (12 tokens of a [2048, 1024] W1: 0.38 ms against 0.42;
                               8: 0.30 against 0.33; [1024, 1024] at 8: 0.24 against 0.18, 2026-12-02, AMD EPYC, 2 threads) */
-static void matvec_rows(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
-                        int64_t G, float *out, int threads);
 static int decoded_min_tokens(void) { return gptoss_mxfp4_isa() >= 4 ? AMX_MIN_TOKENS : PANEL_MIN_TOKENS; }
 
 int gptoss_mxfp4_matvec(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
                         int64_t G, float *out, int bf16_valued, int threads) {
     if (n < 1) return -1;
-    if (bf16_valued && decoded_matvec_rows(xs, n, blocks, scales, R, G, out, threads) == 0) return 0;
-    matvec_rows(xs, n, blocks, scales, R, G, out, threads);
+    mv_task_t task;
+    mv_task(xs, n, blocks, scales, R, G, out, bf16_valued, threads, &task);
+    mv_run(&task, 1, threads);
+    mv_free(&task);
     return 0;
 }
 
@@ -1549,18 +1595,21 @@ static const uint8_t E2M1_BF16_LO[16] = {0x00, 0x00, 0x80, 0xC0, 0x00, 0x40, 0x8
 /* xs [n, G * 32] fp32 in split order, bf16 values -> [n][chunk of 4 groups][4 vectors][4 groups][8] bf16: vector q
    of a chunk holds in its 128-bit lane g that group's split-order values 8q .. 8q + 7 (how dpf_rows decodes the
    bytes: low nibbles of bytes 0-7, of 8-15, high nibbles of 0-7, of 8-15); groups past G zero */
-static uint16_t *dpf_pack_x(const float *xs, int64_t n, int64_t G) {
+__attribute__((target("avx512f"))) static uint16_t *dpf_pack_x(const float *xs, int64_t n, int64_t G) {
     int64_t C = (G + 3) / 4;
     uint16_t *v = calloc((size_t)(n * C * 128), sizeof(uint16_t));
     if (v == NULL) return NULL;
     for (int64_t t = 0; t < n; t++)
-        for (int64_t g = 0; g < G; g++)
-            for (int q = 0; q < 4; q++)
-                for (int w = 0; w < 8; w++) {
-                    uint32_t bits;
-                    memcpy(&bits, xs + t * G * 32 + g * 32 + 8 * q + w, 4);
-                    v[((t * C + g / 4) * 4 + q) * 32 + (g % 4) * 8 + w] = (uint16_t)(bits >> 16);
-                }
+        for (int64_t g = 0; g < G; g++) { /* the group's 32 values truncated to their bf16 bits (exact), 8 to a q */
+            const float *from = xs + (t * G + g) * 32;
+            __m256i a = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(_mm512_loadu_ps(from)), 16));
+            __m256i b = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(_mm512_loadu_ps(from + 16)), 16));
+            uint16_t *to = v + (t * C + g / 4) * 128 + (g % 4) * 8;
+            _mm_storeu_si128((__m128i *)to, _mm256_castsi256_si128(a));
+            _mm_storeu_si128((__m128i *)(to + 32), _mm256_extracti128_si256(a, 1));
+            _mm_storeu_si128((__m128i *)(to + 64), _mm256_castsi256_si128(b));
+            _mm_storeu_si128((__m128i *)(to + 96), _mm256_extracti128_si256(b, 1));
+        }
     return v;
 }
 
@@ -1628,39 +1677,32 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void dpf_
 }
 #endif
 
-/* the matvec_rows of bf16-valued x with the weights decoded once into bf16 for all the tokens: AMX tiles where the
-   CPU has them, else AVX512-BF16 panels, where the scales allow (exponent_add_ok) and there are enough tokens to pay
-   for the decode (decoded_min_tokens), and on AVX512-BF16 below that the bytes decoded in registers (dpf_rows, any
-   scale): 0, or -1 (not taken: the caller runs the fused path) */
-static int decoded_matvec_rows(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
-                               int64_t G, float *out, int threads) {
+/* the task of bf16-valued x times the weights decoded once into bf16 for all the tokens: AMX tiles where the CPU has
+   them, else AVX512-BF16 panels, where the scales allow (exponent_add_ok) and there are enough tokens to pay for the
+   decode (decoded_min_tokens), and on AVX512-BF16 below that the bytes decoded in registers (dpf_rows, any scale):
+   0, or -1 (not taken, or no memory for the packed tokens: the caller takes the fused path) */
+static int decoded_task(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R, int64_t G,
+                        float *out, int threads, mv_task_t *t) {
 #ifdef GPTOSS_X86
     int level = gptoss_mxfp4_isa();
+    kernel_t fn;
+    void *xv;
+    int64_t min_rows;
     if (level == 3 && n <= DPF_MAX_TOKENS) { /* fewer tokens than the panels pay for: decoded in registers */
-        uint16_t *xv = dpf_pack_x(xs, n, G);
-        if (xv == NULL) return -1;
-        job_t job = {blocks, scales, G, 0, R, out, NULL, n, R, 0, NULL, xv, NULL, NULL, NULL};
-        run(dpf_rows, job, threads, rows_per_thread(G * 16 * n, 16));
-        free(xv);
-        return 0;
+        fn = dpf_rows, xv = dpf_pack_x(xs, n, G), min_rows = rows_per_thread(G * 16 * n, 16);
+    } else if (level < 3 || n < decoded_min_tokens() || !exponent_add_ok(scales, R * G)) {
+        return -1;
+    } else if (level == 3) {
+        fn = panel_rows, xv = panel_pack_x(xs, n, G), min_rows = rows_per_thread(G * 16, 32);
+    } else {
+        fn = amx_rows, xv = amx_pack_x(xs, n, G), min_rows = rows_per_thread(G * 16, 16);
     }
-    if (level < 3 || n < decoded_min_tokens() || !exponent_add_ok(scales, R * G)) return -1;
-    if (level == 3) {
-        uint32_t *xv = panel_pack_x(xs, n, G);
-        if (xv == NULL) return -1;
-        job_t job = {blocks, scales, G, 0, R, out, NULL, n, R, 0, NULL, (const uint16_t *)xv, NULL, NULL, NULL};
-        run(panel_rows, job, threads, rows_per_thread(G * 16, 32));
-        free(xv);
-        return 0;
-    }
-    uint16_t *xv = amx_pack_x(xs, n, G);
     if (xv == NULL) return -1;
-    job_t job = {blocks, scales, G, 0, R, out, NULL, n, R, 0, NULL, xv, NULL, NULL, NULL};
-    run(amx_rows, job, threads, rows_per_thread(G * 16, 16));
-    free(xv);
+    job_t job = {blocks, scales, G, 0, R, out, NULL, n, R, 0, NULL, (const uint16_t *)xv, NULL, NULL, NULL};
+    *t = (mv_task_t){fn, job, parts_for(R, threads, min_rows), xv};
     return 0;
 #else
-    (void)xs, (void)n, (void)blocks, (void)scales, (void)R, (void)G, (void)out, (void)threads;
+    (void)xs, (void)n, (void)blocks, (void)scales, (void)R, (void)G, (void)out, (void)threads, (void)t;
     return -1;
 #endif
 }
@@ -1671,19 +1713,22 @@ static inline float bias_at(const void *bias, int bf16, int64_t i) {
     return bf16 ? widen(((const uint16_t *)bias)[i]) : ((const float *)bias)[i];
 }
 
-/* out [n, R] = xs [n, G * 32] (split order) times the MXFP4 matrix: on AVX2 the fp32 panels for any number of tokens
-   (tpanel_decode costs less than the fused decode even at one token: a [2048, 1024] W1 0.43 ms against 0.60, and
-   each token's sums are its own, so an MoE's result does not depend on the batch), elsewhere the fused path */
-static void matvec_rows(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
-                        int64_t G, float *out, int threads) {
+/* the task for out [n, R] = xs [n, G * 32] (split order) times the MXFP4 matrix: decoded_task for bf16-valued xs
+   where it runs, else on AVX2 the fp32 panels for any number of tokens (tpanel_decode costs less than the fused decode
+   even at one token: a [2048, 1024] W1 0.43 ms against 0.60, and each token's sums are its own, so an MoE's result
+   does not depend on the batch), elsewhere the fused path */
+static void mv_task(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R, int64_t G,
+                    float *out, int bf16_valued, int threads, mv_task_t *t) {
+    if (bf16_valued && decoded_task(xs, n, blocks, scales, R, G, out, threads, t) == 0) return;
     job_t job = {blocks, scales, G, 0, R, out, xs, n, R, 0, NULL, NULL, NULL, pick(MATVEC), NULL};
 #ifdef GPTOSS_X86
     if (gptoss_mxfp4_isa() == 1 && G * 32 <= F32_PANEL_MAX_K) {
-        run(f32panel_rows_avx2, job, threads, rows_per_thread(G * 16, F32_PANEL_ROWS));
+        *t = (mv_task_t){f32panel_rows_avx2, job, parts_for(R, threads, rows_per_thread(G * 16, F32_PANEL_ROWS)), NULL};
         return;
     }
 #endif
-    run(by_chunks, job, threads, rows_per_thread(G * 16 * ((n + MAX_TOKENS - 1) / MAX_TOKENS), 16));
+    *t = (mv_task_t){by_chunks, job, parts_for(R, threads, rows_per_thread(G * 16 * ((n + MAX_TOKENS - 1) / MAX_TOKENS), 16)),
+                     NULL};
 }
 
 /* x [T, H] fp32, ids [T, K] (ids outside [0, E) are held by another rank: skipped), weights [T, K] fp32; w1 [E, 2I,
@@ -1890,68 +1935,110 @@ static void to_split(const float *src, int64_t K, float *dst) { /* a row of K in
         }
 }
 
-/* the per-token steps of an expert's pass, on a range of its tokens [i0, i1) (a thread's share) */
+/* the per-token steps of a pass of the MoE (one or more experts' assignments, grouped by expert), a part of them */
 typedef struct {
     int stage; /* 0: the tokens' x rows in split order; 1: h + b1, the SwiGLU, in split order; 2: y + b2, weighted,
                   added to the token's output row */
-    const float *x, *h, *b1f, *y, *b2f, *weights;
+    const float *x, *h, *y, *weights;
+    const float *const *bias; /* per assignment of the pass: its expert's b1 [2I] then b2 [H], fp32 */
     float *xs, *act, *out;
-    const int64_t *mine; /* the expert's assignments t * K + k */
-    int64_t H, I, K, i0, i1;
+    const int64_t *mine; /* the pass's assignments t * K + k */
+    int64_t H, I, K, count;
     float limit, alpha;
     int act_bf16;
 } moe_rows_t;
 
-static void moe_rows_part(const void *shared, int part, int parts) { /* the tokens [i0, i1) split between parts */
+static void moe_rows_part(const void *shared, int part, int parts) {
     const moe_rows_t *m = shared;
     float row[m->I > 0 ? m->I : 1];
-    for (int64_t i = share_at(m->i0, m->i1, part, parts); i < share_at(m->i0, m->i1, part + 1, parts); i++) {
-        int64_t a = m->mine[i], t = a / m->K;
+    if (m->stage == 2) { /* a token's rows are added by one part, in the pass's order (its experts ascending) */
+        for (int64_t i = 0; i < m->count; i++) {
+            int64_t a = m->mine[i], t = a / m->K;
+            if (t % parts == part)
+                add_weighted(m->out + t * m->H, m->y + i * m->H, m->bias[i] + 2 * m->I, m->H, m->weights[a],
+                             m->act_bf16);
+        }
+        return;
+    }
+    for (int64_t i = share_at(0, m->count, part, parts); i < share_at(0, m->count, part + 1, parts); i++) {
         if (m->stage == 0) {
-            to_split(m->x + t * m->H, m->H, m->xs + i * m->H);
-        } else if (m->stage == 1) {
-            swiglu_row(m->h + i * 2 * m->I, m->b1f, m->I, m->limit, m->alpha, m->act_bf16, row);
+            to_split(m->x + m->mine[i] / m->K * m->H, m->H, m->xs + i * m->H);
+        } else {
+            swiglu_row(m->h + i * 2 * m->I, m->bias[i], m->I, m->limit, m->alpha, m->act_bf16, row);
             to_split(row, m->I, m->act + i * m->I);
-        } else { /* an expert holds a token once: no two threads add to one row */
-            add_weighted(m->out + t * m->H, m->y + i * m->H, m->b2f, m->H, m->weights[a], m->act_bf16);
         }
     }
 }
 
-#define MOE_PARALLEL_TOKENS 16 /* an expert's tokens from which its per-token steps are split between threads */
+#define MOE_PARALLEL_TOKENS 16 /* a pass's assignments from which its per-token steps are split between threads */
 
 static void moe_rows(const moe_rows_t *m, int threads) {
-    parallel(m->i1 - m->i0 >= MOE_PARALLEL_TOKENS ? threads : 1, moe_rows_part, m);
+    parallel(m->count >= MOE_PARALLEL_TOKENS ? threads : 1, moe_rows_part, m);
 }
 
-#define MOE_CHUNK_TOKENS 512 /* an expert's tokens per pass of the MoE (its buffers: 24 KiB a token at gpt-oss-20b's shapes) */
+#define MOE_CHUNK_TOKENS 512 /* assignments per pass of the MoE (its buffers: 24 KiB each at gpt-oss-20b's shapes) */
 
+/* The MoE's activation buffers, kept by each calling thread between calls (freed when it exits): allocated and freed
+   per call, their pages went back to the system and came again as page faults each time (a tenth of a 64-token
+   MoE's time). NULL when out of memory. */
+static pthread_key_t moe_scratch_key;
+static pthread_once_t moe_scratch_once = PTHREAD_ONCE_INIT;
+typedef struct {
+    void *p;
+    size_t bytes;
+} scratch_t;
+
+static void moe_scratch_free(void *v) {
+    scratch_t *s = v;
+    free(s->p);
+    free(s);
+}
+
+static void moe_scratch_init(void) { pthread_key_create(&moe_scratch_key, moe_scratch_free); }
+
+static float *moe_scratch(size_t bytes) {
+    pthread_once(&moe_scratch_once, moe_scratch_init);
+    scratch_t *s = pthread_getspecific(moe_scratch_key);
+    if (s == NULL) {
+        if ((s = calloc(1, sizeof(scratch_t))) == NULL || pthread_setspecific(moe_scratch_key, s) != 0) {
+            free(s);
+            return NULL;
+        }
+    }
+    if (bytes > s->bytes) {
+        free(s->p);
+        s->bytes = (bytes + 63) / 64 * 64;
+        if ((s->p = aligned_alloc(64, s->bytes)) == NULL) s->bytes = 0;
+    }
+    return s->p;
+}
+
+/* A pass: consecutive experts' assignments, MOE_CHUNK_TOKENS at most (an expert with more has passes of its own),
+   each step one parallel region for all of them: the tokens' rows, W1 of every expert, the SwiGLU, W2, the sums. */
 int gptoss_moe_mxfp4(const float *x, int64_t T, int64_t H, const int64_t *ids, const float *weights, int64_t K,
                      const uint8_t *w1b, const uint8_t *w1s, const void *b1, const uint8_t *w2b, const uint8_t *w2s,
                      const void *b2, int bias_bf16, int act_bf16, int64_t E, int64_t I, float limit, float alpha,
                      float *out, int threads) {
     int64_t A = T * K, *count = calloc((size_t)E + 1, sizeof(int64_t)), *order = malloc((size_t)(A > 0 ? A : 1) * 8);
-    float *xs = NULL, *h = NULL, *act = NULL, *y = NULL;
-    float *bias = malloc((size_t)(2 * I + H) * sizeof(float)); /* an expert's b1 [2I], b2 [H] in fp32 */
+    int64_t most = A < MOE_CHUNK_TOKENS ? (A > 0 ? A : 1) : MOE_CHUNK_TOKENS, segs_max = most < E ? most : E;
+    float *xs, *h, *act, *y, *bias;
+    const float **bias_of = malloc((size_t)most * sizeof(float *));
+    mv_task_t *tasks = malloc((size_t)segs_max * sizeof(mv_task_t));
+    int64_t *seg_e = malloc((size_t)segs_max * sizeof(int64_t)), *seg_n = malloc((size_t)segs_max * sizeof(int64_t));
     int status = 0;
-    if (!count || !order || !bias) {
+    if (!count || !order || !bias_of || !tasks || !seg_e || !seg_n) {
         status = -1;
         goto done;
     }
     for (int64_t a = 0; a < A; a++) /* assignments grouped by expert (counting sort, stable) */
         if (ids[a] >= 0 && ids[a] < E) count[ids[a] + 1]++;
-    int64_t most = 0; /* the buffers hold one chunk of an expert's tokens: at most MOE_CHUNK_TOKENS */
-    for (int64_t e = 0; e < E; e++) most = count[e + 1] > most ? count[e + 1] : most;
-    most = most < MOE_CHUNK_TOKENS ? (most > 0 ? most : 1) : MOE_CHUNK_TOKENS;
-    xs = malloc((size_t)(most * H) * sizeof(float));
-    h = malloc((size_t)(most * 2 * I) * sizeof(float));
-    act = malloc((size_t)(most * I) * sizeof(float));
-    y = malloc((size_t)(most * H) * sizeof(float));
-    if (!xs || !h || !act || !y) {
+    for (int64_t e = 0; e < E; e++) count[e + 1] += count[e];
+    /* xs [most, H], h [most, 2I], act [most, I], y [most, H]; each expert of a pass: b1 [2I], b2 [H] fp32 */
+    if ((xs = moe_scratch((size_t)(most * (3 * H + 3 * I) + segs_max * (2 * I + H)) * sizeof(float))) == NULL) {
         status = -1;
         goto done;
     }
-    for (int64_t e = 0; e < E; e++) count[e + 1] += count[e];
+    h = xs + most * H, act = h + most * 2 * I, y = act + most * I, bias = y + most * H;
     {
         int64_t *next = malloc((size_t)(E + 1) * sizeof(int64_t));
         if (!next) {
@@ -1963,37 +2050,47 @@ int gptoss_moe_mxfp4(const float *x, int64_t T, int64_t H, const int64_t *ids, c
             if (ids[a] >= 0 && ids[a] < E) order[next[ids[a]]++] = a;
         free(next);
     }
-    float *b1f = bias, *b2f = bias + 2 * I;
-    for (int64_t e = 0; e < E; e++) {
-        if (count[e + 1] == count[e]) continue;
-        for (int64_t c = 0; c < 2 * I; c++) b1f[c] = bias_at(b1, bias_bf16, e * 2 * I + c);
-        for (int64_t c = 0; c < H; c++) b2f[c] = bias_at(b2, bias_bf16, e * H + c);
-        for (int64_t first = count[e]; first < count[e + 1]; first += most) {
-            int64_t n = count[e + 1] - first < most ? count[e + 1] - first : most;
-            const int64_t *mine = order + first;
-            moe_rows_t rows = {0, x, h, b1f, y, b2f, weights, xs, act, out, mine, H, I, K, 0, n, limit, alpha, act_bf16};
-            moe_rows(&rows, threads); /* the tokens */
-            if (!(act_bf16 && decoded_matvec_rows(xs, n, w1b + e * 2 * I * H / 2,
-                                                                     w1s + e * 2 * I * (H / 32), 2 * I, H / 32, h,
-                                                                     threads) == 0))
-                matvec_rows(xs, n, w1b + e * 2 * I * H / 2, w1s + e * 2 * I * (H / 32), 2 * I, H / 32, h, threads);
-            rows.stage = 1; /* + b1, SwiGLU, written in split order for W2 */
-            moe_rows(&rows, threads);
-            if (!(act_bf16 &&
-                  decoded_matvec_rows(act, n, w2b + e * H * I / 2, w2s + e * H * (I / 32), H, I / 32, y, threads) == 0))
-                matvec_rows(act, n, w2b + e * H * I / 2, w2s + e * H * (I / 32), H, I / 32, y, threads);
-            rows.stage = 2; /* + b2, times the router's weight, added to the token's output */
-            moe_rows(&rows, threads);
+    for (int64_t at = 0, e = 0; at < count[E];) { /* a pass over the assignments [at, at + used) */
+        int64_t used = 0, segs = 0;
+        for (; e < E && used < most; e++) {
+            int64_t left = count[e + 1] - (at + used > count[e] ? at + used : count[e]);
+            if (left == 0) continue;
+            if (used > 0 && left > most - used) break; /* this expert waits for a pass of its own */
+            int64_t take = left < most - used ? left : most - used;
+            float *b = bias + segs * (2 * I + H);
+            for (int64_t c = 0; c < 2 * I; c++) b[c] = bias_at(b1, bias_bf16, e * 2 * I + c);
+            for (int64_t c = 0; c < H; c++) b[2 * I + c] = bias_at(b2, bias_bf16, e * H + c);
+            for (int64_t i = used; i < used + take; i++) bias_of[i] = b;
+            seg_e[segs] = e, seg_n[segs++] = take, used += take;
+            if (take < left) break; /* the rest of this expert in the next pass */
         }
+        const int64_t *mine = order + at;
+        moe_rows_t rows = {0, x, h, y, weights, bias_of, xs, act, out, mine, H, I, K, used, limit, alpha, act_bf16};
+        moe_rows(&rows, threads); /* the tokens */
+        for (int64_t k = 0, i = 0; k < segs; i += seg_n[k++])
+            mv_task(xs + i * H, seg_n[k], w1b + seg_e[k] * 2 * I * H / 2, w1s + seg_e[k] * 2 * I * (H / 32), 2 * I,
+                    H / 32, h + i * 2 * I, act_bf16, threads, tasks + k);
+        mv_run(tasks, (int)segs, threads);
+        for (int64_t k = 0; k < segs; k++) mv_free(tasks + k);
+        rows.stage = 1; /* + b1, SwiGLU, written in split order for W2 */
+        moe_rows(&rows, threads);
+        for (int64_t k = 0, i = 0; k < segs; i += seg_n[k++])
+            mv_task(act + i * I, seg_n[k], w2b + seg_e[k] * H * I / 2, w2s + seg_e[k] * H * (I / 32), H, I / 32,
+                    y + i * H, act_bf16, threads, tasks + k);
+        mv_run(tasks, (int)segs, threads);
+        for (int64_t k = 0; k < segs; k++) mv_free(tasks + k);
+        rows.stage = 2; /* + b2, times the router's weight, added to the token's output */
+        moe_rows(&rows, threads);
+        at += used;
+        if (e < E && at == count[e + 1]) e++;
     }
 done:
     free(count);
     free(order);
-    free(xs);
-    free(h);
-    free(act);
-    free(y);
-    free(bias);
+    free(bias_of);
+    free(tasks);
+    free(seg_e);
+    free(seg_n);
     return status;
 }
 
