@@ -978,19 +978,6 @@ static void parallel(int n, part_fn fn, const void *shared) {
     pthread_mutex_unlock(&pool_user);
 }
 
-typedef struct {
-    kernel_t fn;
-    job_t job;
-} task_t;
-
-static void run_part(const void *shared, int i, int n) { /* the job's rows [r0, r1) split between the parts */
-    const task_t *t = shared;
-    job_t part = t->job;
-    part.r0 = share_at(t->job.r0, t->job.r1, i, n);
-    part.r1 = share_at(t->job.r0, t->job.r1, i + 1, n);
-    t->fn(&part);
-}
-
 #define MIN_THREAD_BYTES (256 << 10) /* a thread's start (tens of microseconds) pays for itself past this much work */
 
 static int64_t rows_per_thread(int64_t row_bytes, int64_t floor) { /* MIN_THREAD_BYTES and `floor` rows at least */
@@ -1004,52 +991,50 @@ static int parts_for(int64_t rows, int threads, int64_t min_rows) { /* min_rows:
     return threads > 1 ? threads : 1;
 }
 
-static void run(kernel_t fn, job_t job, int threads, int64_t min_rows) {
-    task_t task = {fn, job};
-    parallel(parts_for(job.r1 - job.r0, threads, min_rows), run_part, &task);
-}
-
-/* one MXFP4 product out [n, R] = xs [n, G * 32] (split order) times W, ready to run: its kernel and job, the parts it
-   is worth (parts_for), and the tokens packed for the kernel (owned: freed by mv_free) */
+/* a kernel's job ready to run: the parts its rows are worth (parts_for), and what it owns (the tokens packed for
+   the kernel, freed by task_free) */
 typedef struct {
     kernel_t fn;
     job_t job;
     int parts;
     void *owned;
-} mv_task_t;
+} task_t;
 
 typedef struct {
-    const mv_task_t *tasks;
+    const task_t *tasks;
     int count;
-} mv_tasks_t;
+} tasks_t;
 
-static void mv_tasks_part(const void *shared, int i, int n) { /* each task's rows split between its parts; a task of
-                                                                  one part goes to part k % n */
-    const mv_tasks_t *ts = shared;
+static void tasks_part(const void *shared, int i, int n) { /* each task's rows [r0, r1) split between its parts; a
+                                                              task of one part goes to part k % n */
+    const tasks_t *ts = shared;
     for (int k = 0; k < ts->count; k++) {
-        const mv_task_t *t = ts->tasks + k;
+        const task_t *t = ts->tasks + k;
         int parts = t->parts < n ? t->parts : n;
         if (parts == 1 ? i != k % n : i >= parts) continue;
         job_t part = t->job;
-        if (parts > 1) {
-            part.r0 = share_at(t->job.r0, t->job.r1, i, parts);
-            part.r1 = share_at(t->job.r0, t->job.r1, i + 1, parts);
-        }
+        part.r0 = share_at(t->job.r0, t->job.r1, i % parts, parts);
+        part.r1 = share_at(t->job.r0, t->job.r1, i % parts + 1, parts);
         t->fn(&part);
     }
 }
 
-static void mv_run(const mv_task_t *tasks, int count, int threads) { /* all of them in one parallel region */
-    int parts = 1;
+static void run_tasks(const task_t *tasks, int count, int threads) { /* all of them in one parallel region: as many
+                                                                         parts as the largest task's, or as the tasks */
+    int parts = count < threads ? count : threads;
     for (int k = 0; k < count; k++) parts = tasks[k].parts > parts ? tasks[k].parts : parts;
-    parts = count > parts ? (count < threads ? count : threads) : parts;
-    mv_tasks_t ts = {tasks, count};
-    parallel(parts, mv_tasks_part, &ts);
+    tasks_t ts = {tasks, count};
+    parallel(parts, tasks_part, &ts);
 }
 
-static void mv_free(mv_task_t *t) {
+static void task_free(task_t *t) {
     free(t->owned);
     t->owned = NULL;
+}
+
+static void run(kernel_t fn, job_t job, int threads, int64_t min_rows) {
+    task_t task = {fn, job, parts_for(job.r1 - job.r0, threads, min_rows), NULL};
+    run_tasks(&task, 1, threads);
 }
 
 /* ---- exported ---- */
@@ -1069,7 +1054,7 @@ void gptoss_mxfp4_decode(const uint8_t *blocks, const uint8_t *scales, int64_t R
 }
 
 static void mv_task(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R, int64_t G,
-                    float *out, int bf16_valued, int threads, mv_task_t *t);
+                    float *out, int bf16_valued, int threads, task_t *t);
 #define AMX_MIN_TOKENS 4 /* a matrix times this many tokens or more goes through AMX when they are bf16 values (the
                             fused AVX-512 path is faster for fewer: one token of a [2048, 1024] W1 143 us against 223) */
 #define PANEL_MIN_TOKENS 12 /* the same for AVX512-BF16 panels (12 tokens of a [2048, 1024] W1: 0.38 ms against 0.42;
@@ -1079,10 +1064,10 @@ static int decoded_min_tokens(void) { return gptoss_mxfp4_isa() >= 4 ? AMX_MIN_T
 int gptoss_mxfp4_matvec(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R,
                         int64_t G, float *out, int bf16_valued, int threads) {
     if (n < 1) return -1;
-    mv_task_t task;
+    task_t task;
     mv_task(xs, n, blocks, scales, R, G, out, bf16_valued, threads, &task);
-    mv_run(&task, 1, threads);
-    mv_free(&task);
+    run_tasks(&task, 1, threads);
+    task_free(&task);
     return 0;
 }
 
@@ -1682,7 +1667,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void dpf_
    decode (decoded_min_tokens), and on AVX512-BF16 below that the bytes decoded in registers (dpf_rows, any scale):
    0, or -1 (not taken, or no memory for the packed tokens: the caller takes the fused path) */
 static int decoded_task(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R, int64_t G,
-                        float *out, int threads, mv_task_t *t) {
+                        float *out, int threads, task_t *t) {
 #ifdef GPTOSS_X86
     int level = gptoss_mxfp4_isa();
     kernel_t fn;
@@ -1699,7 +1684,7 @@ static int decoded_task(const float *xs, int64_t n, const uint8_t *blocks, const
     }
     if (xv == NULL) return -1;
     job_t job = {blocks, scales, G, 0, R, out, NULL, n, R, 0, NULL, (const uint16_t *)xv, NULL, NULL, NULL};
-    *t = (mv_task_t){fn, job, parts_for(R, threads, min_rows), xv};
+    *t = (task_t){fn, job, parts_for(R, threads, min_rows), xv};
     return 0;
 #else
     (void)xs, (void)n, (void)blocks, (void)scales, (void)R, (void)G, (void)out, (void)threads, (void)t;
@@ -1718,16 +1703,16 @@ static inline float bias_at(const void *bias, int bf16, int64_t i) {
    even at one token: a [2048, 1024] W1 0.43 ms against 0.60, and each token's sums are its own, so an MoE's result
    does not depend on the batch), elsewhere the fused path */
 static void mv_task(const float *xs, int64_t n, const uint8_t *blocks, const uint8_t *scales, int64_t R, int64_t G,
-                    float *out, int bf16_valued, int threads, mv_task_t *t) {
+                    float *out, int bf16_valued, int threads, task_t *t) {
     if (bf16_valued && decoded_task(xs, n, blocks, scales, R, G, out, threads, t) == 0) return;
     job_t job = {blocks, scales, G, 0, R, out, xs, n, R, 0, NULL, NULL, NULL, pick(MATVEC), NULL};
 #ifdef GPTOSS_X86
     if (gptoss_mxfp4_isa() == 1 && G * 32 <= F32_PANEL_MAX_K) {
-        *t = (mv_task_t){f32panel_rows_avx2, job, parts_for(R, threads, rows_per_thread(G * 16, F32_PANEL_ROWS)), NULL};
+        *t = (task_t){f32panel_rows_avx2, job, parts_for(R, threads, rows_per_thread(G * 16, F32_PANEL_ROWS)), NULL};
         return;
     }
 #endif
-    *t = (mv_task_t){by_chunks, job, parts_for(R, threads, rows_per_thread(G * 16 * ((n + MAX_TOKENS - 1) / MAX_TOKENS), 16)),
+    *t = (task_t){by_chunks, job, parts_for(R, threads, rows_per_thread(G * 16 * ((n + MAX_TOKENS - 1) / MAX_TOKENS), 16)),
                      NULL};
 }
 
@@ -2023,7 +2008,7 @@ int gptoss_moe_mxfp4(const float *x, int64_t T, int64_t H, const int64_t *ids, c
     int64_t most = A < MOE_CHUNK_TOKENS ? (A > 0 ? A : 1) : MOE_CHUNK_TOKENS, segs_max = most < E ? most : E;
     float *xs, *h, *act, *y, *bias;
     const float **bias_of = malloc((size_t)most * sizeof(float *));
-    mv_task_t *tasks = malloc((size_t)segs_max * sizeof(mv_task_t));
+    task_t *tasks = malloc((size_t)segs_max * sizeof(task_t));
     int64_t *seg_e = malloc((size_t)segs_max * sizeof(int64_t)), *seg_n = malloc((size_t)segs_max * sizeof(int64_t));
     int status = 0;
     if (!count || !order || !bias_of || !tasks || !seg_e || !seg_n) {
@@ -2070,19 +2055,18 @@ int gptoss_moe_mxfp4(const float *x, int64_t T, int64_t H, const int64_t *ids, c
         for (int64_t k = 0, i = 0; k < segs; i += seg_n[k++])
             mv_task(xs + i * H, seg_n[k], w1b + seg_e[k] * 2 * I * H / 2, w1s + seg_e[k] * 2 * I * (H / 32), 2 * I,
                     H / 32, h + i * 2 * I, act_bf16, threads, tasks + k);
-        mv_run(tasks, (int)segs, threads);
-        for (int64_t k = 0; k < segs; k++) mv_free(tasks + k);
+        run_tasks(tasks, (int)segs, threads);
+        for (int64_t k = 0; k < segs; k++) task_free(tasks + k);
         rows.stage = 1; /* + b1, SwiGLU, written in split order for W2 */
         moe_rows(&rows, threads);
         for (int64_t k = 0, i = 0; k < segs; i += seg_n[k++])
             mv_task(act + i * I, seg_n[k], w2b + seg_e[k] * H * I / 2, w2s + seg_e[k] * H * (I / 32), H, I / 32,
                     y + i * H, act_bf16, threads, tasks + k);
-        mv_run(tasks, (int)segs, threads);
-        for (int64_t k = 0; k < segs; k++) mv_free(tasks + k);
+        run_tasks(tasks, (int)segs, threads);
+        for (int64_t k = 0; k < segs; k++) task_free(tasks + k);
         rows.stage = 2; /* + b2, times the router's weight, added to the token's output */
         moe_rows(&rows, threads);
         at += used;
-        if (e < E && at == count[e + 1]) e++;
     }
 done:
     free(count);
