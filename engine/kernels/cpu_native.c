@@ -2540,13 +2540,15 @@ static int greedy_panels(const void *h, int64_t n, const void *w, int64_t V, int
 /* ---- greedy tokens on AVX512-BF16: the tokens in the AMX path's B layout, W read in place ---- */
 
 #define BGREEDY_ROWS 6   /* vocabulary rows per register block: 6 x 4 accumulators, 4 token vectors, 1 broadcast */
+#define BGREEDY_ROWS1 12 /* ... where the call has one token vector: 12 chains (6 do not keep vdpbf16ps busy) */
 #define BGREEDY_CHUNKS 4 /* token vectors (16 tokens each) per pass over a block of rows */
-/* from how many tokens this beats the logits path (oneDNN's GEMM, then argmax) on a 201,088-row vocabulary (Zen 4 VM,
-   2 threads, 2026-12-03): with K up to 128 the logits cost as much as the sums, so from 12 tokens (K 64: 1.75-2.1x
-   at 16-128; below 12 most lanes of each vdpbf16ps are padding); with a wider K from 128 (K 1024: 0.77x at 16, 0.97x
-   at 64, 1.08x at 128; K 256-512: 1.3-1.6x at 256) */
+/* from how many tokens this beats the logits path (oneDNN's GEMM, then argmax; at most LINEAR_MAX_TOKENS rows the
+   native matvec) on a 201,088-row vocabulary (Zen 4 VM, 2 threads, 2026-12-03): with K up to 128 the logits cost as
+   much as the sums, so from 12 tokens (K 64: 1.75-2.1x at 16-128; below 12 most lanes of each vdpbf16ps are
+   padding); with a wider K, since W's lines are prefetched, from 8 (K 1024 against its packed GEMM: 1.02-1.07x at 8,
+   1.15x at 12, 1.25-1.4x at 16, 1.15-1.35x at 24-64; K 2880, unpacked: 1.7-1.9x at 8-16, 1.16-1.2x at 64) */
 #ifdef GPTOSS_X86
-static int bgreedy_min_tokens(int64_t K) { return K <= 128 ? 12 : 128; }
+static int bgreedy_min_tokens(int64_t K) { return K <= 128 ? 12 : 8; }
 
 typedef struct {
     const uint16_t *w;  /* W [V, K] bf16 */
@@ -2564,12 +2566,17 @@ __attribute__((target("avx512f,avx512bf16"), always_inline)) static inline void 
     const int64_t P = g->K / 2;
     const uint32_t *w = (const uint32_t *)(g->w + r * g->K);
     const uint16_t *hv = g->hv + c0 * P * 32;
-    __m512 acc[BGREEDY_ROWS][BGREEDY_CHUNKS];
+    const char *next = (const char *)(g->w + (r + R) * g->K); /* the next block's rows, R * K / 32 lines */
+    __m512 acc[BGREEDY_ROWS1][BGREEDY_CHUNKS];
     for (int i = 0; i < R; i++)
         for (int c = 0; c < nc; c++) acc[i][c] = _mm512_setzero_ps();
     for (int64_t p = 0; p < P; p++) {
         __m512bh h[BGREEDY_CHUNKS];
         for (int c = 0; c < nc; c++) h[c] = (__m512bh)_mm512_loadu_si512(hv + (c * P + p) * 32);
+        /* the next block's lines into L2 as this one goes (R / 16 lines a pair): without it W came at 14 GB/s
+           against 32 for one row's matvec, the prefetchers lost in R streams moving 4 bytes a pair each; into L1 it
+           was no faster, evicting the token vectors */
+        if ((p * R) % 16 < R) _mm_prefetch(next + ((p * R) / 16) * 64, _MM_HINT_T1);
         for (int i = 0; i < R; i++) {
             __m512bh pair = (__m512bh)_mm512_set1_epi32((int)w[i * P + p]);
             for (int c = 0; c < nc; c++) acc[i][c] = _mm512_dpbf16_ps(acc[i][c], pair, h[c]);
@@ -2599,19 +2606,23 @@ __attribute__((target("avx512f,avx512bf16"), always_inline)) static inline void 
         default: bgreedy_block(g, r, c0, best, at, R, 4); break;                                                   \
     }
 
-/* part i of the vocabulary (whole blocks of BGREEDY_ROWS rows; the last part takes the rows after them one at a
-   time): each block against every token vector while its rows are in L1 */
+/* part i of the vocabulary (whole blocks of BGREEDY_ROWS1 rows; the last part takes the rows after them one at a
+   time): each block (BGREEDY_ROWS1 rows with one token vector, else BGREEDY_ROWS) against every token vector while
+   its rows are in L1 */
 __attribute__((target("avx512f,avx512bf16"))) static void bgreedy_part(const void *shared, int i, int parts) {
     const bgreedy_t *g = shared;
-    const int64_t chunks = (g->n + 15) / 16, blocks = g->V / BGREEDY_ROWS;
-    const int64_t v0 = share_at(0, blocks, i, parts) * BGREEDY_ROWS;
-    const int64_t v1 = i + 1 == parts ? g->V : share_at(0, blocks, i + 1, parts) * BGREEDY_ROWS;
+    const int64_t chunks = (g->n + 15) / 16, blocks = g->V / BGREEDY_ROWS1;
+    const int64_t v0 = share_at(0, blocks, i, parts) * BGREEDY_ROWS1;
+    const int64_t v1 = i + 1 == parts ? g->V : share_at(0, blocks, i + 1, parts) * BGREEDY_ROWS1;
     float best[chunks * 16]; /* whole token vectors, the lanes past n padding */
     int32_t at[chunks * 16];
     for (int64_t t = 0; t < chunks * 16; t++) best[t] = -__builtin_inff(), at[t] = (int32_t)v0;
     int64_t r = v0;
-    for (; r + BGREEDY_ROWS <= v1; r += BGREEDY_ROWS)
-        for (int64_t c0 = 0; c0 < chunks; c0 += BGREEDY_CHUNKS) BGREEDY_NC(BGREEDY_ROWS, chunks - c0)
+    if (chunks == 1)
+        for (; r + BGREEDY_ROWS1 <= v1; r += BGREEDY_ROWS1) bgreedy_block(g, r, 0, best, at, BGREEDY_ROWS1, 1);
+    else
+        for (; r + BGREEDY_ROWS <= v1; r += BGREEDY_ROWS)
+            for (int64_t c0 = 0; c0 < chunks; c0 += BGREEDY_CHUNKS) BGREEDY_NC(BGREEDY_ROWS, chunks - c0)
     for (; r < v1; r++)
         for (int64_t c0 = 0; c0 < chunks; c0 += BGREEDY_CHUNKS) BGREEDY_NC(1, chunks - c0)
     for (int64_t t = 0; t < g->n; t++) g->best[i * g->n + t] = best[t], g->at[i * g->n + t] = at[t];

@@ -315,8 +315,8 @@ def test_native_small_ops_match_torch(dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_greedy_tokens_equal_argmax_of_the_logits(isa, vocab, k, rows, dtype):
     """kernels.greedy_tokens (the unembedding and a plain greedy sampler in one pass, no logits written): argmax of
-    the logits kernels.linear makes (bf16 on AMX, and on AVX512-BF16 from 12 or 128 rows; bf16 and fp32 on AVX2 from 8 rows,
-    the linear paths' panels), the first of equal maxima (two equal best rows), NaN largest (a row with a NaN weight);
+    the logits kernels.linear makes (bf16 on AMX, and on AVX512-BF16 from 12 or 8 rows; bf16 and fp32 on AVX2 from 8
+    rows, the linear paths' panels), the first of equal maxima (two equal best rows), NaN largest (a row with a NaN weight);
     None where it does not run.
     At each level the CPU has (an AVX-512 machine runs the AVX2 panels in fp32; its oneDNN takes bf16 there)."""
     lib = isa
@@ -324,8 +324,8 @@ def test_greedy_tokens_equal_argmax_of_the_logits(isa, vocab, k, rows, dtype):
     weight = (torch.randn(vocab, k, generator=gen) * 0.05).to(dtype)
     x = torch.randn(rows, k, generator=gen).to(dtype)
     level = lib.gptoss_mxfp4_isa()
-    runs = (dtype == torch.bfloat16 and (level == 4 or level == 3 and rows >= (12 if k <= 128 else 128)) or level == 1 and rows >= 8 and
-            k % 16 == 0 and (dtype == torch.float32 or not kernels.onednn_bf16()))
+    runs = (dtype == torch.bfloat16 and (level == 4 or level == 3 and rows >= (12 if k <= 128 else 8)) or
+            level == 1 and rows >= 8 and k % 16 == 0 and (dtype == torch.float32 or not kernels.onednn_bf16()))
     if not runs:
         assert kernels.greedy_tokens(x, weight) is None
         pytest.skip("the logits path runs here")
