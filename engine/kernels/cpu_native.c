@@ -1466,7 +1466,8 @@ __attribute__((target("avx512f"))) static inline void transpose16_store(const __
 /* rows [r, r + rows) (rows <= 16; the lanes past them zero) -> one half of a panel, [G * 16][16] dwords. A whole
    half prefetches the same lines of the rows 32 further on (the next panel's) as it goes: an MoE's experts come from
    DRAM, 16 rows at a time 16 bytes each, and without it the prefetchers lost the 16 streams (a [2048, 1024] W1 from
-   DRAM, 2 threads: 12-16 tokens 0.27-0.32 ms -> 0.25-0.29, 32 tokens 0.50 -> 0.44) */
+   DRAM, 2 threads: 12-16 tokens 0.27-0.32 ms -> 0.25-0.29, 32 tokens 0.50 -> 0.44). Here, in dpf_rows and in
+   bgreedy_block a prefetch may point past the matrix's end: harmless, a prefetch never faults */
 __attribute__((target("avx512f"))) static void panel_decode(const uint8_t *blocks, const uint8_t *scales, int64_t G,
                                                             int64_t r, int rows, uint32_t *half) {
     __m512i v[16];

@@ -296,8 +296,9 @@ def write_kv(lib: ctypes.CDLL, kv_cache: torch.Tensor, k: torch.Tensor, v: torch
 def greedy_tokens(lib: ctypes.CDLL, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     """argmax(logits of h [n, K] @ weight.T, -1) for contiguous h and weight [V, K], both bf16 (each logit rounded to
     bf16, as linear_bf16's) or both fp32 (the first of equal maxima, NaN largest), the logits never written; None
-    where it cannot run (on AMX: bf16, K a multiple of 32; on AVX512-BF16 the same from 12 rows where K <= 128, else from 8; on AVX2: from 8 rows, K a multiple of 16, as the panels of
-    linear_bf16 and linear_f32, whose logits these are; elsewhere never)."""
+    where it cannot run (on AMX: bf16, K a multiple of 32; on AVX512-BF16 the same from 12 rows where K <= 128, else
+    from 8; on AVX2: from 8 rows, K a multiple of 16, as the panels of linear_bf16 and linear_f32, whose logits these
+    are; elsewhere never)."""
     if h.dtype != weight.dtype or h.dtype not in (torch.bfloat16, torch.float32):
         raise ValueError(f"greedy_tokens takes bf16 or fp32 h and weight of one dtype, not {h.dtype}, {weight.dtype}")
     out = torch.empty(h.shape[0], dtype=torch.int64)

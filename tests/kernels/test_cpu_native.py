@@ -316,8 +316,8 @@ def test_native_small_ops_match_torch(dtype):
 def test_greedy_tokens_equal_argmax_of_the_logits(isa, vocab, k, rows, dtype):
     """kernels.greedy_tokens (the unembedding and a plain greedy sampler in one pass, no logits written): argmax of
     the logits kernels.linear makes (bf16 on AMX, and on AVX512-BF16 from 12 or 8 rows; bf16 and fp32 on AVX2 from 8
-    rows, the linear paths' panels), the first of equal maxima (two equal best rows), NaN largest (a row with a NaN weight);
-    None where it does not run.
+    rows, the linear paths' panels), the first of equal maxima (two equal best rows), NaN largest (a row with a NaN
+    weight); None where it does not run.
     At each level the CPU has (an AVX-512 machine runs the AVX2 panels in fp32; its oneDNN takes bf16 there)."""
     lib = isa
     gen = torch.Generator().manual_seed(rows)
