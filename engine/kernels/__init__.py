@@ -170,9 +170,9 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 def greedy_tokens(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     """argmax(linear(x, weight), -1) for x [n, K] and weight [V, K] without the logits: on an AMX CPU bf16 (the
     weight's tiles times the rows, each logit rounded to bf16 and compared in vocabulary order), on AVX512-BF16 bf16
-    from 12 rows where K <= 128, from 8 rows beyond (vdpbf16ps, 16 rows' sums of one vocabulary row at a time, the
-    weight's next rows prefetched: 1.15-1.4x oneDNN's GEMM and the argmax at 12-64 rows of the larger checkpoint,
-    1.4-2.1x where the logits cost as much as the sums); on an AVX2-only CPU
+    from 12 rows where K <= 128, from 2 rows beyond (vdpbf16ps, 16 rows' sums of one vocabulary row at a time, or up
+    to 8 rows' with 2-8 pairs of each, the weight's next rows prefetched: 1.15-1.5x oneDNN's GEMM and the argmax at
+    4-64 rows of the larger checkpoint, 1.4-2.1x where the logits cost as much as the sums); on an AVX2-only CPU
     bf16 or fp32 from 8 rows where `linear` itself takes the native panels (bf16 without oneDNN's bf16; fp32 up to
     F32_NATIVE_MAX_TOKENS rows): the same logits, compared as they are made (cpu_native.greedy_tokens). None where
     neither runs (the caller makes the logits)."""

@@ -2115,6 +2115,17 @@ __attribute__((target("avx512f"))) static void softmax_sink16(float *p, int64_t 
     }
 }
 
+#define ATTN_AHEAD 32 /* keys ahead whose rows the AVX512-BF16 decode attention prefetches: the keys' rows into L1
+                        as it makes the scores (each block's values into L2 meanwhile), the values' into L1 half as far
+                        ahead as it sums them. Without it the loads of each row waited on memory (64 sequences of
+                        100-600 keys, 4 KV heads, 2 threads: a full layer 2.3-3.1 -> 1.8-2.5 ms, with the keys in L3
+                        2.4-2.6 -> 1.9; a 128-key window 0.9-1.2 -> 0.6-1.0 ms) */
+
+__attribute__((always_inline)) static inline void prefetch_row128(const uint16_t *row, const int hint) {
+    _mm_prefetch((const char *)row, hint);
+    _mm_prefetch((const char *)row + 64, hint);
+}
+
 /* One (sequence, KV head) item: 16 keys at a time transposed to [32 pairs][16 keys] (transpose16_store, as the
    panels), so one vdpbf16ps per pair and query head sums 16 keys' products (bf16 products are exact; fp32 sums) and
    the scores come out in key order; softmax_sink as attend_items; then each value row widened to fp32 (a bf16 is the
@@ -2136,9 +2147,14 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void attend_item_b
         }
     }
     const __m512 scale = _mm512_set1_ps(a->scale);
+    const uint16_t *values = kv + a->plane;
+    for (int64_t n = 0; n < N && n < ATTN_AHEAD; n++) prefetch_row128(kv + slots[n] * 64, _MM_HINT_T0);
     for (int64_t n0 = 0; n0 < N; n0 += 16) {
         int m = N - n0 < 16 ? (int)(N - n0) : 16;
         __m512i r[16];
+        for (int64_t n = n0 + ATTN_AHEAD; n < N && n < n0 + ATTN_AHEAD + 16; n++)
+            prefetch_row128(kv + slots[n] * 64, _MM_HINT_T0);
+        for (int i = 0; i < m; i++) prefetch_row128(values + slots[n0 + i] * 64, _MM_HINT_T1);
         for (int half = 0; half < 2; half++) {
             for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512((i < m ? kv + slots[n0 + i] * 64 : zero) + half * 32);
             transpose16_store(r, kt + half * 256);
@@ -2158,12 +2174,12 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void attend_item_b
     const __m512i top = _mm512_set1_epi32((int)0xffff0000u);
     const __m512i lo_dims = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i hi_dims = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    const uint16_t *values = kv + a->plane;
     for (int64_t g0 = 0; g0 < G; g0 += ATTN_HEADS) {
         __m512 acc[ATTN_HEADS][4]; /* [head][even dims 0-31, odd dims 0-31, even 32-63, odd 32-63] */
         for (int i = 0; i < ATTN_HEADS; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = _mm512_setzero_ps();
         for (int64_t n = 0; n < N; n++) {
             const uint16_t *v = values + slots[n] * 64;
+            if (n + ATTN_AHEAD / 2 < N) prefetch_row128(values + slots[n + ATTN_AHEAD / 2] * 64, _MM_HINT_T0);
             __m512i v0 = _mm512_loadu_si512(v), v1 = _mm512_loadu_si512(v + 32);
             __m512 e0 = _mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), o0 = _mm512_castsi512_ps(_mm512_and_si512(v0, top));
             __m512 e1 = _mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), o1 = _mm512_castsi512_ps(_mm512_and_si512(v1, top));
@@ -2554,18 +2570,68 @@ static int greedy_panels(const void *h, int64_t n, const void *w, int64_t V, int
 /* from how many tokens this beats the logits path (oneDNN's GEMM, then argmax; at most LINEAR_MAX_TOKENS rows the
    native matvec) on a 201,088-row vocabulary (Zen 4 VM, 2 threads, 2026-12-03): with K up to 128 the logits cost as
    much as the sums, so from 12 tokens (K 64: 1.75-2.1x at 16-128; below 12 most lanes of each vdpbf16ps are
-   padding); with a wider K, since W's lines are prefetched, from 8 (K 1024 against its packed GEMM: 1.02-1.07x at 8,
-   1.15x at 12, 1.25-1.4x at 16, 1.15-1.35x at 24-64; K 2880, unpacked: 1.7-1.9x at 8-16, 1.16-1.2x at 64) */
+   padding); with a wider K, since W's lines are prefetched, from 2, up to 8 tokens as 16 / M of them with M pairs
+   each in a vector (bgreedy_block_m; K 1024 against the logits path: about even at 2, 1.06-1.14x at 4, 1.5x at 8
+   where one pair a token left half the lanes padding; 1.15x at 12, 1.25-1.4x at 16, 1.15-1.35x at 24-64; K 2880,
+   unpacked: 1.7-1.9x at 8-16, 1.16-1.2x at 64). One token: the logits path (its matvec reads W faster) */
 #ifdef GPTOSS_X86
-static int bgreedy_min_tokens(int64_t K) { return K <= 128 ? 12 : 8; }
+static int bgreedy_min_tokens(int64_t K) { return K <= 128 ? 12 : 2; }
 
 typedef struct {
     const uint16_t *w;  /* W [V, K] bf16 */
-    const uint16_t *hv; /* the tokens: [chunk][K / 2 pairs][16 tokens][2] (amx_pack_h's layout) */
+    const uint16_t *hv; /* the tokens: [chunk][K / 2 pairs][16 tokens][2] (amx_pack_h's layout), or with M > 1
+                           bgreedy_pack's */
     int64_t n, V, K;
+    int M;        /* pairs of each token a vector holds (16 / M tokens): 1; for at most 8 tokens 2, 4 or 8 */
     float *best;  /* [parts][n] each part's largest logit per token (a bf16 value); NaN above all (greedy_merge's) */
     int64_t *at;  /* [parts][n] its first index */
 } bgreedy_t;
+
+/* the logits of rows [r, r + R) (their sums in acc) rounded to bf16 and compared with the token vector's best so far in
+   vocabulary order, as greedy_rows does */
+__attribute__((target("avx512f"), always_inline)) static inline void bgreedy_take(const __m512 *acc, int64_t r,
+                                                                                   float *best, int32_t *at, const int R) {
+    __m512 top = _mm512_loadu_ps(best);
+    __m512i idx = _mm512_loadu_si512(at);
+    for (int i = 0; i < R; i++) {
+        __m512 v = bf16_round16(acc[i]);
+        __mmask16 settled = _mm512_cmp_ps_mask(top, top, _CMP_UNORD_Q); /* a NaN stays */
+        __mmask16 take = _mm512_cmp_ps_mask(v, top, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        take &= (__mmask16)~settled;
+        top = _mm512_mask_mov_ps(top, take, v);
+        idx = _mm512_mask_mov_epi32(idx, take, _mm512_set1_epi32((int)(r + i)));
+    }
+    _mm512_storeu_ps(best, top);
+    _mm512_storeu_si512(at, idx);
+}
+
+/* M (2, 4 or 8) pairs of each row broadcast at a time against one token vector of 16 / M tokens, lane t M + m token t's
+   pair m of the M: each token's sum then the total of its M lanes (in each of them) */
+__attribute__((target("avx512f,avx512bf16"), always_inline)) static inline void bgreedy_block_m(
+        const bgreedy_t *g, int64_t r, float *best, int32_t *at, const int R, const int M) {
+    const int64_t P = g->K / 2, Q = P / M;
+    const uint32_t *w = (const uint32_t *)(g->w + r * g->K), *hv = (const uint32_t *)g->hv;
+    const char *next = (const char *)(g->w + (r + R) * g->K);
+    __m512 acc[BGREEDY_ROWS1];
+    for (int i = 0; i < R; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t q = 0; q < Q; q++) {
+        __m512bh h = (__m512bh)_mm512_loadu_si512(hv + q * 16);
+        for (int64_t l = (q * R * M) / 16; l < ((q + 1) * R * M) / 16; l++) _mm_prefetch(next + l * 64, _MM_HINT_T1);
+        for (int i = 0; i < R; i++) {
+            const uint32_t *at_w = w + i * P + q * M;
+            __m512i wv = M == 2   ? _mm512_set1_epi64(*(const int64_t *)at_w)
+                         : M == 4 ? _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)at_w))
+                                  : _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)at_w));
+            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)wv, h);
+        }
+    }
+    for (int i = 0; i < R; i++) { /* a butterfly over each token's M lanes */
+        acc[i] = _mm512_add_ps(acc[i], _mm512_permute_ps(acc[i], 0xB1));
+        if (M >= 4) acc[i] = _mm512_add_ps(acc[i], _mm512_permute_ps(acc[i], 0x4E));
+        if (M >= 8) acc[i] = _mm512_add_ps(acc[i], _mm512_shuffle_f32x4(acc[i], acc[i], 0xB1));
+    }
+    bgreedy_take(acc, r, best, at, R);
+}
 
 /* rows [r, r + R) against token vectors [c0, c0 + nc): per pair p one broadcast of each row's pair (W[r][2p],
    W[r][2p + 1]) times each token vector, one chain per logit (a token's sums do not depend on the others in the
@@ -2573,6 +2639,14 @@ typedef struct {
 __attribute__((target("avx512f,avx512bf16"), always_inline)) static inline void bgreedy_block(
         const bgreedy_t *g, int64_t r, int64_t c0, float *best, int32_t *at, const int R, const int nc) {
     const int64_t P = g->K / 2;
+    if (g->M > 1) { /* at most 8 tokens: one vector, M pairs of each (bgreedy_block_m) */
+        switch (g->M) {
+            case 2: bgreedy_block_m(g, r, best, at, R, 2); break;
+            case 4: bgreedy_block_m(g, r, best, at, R, 4); break;
+            default: bgreedy_block_m(g, r, best, at, R, 8); break;
+        }
+        return;
+    }
     const uint32_t *w = (const uint32_t *)(g->w + r * g->K);
     const uint16_t *hv = g->hv + c0 * P * 32;
     const char *next = (const char *)(g->w + (r + R) * g->K); /* the next block's rows, R * K / 32 lines */
@@ -2592,18 +2666,9 @@ __attribute__((target("avx512f,avx512bf16"), always_inline)) static inline void 
         }
     }
     for (int c = 0; c < nc; c++) {
-        __m512 top = _mm512_loadu_ps(best + (c0 + c) * 16);
-        __m512i idx = _mm512_loadu_si512(at + (c0 + c) * 16);
-        for (int i = 0; i < R; i++) {
-            __m512 v = bf16_round16(acc[i][c]);
-            __mmask16 settled = _mm512_cmp_ps_mask(top, top, _CMP_UNORD_Q); /* a NaN stays */
-            __mmask16 take = _mm512_cmp_ps_mask(v, top, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-            take &= (__mmask16)~settled;
-            top = _mm512_mask_mov_ps(top, take, v);
-            idx = _mm512_mask_mov_epi32(idx, take, _mm512_set1_epi32((int)(r + i)));
-        }
-        _mm512_storeu_ps(best + (c0 + c) * 16, top);
-        _mm512_storeu_si512(at + (c0 + c) * 16, idx);
+        __m512 sums[BGREEDY_ROWS1];
+        for (int i = 0; i < R; i++) sums[i] = acc[i][c];
+        bgreedy_take(sums, r, best + (c0 + c) * 16, at + (c0 + c) * 16, R);
     }
 }
 
@@ -2634,19 +2699,31 @@ __attribute__((target("avx512f,avx512bf16"))) static void bgreedy_part(const voi
             for (int64_t c0 = 0; c0 < chunks; c0 += BGREEDY_CHUNKS) BGREEDY_NC(BGREEDY_ROWS, chunks - c0)
     for (; r < v1; r++)
         for (int64_t c0 = 0; c0 < chunks; c0 += BGREEDY_CHUNKS) BGREEDY_NC(1, chunks - c0)
-    for (int64_t t = 0; t < g->n; t++) g->best[i * g->n + t] = best[t], g->at[i * g->n + t] = at[t];
+    for (int64_t t = 0; t < g->n; t++) g->best[i * g->n + t] = best[t * g->M], g->at[i * g->n + t] = at[t * g->M];
+}
+
+/* n <= 16 / M tokens [n, K] bf16 -> [K / 2 / M vectors][16] pairs: vector q's lane t M + m token t's pair q M + m;
+   the lanes past n zero */
+static uint16_t *bgreedy_pack(const uint16_t *h, int64_t n, int64_t K, int M) {
+    int64_t P = K / 2;
+    uint32_t *v = calloc((size_t)(P / M * 16), sizeof(uint32_t));
+    if (v == NULL) return NULL;
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t p = 0; p < P; p++) memcpy(v + (p / M) * 16 + t * M + p % M, h + t * K + 2 * p, 4);
+    return (uint16_t *)v;
 }
 
 /* AVX512-BF16's greedy tokens (bf16, K a multiple of 32, V < 2^31): 0, or -1 (no memory) */
 static int greedy_bf16dp(const uint16_t *h, int64_t n, const uint16_t *w, int64_t V, int64_t K, int64_t *out,
                          int threads) {
     threads = greedy_threads(threads, V);
-    uint16_t *hv = amx_pack_h(h, n, K);
+    int M = n <= 2 ? 8 : n <= 4 ? 4 : n <= 8 ? 2 : 1;
+    uint16_t *hv = M > 1 ? bgreedy_pack(h, n, K, M) : amx_pack_h(h, n, K);
     float *best = malloc((size_t)(threads * n) * sizeof(float));
     int64_t *at = malloc((size_t)(threads * n) * sizeof(int64_t));
     int status = hv && best && at ? 0 : -1;
     if (status == 0) {
-        bgreedy_t all = {w, hv, n, V, K, best, at};
+        bgreedy_t all = {w, hv, n, V, K, M, best, at};
         parallel(threads, bgreedy_part, &all);
         greedy_merge(best, at, n, threads, out);
     }

@@ -111,3 +111,22 @@ def test_avx2_head_dim_64(dtype, window, path):
         torch.testing.assert_close(got[0], ref, **tol)
         if dtype == torch.float32:  # the AVX2 path ran (its sums in another order; bf16 outputs may round alike)
             assert not torch.equal(got[1], got[0])
+
+
+def test_bf16_full_layer_prefill_rows_and_flash(path, monkeypatch):
+    """bf16 prefill chunks of a full layer with head_dim 64: on AVX512-BF16 those that see at most ROWS_MAX_KEYS keys
+    a query per row through the native kernel (`_attend_rows`), a longer one through flash attention (chunks that start
+    a sequence, chunks in the middle of one, decode rows among them); the ref's result to bf16's precision."""
+    from engine.kernels import attention
+
+    flashed = []
+    each = attention._attend_each
+    monkeypatch.setattr(attention, "_attend_each", lambda out, q, c, t, seq_lens, *a: (
+        flashed.extend(seq_lens), each(out, q, c, t, seq_lens, *a)))
+    long = attention.ROWS_MAX_KEYS + 40
+    q, cache, *rest = make_case([20, 1, 30, 50, 7], [20, 90, 300, long, 7], None, kv=4, hq=16, d=64, block_size=16)
+    args = ((q * 8).bfloat16(), cache.bfloat16(), *rest[:-1], 0.3)
+    torch.testing.assert_close(paged_attention_cpu(*args).float(), paged_attention_ref(*args).float(), rtol=1e-2,
+                               atol=2e-3)
+    native = path == "native" and cpu_native.library().gptoss_mxfp4_isa() >= 3
+    assert flashed == ([long] if native else [20, 300, long, 7])
