@@ -83,6 +83,14 @@ router_topk = _dispatch(router, "router_topk")
 
 LINEAR_MAX_TOKENS = 4  # up to this many rows, bf16 on CPU: the native kernel (one pass over W per 4 rows; 1.1-1.9x
 #                        torch's at gpt-oss-20b's shapes for 1-4 rows on AVX512-BF16, slower than its GEMM beyond)
+DP_LINEAR_MAX_TOKENS = 64  # ... on AVX512-BF16 without AMX up to this many (to 8 rows the same kernel, from 9 its
+#                            vdpbf16ps blocks: 16 rows' sums of one weight row at a time, as greedy_tokens'), or up
+#                            to DP_LINEAR_MAX_PRODUCT rows x outputs (the router). Against oneDNN's packed GEMM (Zen 4
+#                            VM, 2 threads, 2026-12-03): the larger checkpoint's [1024, 1024] q and o 1.0-2.1x at 8-64
+#                            rows, [256, 1024] k and v 1.3-4.3x, [8, 1024] router 5-14x (bf16mv, up to 4096 rows);
+#                            gpt-oss-20b's [4096, 2880] q 1.0-1.15x, [512, 2880] k and v 1.2-1.5x at 8-32 (0.6x at
+#                            64: noise or not), [32, 2880] router 1.5-4.8x to 128 rows, 0.6x from 256
+DP_LINEAR_MAX_PRODUCT = 4096
 
 
 F32_NATIVE_MAX_TOKENS = 256  # up to this many rows, fp32 on an AVX2-only CPU: the native kernel (from 8 rows its
@@ -93,15 +101,16 @@ F32_NATIVE_MAX_TOKENS = 256  # up to this many rows, fp32 on an AVX2-only CPU: t
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            packed: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear(x, weight, bias); on CPU with bf16 x and weight, at most LINEAR_MAX_TOKENS rows go through the native
-    kernel (cpu_native.linear_bf16: fp32 sums, as torch's bf16 GEMM) where it built (any number of rows where oneDNN
-    has no bf16 on this CPU: 41-52 GFLOP/s on an AVX2-only EPYC, torch's bf16 GEMM 3-5), and more rows through oneDNN
-    with `packed` (pack_linear's copy of weight) when there is one. fp32 on an AVX2-only CPU: up to
+    """F.linear(x, weight, bias); on CPU with bf16 x and weight, the rows native_serves go through the native kernel
+    (cpu_native.linear_bf16: fp32 sums, as torch's bf16 GEMM) where it built (any number of rows where oneDNN has no
+    bf16 on this CPU: 41-52 GFLOP/s on an AVX2-only EPYC, torch's bf16 GEMM 3-5), and more rows through oneDNN with
+    `packed` (pack_linear's copy of weight) when there is one. fp32 on an AVX2-only CPU: up to
     F32_NATIVE_MAX_TOKENS rows the native kernel (cpu_native.linear_f32), then the bias added."""
     if x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16 and x.numel() > 0:
-        if packed is not None and x.dim() == 2 and packed_serves(x.shape[0]):
+        rows = x.numel() // x.shape[-1]
+        if packed is not None and x.dim() == 2 and packed_serves(rows, weight.shape[0]):
             return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-        if (x.numel() <= LINEAR_MAX_TOKENS * x.shape[-1] or not onednn_bf16()) and weight.is_contiguous():
+        if (native_serves(rows, weight.shape[0]) or not onednn_bf16()) and weight.is_contiguous():
             lib = cpu_native.library()
             if lib is not None:
                 return cpu_native.linear_bf16(lib, x, weight, bias)
@@ -117,12 +126,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
-def packed_serves(rows: int) -> bool:
-    """Whether `linear` takes a packed copy of a weight (one there is) for `rows` rows: more than LINEAR_MAX_TOKENS (up
-    to that the native kernel reads the weight faster than oneDNN's packed GEMM, even a big one: the larger
-    checkpoint's 412 MB unembedding 12.8-14.0 against 14.5-16.8 ms at 1 row, 13.2-14.6 against 14.1-15.7 at 4; AMD
-    EPYC Zen 4 VM, 2 threads, 2026-12-03)."""
-    return rows > LINEAR_MAX_TOKENS
+def native_serves(rows: int, outputs: int) -> bool:
+    """Whether `linear` takes the native kernel for `rows` rows of bf16 x times a weight of `outputs` rows where oneDNN
+    has bf16: up to LINEAR_MAX_TOKENS rows, on AVX512-BF16 without AMX up to DP_LINEAR_MAX_TOKENS or
+    DP_LINEAR_MAX_PRODUCT rows x outputs."""
+    if rows <= LINEAR_MAX_TOKENS:
+        return True
+    lib = cpu_native.library()
+    return lib is not None and lib.gptoss_mxfp4_isa() == 3 and (rows <= DP_LINEAR_MAX_TOKENS or
+                                                               rows * outputs <= DP_LINEAR_MAX_PRODUCT)
+
+
+def packed_serves(rows: int, outputs: int) -> bool:
+    """Whether `linear` takes a packed copy of a weight of `outputs` rows (one there is) for `rows` rows: where the
+    native kernel does not (native_serves: up to LINEAR_MAX_TOKENS rows it reads the weight faster than oneDNN's
+    packed GEMM, even a big one: the larger checkpoint's 412 MB unembedding 12.8-14.0 against 14.5-16.8 ms at 1 row,
+    13.2-14.6 against 14.1-15.7 at 4; AMD EPYC Zen 4 VM, 2 threads, 2026-12-03)."""
+    return not native_serves(rows, outputs)
 
 
 PACK_MAX_BYTES = 512 << 20  # bf16 weights up to this size may get a oneDNN-packed second copy for GEMMs of more

@@ -1071,9 +1071,21 @@ int gptoss_mxfp4_matvec(const float *xs, int64_t n, const uint8_t *blocks, const
     return 0;
 }
 
+#ifdef GPTOSS_X86
+static int bgreedy_linear(const uint16_t *x, int64_t n, const uint16_t *w, const uint16_t *bias, int64_t R, int64_t K,
+                          void *out, int out_bf16, int threads);
+#endif
+#define BLINEAR_MIN_TOKENS 9 /* on AVX512-BF16 without AMX from this many tokens of a weight of BLINEAR_MIN_ROWS rows or */
+#define BLINEAR_MIN_ROWS 64 /* more bgreedy_linear (by_chunks as fast or faster below: kernels.DP_LINEAR_MAX_TOKENS) */
+
 int gptoss_bf16_matvec(const uint16_t *xb, int64_t n, const uint16_t *w, const uint16_t *bias, int64_t R, int64_t K,
                        void *out, int out_bf16, int threads) {
     if (n < 1) return -1;
+#ifdef GPTOSS_X86
+    if (gptoss_mxfp4_isa() == 3 && n >= BLINEAR_MIN_TOKENS && R >= BLINEAR_MIN_ROWS && K % 32 == 0 && R < 0x7fffffff &&
+        !bgreedy_linear(xb, n, w, bias, R, K, out, out_bf16, threads))
+        return 0;
+#endif
     float *xs = NULL;
     if (gptoss_mxfp4_isa() < 3) { /* the widening paths read x as fp32 */
         xs = malloc((size_t)(n * K) * sizeof(float));
@@ -2583,9 +2595,31 @@ typedef struct {
                            bgreedy_pack's */
     int64_t n, V, K;
     int M;        /* pairs of each token a vector holds (16 / M tokens): 1; for at most 8 tokens 2, 4 or 8 */
+    void *out;    /* where set, the sums are stored instead (bgreedy_store: the linear [n, V] of bgreedy_linear) */
+    const uint16_t *bias; /* ... with this bias [V] added (or NULL), rounded to bf16 where out_bf16 */
+    int out_bf16;
     float *best;  /* [parts][n] each part's largest logit per token (a bf16 value); NaN above all (greedy_merge's) */
     int64_t *at;  /* [parts][n] its first index */
 } bgreedy_t;
+
+/* the sums of rows [r, r + R) (acc[i]: token t's in lane t M) for tokens [t0, t0 + 16 / M) stored to g->out[t, r + i]
+   as put_linear stores them: the bias added, then rounded to bf16 where out_bf16 */
+__attribute__((target("avx512f"), always_inline)) static inline void bgreedy_store(const bgreedy_t *g, const __m512 *acc,
+                                                                                    int64_t r, int64_t t0, const int R,
+                                                                                    const int M) {
+    int64_t nt = g->n - t0 < 16 / M ? g->n - t0 : 16 / M;
+    for (int i = 0; i < R; i++) {
+        float f[16], b = g->bias ? widen(g->bias[r + i]) : 0.0f;
+        _mm512_storeu_ps(f, acc[i]);
+        for (int64_t t = 0; t < nt; t++) {
+            int64_t at = (t0 + t) * g->V + r + i;
+            if (g->out_bf16)
+                ((uint16_t *)g->out)[at] = round_bf16(f[t * M] + b);
+            else
+                ((float *)g->out)[at] = f[t * M] + b;
+        }
+    }
+}
 
 /* the logits of rows [r, r + R) (their sums in acc) rounded to bf16 and compared with the token vector's best so far in
    vocabulary order, as greedy_rows does */
@@ -2630,7 +2664,10 @@ __attribute__((target("avx512f,avx512bf16"), always_inline)) static inline void 
         if (M >= 4) acc[i] = _mm512_add_ps(acc[i], _mm512_permute_ps(acc[i], 0x4E));
         if (M >= 8) acc[i] = _mm512_add_ps(acc[i], _mm512_shuffle_f32x4(acc[i], acc[i], 0xB1));
     }
-    bgreedy_take(acc, r, best, at, R);
+    if (g->out)
+        bgreedy_store(g, acc, r, 0, R, M);
+    else
+        bgreedy_take(acc, r, best, at, R);
 }
 
 /* rows [r, r + R) against token vectors [c0, c0 + nc): per pair p one broadcast of each row's pair (W[r][2p],
@@ -2668,7 +2705,10 @@ __attribute__((target("avx512f,avx512bf16"), always_inline)) static inline void 
     for (int c = 0; c < nc; c++) {
         __m512 sums[BGREEDY_ROWS1];
         for (int i = 0; i < R; i++) sums[i] = acc[i][c];
-        bgreedy_take(sums, r, best + (c0 + c) * 16, at + (c0 + c) * 16, R);
+        if (g->out)
+            bgreedy_store(g, sums, r, (c0 + c) * 16, R, 1);
+        else
+            bgreedy_take(sums, r, best + (c0 + c) * 16, at + (c0 + c) * 16, R);
     }
 }
 
@@ -2699,7 +2739,7 @@ __attribute__((target("avx512f,avx512bf16"))) static void bgreedy_part(const voi
             for (int64_t c0 = 0; c0 < chunks; c0 += BGREEDY_CHUNKS) BGREEDY_NC(BGREEDY_ROWS, chunks - c0)
     for (; r < v1; r++)
         for (int64_t c0 = 0; c0 < chunks; c0 += BGREEDY_CHUNKS) BGREEDY_NC(1, chunks - c0)
-    for (int64_t t = 0; t < g->n; t++) g->best[i * g->n + t] = best[t * g->M], g->at[i * g->n + t] = at[t * g->M];
+    for (int64_t t = 0; t < g->n && !g->out; t++) g->best[i * g->n + t] = best[t * g->M], g->at[i * g->n + t] = at[t * g->M];
 }
 
 /* n <= 16 / M tokens [n, K] bf16 -> [K / 2 / M vectors][16] pairs: vector q's lane t M + m token t's pair q M + m;
@@ -2723,7 +2763,7 @@ static int greedy_bf16dp(const uint16_t *h, int64_t n, const uint16_t *w, int64_
     int64_t *at = malloc((size_t)(threads * n) * sizeof(int64_t));
     int status = hv && best && at ? 0 : -1;
     if (status == 0) {
-        bgreedy_t all = {w, hv, n, V, K, M, best, at};
+        bgreedy_t all = {w, hv, n, V, K, M, NULL, NULL, 0, best, at};
         parallel(threads, bgreedy_part, &all);
         greedy_merge(best, at, n, threads, out);
     }
@@ -2733,6 +2773,19 @@ static int greedy_bf16dp(const uint16_t *h, int64_t n, const uint16_t *w, int64_
     return status;
 }
 #endif
+
+/* out [n, R] = x [n, K] @ w.T (+ bias) on AVX512-BF16 (bf16, K a multiple of 32, 2 <= n): greedy's blocks with the
+   sums stored (bgreedy_store), W's rows split between the parts; 0, or -1 (no memory) */
+static int bgreedy_linear(const uint16_t *x, int64_t n, const uint16_t *w, const uint16_t *bias, int64_t R, int64_t K,
+                          void *out, int out_bf16, int threads) {
+    int M = n <= 2 ? 8 : n <= 4 ? 4 : n <= 8 ? 2 : 1;
+    uint16_t *hv = M > 1 ? bgreedy_pack(x, n, K, M) : amx_pack_h(x, n, K);
+    if (hv == NULL) return -1;
+    bgreedy_t all = {w, hv, n, R, K, M, out, bias, out_bf16, NULL, NULL};
+    parallel(parts_for(R, threads, rows_per_thread(K * 2, BGREEDY_ROWS1)), bgreedy_part, &all);
+    free(hv);
+    return 0;
+}
 
 /* out[t] = argmax over v of the logit h[t] . W[v] (torch.argmax of linear's logits: the first of equal maxima, NaN
    largest) without writing the logits: h [n, K], W [V, K], both bf16 (bf16 set: each logit rounded to bf16, as the

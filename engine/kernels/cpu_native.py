@@ -179,7 +179,8 @@ def decodes_once(lib: ctypes.CDLL, dtype: torch.dtype = torch.bfloat16) -> bool:
 def linear_bf16(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x [..., K] @ weight.T + bias for a contiguous bf16 weight [R, K] (and bias) and bf16 x, summed in fp32 and
     rounded once to bf16 as torch's GEMM does; MAX_TOKENS rows of x per pass over the weight (meant for a few
-    rows: decode)."""
+    rows: decode), or on AVX512-BF16 without AMX from 9 rows of a weight of 64 rows or more 16 of them in each
+    vdpbf16ps against one weight row's pair at a time (greedy_tokens' blocks with the sums stored)."""
     if weight.dtype != torch.bfloat16 or x.dtype != torch.bfloat16 or not weight.is_contiguous() or weight.dim() != 2:
         raise ValueError("linear_bf16 takes bf16 x and a contiguous 2-d bf16 weight")
     if bias is not None and (bias.dtype != torch.bfloat16 or not bias.is_contiguous()):
@@ -297,7 +298,7 @@ def greedy_tokens(lib: ctypes.CDLL, h: torch.Tensor, weight: torch.Tensor) -> to
     """argmax(logits of h [n, K] @ weight.T, -1) for contiguous h and weight [V, K], both bf16 (each logit rounded to
     bf16, as linear_bf16's) or both fp32 (the first of equal maxima, NaN largest), the logits never written; None
     where it cannot run (on AMX: bf16, K a multiple of 32; on AVX512-BF16 the same from 12 rows where K <= 128, else
-    from 8; on AVX2: from 8 rows, K a multiple of 16, as the panels of linear_bf16 and linear_f32, whose logits these
+    from 2; on AVX2: from 8 rows, K a multiple of 16, as the panels of linear_bf16 and linear_f32, whose logits these
     are; elsewhere never)."""
     if h.dtype != weight.dtype or h.dtype not in (torch.bfloat16, torch.float32):
         raise ValueError(f"greedy_tokens takes bf16 or fp32 h and weight of one dtype, not {h.dtype}, {weight.dtype}")

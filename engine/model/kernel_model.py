@@ -22,7 +22,7 @@ class KernelLinear(nn.Linear):
     packed: tuple[int, torch.Tensor | None] | None = None  # (the weight's data_ptr it was made from, the copy)
 
     def forward(self, x):
-        if self.pack and x.dim() == 2 and kernels.packed_serves(x.shape[0]) and (
+        if self.pack and x.dim() == 2 and kernels.packed_serves(x.shape[0], self.out_features) and (
                 self.packed is None or self.packed[0] != self.weight.data_ptr()):
             self.packed = self.weight.data_ptr(), kernels.pack_linear(self.weight)
         return kernels.linear(x, self.weight, self.bias, self.packed[1] if self.packed else None)

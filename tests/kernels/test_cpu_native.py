@@ -22,14 +22,17 @@ from .test_moe import _args
 PANEL_MIN_TOKENS = 8  # cpu_native.c's F32_PANEL_MIN_TOKENS: from this many tokens the AVX2 linear paths use panels
 
 
-def assert_token_independent(got, run, x, isa, panels=True, panels_from=PANEL_MIN_TOKENS):
+def assert_token_independent(got, run, x, isa, panels=True, panels_from=PANEL_MIN_TOKENS, dp_from=None):
     """got = run(x): below the AVX2 panels' token count `panels_from` (or elsewhere) every count equals 4 tokens at a
     time (the fused kernels' passes); with panels each token's sums are its own, whichever tokens share the call (the
-    first and last `panels_from` tokens run alone give the same bits)."""
+    first and last `panels_from` tokens run alone give the same bits); so too from `dp_from` tokens on AVX512-BF16
+    (the vdpbf16ps blocks of bf16 linear, where given)."""
     tokens = x.shape[0]
-    if isa.gptoss_mxfp4_isa() == 1 and panels and tokens >= panels_from:
-        assert torch.equal(got[:panels_from], run(x[:panels_from]))
-        assert torch.equal(got[-panels_from:], run(x[-panels_from:]))
+    own_from = panels_from if isa.gptoss_mxfp4_isa() == 1 and panels else \
+        dp_from if isa.gptoss_mxfp4_isa() == 3 and dp_from else None
+    if own_from is not None and tokens >= own_from:
+        assert torch.equal(got[:own_from], run(x[:own_from]))
+        assert torch.equal(got[-own_from:], run(x[-own_from:]))
     elif tokens > 4:
         assert torch.equal(got, torch.cat([run(x[t:t + 4]) for t in range(0, tokens, 4)]))
 
@@ -127,7 +130,8 @@ def test_native_matvec_bf16_valued(isa, tokens, shape, scale_range):
 #                                                               panels from 8, 200: more than F32_PASS_TOKENS
 def test_linear_bf16(isa, shape, tokens):
     """bf16 x @ W.T + b summed in fp32 (the bf16 result within one bf16 rounding of the fp64 product); through
-    kernels.linear the same for up to LINEAR_MAX_TOKENS rows, F.linear's beyond."""
+    kernels.linear the same for the rows native_serves, F.linear's beyond. On AVX512-BF16 from 9 tokens of a weight
+    of 64 rows or more (K a multiple of 32) 16 tokens a vector, each token's sums its own."""
     gen = torch.Generator().manual_seed(tokens)
     weight = torch.randn(shape, generator=gen).to(torch.bfloat16)
     bias = torch.randn(shape[0], generator=gen).to(torch.bfloat16)
@@ -137,7 +141,7 @@ def test_linear_bf16(isa, shape, tokens):
     assert got.dtype == torch.bfloat16 and got.shape == (tokens, shape[0])
     torch.testing.assert_close(got.double(), expected, rtol=1e-2, atol=1e-2)
     via = kernels.linear(x, weight, bias)
-    if tokens <= kernels.LINEAR_MAX_TOKENS or not kernels.onednn_bf16():  # without oneDNN's bf16: any row count
+    if kernels.native_serves(tokens, shape[0]) or not kernels.onednn_bf16():  # without oneDNN's bf16: any count
         assert torch.equal(via, got)
     else:
         assert torch.equal(via, F.linear(x, weight, bias))
@@ -145,7 +149,7 @@ def test_linear_bf16(isa, shape, tokens):
                                                                                                      None))
     # on AVX2 from F32_PANEL_MIN_TOKENS rows (K a multiple of 16) each block of rows widened once into a panel
     assert_token_independent(got, lambda x: cpu_native.linear_bf16(isa, x, weight, bias), x, isa,
-                             panels=shape[1] % 16 == 0)
+                             panels=shape[1] % 16 == 0, dp_from=9 if shape[0] >= 64 and shape[1] % 32 == 0 else None)
 
 
 @pytest.mark.parametrize("shape", [(203, 7 * 32), (1024, 512), (37, 100)])  # threads; K not a multiple of 16
@@ -237,8 +241,8 @@ def test_argmax_matches_torch(isa, dtype):
 
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_linear_on_a_packed_weight(with_bias):
-    """More than LINEAR_MAX_TOKENS rows of bf16 go through oneDNN on pack_linear's copy: F.linear's result; too big a
-    weight, another dtype: no copy."""
+    """The rows of bf16 the native kernel does not take (packed_serves) go through oneDNN on pack_linear's copy:
+    F.linear's result; too big a weight, another dtype: no copy."""
     gen = torch.Generator().manual_seed(1)
     weight = torch.randn(300, 64, generator=gen).to(torch.bfloat16)
     bias = torch.randn(300, generator=gen).to(torch.bfloat16) if with_bias else None
@@ -247,7 +251,7 @@ def test_linear_on_a_packed_weight(with_bias):
         assert packed is None
         pytest.skip("oneDNN has no bf16 on this CPU: no packed copies (the native kernel takes every row count)")
     assert packed is not None
-    for rows in (5, 64):
+    for rows in (5, 64, 100):
         x = torch.randn(rows, 64, generator=gen).to(torch.bfloat16)
         torch.testing.assert_close(kernels.linear(x, weight, bias, packed), F.linear(x, weight, bias), rtol=1e-2,
                                    atol=1e-2)
@@ -270,15 +274,20 @@ def test_without_onednn_bf16_every_row_count_takes_the_native_kernel(monkeypatch
 
 def test_a_packed_copy_serves_more_than_linear_max_tokens_rows():
     """With a packed copy (here of 2 x weight, to show which path ran) up to LINEAR_MAX_TOKENS rows keep the native
-    kernel, whatever the weight's size, and more rows take the copy."""
+    kernel, whatever the weight's size (on AVX512-BF16 without AMX up to DP_LINEAR_MAX_TOKENS, or
+    DP_LINEAR_MAX_PRODUCT rows x outputs), and more rows take the copy."""
     if not kernels.onednn_bf16():
         pytest.skip("oneDNN has no bf16 on this CPU: no packed copies")
     gen = torch.Generator().manual_seed(2)
     weight = torch.randn(300, 64, generator=gen).to(torch.bfloat16)
     doubled = kernels.pack_linear(weight * 2)
-    for rows in (1, kernels.LINEAR_MAX_TOKENS, kernels.LINEAR_MAX_TOKENS + 1):
+    dp = cpu_native.library().gptoss_mxfp4_isa() == 3
+    for rows in (1, kernels.LINEAR_MAX_TOKENS, kernels.LINEAR_MAX_TOKENS + 1, kernels.DP_LINEAR_MAX_TOKENS,
+                 kernels.DP_LINEAR_MAX_TOKENS + 1):
         x = torch.randn(rows, 64, generator=gen).to(torch.bfloat16)
-        expected = F.linear(x, weight * 2 if rows > kernels.LINEAR_MAX_TOKENS else weight)
+        assert kernels.packed_serves(rows, 300) == (rows > (kernels.DP_LINEAR_MAX_TOKENS if dp else
+                                                            kernels.LINEAR_MAX_TOKENS))
+        expected = F.linear(x, weight * 2 if kernels.packed_serves(rows, 300) else weight)
         torch.testing.assert_close(kernels.linear(x, weight, None, doubled), expected, rtol=1e-2, atol=1e-2)
 
 
