@@ -2853,38 +2853,168 @@ static inline void store_act(void *p, int bf16, int64_t i, float v) {
         ((float *)p)[i] = v;
 }
 
-/* out[t] = x[t] * (1 / sqrt(mean(x[t]^2) + eps)) * w in fp32, stored in x's dtype (norm.rms_norm_ref without the
-   residual: the same operations; the sum of squares in another order) */
-void gptoss_rms_norm(const void *x, const void *w, void *out, int64_t T, int64_t H, int x_bf16, int w_bf16,
-                     float eps) {
-    for (int64_t t = 0; t < T; t++) {
+#define SMALL_OP_PARALLEL (1 << 18) /* elements from which rms_norm and rotate split their rows between threads */
+
+typedef struct {
+    const void *x, *w;
+    void *out;
+    const float *cos, *sin;
+    int64_t T, H, heads, D;
+    int x_bf16, w_bf16, bf16;
+    float eps;
+} small_op_t;
+
+static int small_op_avx512(void) { /* the level in use has AVX-512, and this CPU BW and VL too (every one since Skylake) */
+#ifdef GPTOSS_X86
+    return gptoss_mxfp4_isa() >= 2 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
+static int small_op_parts(int64_t T, int64_t elements, int threads) {
+    if (elements < SMALL_OP_PARALLEL) return 1;
+    return parts_for(T, threads, 1);
+}
+
+#ifdef GPTOSS_X86
+__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) static inline __m512 widen16_masked(const uint16_t *p,
+                                                                                             __mmask16 k) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p)), 16));
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) static inline void store_bf16_masked(uint16_t *p,
+                                                                                                     __mmask16 k,
+                                                                                                     __m512 v) {
+    _mm256_mask_storeu_epi16(p, k, _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(bf16_round16(v)), 16)));
+}
+
+/* rows [t0, t1) of gptoss_rms_norm for bf16 x, 16 lanes at a time (the same products; the sum in lanes) */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void rms_rows_avx512(const small_op_t *a, int64_t t0,
+                                                                                 int64_t t1) {
+    const int64_t H = a->H;
+    for (int64_t t = t0; t < t1; t++) {
+        const uint16_t *x = (const uint16_t *)a->x + t * H;
+        __m512 sum = _mm512_setzero_ps();
+        for (int64_t c = 0; c < H; c += 16) {
+            __m512 v = widen16_masked(x + c, H - c < 16 ? (__mmask16)((1u << (H - c)) - 1) : 0xFFFF);
+            sum = _mm512_add_ps(sum, _mm512_mul_ps(v, v));
+        }
+        const __m512 r = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(sum) / (float)H + a->eps));
+        for (int64_t c = 0; c < H; c += 16) {
+            __mmask16 k = H - c < 16 ? (__mmask16)((1u << (H - c)) - 1) : 0xFFFF;
+            __m512 w = a->w_bf16 ? widen16_masked((const uint16_t *)a->w + c, k)
+                                 : _mm512_maskz_loadu_ps(k, (const float *)a->w + c);
+            store_bf16_masked((uint16_t *)a->out + t * H + c, k, _mm512_mul_ps(_mm512_mul_ps(widen16_masked(x + c, k), r), w));
+        }
+    }
+}
+#endif
+
+static void rms_rows(const small_op_t *a, int64_t t0, int64_t t1) {
+    const int64_t H = a->H;
+    for (int64_t t = t0; t < t1; t++) {
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
         for (int64_t c = 0; c < H; c++) {
-            float v = load_act(x, x_bf16, t * H + c);
+            float v = load_act(a->x, a->x_bf16, t * H + c);
             sum += v * v;
         }
-        float r = 1.0f / sqrtf(sum / (float)H + eps);
+        float r = 1.0f / sqrtf(sum / (float)H + a->eps);
         for (int64_t c = 0; c < H; c++)
-            store_act(out, x_bf16, t * H + c, load_act(x, x_bf16, t * H + c) * r * load_act(w, w_bf16, c));
+            store_act(a->out, a->x_bf16, t * H + c, load_act(a->x, a->x_bf16, t * H + c) * r * load_act(a->w, a->w_bf16, c));
     }
 }
 
-/* half-split RoPE of x [T, heads, D] with cos, sin [T, D/2] fp32 into out (x's dtype): first * cos - second * sin,
-   second * cos + first * sin, each product rounded in fp32 as torch's separate ops round them (reference.rotate) */
-__attribute__((optimize("fp-contract=off"))) void gptoss_rotate(const void *x, void *out, const float *cos, const float *sin, int64_t T, int64_t heads, int64_t D,
-                   int bf16) {
-    int64_t half = D / 2;
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t h = 0; h < heads; h++) {
-            int64_t row = (t * heads + h) * D;
-            for (int64_t i = 0; i < half; i++) {
-                float a = load_act(x, bf16, row + i), b = load_act(x, bf16, row + half + i);
-                float c = cos[t * half + i], s = sin[t * half + i];
-                store_act(out, bf16, row + i, a * c - b * s); /* no FMA contraction (the attribute): as torch's */
-                store_act(out, bf16, row + half + i, b * c + a * s);
+static void rms_part(const void *shared, int i, int n) {
+    const small_op_t *a = shared;
+    int64_t t0 = share_at(0, a->T, i, n), t1 = share_at(0, a->T, i + 1, n);
+#ifdef GPTOSS_X86
+    if (a->x_bf16 && small_op_avx512()) {
+        rms_rows_avx512(a, t0, t1);
+        return;
+    }
+#endif
+    rms_rows(a, t0, t1);
+}
+
+/* out[t] = x[t] * (1 / sqrt(mean(x[t]^2) + eps)) * w in fp32, stored in x's dtype (norm.rms_norm_ref without the
+   residual: the same operations; the sum of squares in another order); from SMALL_OP_PARALLEL elements the rows
+   split between threads (bf16 on AVX-512 16 lanes at a time: 2048 x 1024 1.46 -> 0.42 ms, 64 x 1024
+   50 -> 29 us; Zen 4 VM, 2 threads) */
+void gptoss_rms_norm(const void *x, const void *w, void *out, int64_t T, int64_t H, int x_bf16, int w_bf16,
+                     float eps, int threads) {
+    small_op_t a = {x, w, out, NULL, NULL, T, H, 0, 0, x_bf16, w_bf16, 0, eps};
+    parallel(small_op_parts(T, T * H, threads), rms_part, &a);
+}
+
+#ifdef GPTOSS_X86
+/* rows [t0, t1) of gptoss_rotate, 16 lanes at a time: the same products and sums, each rounded in fp32 (no FMA) */
+__attribute__((target("avx512f,avx512bw,avx512vl"), optimize("fp-contract=off"))) static void rotate_rows_avx512(
+        const small_op_t *a, int64_t t0, int64_t t1) {
+    const int64_t D = a->D, half = D / 2;
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t h = 0; h < a->heads; h++) {
+            int64_t row = (t * a->heads + h) * D;
+            for (int64_t i = 0; i < half; i += 16) {
+                __mmask16 k = half - i < 16 ? (__mmask16)((1u << (half - i)) - 1) : 0xFFFF;
+                __m512 x1, x2;
+                if (a->bf16) {
+                    x1 = widen16_masked((const uint16_t *)a->x + row + i, k);
+                    x2 = widen16_masked((const uint16_t *)a->x + row + half + i, k);
+                } else {
+                    x1 = _mm512_maskz_loadu_ps(k, (const float *)a->x + row + i);
+                    x2 = _mm512_maskz_loadu_ps(k, (const float *)a->x + row + half + i);
+                }
+                __m512 c = _mm512_maskz_loadu_ps(k, a->cos + t * half + i), s = _mm512_maskz_loadu_ps(k, a->sin + t * half + i);
+                __m512 o1 = _mm512_sub_ps(_mm512_mul_ps(x1, c), _mm512_mul_ps(x2, s));
+                __m512 o2 = _mm512_add_ps(_mm512_mul_ps(x2, c), _mm512_mul_ps(x1, s));
+                if (a->bf16) {
+                    store_bf16_masked((uint16_t *)a->out + row + i, k, o1);
+                    store_bf16_masked((uint16_t *)a->out + row + half + i, k, o2);
+                } else {
+                    _mm512_mask_storeu_ps((float *)a->out + row + i, k, o1);
+                    _mm512_mask_storeu_ps((float *)a->out + row + half + i, k, o2);
+                }
             }
         }
+}
+#endif
+
+__attribute__((optimize("fp-contract=off"))) static void rotate_rows(const small_op_t *a, int64_t t0, int64_t t1) {
+    const int64_t D = a->D, half = D / 2;
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t h = 0; h < a->heads; h++) {
+            int64_t row = (t * a->heads + h) * D;
+            for (int64_t i = 0; i < half; i++) {
+                float x1 = load_act(a->x, a->bf16, row + i), x2 = load_act(a->x, a->bf16, row + half + i);
+                float c = a->cos[t * half + i], s = a->sin[t * half + i];
+                store_act(a->out, a->bf16, row + i, x1 * c - x2 * s); /* no FMA contraction (the attribute): as torch's */
+                store_act(a->out, a->bf16, row + half + i, x2 * c + x1 * s);
+            }
+        }
+}
+
+static void rotate_part(const void *shared, int i, int n) {
+    const small_op_t *a = shared;
+    int64_t t0 = share_at(0, a->T, i, n), t1 = share_at(0, a->T, i + 1, n);
+#ifdef GPTOSS_X86
+    if (small_op_avx512()) {
+        rotate_rows_avx512(a, t0, t1);
+        return;
+    }
+#endif
+    rotate_rows(a, t0, t1);
+}
+
+/* half-split RoPE of x [T, heads, D] with cos, sin [T, D/2] fp32 into out (x's dtype): first * cos - second * sin,
+   second * cos + first * sin, each product rounded in fp32 as torch's separate ops round them (reference.rotate);
+   from SMALL_OP_PARALLEL elements the rows split between threads (AVX-512: 16 lanes at a time, the same bits;
+   2048 tokens x 16 heads x 64 2.7 -> 0.28 ms, 64 tokens 87 -> 23 us) */
+void gptoss_rotate(const void *x, void *out, const float *cos, const float *sin, int64_t T, int64_t heads, int64_t D,
+                   int bf16, int threads) {
+    small_op_t a = {x, NULL, out, cos, sin, T, 0, heads, D, 0, 0, bf16, 0.0f};
+    parallel(small_op_parts(T, T * heads * D, threads), rotate_part, &a);
 }
 
 /* this step's k and v rows [T, row_bytes] into the cache's K and V planes at their slots (-1: skipped) */

@@ -81,9 +81,9 @@ def library() -> ctypes.CDLL | None:
     lib.gptoss_argmax.argtypes = [_P, _INT, _I64, _I64, _P, _INT]
     lib.gptoss_argmax.restype = None
     lib.gptoss_mxfp4_set_isa.argtypes = [_INT]
-    lib.gptoss_rms_norm.argtypes = [_P, _P, _P, _I64, _I64, _INT, _INT, ctypes.c_float]
+    lib.gptoss_rms_norm.argtypes = [_P, _P, _P, _I64, _I64, _INT, _INT, ctypes.c_float, _INT]
     lib.gptoss_rms_norm.restype = None
-    lib.gptoss_rotate.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, _INT]
+    lib.gptoss_rotate.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, _INT, _INT]
     lib.gptoss_rotate.restype = None
     lib.gptoss_write_kv.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64]
     lib.gptoss_write_kv.restype = None
@@ -272,7 +272,7 @@ def rms_norm(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, eps: float
     """norm.rms_norm_ref(x, weight, eps)[0] for contiguous 2-d fp32 or bf16 x (the sum of squares in another order)."""
     out = torch.empty_like(x)
     lib.gptoss_rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1],
-                        int(x.dtype == torch.bfloat16), int(weight.dtype == torch.bfloat16), eps)
+                        int(x.dtype == torch.bfloat16), int(weight.dtype == torch.bfloat16), eps, torch.get_num_threads())
     return out
 
 
@@ -281,7 +281,7 @@ def rotate(lib: ctypes.CDLL, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     [T, D/2]: the same bits."""
     out = torch.empty_like(x)
     lib.gptoss_rotate(x.data_ptr(), out.data_ptr(), cos.data_ptr(), sin.data_ptr(), x.shape[0], x.shape[1],
-                      x.shape[2], int(x.dtype == torch.bfloat16))
+                      x.shape[2], int(x.dtype == torch.bfloat16), torch.get_num_threads())
     return out
 
 

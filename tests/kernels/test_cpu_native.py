@@ -292,31 +292,35 @@ def test_a_packed_copy_serves_more_than_linear_max_tokens_rows():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_native_small_ops_match_torch(dtype):
+def test_native_small_ops_match_torch(isa, dtype):
     """The decode step's small ops, each one native call: RoPE (kernels.rotate: reference.rotate's bits), the KV write
     (write_kv_cpu: write_kv_ref's cache, skipped slots included) and, for bf16, the RMSNorm (rms_norm_cpu: the ref's
-    sum of squares in another order, within a bf16 rounding; fp32 keeps the ref)."""
+    sum of squares in another order, within a bf16 rounding; fp32 keeps the ref). On AVX-512 16 lanes at a time (a
+    head_dim of 40: a masked tail), and prefill-sized calls split between threads."""
     from engine.kernels import attention, norm
     from engine.model.reference import rotate
 
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(5, 8, 64, generator=gen).to(dtype)
-    cos, sin = torch.randn(5, 32, generator=gen), torch.randn(5, 32, generator=gen)
-    assert torch.equal(kernels.rotate(x, cos, sin), rotate(x, cos, sin))
+    for tokens, heads, dim in ((5, 8, 64), (7, 3, 40), (600, 8, 64)):
+        x = torch.randn(tokens, heads, dim, generator=gen).to(dtype)
+        cos, sin = torch.randn(tokens, dim // 2, generator=gen), torch.randn(tokens, dim // 2, generator=gen)
+        assert torch.equal(kernels.rotate(x, cos, sin), rotate(x, cos, sin))
     cache, expected = torch.zeros(2, 6, 4, 2, 64, dtype=dtype), torch.zeros(2, 6, 4, 2, 64, dtype=dtype)
     k, v, slots = torch.randn(3, 2, 64, generator=gen).to(dtype), torch.randn(3, 2, 64, generator=gen).to(dtype), \
         torch.tensor([5, -1, 17])
     attention.write_kv_cpu(cache, k, v, slots)
     attention.write_kv_ref(expected, k, v, slots)
     assert torch.equal(cache, expected)
-    h, weight = torch.randn(7, 2880, generator=gen).to(dtype), torch.randn(2880, generator=gen).to(dtype)
-    got, residual = norm.rms_norm_cpu(h, weight, 1e-5)
-    ref = norm.rms_norm_ref(h, weight, 1e-5)[0]
-    assert residual is h
-    if dtype == torch.float32:
-        assert torch.equal(got, ref)
-    else:
-        torch.testing.assert_close(got.float(), ref.float(), rtol=8e-3, atol=1e-6)
+    for tokens, width, w_dtype in ((7, 2880, dtype), (300, 1024, dtype), (3, 100, torch.float32)):
+        h = torch.randn(tokens, width, generator=gen).to(dtype)
+        weight = torch.randn(width, generator=gen).to(w_dtype)
+        got, residual = norm.rms_norm_cpu(h, weight, 1e-5)
+        ref = norm.rms_norm_ref(h, weight, 1e-5)[0]
+        assert residual is h
+        if dtype == torch.float32:
+            assert torch.equal(got, ref)
+        else:
+            torch.testing.assert_close(got.float(), ref.float(), rtol=8e-3, atol=1e-6)
 
 
 @pytest.mark.parametrize("vocab, k", [(1000, 64), (37, 32), (16, 96), (4099, 1024)])  # tails past whole 16-row blocks
