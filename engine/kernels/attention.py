@@ -158,7 +158,9 @@ def paged_attention_cpu(
         return out
     rows_ok = native and (sliding_window is not None or q.dtype == kv_cache.dtype == torch.bfloat16
                           and lib.gptoss_mxfp4_isa() >= 3)  # where `_attend_rows` beats flash attention
-    rows = (q_lens > 1) & (seq_lens <= ROWS_MAX_KEYS if sliding_window is None else True) if rows_ok else q_lens < 0
+    rows = q_lens > 1 if rows_ok else torch.zeros_like(q_lens, dtype=torch.bool)
+    if sliding_window is None:
+        rows &= seq_lens <= ROWS_MAX_KEYS
     for kind, which in (("decode", q_lens == 1), ("rows", rows), ("flash", (q_lens > 1) & ~rows)):
         seqs = which.nonzero().squeeze(-1)  # three kinds of sequence, each one batched call (flash: one a sequence)
         if not seqs.numel():

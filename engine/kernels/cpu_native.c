@@ -2739,7 +2739,8 @@ __attribute__((target("avx512f,avx512bf16"))) static void bgreedy_part(const voi
             for (int64_t c0 = 0; c0 < chunks; c0 += BGREEDY_CHUNKS) BGREEDY_NC(BGREEDY_ROWS, chunks - c0)
     for (; r < v1; r++)
         for (int64_t c0 = 0; c0 < chunks; c0 += BGREEDY_CHUNKS) BGREEDY_NC(1, chunks - c0)
-    for (int64_t t = 0; t < g->n && !g->out; t++) g->best[i * g->n + t] = best[t * g->M], g->at[i * g->n + t] = at[t * g->M];
+    if (g->out) return; /* bgreedy_linear: the sums are stored */
+    for (int64_t t = 0; t < g->n; t++) g->best[i * g->n + t] = best[t * g->M], g->at[i * g->n + t] = at[t * g->M];
 }
 
 /* n <= 16 / M tokens [n, K] bf16 -> [K / 2 / M vectors][16] pairs: vector q's lane t M + m token t's pair q M + m;
